@@ -1,0 +1,451 @@
+//! The `mcpmux.v1` WebSocket protocol: decoding client frames and encoding gateway frames.
+//!
+//! `protocol.md` is the normative description; this module is its code. Decoding borrows
+//! from the received text: a carried JSON-RPC message stays a `&RawValue` slice of the
+//! frame and is never rebuilt, so ids and every other byte reach the upstream as sent.
+//! Encoding writes upstream messages into the `rpc` frame verbatim.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+/// The subprotocol name a client may offer in `Sec-WebSocket-Protocol`.
+pub const SUBPROTOCOL: &str = "mcpmux.v1";
+
+/// WebSocket close codes the gateway uses (`protocol.md`, "Close codes").
+pub mod close_code {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The gateway is shutting down; reconnect later.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame was larger than the configured limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// The first frame was not `hello`, or a second `hello` arrived.
+    pub const PROTOCOL_VIOLATION: u16 = 4500;
+    /// No `hello` arrived in time.
+    pub const HELLO_TIMEOUT: u16 = 4508;
+}
+
+/// Machine-readable error codes, used in `error` frames and in `error.data.gateway` of
+/// JSON-RPC error responses the gateway makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, not an object, binary, or a field missing or of the wrong type.
+    BadFrame,
+    /// `type` names no frame this protocol has.
+    UnknownType,
+    /// `server` names no configured server.
+    UnknownServer,
+    /// The carried message is a JSON-RPC batch (an array).
+    Batch,
+    /// The server is not ready (starting, restarting, down) or refused the connection.
+    ServerUnavailable,
+    /// The upstream answered with an error status, garbage, or cut its stream.
+    UpstreamError,
+    /// The upstream did not answer in time.
+    Timeout,
+    /// The upstream session is gone (expired or the server restarted); initialize again.
+    SessionLost,
+    /// The upstream session was ended by the client (`close`, a new `initialize`).
+    SessionClosed,
+    /// Too many requests of this connection are in flight.
+    TooManyRequests,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadFrame => "bad_frame",
+            Self::UnknownType => "unknown_type",
+            Self::UnknownServer => "unknown_server",
+            Self::Batch => "batch",
+            Self::ServerUnavailable => "server_unavailable",
+            Self::UpstreamError => "upstream_error",
+            Self::Timeout => "timeout",
+            Self::SessionLost => "session_lost",
+            Self::SessionClosed => "session_closed",
+            Self::TooManyRequests => "too_many_requests",
+        }
+    }
+
+    /// The JSON-RPC `error.code` used when this becomes a JSON-RPC error response:
+    /// -32001 for timeouts (the MCP SDKs' RequestTimeout), -32000 otherwise.
+    pub fn jsonrpc_code(self) -> i64 {
+        match self {
+            Self::Timeout => -32001,
+            _ => -32000,
+        }
+    }
+}
+
+/// `client` of a `hello` frame.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The client's name, for logs.
+    pub name: String,
+    /// The client's version, for logs.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// A decoded client frame. Borrowed from the received text.
+#[derive(Debug)]
+pub enum ClientFrame<'a> {
+    /// Opens the session; must be the first frame and is allowed once.
+    Hello { client: Option<ClientInfo> },
+    /// Carries one JSON-RPC message (an object, as sent) to `server`.
+    Rpc {
+        server: Cow<'a, str>,
+        message: &'a RawValue,
+    },
+    /// Ends this session's upstream session with `server`.
+    Close { server: Cow<'a, str> },
+    /// Application-level ping, answered by `pong`.
+    Ping,
+}
+
+/// Why a frame could not be decoded: becomes an `error` frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    /// The wire code.
+    pub code: ErrorCode,
+    /// A sentence saying what was wrong.
+    pub message: String,
+    /// The server the frame named, when it named one.
+    pub server: Option<String>,
+}
+
+impl FrameError {
+    fn bad(message: impl Into<String>) -> Self {
+        Self {
+            code: ErrorCode::BadFrame,
+            message: message.into(),
+            server: None,
+        }
+    }
+}
+
+/// A decoded frame plus its `ref`, which every error frame about it echoes.
+#[derive(Debug)]
+pub struct Decoded<'a> {
+    /// The frame, or why it is not one.
+    pub frame: Result<ClientFrame<'a>, FrameError>,
+    /// The client's `ref`, verbatim (any JSON value, `null` included).
+    pub reference: Option<&'a RawValue>,
+}
+
+/// Every field a client frame may have, each kept raw so that a wrong type is reported
+/// by name. Unknown fields are ignored (forward compatibility).
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", default, borrow, deserialize_with = "present")]
+    kind: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    server: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    message: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    client: Option<&'a RawValue>,
+    #[serde(rename = "ref", default, borrow, deserialize_with = "present")]
+    reference: Option<&'a RawValue>,
+}
+
+/// Keeps a field that is present with the value `null` distinct from an absent one.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// Decodes one text frame. Never panics; every failure is a [`FrameError`].
+pub fn decode_client_frame(text: &str) -> Decoded<'_> {
+    let trimmed = text.trim_start();
+    if !trimmed.starts_with('{') {
+        let what = if serde_json::from_str::<&RawValue>(text).is_ok() {
+            "a frame must be a JSON object"
+        } else {
+            "a frame must be one JSON object in one text message; this is not valid JSON"
+        };
+        return Decoded {
+            frame: Err(FrameError::bad(what)),
+            reference: None,
+        };
+    }
+    let envelope: Envelope<'_> = match serde_json::from_str(text) {
+        Ok(envelope) => envelope,
+        Err(err) => {
+            return Decoded {
+                frame: Err(FrameError::bad(format!("not a valid frame: {err}"))),
+                reference: None,
+            };
+        }
+    };
+    Decoded {
+        frame: decode_envelope(&envelope),
+        reference: envelope.reference,
+    }
+}
+
+fn decode_envelope<'a>(envelope: &Envelope<'a>) -> Result<ClientFrame<'a>, FrameError> {
+    let kind = match envelope.kind {
+        None => return Err(FrameError::bad("missing field `type`")),
+        Some(raw) => string_field(raw, "type")?,
+    };
+    match kind.as_ref() {
+        "hello" => {
+            let client = match envelope.client {
+                None => None,
+                Some(raw) => Some(serde_json::from_str::<ClientInfo>(raw.get()).map_err(|_| {
+                    FrameError::bad(
+                        "`client` must be an object {\"name\": string, \"version\"?: string}",
+                    )
+                })?),
+            };
+            Ok(ClientFrame::Hello { client })
+        }
+        "rpc" => {
+            let server = required_server(envelope)?;
+            let Some(message) = envelope.message else {
+                return Err(with_server(
+                    FrameError::bad("missing field `message`"),
+                    &server,
+                ));
+            };
+            match message.get().as_bytes().first() {
+                Some(b'{') => Ok(ClientFrame::Rpc { server, message }),
+                Some(b'[') => Err(FrameError {
+                    code: ErrorCode::Batch,
+                    message: "JSON-RPC batches are not supported (removed from MCP in 2025-06-18); send each message in its own rpc frame".into(),
+                    server: Some(server.into_owned()),
+                }),
+                _ => Err(with_server(
+                    FrameError::bad("`message` must be a JSON-RPC message object"),
+                    &server,
+                )),
+            }
+        }
+        "close" => Ok(ClientFrame::Close {
+            server: required_server(envelope)?,
+        }),
+        "ping" => Ok(ClientFrame::Ping),
+        other => Err(FrameError {
+            code: ErrorCode::UnknownType,
+            message: format!("unknown frame type {other:?}; expected hello, rpc, close or ping"),
+            server: None,
+        }),
+    }
+}
+
+fn required_server<'a>(envelope: &Envelope<'a>) -> Result<Cow<'a, str>, FrameError> {
+    match envelope.server {
+        None => Err(FrameError::bad("missing field `server`")),
+        Some(raw) => string_field(raw, "server"),
+    }
+}
+
+fn string_field<'a>(raw: &'a RawValue, name: &str) -> Result<Cow<'a, str>, FrameError> {
+    serde_json::from_str::<Cow<'a, str>>(raw.get())
+        .map_err(|_| FrameError::bad(format!("field `{name}` must be a string")))
+}
+
+fn with_server(mut error: FrameError, server: &str) -> FrameError {
+    error.server = Some(server.to_owned());
+    error
+}
+
+/// A server's lifecycle state as clients see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerState {
+    /// The first start is under way.
+    Starting,
+    /// Accepting traffic.
+    Ready,
+    /// It stopped and a new instance is being started.
+    Restarting,
+    /// Not available: waiting out a restart backoff, or stopped.
+    Down,
+}
+
+/// The state of one client's upstream session with one server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// The upstream accepted `initialize` and gave it a session.
+    Open,
+    /// The upstream session is gone (expired, or the server restarted).
+    Lost,
+    /// Ended by the client.
+    Closed,
+}
+
+/// One entry of `welcome.servers`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerEntry<'a> {
+    /// The configured name.
+    pub name: &'a str,
+    /// Its current state.
+    pub state: ServerState,
+}
+
+/// A gateway frame other than `rpc` (which [`rpc_frame`] writes without a serde pass).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GatewayFrame<'a> {
+    /// First gateway frame of a session.
+    Welcome {
+        session: &'a str,
+        protocol: &'static str,
+        servers: Vec<ServerEntry<'a>>,
+    },
+    /// A server's lifecycle changed.
+    Status {
+        server: &'a str,
+        seq: u64,
+        state: ServerState,
+    },
+    /// This client's upstream session with `server` changed.
+    Session {
+        server: &'a str,
+        seq: u64,
+        state: SessionState,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+    },
+    /// A frame that could not be carried.
+    Error {
+        seq: u64,
+        code: ErrorCode,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        server: Option<&'a str>,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a RawValue>,
+    },
+    /// Answer to `ping`; carries no seq.
+    Pong,
+}
+
+impl GatewayFrame<'_> {
+    /// The frame as JSON text.
+    pub fn encode(&self) -> String {
+        // Serializing these types cannot fail: every field is a plain string, number or
+        // already-valid raw JSON.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Writes an `rpc` frame around an upstream message that is already valid JSON, copying
+/// it once and touching none of its bytes.
+pub fn rpc_frame(server: &str, seq: u64, message: &str) -> String {
+    let mut out = String::with_capacity(message.len() + server.len() + 48);
+    out.push_str(r#"{"type":"rpc","server":"#);
+    push_json_string(&mut out, server);
+    out.push_str(r#","seq":"#);
+    // Writing to a String cannot fail.
+    let _ = write!(out, "{seq}");
+    out.push_str(r#","message":"#);
+    out.push_str(message);
+    out.push('}');
+    out
+}
+
+fn push_json_string(out: &mut String, s: &str) {
+    // Names are validated to [A-Za-z0-9_.-] at configuration time, but escape anyway so
+    // the frame is valid JSON whatever reaches here.
+    match serde_json::to_string(s) {
+        Ok(quoted) => out.push_str(&quoted),
+        Err(_) => out.push_str("\"\""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(text: &str) -> ErrorCode {
+        decode_client_frame(text).frame.unwrap_err().code
+    }
+
+    #[test]
+    fn rpc_message_is_borrowed_verbatim() {
+        let text =
+            r#"{"type":"rpc","server":"a","message":{"jsonrpc":"2.0","id":1.50,"method":"x"}}"#;
+        match decode_client_frame(text).frame.unwrap() {
+            ClientFrame::Rpc { server, message } => {
+                assert_eq!(server, "a");
+                assert_eq!(message.get(), r#"{"jsonrpc":"2.0","id":1.50,"method":"x"}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_frames_have_their_codes() {
+        assert_eq!(code_of("not json"), ErrorCode::BadFrame);
+        assert_eq!(code_of("[1,2]"), ErrorCode::BadFrame);
+        assert_eq!(code_of("42"), ErrorCode::BadFrame);
+        assert_eq!(code_of("{}"), ErrorCode::BadFrame);
+        assert_eq!(code_of(r#"{"type":7}"#), ErrorCode::BadFrame);
+        assert_eq!(code_of(r#"{"type":"nope"}"#), ErrorCode::UnknownType);
+        assert_eq!(
+            code_of(r#"{"type":"rpc","message":{}}"#),
+            ErrorCode::BadFrame
+        );
+        assert_eq!(
+            code_of(r#"{"type":"rpc","server":1,"message":{}}"#),
+            ErrorCode::BadFrame
+        );
+        assert_eq!(
+            code_of(r#"{"type":"rpc","server":"a"}"#),
+            ErrorCode::BadFrame
+        );
+        assert_eq!(
+            code_of(r#"{"type":"rpc","server":"a","message":"x"}"#),
+            ErrorCode::BadFrame
+        );
+        assert_eq!(
+            code_of(r#"{"type":"rpc","server":"a","message":[{}]}"#),
+            ErrorCode::Batch
+        );
+        assert_eq!(
+            code_of(r#"{"type":"hello","client":3}"#),
+            ErrorCode::BadFrame
+        );
+        assert_eq!(code_of(r#"{"type":"close"}"#), ErrorCode::BadFrame);
+        assert_eq!(
+            code_of(r#"{"type":"ping","type":"ping"}"#),
+            ErrorCode::BadFrame
+        );
+    }
+
+    #[test]
+    fn ref_is_echoed_even_when_the_frame_is_bad() {
+        let decoded = decode_client_frame(r#"{"type":"rpc","ref":{"k":[1]},"server":2}"#);
+        assert_eq!(decoded.reference.unwrap().get(), r#"{"k":[1]}"#);
+        let decoded = decode_client_frame(r#"{"type":"x","ref":null}"#);
+        assert_eq!(decoded.reference.unwrap().get(), "null");
+    }
+
+    #[test]
+    fn escaped_strings_decode() {
+        match decode_client_frame(r#"{"type":"close","server":"a\u002db"}"#)
+            .frame
+            .unwrap()
+        {
+            ClientFrame::Close { server } => assert_eq!(server, "a-b"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rpc_frame_is_valid_json() {
+        let text = rpc_frame("srv", 7, r#"{"jsonrpc":"2.0","id":"x","result":{}}"#);
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["seq"], 7);
+        assert_eq!(value["server"], "srv");
+        assert_eq!(value["message"]["id"], "x");
+    }
+}
