@@ -1,0 +1,31 @@
+//! mcpmux: one WebSocket to every MCP server.
+//!
+//! A client opens one WebSocket (`GET /ws`, subprotocol `mcpmux.v1`, see `protocol.md`)
+//! and sends JSON-RPC messages tagged with a server name. mcpmux carries each onto that
+//! client's upstream session with the server over Streamable HTTP, and sends back every
+//! upstream event as a tagged frame.
+//!
+//! Map of the crate:
+//! - [`config`]: the JSON configuration file and its validation.
+//! - [`gateway`]: start-up, HTTP routes, graceful shutdown; the shared state.
+//! - [`connection`]: one WebSocket: handshake, frame reader, writer task.
+//! - [`protocol`]: the `mcpmux.v1` frames, decoded and encoded.
+//! - [`outbox`]: a client session's sequenced, byte-bounded outbound queue.
+//! - [`jsonrpc`]: the small look into JSON-RPC messages the gateway needs.
+//! - [`registry`]: each server's lifecycle state and current endpoint.
+//! - [`supervisor`]: mcp-proxy children for stdio servers, restarts, no orphans.
+//! - [`upstream`]: Streamable HTTP exchanges, the SSE parser, upstream sessions.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod connection;
+pub mod gateway;
+pub mod jsonrpc;
+pub mod outbox;
+pub mod protocol;
+pub mod registry;
+pub mod supervisor;
+pub mod upstream;
+
+pub use config::Config;
+pub use gateway::{Gateway, GatewayError};
