@@ -1,0 +1,11 @@
+//! Integration tests: mcpmux on port 0 against real mcp-proxy and real MCP servers from
+//! `node_modules` (`npm ci`), over real WebSockets; fake upstreams only for faults a
+//! real server cannot produce on demand.
+
+mod harness;
+
+mod carrying;
+mod frames;
+mod lifecycle;
+mod protocol_doc;
+mod upstream_faults;
