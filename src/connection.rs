@@ -1,42 +1,47 @@
-//! One WebSocket connection: the `hello` handshake, the frame reader, the writer task,
-//! and the client session they serve.
+//! One WebSocket connection: the `hello` handshake (new session or resume), the frame
+//! reader, the writer task, heartbeats, and what happens to the session when the socket
+//! ends.
 //!
-//! The connection task reads frames and owns the client session (its upstream sessions
-//! by server name); a writer task owns the socket's sink and drains the session's
-//! [`Outbox`]. Upstream exchanges run in their own tasks and reach the client only
-//! through the outbox, so nothing here waits on an upstream.
+//! The connection task reads frames and owns the client session while the socket is
+//! attached; a writer task owns the sink, drains the session's outbox, pings on the
+//! heartbeat interval and gives each write `writeTimeoutMs`. When the socket drops
+//! without a close frame (or the client is too slow, or silent), the session is handed
+//! to a holder for resume; when the client closes, breaks the protocol, or the gateway
+//! shuts down, the session ends.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use rand::Rng;
-use serde_json::value::RawValue;
-use tokio::sync::{Semaphore, broadcast, oneshot};
-use tokio_util::task::TaskTracker;
+use tokio::sync::oneshot;
 
 use crate::gateway::Shared;
-use crate::jsonrpc::{self, Head, Kind};
 use crate::outbox::Outbox;
-use crate::protocol::{
-    self, ClientFrame, ClientInfo, ErrorCode, GatewayFrame, ServerEntry, SessionState, close_code,
-    decode_client_frame,
-};
-use crate::registry::StatusChange;
-use crate::upstream::session::{End, Link, UpstreamSession};
+use crate::protocol::{ClientFrame, ClientInfo, Resume, close_code, decode_client_frame};
+use crate::session::{ClientSession, CloseReason};
 
-/// How long the writer may take to flush after the reader has finished.
+/// How long the writer may take to send a close frame, or to stop after the reader.
 const WRITER_FLUSH: Duration = Duration::from_secs(2);
 /// How long the socket is read (and discarded) after the gateway closed it.
 const CLOSE_LINGER: Duration = Duration::from_millis(500);
-/// How long a closing session waits for its exchanges to notice the end.
-const TASKS_DRAIN: Duration = Duration::from_secs(2);
 
-/// A reason to close the socket with a code.
-type CloseReason = (u16, String);
+/// How the socket's life ended, which decides the session's fate.
+enum Ending {
+    /// The gateway is shutting down: close 1001, drain, end the session.
+    Shutdown,
+    /// Another socket asked to resume this session: close, end the session.
+    Evicted,
+    /// The client sent a close frame: end the session.
+    ClientClosed,
+    /// The client broke the protocol: close with this reason, end the session.
+    Violation(CloseReason),
+    /// The client did not answer pings: close 4001, keep the session for resume.
+    Silent,
+    /// The socket dropped, or the writer gave up on a slow client: keep the session.
+    Dropped,
+}
 
 /// Serves one upgraded WebSocket until it closes.
 pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
@@ -51,73 +56,135 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
             Ok(hello) => hello,
         },
     };
-    let client = match hello {
-        Ok(Some(client)) => client,
+    let (client, resume) = match hello {
+        Ok(Some(hello)) => hello,
         Ok(None) => return,
         Err(reason) => {
             send_close(&mut sink, reason).await;
             return;
         }
     };
-    let mut session = ClientSession::new(shared.clone());
-    tracing::debug!(session = %session.id, client = ?client, "client session opened");
-    let mut changes = shared.status_changes.subscribe();
-    session.welcome();
-    let (close_tx, close_rx) = oneshot::channel();
-    let mut writer = tokio::spawn(write_loop(sink, session.link.outbox.clone(), close_rx));
-
-    let close = loop {
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => {
-                break Some((close_code::GOING_AWAY, "mcpmux is shutting down".to_owned()));
+    let (mut session, resumed) = match resume {
+        None => (ClientSession::new(shared.clone()), false),
+        Some(Resume { session, last_seq }) => {
+            match shared.sessions.take(&session, last_seq).await {
+                Ok(session) => (session, true),
+                Err(refusal) => {
+                    tracing::debug!(%refusal, "resume refused; starting a fresh session");
+                    (ClientSession::new(shared.clone()), false)
+                }
             }
-            change = changes.recv() => match change {
-                Ok(change) => session.on_status(change).await,
-                Err(broadcast::error::RecvError::Lagged(_)) => session.resync_status().await,
-                Err(broadcast::error::RecvError::Closed) => {}
-            },
-            message = stream.next() => match message {
-                None | Some(Ok(Message::Close(_))) => break None,
-                Some(Err(err)) => break too_big(&err, shared.config.max_frame_bytes),
-                Some(Ok(Message::Text(text))) => {
-                    if let Some(reason) = session.on_text(&text).await {
-                        break Some(reason);
-                    }
-                }
-                Some(Ok(Message::Binary(_))) => {
-                    let message = "binary frames are not part of mcpmux.v1; send each frame as JSON text";
-                    session.error_frame(ErrorCode::BadFrame, message, None, None).await;
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-            },
         }
     };
-    session.end_all(End::Detached).await;
-    session.link.outbox.close();
+    tracing::debug!(session = %session.id, ?client, resumed, "client attached");
+    let evicted = shared.sessions.attach(&session.id);
+    let outbox = session.link.outbox.clone();
+    // Frames outside the sequence are written first: the welcome precedes any replay.
+    let _ = outbox.push_unsequenced(session.welcome(resumed));
+    let (close_tx, close_rx) = oneshot::channel();
+    let writer_config = WriterConfig {
+        write_timeout: shared.config.write_timeout,
+        heartbeat: shared.config.heartbeat,
+    };
+    let mut writer = tokio::spawn(write_loop(sink, outbox.clone(), close_rx, writer_config));
+    let silence_limit = shared.config.heartbeat * 2;
+    let mut heartbeat = tokio::time::interval(shared.config.heartbeat);
+    let mut last_heard = Instant::now();
+    let mut writer_done = false;
+
+    let ending = loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => break Ending::Shutdown,
+            _ = evicted.cancelled() => break Ending::Evicted,
+            _ = &mut writer, if !writer_done => {
+                writer_done = true;
+                break Ending::Dropped;
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > silence_limit {
+                    break Ending::Silent;
+                }
+            }
+            event = session.changes.recv() => session.on_status_event(event).await,
+            message = stream.next() => {
+                last_heard = Instant::now();
+                match message {
+                    Some(Ok(Message::Close(_))) => break Ending::ClientClosed,
+                    None => break Ending::Dropped,
+                    Some(Err(err)) => match too_big(&err, shared.config.max_frame_bytes) {
+                        Some(reason) => break Ending::Violation(reason),
+                        None => break Ending::Dropped,
+                    },
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(reason) = session.on_text(&text).await {
+                            break Ending::Violation(reason);
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => session.on_binary().await,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                }
+            }
+        }
+    };
+
+    let close = match &ending {
+        Ending::Shutdown => Some((close_code::GOING_AWAY, "mcpmux is shutting down".to_owned())),
+        Ending::Evicted => Some((
+            close_code::SESSION_TAKEN_OVER,
+            "another connection resumed this session".to_owned(),
+        )),
+        Ending::Violation(reason) => Some(reason.clone()),
+        Ending::Silent => Some((
+            close_code::HEARTBEAT_TIMEOUT,
+            "no answer to pings".to_owned(),
+        )),
+        Ending::ClientClosed | Ending::Dropped => None,
+    };
+    // The writer stops taking frames before the session changes hands.
+    outbox.detach();
     if let Some(reason) = close {
         let _ = close_tx.send(reason);
+    } else {
+        drop(close_tx);
     }
-    if tokio::time::timeout(WRITER_FLUSH, &mut writer)
-        .await
-        .is_err()
+    if !writer_done
+        && tokio::time::timeout(WRITER_FLUSH, &mut writer)
+            .await
+            .is_err()
     {
         writer.abort();
     }
     // Read on briefly after closing, so that a client still sending (a frame over the
     // limit, say) gets our close frame instead of a TCP reset.
-    let _ = tokio::time::timeout(CLOSE_LINGER, async {
-        while stream.next().await.is_some() {}
-    })
-    .await;
-    session.link.tasks.close();
-    let _ = tokio::time::timeout(TASKS_DRAIN, session.link.tasks.wait()).await;
-    tracing::debug!(session = %session.id, "client session closed");
+    if !matches!(ending, Ending::Dropped) {
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while stream.next().await.is_some() {}
+        })
+        .await;
+    }
+
+    match ending {
+        Ending::Silent | Ending::Dropped => {
+            let window = shared.config.resume_window;
+            shared.sessions.hold(session, &evicted, window);
+        }
+        Ending::Shutdown => {
+            shared.sessions.forget(&session.id);
+            session.finish(Some(shared.config.shutdown_grace)).await;
+        }
+        Ending::Evicted | Ending::ClientClosed | Ending::Violation(_) => {
+            if !evicted.is_cancelled() {
+                shared.sessions.forget(&session.id);
+            }
+            session.finish(None).await;
+        }
+    }
 }
 
 /// Waits for the first frame, which must be `hello`. `Ok(None)`: the client left.
 async fn read_hello(
     stream: &mut SplitStream<WebSocket>,
-) -> Result<Option<Option<ClientInfo>>, CloseReason> {
+) -> Result<Option<(Option<ClientInfo>, Option<Resume>)>, CloseReason> {
     let violation = |why: &str| (close_code::PROTOCOL_VIOLATION, why.to_owned());
     loop {
         match stream.next().await {
@@ -128,7 +195,7 @@ async fn read_hello(
             }
             Some(Ok(Message::Text(text))) => {
                 return match decode_client_frame(&text).frame {
-                    Ok(ClientFrame::Hello { client }) => Ok(Some(client)),
+                    Ok(ClientFrame::Hello { client, resume }) => Ok(Some((client, resume))),
                     Ok(_) => Err(violation("the first frame must be hello")),
                     Err(err) => Err(violation(&format!(
                         "the first frame must be hello: {}",
@@ -174,14 +241,27 @@ fn truncate_reason(mut reason: String) -> String {
     reason
 }
 
-/// Drains the outbox into the socket; sends a close frame when asked to.
+#[derive(Clone, Copy)]
+struct WriterConfig {
+    write_timeout: Duration,
+    heartbeat: Duration,
+}
+
+/// Drains the outbox into the socket and pings on the heartbeat interval. Returns when
+/// asked to close (after sending the close frame), when the socket fails, or when a
+/// write misses its deadline (after trying to send close 4000).
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     outbox: Arc<Outbox>,
     mut close: oneshot::Receiver<CloseReason>,
+    config: WriterConfig,
 ) {
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + config.heartbeat,
+        config.heartbeat,
+    );
     loop {
-        tokio::select! {
+        let message = tokio::select! {
             biased;
             reason = &mut close => {
                 if let Ok(reason) = reason {
@@ -189,258 +269,38 @@ async fn write_loop(
                 }
                 return;
             }
+            _ = ping.tick() => Message::Ping(Default::default()),
             frame = outbox.next() => match frame {
-                Some(frame) => {
-                    if sink.send(Message::Text(Utf8Bytes::from(frame.text))).await.is_err() {
-                        return;
-                    }
-                }
+                Some(frame) => Message::Text(frame.text),
                 None => {
+                    // Detached or closed: wait for the reader's verdict.
                     if let Ok(reason) = close.await {
                         send_close(&mut sink, reason).await;
                     }
                     return;
                 }
             },
-        }
-    }
-}
-
-/// One client's session: its outbound queue and its upstream sessions by server.
-struct ClientSession {
-    id: String,
-    shared: Arc<Shared>,
-    link: Link,
-    upstreams: HashMap<String, Arc<UpstreamSession>>,
-}
-
-impl ClientSession {
-    fn new(shared: Arc<Shared>) -> Self {
-        let config = &shared.config;
-        let link = Link {
-            outbox: Arc::new(Outbox::new(config.outbound_queue_bytes)),
-            http: shared.http.clone(),
-            tasks: TaskTracker::new(),
-            background: shared.background.clone(),
-            inflight: Arc::new(Semaphore::new(config.max_inflight_requests)),
-            request_timeout: config.request_timeout,
-            ready_wait: config.connect_timeout,
         };
-        let id: u128 = rand::rng().random();
-        Self {
-            id: format!("{id:032x}"),
-            shared,
-            link,
-            upstreams: HashMap::new(),
-        }
-    }
-
-    fn welcome(&self) {
-        let servers = self
-            .shared
-            .servers
-            .values()
-            .map(|s| ServerEntry {
-                name: &s.name,
-                state: s.state(),
-            })
-            .collect();
-        let welcome = GatewayFrame::Welcome {
-            session: &self.id,
-            protocol: protocol::SUBPROTOCOL,
-            servers,
-        };
-        // The writer has not started; the outbox is open and empty.
-        let _ = self.link.outbox.push_unsequenced(welcome.encode());
-    }
-
-    /// Handles one text frame; `Some` closes the connection.
-    async fn on_text(&mut self, text: &str) -> Option<CloseReason> {
-        let decoded = decode_client_frame(text);
-        let reference = decoded.reference;
-        match decoded.frame {
-            Err(err) => {
-                self.error_frame(err.code, &err.message, err.server.as_deref(), reference)
-                    .await;
-            }
-            Ok(ClientFrame::Hello { .. }) => {
-                return Some((
-                    close_code::PROTOCOL_VIOLATION,
-                    "hello was already received".into(),
-                ));
-            }
-            Ok(ClientFrame::Ping) => {
-                let _ = self
-                    .link
-                    .outbox
-                    .push_unsequenced(GatewayFrame::Pong.encode());
-            }
-            Ok(ClientFrame::Close { server }) => self.on_close(&server, reference).await,
-            Ok(ClientFrame::Rpc { server, message }) => {
-                self.on_rpc(&server, message, reference).await
-            }
-        }
-        None
-    }
-
-    async fn on_rpc(&mut self, server: &str, message: &RawValue, reference: Option<&RawValue>) {
-        let head = match Head::parse(message.get()) {
-            Ok(head) if head.kind() != Kind::Invalid => head,
-            Ok(_) => {
-                let why = "`message` is not a JSON-RPC message: it needs a `method` or an `id`";
-                return self
-                    .error_frame(ErrorCode::BadFrame, why, Some(server), reference)
-                    .await;
-            }
-            Err(err) => {
-                let why = format!("`message` is not a JSON-RPC message: {err}");
-                return self
-                    .error_frame(ErrorCode::BadFrame, &why, Some(server), reference)
-                    .await;
-            }
-        };
-        let Some(target) = self.shared.servers.get(server).cloned() else {
-            let why = format!("no server is named {server:?}; the welcome frame lists the servers");
-            return match (head.kind(), head.id) {
-                (Kind::Request, Some(id)) => {
-                    let response =
-                        jsonrpc::error_response(id, ErrorCode::UnknownServer, &why, server);
-                    let _ = self
-                        .link
-                        .outbox
-                        .push(|seq| protocol::rpc_frame(server, seq, &response))
-                        .await;
-                }
-                _ => {
-                    self.error_frame(ErrorCode::UnknownServer, &why, Some(server), reference)
-                        .await
-                }
-            };
-        };
-        let initialize = head.kind() == Kind::Request
-            && head.method() == "initialize"
-            && head
-                .params()
-                .meta
-                .and_then(|m| m.protocol_version)
-                .is_none();
-        let upstream = match self.upstreams.get(server) {
-            Some(existing) if !initialize && !existing.is_ended() => existing.clone(),
-            _ => {
-                if let Some(previous) = self.upstreams.remove(server) {
-                    previous.end(End::Replaced).await;
-                }
-                let fresh = UpstreamSession::new(target, self.link.clone(), initialize);
-                self.upstreams.insert(server.to_owned(), fresh.clone());
-                fresh
-            }
-        };
-        upstream.carry(message, &head, reference).await;
-    }
-
-    async fn on_close(&mut self, server: &str, reference: Option<&RawValue>) {
-        if !self.shared.servers.contains_key(server) {
-            let why = format!("no server is named {server:?}; the welcome frame lists the servers");
-            return self
-                .error_frame(ErrorCode::UnknownServer, &why, Some(server), reference)
+        match tokio::time::timeout(config.write_timeout, sink.send(message)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::debug!("client too slow: a write missed its deadline");
+                let reason = (
+                    close_code::SLOW_CONSUMER,
+                    "too slow to read its frames".to_owned(),
+                );
+                let frame = CloseFrame {
+                    code: reason.0,
+                    reason: Utf8Bytes::from(reason.1),
+                };
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    sink.send(Message::Close(Some(frame))),
+                )
                 .await;
-        }
-        if let Some(upstream) = self.upstreams.remove(server) {
-            upstream.end(End::Closed).await;
-        }
-        self.session_frame(server, SessionState::Closed, None).await;
-    }
-
-    /// Forwards a status change, and ends upstream sessions on a replaced instance.
-    async fn on_status(&mut self, change: StatusChange) {
-        let name = &*change.server;
-        let state = change.state;
-        let _ = self
-            .link
-            .outbox
-            .push(|seq| {
-                GatewayFrame::Status {
-                    server: name,
-                    seq,
-                    state,
-                }
-                .encode()
-            })
-            .await;
-        let stale = self
-            .upstreams
-            .get(name)
-            .and_then(|u| u.generation())
-            .is_some_and(|generation| change.generation != Some(generation));
-        if stale {
-            if let Some(upstream) = self.upstreams.remove(name) {
-                upstream.end(End::Lost("the server restarted".into())).await;
+                return;
             }
         }
-    }
-
-    /// After falling behind the status broadcast: sends every server's current state.
-    async fn resync_status(&mut self) {
-        let changes: Vec<StatusChange> = self
-            .shared
-            .servers
-            .values()
-            .map(|s| {
-                let status = s.status();
-                StatusChange {
-                    server: s.name.clone(),
-                    state: status.state,
-                    generation: status.endpoint.map(|e| e.generation),
-                }
-            })
-            .collect();
-        for change in changes {
-            self.on_status(change).await;
-        }
-    }
-
-    async fn end_all(&mut self, why: End) {
-        for (_, upstream) in self.upstreams.drain() {
-            upstream.end(why.clone()).await;
-        }
-    }
-
-    async fn session_frame(&self, server: &str, state: SessionState, reason: Option<&str>) {
-        let _ = self
-            .link
-            .outbox
-            .push(|seq| {
-                GatewayFrame::Session {
-                    server,
-                    seq,
-                    state,
-                    reason,
-                }
-                .encode()
-            })
-            .await;
-    }
-
-    async fn error_frame(
-        &self,
-        code: ErrorCode,
-        message: &str,
-        server: Option<&str>,
-        reference: Option<&RawValue>,
-    ) {
-        let _ = self
-            .link
-            .outbox
-            .push(|seq| {
-                GatewayFrame::Error {
-                    seq,
-                    code,
-                    message,
-                    server,
-                    reference,
-                }
-                .encode()
-            })
-            .await;
     }
 }

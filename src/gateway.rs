@@ -25,6 +25,7 @@ use crate::config::{Config, GatewayConfig, RemoteServer, ServerConfig};
 use crate::connection;
 use crate::protocol::{self, ServerState};
 use crate::registry::{STATUS_BROADCAST_CAPACITY, Server, ServerStatus, Servers, StatusChange};
+use crate::resume::Sessions;
 use crate::supervisor::{self, SupervisorConfig};
 use crate::upstream::http::HttpClient;
 use crate::upstream::{Endpoint, UpstreamError};
@@ -65,6 +66,8 @@ pub struct Shared {
     pub connections: TaskTracker,
     /// Tasks that may outlive their connection (upstream DELETEs).
     pub background: TaskTracker,
+    /// Every client session, attached or held for resume.
+    pub sessions: Sessions,
 }
 
 /// A running gateway.
@@ -72,6 +75,8 @@ pub struct Gateway {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     supervisors: TaskTracker,
+    /// Cancelled last in a shutdown, once client sessions have ended.
+    stop_children: CancellationToken,
     server_task: tokio::task::JoinHandle<()>,
 }
 
@@ -84,6 +89,7 @@ impl Gateway {
         let http = HttpClient::new(gateway.connect_timeout, gateway.max_upstream_message_bytes)?;
         let shutdown = CancellationToken::new();
         let supervisors = TaskTracker::new();
+        let stop_children = CancellationToken::new();
         let supervisor_config = SupervisorConfig {
             mcp_proxy: crate::config::resolve_mcp_proxy(
                 gateway.mcp_proxy.as_deref(),
@@ -111,7 +117,7 @@ impl Gateway {
                     spec,
                     supervisor_config.clone(),
                     http.raw().clone(),
-                    shutdown.clone(),
+                    stop_children.clone(),
                 ));
             }
             servers.insert(name, server);
@@ -125,6 +131,7 @@ impl Gateway {
             shutdown: shutdown.clone(),
             connections: TaskTracker::new(),
             background: TaskTracker::new(),
+            sessions: Sessions::default(),
         });
         let app = Router::new()
             .route("/ws", get(upgrade))
@@ -145,6 +152,7 @@ impl Gateway {
             shared,
             local_addr,
             supervisors,
+            stop_children,
             server_task,
         })
     }
@@ -159,13 +167,15 @@ impl Gateway {
         &self.shared
     }
 
-    /// Stops gracefully: no new connections, 1001 to every client, upstream sessions
-    /// ended, children stopped. Waits at most about twice the stop grace period.
+    /// Stops gracefully, in order: no new connections; 1001 to every client; in-flight
+    /// requests given `shutdownGraceMs` to finish; upstream sessions ended (DELETE); then
+    /// children stopped (SIGTERM, SIGKILL after `stopGraceMs`).
     pub async fn shutdown(self) {
-        let grace = self.shared.config.stop_grace;
+        let config = &self.shared.config;
         self.shared.shutdown.cancel();
         self.shared.connections.close();
-        if tokio::time::timeout(grace, self.shared.connections.wait())
+        let drain = config.shutdown_grace + Duration::from_secs(3);
+        if tokio::time::timeout(drain, self.shared.connections.wait())
             .await
             .is_err()
         {
@@ -173,7 +183,9 @@ impl Gateway {
         }
         self.shared.background.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.background.wait()).await;
-        if tokio::time::timeout(grace + Duration::from_secs(2), self.supervisors.wait())
+        self.stop_children.cancel();
+        let stop = config.stop_grace + Duration::from_secs(2);
+        if tokio::time::timeout(stop, self.supervisors.wait())
             .await
             .is_err()
         {

@@ -8,9 +8,11 @@
 //! Map of the crate:
 //! - [`config`]: the JSON configuration file and its validation.
 //! - [`gateway`]: start-up, HTTP routes, graceful shutdown; the shared state.
-//! - [`connection`]: one WebSocket: handshake, frame reader, writer task.
+//! - [`connection`]: one WebSocket: handshake, frame reader, writer task, heartbeats.
+//! - [`session`]: a client session: its upstream sessions, its outbox, frame handling.
+//! - [`resume`]: live and detached sessions by id; holding and handing them over.
 //! - [`protocol`]: the `mcpmux.v1` frames, decoded and encoded.
-//! - [`outbox`]: a client session's sequenced, byte-bounded outbound queue.
+//! - [`outbox`]: a client session's sequenced, bounded outbound frames, kept for replay.
 //! - [`jsonrpc`]: the small look into JSON-RPC messages the gateway needs.
 //! - [`registry`]: each server's lifecycle state and current endpoint.
 //! - [`supervisor`]: mcp-proxy children for stdio servers, restarts, no orphans.
@@ -24,6 +26,8 @@ pub mod jsonrpc;
 pub mod outbox;
 pub mod protocol;
 pub mod registry;
+pub mod resume;
+pub mod session;
 pub mod supervisor;
 pub mod upstream;
 

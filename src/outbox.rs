@@ -1,25 +1,39 @@
-//! The outbound queue of one client session: numbers gateway frames (`seq`) and bounds
-//! them by bytes.
+//! The outbound frames of one client session: numbered (`seq`), bounded, and kept for
+//! replay until the client acknowledges them.
 //!
-//! Every producer (upstream streams, status changes, the frame reader's error answers)
-//! pushes through [`Outbox::push`]; one writer task drains it into the WebSocket. `seq`
-//! is assigned under the same lock that appends, so seq order is queue order. When the
-//! queued frames reach the byte limit, producers wait: an upstream stream is then read
-//! no faster than the client drains it, and nothing is dropped. A single frame larger
-//! than the limit is still admitted when the queue is empty, so no frame can wedge it.
+//! Every producer (upstream streams, status changes, the reader's error answers) pushes
+//! through [`Outbox::push`]; the socket's writer takes frames with [`Outbox::next`],
+//! which advances a cursor but keeps the frame. `seq` is assigned under the same lock that
+//! appends, so seq order is queue order.
+//!
+//! Limits:
+//! - **Unsent bytes** (`outboundQueueBytes`): while a socket is attached and this many
+//!   bytes wait to be written, producers wait. An upstream stream is then read no faster
+//!   than the client drains it; nothing is dropped. A frame larger than the limit still
+//!   passes when nothing else is waiting.
+//! - **Kept frames** (`resumeMaxFrames`, `resumeMaxBytes`): frames already written are
+//!   kept for a resume until acknowledged (`ack`, or `last_seq` in a resume), the oldest
+//!   going first when over the limits (a resume from before them is then refused).
+//!   While no socket is attached producers do not wait; if the frames not yet written
+//!   alone exceed the limits, the outbox **overflows**: it closes, and the session can no
+//!   longer be resumed.
+//!
+//! Frames outside the sequence (`pong`) are written first and never kept; a `pong`
+//! requested while another is still queued is not queued twice.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
+use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
 
 /// One frame ready for the socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
-    /// Its sequence number; `None` for frames outside the sequence (`pong`).
+    /// Its sequence number; `None` for frames outside the sequence.
     pub seq: Option<u64>,
-    /// The frame's JSON text.
-    pub text: String,
+    /// The frame's JSON text (cheap to clone).
+    pub text: Utf8Bytes,
 }
 
 /// The outbox was closed: the session is over and the frame was not queued.
@@ -27,43 +41,91 @@ pub struct Outgoing {
 #[error("the client session is closed")]
 pub struct Closed;
 
-/// A byte-bounded, sequenced frame queue with many producers and one consumer.
+/// Why a resume from a given seq is impossible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unresumable {
+    /// Frames after `last_seq` are no longer kept.
+    #[error("frames after seq {0} are no longer kept")]
+    Incomplete(u64),
+    /// `last_seq` is beyond the last frame sent.
+    #[error("seq {0} was never sent")]
+    Future(u64),
+    /// The session's frames overflowed while it was detached.
+    #[error("frames overflowed the resume limits while the client was away")]
+    Overflowed,
+}
+
+/// The outbox's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Unsent bytes at which producers wait (while attached).
+    pub queue_bytes: usize,
+    /// Frames kept for resume.
+    pub keep_frames: usize,
+    /// Bytes kept for resume.
+    pub keep_bytes: usize,
+}
+
+/// A bounded, sequenced frame queue with many producers and one writer.
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
     /// Woken when a frame is queued or the outbox closes (the writer waits on it).
     readable: Notify,
-    /// Woken when frames leave the queue or the outbox closes (producers wait on it).
+    /// Woken when frames are written, the socket detaches, or the outbox closes.
     writable: Notify,
-    /// The byte limit of queued frames.
-    capacity_bytes: usize,
+    /// Woken when the outbox closes (by overflow or by its owner).
+    closed: Notify,
+    limits: Limits,
 }
 
 #[derive(Debug)]
 struct State {
+    /// Kept frames, oldest first: written but unacknowledged, then unwritten.
+    frames: VecDeque<(u64, Utf8Bytes)>,
+    /// Bytes of all kept frames.
+    kept_bytes: usize,
+    /// Seq of the next frame to write.
+    cursor: u64,
+    /// Bytes of frames at or after the cursor.
+    unsent_bytes: usize,
+    /// Seq the next pushed frame gets.
     next_seq: u64,
-    queue: VecDeque<Outgoing>,
-    queued_bytes: usize,
+    /// Frames outside the sequence, written before any other.
+    control: VecDeque<Utf8Bytes>,
+    /// No socket is attached: producers do not wait.
+    detached: bool,
     closed: bool,
+    overflowed: bool,
 }
 
 impl Outbox {
-    /// An empty outbox whose first sequenced frame gets seq 1.
-    pub fn new(capacity_bytes: usize) -> Self {
+    /// An empty, attached outbox whose first frame gets seq 1.
+    pub fn new(limits: Limits) -> Self {
         Self {
             state: Mutex::new(State {
+                frames: VecDeque::new(),
+                kept_bytes: 0,
+                cursor: 1,
+                unsent_bytes: 0,
                 next_seq: 1,
-                queue: VecDeque::new(),
-                queued_bytes: 0,
+                control: VecDeque::new(),
+                detached: false,
                 closed: false,
+                overflowed: false,
             }),
             readable: Notify::new(),
             writable: Notify::new(),
-            capacity_bytes: capacity_bytes.max(1),
+            closed: Notify::new(),
+            limits: Limits {
+                queue_bytes: limits.queue_bytes.max(1),
+                keep_frames: limits.keep_frames.max(1),
+                keep_bytes: limits.keep_bytes.max(1),
+            },
         }
     }
 
-    /// Queues the frame `build(seq)` writes, waiting while the queue is full.
+    /// Queues the frame `build(seq)` writes, waiting while an attached socket's queue is full.
     pub async fn push(&self, build: impl FnOnce(u64) -> String) -> Result<u64, Closed> {
         let mut build = Some(build);
         loop {
@@ -75,18 +137,22 @@ impl Outbox {
                 if state.closed {
                     return Err(Closed);
                 }
-                if state.queued_bytes < self.capacity_bytes || state.queue.is_empty() {
+                let room = state.detached
+                    || state.unsent_bytes < self.limits.queue_bytes
+                    || state.unsent_bytes == 0;
+                if room {
                     let seq = state.next_seq;
+                    let text = Utf8Bytes::from(build.take().map(|b| b(seq)).unwrap_or_default());
                     state.next_seq += 1;
-                    if let Some(build) = build.take() {
-                        let text = build(seq);
-                        state.queued_bytes += text.len();
-                        state.queue.push_back(Outgoing {
-                            seq: Some(seq),
-                            text,
-                        });
-                    }
+                    state.kept_bytes += text.len();
+                    state.unsent_bytes += text.len();
+                    state.frames.push_back((seq, text));
+                    let overflowed = self.trim(&mut state);
                     drop(state);
+                    if overflowed {
+                        self.wake_all();
+                        return Err(Closed);
+                    }
                     self.readable.notify_one();
                     return Ok(seq);
                 }
@@ -95,21 +161,48 @@ impl Outbox {
         }
     }
 
-    /// Queues a frame outside the sequence (`pong`), without waiting for room: such
-    /// frames are small and answer the client's own frames, which it reads from us.
-    pub fn push_unsequenced(&self, text: String) -> Result<(), Closed> {
+    /// Drops written frames over the keep limits; true if unwritten frames alone exceed
+    /// them (the outbox then overflows and closes).
+    fn trim(&self, state: &mut State) -> bool {
+        let over = |s: &State| {
+            s.frames.len() > self.limits.keep_frames || s.kept_bytes > self.limits.keep_bytes
+        };
+        while over(state) {
+            match state.frames.front() {
+                Some((seq, _)) if *seq < state.cursor => {
+                    if let Some((_, text)) = state.frames.pop_front() {
+                        state.kept_bytes -= text.len();
+                    }
+                }
+                _ => break,
+            }
+        }
+        if over(state) && state.detached {
+            state.overflowed = true;
+            state.closed = true;
+            return true;
+        }
+        false
+    }
+
+    /// Queues a frame outside the sequence (`pong`) without waiting; an identical frame
+    /// already queued is not queued again.
+    pub fn push_unsequenced(&self, text: impl Into<Utf8Bytes>) -> Result<(), Closed> {
+        let text = text.into();
         let mut state = self.lock();
         if state.closed {
             return Err(Closed);
         }
-        state.queued_bytes += text.len();
-        state.queue.push_back(Outgoing { seq: None, text });
+        if !state.control.contains(&text) {
+            state.control.push_back(text);
+        }
         drop(state);
         self.readable.notify_one();
         Ok(())
     }
 
-    /// Takes the next frame, waiting for one; `None` once closed and empty.
+    /// The next frame to write, waiting for one; `None` once closed (or detached) and
+    /// nothing more is to be written.
     pub async fn next(&self) -> Option<Outgoing> {
         loop {
             let notified = self.readable.notified();
@@ -117,11 +210,27 @@ impl Outbox {
             notified.as_mut().enable();
             {
                 let mut state = self.lock();
-                if let Some(frame) = state.queue.pop_front() {
-                    state.queued_bytes -= frame.text.len();
+                if let Some(text) = state.control.pop_front() {
+                    return Some(Outgoing { seq: None, text });
+                }
+                if state.detached {
+                    return None;
+                }
+                // Kept frames have consecutive seqs, so the cursor's frame is found by index.
+                let cursor = state.cursor;
+                let next = state.frames.front().and_then(|(front, _)| {
+                    let index = usize::try_from(cursor.checked_sub(*front)?).ok()?;
+                    state.frames.get(index).map(|(_, text)| text.clone())
+                });
+                if let Some(text) = next {
+                    state.cursor += 1;
+                    state.unsent_bytes -= text.len();
                     drop(state);
                     self.writable.notify_waiters();
-                    return Some(frame);
+                    return Some(Outgoing {
+                        seq: Some(cursor),
+                        text,
+                    });
                 }
                 if state.closed {
                     return None;
@@ -131,21 +240,101 @@ impl Outbox {
         }
     }
 
+    /// The client has every frame up to `seq`: they need not be kept.
+    pub fn ack(&self, seq: u64) {
+        let mut state = self.lock();
+        while let Some((front, _)) = state.frames.front() {
+            if *front > seq || *front >= state.cursor {
+                break;
+            }
+            if let Some((_, text)) = state.frames.pop_front() {
+                state.kept_bytes -= text.len();
+            }
+        }
+    }
+
+    /// The socket is gone: producers stop waiting, and frames are kept for a resume.
+    pub fn detach(&self) {
+        let mut state = self.lock();
+        state.detached = true;
+        state.control.clear();
+        drop(state);
+        self.wake_all();
+    }
+
+    /// A new socket resumes after `last_seq`: frames after it will be written again.
+    pub fn attach(&self, last_seq: u64) -> Result<(), Unresumable> {
+        let mut state = self.lock();
+        if state.overflowed {
+            return Err(Unresumable::Overflowed);
+        }
+        if last_seq >= state.next_seq {
+            return Err(Unresumable::Future(last_seq));
+        }
+        let oldest = state.frames.front().map_or(state.next_seq, |(seq, _)| *seq);
+        if last_seq + 1 < oldest {
+            return Err(Unresumable::Incomplete(last_seq));
+        }
+        while state
+            .frames
+            .front()
+            .is_some_and(|(seq, _)| *seq <= last_seq)
+        {
+            if let Some((_, text)) = state.frames.pop_front() {
+                state.kept_bytes -= text.len();
+            }
+        }
+        state.cursor = last_seq + 1;
+        state.unsent_bytes = state.kept_bytes;
+        state.detached = false;
+        drop(state);
+        self.readable.notify_one();
+        Ok(())
+    }
+
     /// Closes the outbox: producers get [`Closed`]; the writer drains what is queued.
     pub fn close(&self) {
         self.lock().closed = true;
-        self.readable.notify_waiters();
-        self.writable.notify_waiters();
+        self.wake_all();
     }
 
-    /// Bytes currently queued.
-    pub fn queued_bytes(&self) -> usize {
-        self.lock().queued_bytes
+    /// True once closed (by its owner or by overflow).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Resolves once the outbox is closed.
+    pub async fn wait_closed(&self) {
+        loop {
+            let notified = self.closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Bytes waiting to be written.
+    pub fn unsent_bytes(&self) -> usize {
+        self.lock().unsent_bytes
+    }
+
+    /// Bytes kept (written and unwritten).
+    pub fn kept_bytes(&self) -> usize {
+        self.lock().kept_bytes
+    }
+
+    fn wake_all(&self) {
+        self.readable.notify_waiters();
+        self.writable.notify_waiters();
+        self.closed.notify_waiters();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave State inconsistent (every update
-        // is a few plain assignments), so a poisoned lock is still usable.
+        // Every update under this lock is a few plain assignments that cannot panic
+        // half-way, so a poisoned lock still holds consistent state.
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -159,25 +348,45 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn seq_follows_queue_order() {
-        let outbox = Outbox::new(1024);
-        for i in 0..3 {
-            outbox.push(|seq| format!("{i}:{seq}")).await.unwrap();
+    fn limits(queue_bytes: usize, keep_frames: usize, keep_bytes: usize) -> Limits {
+        Limits {
+            queue_bytes,
+            keep_frames,
+            keep_bytes,
         }
-        outbox.push_unsequenced("pong".into()).unwrap();
-        let mut texts = Vec::new();
-        for _ in 0..4 {
-            texts.push(outbox.next().await.unwrap());
+    }
+
+    async fn texts(outbox: &Outbox, n: usize) -> Vec<(Option<u64>, String)> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let frame = outbox.next().await.expect("a frame");
+            out.push((frame.seq, frame.text.as_str().to_owned()));
         }
-        assert_eq!(texts[0].text, "0:1");
-        assert_eq!(texts[2].seq, Some(3));
-        assert_eq!(texts[3].seq, None);
+        out
     }
 
     #[tokio::test]
-    async fn producers_wait_for_room_and_nothing_is_dropped() {
-        let outbox = Arc::new(Outbox::new(10));
+    async fn seq_follows_queue_order_and_pongs_go_first_once() {
+        let outbox = Outbox::new(limits(1024, 100, 4096));
+        for i in 0..3 {
+            outbox.push(|seq| format!("{i}:{seq}")).await.unwrap();
+        }
+        outbox.push_unsequenced("pong").unwrap();
+        outbox.push_unsequenced("pong").unwrap();
+        let got = texts(&outbox, 4).await;
+        assert_eq!(got[0], (None, "pong".into()));
+        assert_eq!(got[1], (Some(1), "0:1".into()));
+        assert_eq!(got[3], (Some(3), "2:3".into()));
+        outbox.close();
+        assert!(
+            outbox.next().await.is_none(),
+            "the second pong was coalesced"
+        );
+    }
+
+    #[tokio::test]
+    async fn attached_producers_wait_for_room_and_nothing_is_dropped() {
+        let outbox = Arc::new(Outbox::new(limits(10, 1000, 100_000)));
         let producer = {
             let outbox = outbox.clone();
             tokio::spawn(async move {
@@ -187,23 +396,72 @@ mod tests {
             })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(outbox.queued_bytes() <= 16, "bounded while nobody reads");
+        assert!(outbox.unsent_bytes() <= 16, "bounded while nobody reads");
         for i in 0..100u32 {
-            assert_eq!(outbox.next().await.unwrap().text, format!("{i:08}"));
+            assert_eq!(
+                outbox.next().await.unwrap().text.as_str(),
+                format!("{i:08}")
+            );
         }
         producer.await.unwrap();
     }
 
     #[tokio::test]
     async fn an_oversized_frame_passes_an_empty_queue() {
-        let outbox = Outbox::new(4);
+        let outbox = Outbox::new(limits(4, 10, 1000));
         outbox.push(|_| "x".repeat(100)).await.unwrap();
         assert_eq!(outbox.next().await.unwrap().text.len(), 100);
     }
 
     #[tokio::test]
-    async fn close_wakes_everyone() {
-        let outbox = Arc::new(Outbox::new(1));
+    async fn resume_replays_exactly_what_followed_last_seq() {
+        let outbox = Outbox::new(limits(1024, 100, 100_000));
+        for i in 1..=5 {
+            outbox.push(|_| format!("f{i}")).await.unwrap();
+        }
+        texts(&outbox, 4).await; // written up to seq 4; the client saw up to 2
+        outbox.detach();
+        assert!(outbox.next().await.is_none(), "a detached writer stops");
+        outbox.push(|_| "f6".into()).await.unwrap(); // produced while away
+        outbox.attach(2).unwrap();
+        let got = texts(&outbox, 4).await;
+        let seqs: Vec<_> = got.iter().map(|(s, _)| s.unwrap()).collect();
+        assert_eq!(seqs, [3, 4, 5, 6]);
+        assert_eq!(got[3].1, "f6");
+    }
+
+    #[tokio::test]
+    async fn acked_and_trimmed_frames_cannot_be_resumed_from() {
+        let outbox = Outbox::new(limits(1024, 3, 100_000));
+        for i in 1..=6 {
+            outbox.push(|_| format!("f{i}")).await.unwrap();
+            outbox.next().await.unwrap();
+        }
+        // Only seqs 4..=6 are kept.
+        assert_eq!(outbox.attach(1), Err(Unresumable::Incomplete(1)));
+        assert_eq!(outbox.attach(9), Err(Unresumable::Future(9)));
+        outbox.ack(5);
+        assert_eq!(outbox.kept_bytes(), 2);
+        outbox.attach(5).unwrap();
+        outbox.attach(6).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_detached_outbox_overflows_instead_of_growing() {
+        let outbox = Outbox::new(limits(1024, 3, 100_000));
+        outbox.detach();
+        for i in 1..=3 {
+            outbox.push(|_| format!("f{i}")).await.unwrap();
+        }
+        assert_eq!(outbox.push(|_| "f4".into()).await, Err(Closed));
+        assert!(outbox.is_closed());
+        outbox.wait_closed().await;
+        assert_eq!(outbox.attach(0), Err(Unresumable::Overflowed));
+    }
+
+    #[tokio::test]
+    async fn close_wakes_waiting_producers() {
+        let outbox = Arc::new(Outbox::new(limits(1, 10, 1000)));
         outbox.push(|_| "full".into()).await.unwrap();
         let blocked = {
             let outbox = outbox.clone();
@@ -212,7 +470,7 @@ mod tests {
         tokio::task::yield_now().await;
         outbox.close();
         assert_eq!(blocked.await.unwrap(), Err(Closed));
-        assert_eq!(outbox.next().await.unwrap().text, "full");
+        assert_eq!(outbox.next().await.unwrap().text.as_str(), "full");
         assert!(outbox.next().await.is_none());
     }
 }

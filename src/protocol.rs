@@ -18,6 +18,12 @@ pub const SUBPROTOCOL: &str = "mcpmux.v1";
 pub mod close_code {
     /// Normal closure.
     pub const NORMAL: u16 = 1000;
+    /// The client did not keep up with its frames; its session is kept for resume.
+    pub const SLOW_CONSUMER: u16 = 4000;
+    /// The client answered no ping for two heartbeat intervals; its session is kept.
+    pub const HEARTBEAT_TIMEOUT: u16 = 4001;
+    /// Another connection asked to resume this connection's session; the session ended.
+    pub const SESSION_TAKEN_OVER: u16 = 4002;
     /// The gateway is shutting down; reconnect later.
     pub const GOING_AWAY: u16 = 1001;
     /// A frame was larger than the configured limit.
@@ -53,9 +59,26 @@ pub enum ErrorCode {
     SessionClosed,
     /// Too many requests of this connection are in flight.
     TooManyRequests,
+    /// The connection holds `maxUpstreamSessions` upstream sessions already.
+    TooManySessions,
 }
 
 impl ErrorCode {
+    /// Every code, for documentation checks.
+    pub const ALL: [ErrorCode; 11] = [
+        Self::BadFrame,
+        Self::UnknownType,
+        Self::UnknownServer,
+        Self::Batch,
+        Self::ServerUnavailable,
+        Self::UpstreamError,
+        Self::Timeout,
+        Self::SessionLost,
+        Self::SessionClosed,
+        Self::TooManyRequests,
+        Self::TooManySessions,
+    ];
+
     /// The code as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -69,6 +92,7 @@ impl ErrorCode {
             Self::SessionLost => "session_lost",
             Self::SessionClosed => "session_closed",
             Self::TooManyRequests => "too_many_requests",
+            Self::TooManySessions => "too_many_sessions",
         }
     }
 
@@ -92,11 +116,24 @@ pub struct ClientInfo {
     pub version: Option<String>,
 }
 
+/// `resume` of a `hello` frame: the session to resume and the last seq the client has.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Resume {
+    /// The `session` of the earlier `welcome`.
+    pub session: String,
+    /// The last seq the client received (0 if none).
+    pub last_seq: u64,
+}
+
 /// A decoded client frame. Borrowed from the received text.
 #[derive(Debug)]
 pub enum ClientFrame<'a> {
-    /// Opens the session; must be the first frame and is allowed once.
-    Hello { client: Option<ClientInfo> },
+    /// Opens the session (or resumes one); must be the first frame and is allowed once.
+    Hello {
+        client: Option<ClientInfo>,
+        resume: Option<Resume>,
+    },
     /// Carries one JSON-RPC message (an object, as sent) to `server`.
     Rpc {
         server: Cow<'a, str>,
@@ -106,6 +143,8 @@ pub enum ClientFrame<'a> {
     Close { server: Cow<'a, str> },
     /// Application-level ping, answered by `pong`.
     Ping,
+    /// The client has every frame up to `seq`; the gateway need not keep them.
+    Ack { seq: u64 },
 }
 
 /// Why a frame could not be decoded: becomes an `error` frame.
@@ -152,6 +191,10 @@ struct Envelope<'a> {
     client: Option<&'a RawValue>,
     #[serde(rename = "ref", default, borrow, deserialize_with = "present")]
     reference: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    resume: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    seq: Option<&'a RawValue>,
 }
 
 /// Keeps a field that is present with the value `null` distinct from an absent one.
@@ -203,7 +246,15 @@ fn decode_envelope<'a>(envelope: &Envelope<'a>) -> Result<ClientFrame<'a>, Frame
                     )
                 })?),
             };
-            Ok(ClientFrame::Hello { client })
+            let resume = match envelope.resume {
+                None => None,
+                Some(raw) => Some(serde_json::from_str::<Resume>(raw.get()).map_err(|_| {
+                    FrameError::bad(
+                        "`resume` must be an object {\"session\": string, \"last_seq\": integer >= 0}",
+                    )
+                })?),
+            };
+            Ok(ClientFrame::Hello { client, resume })
         }
         "rpc" => {
             let server = required_server(envelope)?;
@@ -230,9 +281,19 @@ fn decode_envelope<'a>(envelope: &Envelope<'a>) -> Result<ClientFrame<'a>, Frame
             server: required_server(envelope)?,
         }),
         "ping" => Ok(ClientFrame::Ping),
+        "ack" => match envelope
+            .seq
+            .map(|raw| serde_json::from_str::<u64>(raw.get()))
+        {
+            Some(Ok(seq)) => Ok(ClientFrame::Ack { seq }),
+            Some(Err(_)) => Err(FrameError::bad("field `seq` must be an integer >= 0")),
+            None => Err(FrameError::bad("missing field `seq`")),
+        },
         other => Err(FrameError {
             code: ErrorCode::UnknownType,
-            message: format!("unknown frame type {other:?}; expected hello, rpc, close or ping"),
+            message: format!(
+                "unknown frame type {other:?}; expected hello, rpc, close, ping or ack"
+            ),
             server: None,
         }),
     }
@@ -298,6 +359,9 @@ pub enum GatewayFrame<'a> {
     Welcome {
         session: &'a str,
         protocol: &'static str,
+        resumed: bool,
+        resume_window_ms: u64,
+        heartbeat_ms: u64,
         servers: Vec<ServerEntry<'a>>,
     },
     /// A server's lifecycle changed.

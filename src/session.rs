@@ -1,0 +1,342 @@
+//! A client session: what a WebSocket's `hello` opens and a resume re-attaches. It owns
+//! the session's upstream sessions (one per server), its outbox, and its view of server
+//! status changes, and turns client frames into upstream traffic.
+//!
+//! A session is owned by exactly one task at a time: the connection task while a socket
+//! is attached, a holder task ([`crate::resume`]) while it waits for a resume.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use tokio::sync::{Semaphore, broadcast};
+use tokio_util::task::TaskTracker;
+
+use crate::gateway::Shared;
+use crate::jsonrpc::{self, Head, Kind};
+use crate::outbox::{Limits, Outbox};
+use crate::protocol::{
+    self, ClientFrame, ErrorCode, GatewayFrame, ServerEntry, SessionState, close_code,
+    decode_client_frame,
+};
+use crate::registry::StatusChange;
+use crate::upstream::session::{End, Link, UpstreamSession};
+
+/// How long a finished session waits for its exchanges to notice the end.
+const TASKS_DRAIN: Duration = Duration::from_secs(2);
+
+/// A reason to close the socket: a close code and a sentence.
+pub type CloseReason = (u16, String);
+
+/// One client session.
+pub struct ClientSession {
+    /// The session id clients resume with (128 random bits, hex).
+    pub id: String,
+    shared: Arc<Shared>,
+    /// What upstream sessions borrow from this session (its outbox among it).
+    pub link: Link,
+    upstreams: HashMap<String, Arc<UpstreamSession>>,
+    /// Status changes of every server; kept with the session so none is missed while
+    /// it moves between tasks.
+    pub changes: broadcast::Receiver<StatusChange>,
+}
+
+impl ClientSession {
+    /// A new session with a fresh id.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        let config = &shared.config;
+        let limits = Limits {
+            queue_bytes: config.outbound_queue_bytes,
+            keep_frames: config.resume_max_frames,
+            keep_bytes: config.resume_max_bytes,
+        };
+        let link = Link {
+            outbox: Arc::new(Outbox::new(limits)),
+            http: shared.http.clone(),
+            tasks: TaskTracker::new(),
+            background: shared.background.clone(),
+            inflight: Arc::new(Semaphore::new(config.max_inflight_requests)),
+            request_timeout: config.request_timeout,
+            ready_wait: config.connect_timeout,
+        };
+        let id: u128 = rand::random();
+        Self {
+            id: format!("{id:032x}"),
+            changes: shared.status_changes.subscribe(),
+            shared,
+            link,
+            upstreams: HashMap::new(),
+        }
+    }
+
+    /// The gateway shared state.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The `welcome` frame for a socket attaching to this session.
+    pub fn welcome(&self, resumed: bool) -> String {
+        let config = &self.shared.config;
+        let servers = self
+            .shared
+            .servers
+            .values()
+            .map(|s| ServerEntry {
+                name: &s.name,
+                state: s.state(),
+            })
+            .collect();
+        GatewayFrame::Welcome {
+            session: &self.id,
+            protocol: protocol::SUBPROTOCOL,
+            resumed,
+            resume_window_ms: millis(config.resume_window),
+            heartbeat_ms: millis(config.heartbeat),
+            servers,
+        }
+        .encode()
+    }
+
+    /// Handles one text frame; `Some` closes the connection.
+    pub async fn on_text(&mut self, text: &str) -> Option<CloseReason> {
+        let decoded = decode_client_frame(text);
+        let reference = decoded.reference;
+        match decoded.frame {
+            Err(err) => {
+                self.error_frame(err.code, &err.message, err.server.as_deref(), reference)
+                    .await;
+            }
+            Ok(ClientFrame::Hello { .. }) => {
+                return Some((
+                    close_code::PROTOCOL_VIOLATION,
+                    "hello was already received".into(),
+                ));
+            }
+            Ok(ClientFrame::Ping) => {
+                let _ = self
+                    .link
+                    .outbox
+                    .push_unsequenced(GatewayFrame::Pong.encode());
+            }
+            Ok(ClientFrame::Ack { seq }) => self.link.outbox.ack(seq),
+            Ok(ClientFrame::Close { server }) => self.on_close(&server, reference).await,
+            Ok(ClientFrame::Rpc { server, message }) => {
+                self.on_rpc(&server, message, reference).await
+            }
+        }
+        None
+    }
+
+    /// Answers a binary message, which the protocol does not have.
+    pub async fn on_binary(&mut self) {
+        let message = "binary frames are not part of mcpmux.v1; send each frame as JSON text";
+        self.error_frame(ErrorCode::BadFrame, message, None, None)
+            .await;
+    }
+
+    async fn on_rpc(&mut self, server: &str, message: &RawValue, reference: Option<&RawValue>) {
+        let head = match Head::parse(message.get()) {
+            Ok(head) if head.kind() != Kind::Invalid => head,
+            Ok(_) => {
+                let why = "`message` is not a JSON-RPC message: it needs a `method` or an `id`";
+                return self
+                    .error_frame(ErrorCode::BadFrame, why, Some(server), reference)
+                    .await;
+            }
+            Err(err) => {
+                let why = format!("`message` is not a JSON-RPC message: {err}");
+                return self
+                    .error_frame(ErrorCode::BadFrame, &why, Some(server), reference)
+                    .await;
+            }
+        };
+        let Some(target) = self.shared.servers.get(server).cloned() else {
+            let why = format!("no server is named {server:?}; the welcome frame lists the servers");
+            return self
+                .refuse(server, &head, reference, ErrorCode::UnknownServer, &why)
+                .await;
+        };
+        let initialize = head.kind() == Kind::Request
+            && head.method() == "initialize"
+            && head
+                .params()
+                .meta
+                .and_then(|m| m.protocol_version)
+                .is_none();
+        let upstream = match self.upstreams.get(server) {
+            Some(existing) if !initialize && !existing.is_ended() => existing.clone(),
+            _ => {
+                if let Some(previous) = self.upstreams.remove(server) {
+                    previous.end(End::Replaced).await;
+                }
+                if self.upstreams.len() >= self.shared.config.max_upstream_sessions {
+                    let why = format!(
+                        "this connection already holds {} upstream sessions (maxUpstreamSessions); close one first",
+                        self.upstreams.len()
+                    );
+                    return self
+                        .refuse(server, &head, reference, ErrorCode::TooManySessions, &why)
+                        .await;
+                }
+                let fresh = UpstreamSession::new(target, self.link.clone(), initialize);
+                self.upstreams.insert(server.to_owned(), fresh.clone());
+                fresh
+            }
+        };
+        upstream.carry(message, &head, reference).await;
+    }
+
+    /// A message that cannot be carried: a JSON-RPC error for a request, an error frame
+    /// otherwise.
+    async fn refuse(
+        &self,
+        server: &str,
+        head: &Head<'_>,
+        reference: Option<&RawValue>,
+        code: ErrorCode,
+        why: &str,
+    ) {
+        match (head.kind(), head.id) {
+            (Kind::Request, Some(id)) => {
+                let response = jsonrpc::error_response(id, code, why, server);
+                let _ = self
+                    .link
+                    .outbox
+                    .push(|seq| protocol::rpc_frame(server, seq, &response))
+                    .await;
+            }
+            _ => self.error_frame(code, why, Some(server), reference).await,
+        }
+    }
+
+    async fn on_close(&mut self, server: &str, reference: Option<&RawValue>) {
+        if !self.shared.servers.contains_key(server) {
+            let why = format!("no server is named {server:?}; the welcome frame lists the servers");
+            return self
+                .error_frame(ErrorCode::UnknownServer, &why, Some(server), reference)
+                .await;
+        }
+        if let Some(upstream) = self.upstreams.remove(server) {
+            upstream.end(End::Closed).await;
+        }
+        let _ = self
+            .link
+            .outbox
+            .push(|seq| {
+                GatewayFrame::Session {
+                    server,
+                    seq,
+                    state: SessionState::Closed,
+                    reason: None,
+                }
+                .encode()
+            })
+            .await;
+    }
+
+    /// Handles what the status broadcast delivered.
+    pub async fn on_status_event(
+        &mut self,
+        event: Result<StatusChange, broadcast::error::RecvError>,
+    ) {
+        match event {
+            Ok(change) => self.on_status(change).await,
+            Err(broadcast::error::RecvError::Lagged(_)) => self.resync_status().await,
+            Err(broadcast::error::RecvError::Closed) => {}
+        }
+    }
+
+    /// Forwards a status change, and ends upstream sessions on a replaced instance.
+    async fn on_status(&mut self, change: StatusChange) {
+        let name = &*change.server;
+        let state = change.state;
+        let _ = self
+            .link
+            .outbox
+            .push(|seq| {
+                GatewayFrame::Status {
+                    server: name,
+                    seq,
+                    state,
+                }
+                .encode()
+            })
+            .await;
+        let stale = self
+            .upstreams
+            .get(name)
+            .and_then(|u| u.generation())
+            .is_some_and(|generation| change.generation != Some(generation));
+        if stale {
+            if let Some(upstream) = self.upstreams.remove(name) {
+                upstream.end(End::Lost("the server restarted".into())).await;
+            }
+        }
+    }
+
+    /// After falling behind the status broadcast: sends every server's current state.
+    async fn resync_status(&mut self) {
+        let changes: Vec<StatusChange> = self
+            .shared
+            .servers
+            .values()
+            .map(|s| {
+                let status = s.status();
+                StatusChange {
+                    server: s.name.clone(),
+                    state: status.state,
+                    generation: status.endpoint.map(|e| e.generation),
+                }
+            })
+            .collect();
+        for change in changes {
+            self.on_status(change).await;
+        }
+    }
+
+    async fn error_frame(
+        &self,
+        code: ErrorCode,
+        message: &str,
+        server: Option<&str>,
+        reference: Option<&RawValue>,
+    ) {
+        let _ = self
+            .link
+            .outbox
+            .push(|seq| {
+                GatewayFrame::Error {
+                    seq,
+                    code,
+                    message,
+                    server,
+                    reference,
+                }
+                .encode()
+            })
+            .await;
+    }
+
+    /// Ends the session: optionally lets in-flight requests finish for up to `drain`,
+    /// then ends every upstream session (DELETE) and closes the outbox.
+    pub async fn finish(mut self, drain: Option<Duration>) {
+        // Nobody reads any more: producers must not wait for a socket.
+        self.link.outbox.detach();
+        if let Some(grace) = drain {
+            let all = u32::try_from(self.shared.config.max_inflight_requests).unwrap_or(u32::MAX);
+            let _ = tokio::time::timeout(grace, self.link.inflight.acquire_many(all)).await;
+        }
+        for (_, upstream) in self.upstreams.drain() {
+            upstream.end(End::Detached).await;
+        }
+        self.link.outbox.close();
+        self.link.tasks.close();
+        let _ = tokio::time::timeout(TASKS_DRAIN, self.link.tasks.wait()).await;
+        tracing::debug!(session = %self.id, "client session ended");
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
