@@ -30,6 +30,8 @@ use crate::registry::Server;
 /// How long a GET stream that keeps failing is retried before the gateway gives up on
 /// it (the session itself stays usable for requests).
 const GET_STREAM_RETRIES: u32 = 5;
+/// How often one response stream is resumed before its request fails.
+const STREAM_RESUMES: u32 = 3;
 /// How long a finished response stream is given to end by itself before it is dropped.
 const STREAM_END_GRACE: Duration = Duration::from_secs(1);
 /// The most a DELETE at the end of a session may take.
@@ -362,13 +364,16 @@ impl UpstreamSession {
     }
 
     /// Forwards every event of a response stream until the response has arrived and the
-    /// stream has ended (or lingered past [`STREAM_END_GRACE`]).
+    /// stream has ended (or lingered past [`STREAM_END_GRACE`]). A stream that breaks
+    /// before the response is resumed with `Last-Event-ID`, so every event reaches the
+    /// client once; only when that fails does the request fail.
     async fn drain(
         self: &Arc<Self>,
         mut stream: EventStream,
         carried: &Carried,
         answered: &AtomicBool,
     ) -> Result<(), UpstreamError> {
+        let mut resumes = 0;
         loop {
             let next = if answered.load(Ordering::Acquire) {
                 match tokio::time::timeout(STREAM_END_GRACE, stream.next()).await {
@@ -378,19 +383,62 @@ impl UpstreamSession {
             } else {
                 stream.next().await
             };
-            match next {
+            let failure = match next {
                 Some(Ok(event)) if event.data.trim().is_empty() => continue,
-                Some(Ok(event)) => self.forward(&event.data, carried, answered).await?,
+                Some(Ok(event)) => {
+                    self.forward(&event.data, carried, answered).await?;
+                    continue;
+                }
                 None if answered.load(Ordering::Acquire) || carried.kind != Kind::Request => {
                     return Ok(());
                 }
-                None => {
-                    return Err(UpstreamError::StreamCut(
-                        "it closed with no response".into(),
-                    ));
-                }
                 Some(Err(_)) if answered.load(Ordering::Acquire) => return Ok(()),
-                Some(Err(err)) => return Err(err),
+                None => UpstreamError::StreamCut("it closed with no response".into()),
+                Some(Err(err)) => err,
+            };
+            let resumable = matches!(failure, UpstreamError::StreamCut(_))
+                && carried.stateless_version.is_none();
+            if resumable && resumes < STREAM_RESUMES {
+                let last_event_id = stream.last_event_id().map(str::to_owned);
+                if let Some(resumed) = self.resume_stream(last_event_id).await {
+                    resumes += 1;
+                    stream = resumed;
+                    continue;
+                }
+            }
+            return Err(failure);
+        }
+    }
+
+    /// Reopens a broken stream after its last event (2025 revisions; the 2026-07-28
+    /// revision has no resumption).
+    async fn resume_stream(&self, last_event_id: Option<String>) -> Option<EventStream> {
+        let last_event_id = last_event_id?;
+        let endpoint = self.endpoint.get()?;
+        let session_id = match &*self.phase.borrow() {
+            Phase::Open { session_id } => session_id.clone(),
+            _ => None,
+        };
+        let version = self
+            .protocol_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let headers = Headers {
+            session_id: session_id.as_deref(),
+            protocol_version: version.as_deref(),
+            last_event_id: Some(&last_event_id),
+            ..Headers::default()
+        };
+        match self.link.http.get_stream(endpoint, headers).await {
+            Ok(Some(stream)) => {
+                tracing::debug!(server = %self.server.name, %last_event_id, "response stream resumed");
+                Some(stream)
+            }
+            Ok(None) => None,
+            Err(err) => {
+                tracing::debug!(server = %self.server.name, %err, "response stream could not be resumed");
+                None
             }
         }
     }
