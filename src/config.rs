@@ -130,6 +130,20 @@ pub struct GatewayConfig {
     pub max_inflight_requests: usize,
     /// `maxUpstreamMessageBytes`: one upstream JSON-RPC message (default 16 MiB).
     pub max_upstream_message_bytes: usize,
+    /// `resumeWindowMs`: how long a dropped client session is kept for resume.
+    pub resume_window: Duration,
+    /// `resumeMaxFrames`: frames kept for resume per session.
+    pub resume_max_frames: usize,
+    /// `resumeMaxBytes`: bytes kept for resume per session.
+    pub resume_max_bytes: usize,
+    /// `writeTimeoutMs`: deadline of one WebSocket write.
+    pub write_timeout: Duration,
+    /// `heartbeatMs`: ping interval; a client silent for two intervals is closed.
+    pub heartbeat: Duration,
+    /// `maxUpstreamSessions`: upstream sessions one connection may hold.
+    pub max_upstream_sessions: usize,
+    /// `shutdownGraceMs`: how long in-flight requests may finish on shutdown.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -148,6 +162,13 @@ impl Default for GatewayConfig {
             outbound_queue_bytes: 1 << 20,
             max_inflight_requests: 1024,
             max_upstream_message_bytes: 16 << 20,
+            resume_window: Duration::from_millis(60_000),
+            resume_max_frames: 10_000,
+            resume_max_bytes: 8 << 20,
+            write_timeout: Duration::from_millis(10_000),
+            heartbeat: Duration::from_millis(15_000),
+            max_upstream_sessions: 64,
+            shutdown_grace: Duration::from_millis(5_000),
         }
     }
 }

@@ -180,8 +180,21 @@ impl Client {
 
     /// Connects, says hello, and reads the welcome.
     pub async fn connect(addr: SocketAddr) -> Self {
+        Self::hello(
+            addr,
+            json!({"type": "hello", "client": {"name": "tests", "version": "1"}}),
+        )
+        .await
+    }
+
+    /// Connects asking to resume `session` after `last_seq`.
+    pub async fn resume(addr: SocketAddr, session: &str, last_seq: u64) -> Self {
+        let hello = json!({"type": "hello", "resume": {"session": session, "last_seq": last_seq}});
+        Self::hello(addr, hello).await
+    }
+
+    async fn hello(addr: SocketAddr, hello: Value) -> Self {
         let mut ws = Self::raw(addr).await;
-        let hello = json!({"type": "hello", "client": {"name": "tests", "version": "1"}});
         ws.send(Message::text(hello.to_string()))
             .await
             .expect("send hello");

@@ -8,4 +8,5 @@ mod carrying;
 mod frames;
 mod lifecycle;
 mod protocol_doc;
+mod resume;
 mod upstream_faults;

@@ -2,6 +2,7 @@
 //! gateway examples must match the frame definitions, and its transcripts are replayed
 //! against a live gateway with the real server-everything.
 
+use mcpmux::protocol::ErrorCode;
 use serde_json::{Map, Value, json};
 
 use crate::harness::{Client, TestGateway, config, everything, root};
@@ -56,27 +57,17 @@ fn schema(kind: &str) -> Option<(Fields, Fields)> {
         )
     };
     let code: fn(&Value) -> bool = |v| {
-        v.as_str().is_some_and(|c| {
-            [
-                "bad_frame",
-                "unknown_type",
-                "unknown_server",
-                "batch",
-                "server_unavailable",
-                "upstream_error",
-                "timeout",
-                "session_lost",
-                "session_closed",
-                "too_many_requests",
-            ]
-            .contains(&c)
-        })
+        v.as_str()
+            .is_some_and(|c| ErrorCode::ALL.iter().any(|code| code.as_str() == c))
     };
     Some(match kind {
         "welcome" => (
             vec![
                 ("session", string),
                 ("protocol", |v: &Value| v == "mcpmux.v1"),
+                ("resumed", Value::is_boolean),
+                ("resume_window_ms", seq),
+                ("heartbeat_ms", seq),
                 ("servers", |v: &Value| {
                     v.as_array().is_some_and(|a| {
                         a.iter().all(|s| {
@@ -244,6 +235,15 @@ async fn next_text(
         if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
             return serde_json::from_str(&text).expect("JSON");
         }
+    }
+}
+
+#[test]
+fn every_error_code_is_documented() {
+    let text = std::fs::read_to_string(root().join("protocol.md")).expect("protocol.md");
+    for code in ErrorCode::ALL {
+        let row = format!("| `{}` |", code.as_str());
+        assert!(text.contains(&row), "protocol.md's error table lacks {row}");
     }
 }
 

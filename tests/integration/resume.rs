@@ -1,0 +1,199 @@
+//! Resumable sessions: a client that drops while notifications keep flowing comes back
+//! and receives exactly what it missed, once, in order; a resume that cannot be complete
+//! is refused with a fresh session.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{Client, Ended, TestGateway, config, everything, shared_gateway};
+
+/// Progress values of `token` in `frames`, checking each frame's seq follows the last.
+fn progress_of(frames: &[Value], token: &str) -> Vec<u64> {
+    frames
+        .iter()
+        .filter(|f| {
+            f["message"]["method"] == "notifications/progress"
+                && f["message"]["params"]["progressToken"] == token
+        })
+        .filter_map(|f| f["message"]["params"]["progress"].as_u64())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_client_that_drops_for_five_seconds_gets_all_1000_notifications_once() {
+    let addr = shared_gateway();
+    let mut client = Client::connect(addr).await;
+    let session = client.welcome["session"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    client.initialize("everything").await;
+    let params = json!({
+        "name": "trigger-long-running-operation",
+        "arguments": {"duration": 7, "steps": 1000},
+        "_meta": {"progressToken": "stream-1000"}
+    });
+    let id = json!("thousand");
+    client
+        .rpc(
+            "everything",
+            json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params}),
+        )
+        .await;
+
+    // Read about a hundred progress frames, then drop the connection without a close frame.
+    let mut before = Vec::new();
+    while progress_of(&before, "stream-1000").len() < 100 {
+        before.push(client.next().await);
+    }
+    let last_seq = before.last().and_then(|f| f["seq"].as_u64()).expect("seq");
+    drop(client);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let mut resumed = Client::resume(addr, &session, last_seq).await;
+    assert_eq!(resumed.welcome["resumed"], true, "{}", resumed.welcome);
+    assert_eq!(resumed.welcome["session"], session.as_str());
+    let mut after = Vec::new();
+    loop {
+        let frame = resumed.next().await;
+        let done = crate::harness::is_response(&frame, "everything", &id);
+        after.push(frame);
+        if done {
+            break;
+        }
+    }
+    // Seqs continue exactly after last_seq, with no gap and no repeat.
+    let seqs: Vec<u64> = after.iter().filter_map(|f| f["seq"].as_u64()).collect();
+    let expected: Vec<u64> = (last_seq + 1..=last_seq + seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "contiguous seqs after the resume");
+    // Every progress notification the server sent arrived once, in order. (mcp-proxy
+    // usually drops the very last one before the result.)
+    let mut all = progress_of(&before, "stream-1000");
+    all.extend(progress_of(&after, "stream-1000"));
+    let unique: BTreeSet<u64> = all.iter().copied().collect();
+    assert_eq!(unique.len(), all.len(), "no duplicates");
+    assert!(all.windows(2).all(|w| w[1] == w[0] + 1), "in order, no gap");
+    assert_eq!(all.first(), Some(&1));
+    assert!(all.len() >= 999, "received {} of 1000", all.len());
+    assert!(
+        after
+            .last()
+            .is_some_and(|f| crate::harness::tool_text(f).contains("completed"))
+    );
+}
+
+#[tokio::test]
+async fn acked_frames_and_future_seqs_cannot_be_resumed_and_get_a_fresh_session() {
+    let addr = shared_gateway();
+    let mut client = Client::connect(addr).await;
+    let session = client.welcome["session"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    for i in 0..3 {
+        client.send(json!({"type": "launch", "ref": i})).await;
+    }
+    for _ in 0..3 {
+        client.wait_for("error", |f| f["type"] == "error").await;
+    }
+    client.send(json!({"type": "ack", "seq": 2})).await;
+    client.send(json!({"type": "ping"})).await;
+    client.wait_for("pong", |f| f["type"] == "pong").await;
+    drop(client);
+
+    // Frame 2 was acked: a resume claiming to have only frame 1 cannot be complete.
+    let refused = Client::resume(addr, &session, 1).await;
+    assert_eq!(refused.welcome["resumed"], false);
+    assert_ne!(
+        refused.welcome["session"],
+        session.as_str(),
+        "a fresh session"
+    );
+    // The refused session ended: a second try does not find it either.
+    let again = Client::resume(addr, &session, 3).await;
+    assert_eq!(again.welcome["resumed"], false);
+
+    let unknown = Client::resume(addr, "00000000000000000000000000000000", 0).await;
+    assert_eq!(unknown.welcome["resumed"], false);
+}
+
+#[tokio::test]
+async fn a_resume_too_late_is_refused() {
+    let gateway = TestGateway::start(&config(
+        json!({"everything": everything()}),
+        json!({"resumeWindowMs": 300}),
+    ))
+    .await;
+    let mut client = Client::connect(gateway.addr).await;
+    let session = client.welcome["session"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    assert_eq!(client.welcome["resume_window_ms"], 300);
+    client.send(json!({"type": "ping"})).await;
+    client.wait_for("pong", |f| f["type"] == "pong").await;
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let late = Client::resume(gateway.addr, &session, 0).await;
+    assert_eq!(late.welcome["resumed"], false);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_session_resumed_while_attached_ends_the_other_socket_with_4002() {
+    let addr = shared_gateway();
+    let mut first = Client::connect(addr).await;
+    let session = first.welcome["session"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    let second = Client::resume(addr, &session, 0).await;
+    assert_eq!(second.welcome["resumed"], false);
+    match first.closed().await {
+        Ended::Closed(code, _) => assert_eq!(code, 4002),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_with_4001_and_can_resume() {
+    let gateway = TestGateway::start(&config(
+        json!({"remote": {"url": "http://127.0.0.1:9/mcp"}}),
+        json!({"heartbeatMs": 200}),
+    ))
+    .await;
+    let mut client = Client::connect(gateway.addr).await;
+    let session = client.welcome["session"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    assert_eq!(client.welcome["heartbeat_ms"], 200);
+    // Not reading means not answering pings.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    match client.closed().await {
+        Ended::Closed(code, _) => assert_eq!(code, 4001),
+        other => panic!("{other:?}"),
+    }
+    let resumed = Client::resume(gateway.addr, &session, 0).await;
+    assert_eq!(resumed.welcome["resumed"], true);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_answers_pings_stays_connected() {
+    let gateway = TestGateway::start(&config(
+        json!({"remote": {"url": "http://127.0.0.1:9/mcp"}}),
+        json!({"heartbeatMs": 100}),
+    ))
+    .await;
+    let mut client = Client::connect(gateway.addr).await;
+    // Reading answers pings; after ten intervals the socket is still open.
+    for _ in 0..10 {
+        client.send(json!({"type": "ping"})).await;
+        client.wait_for("pong", |f| f["type"] == "pong").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gateway.shutdown().await;
+}
