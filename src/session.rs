@@ -14,14 +14,15 @@ use tokio::sync::{Semaphore, broadcast};
 use tokio_util::task::TaskTracker;
 
 use crate::gateway::Shared;
-use crate::jsonrpc::{self, Head, Kind};
+use crate::jsonrpc::{Head, Kind};
 use crate::outbox::{Limits, Outbox};
 use crate::protocol::{
     self, ClientFrame, ErrorCode, GatewayFrame, ServerEntry, SessionState, close_code,
     decode_client_frame,
 };
 use crate::registry::StatusChange;
-use crate::upstream::session::{End, Link, UpstreamSession};
+use crate::upstream::link::Link;
+use crate::upstream::session::{End, UpstreamSession};
 
 /// How long a finished session waits for its exchanges to notice the end.
 const TASKS_DRAIN: Duration = Duration::from_secs(2);
@@ -197,17 +198,10 @@ impl ClientSession {
         code: ErrorCode,
         why: &str,
     ) {
-        match (head.kind(), head.id) {
-            (Kind::Request, Some(id)) => {
-                let response = jsonrpc::error_response(id, code, why, server);
-                let _ = self
-                    .link
-                    .outbox
-                    .push(|seq| protocol::rpc_frame(server, seq, &response))
-                    .await;
-            }
-            _ => self.error_frame(code, why, Some(server), reference).await,
-        }
+        let request_id = head.id.filter(|_| head.kind() == Kind::Request);
+        self.link
+            .refuse(server, request_id, reference, code, why)
+            .await;
     }
 
     async fn on_close(&mut self, server: &str, reference: Option<&RawValue>) {
@@ -220,18 +214,8 @@ impl ClientSession {
         if let Some(upstream) = self.upstreams.remove(server) {
             upstream.end(End::Closed).await;
         }
-        let _ = self
-            .link
-            .outbox
-            .push(|seq| {
-                GatewayFrame::Session {
-                    server,
-                    seq,
-                    state: SessionState::Closed,
-                    reason: None,
-                }
-                .encode()
-            })
+        self.link
+            .push_session(server, SessionState::Closed, None)
             .await;
     }
 
@@ -302,20 +286,7 @@ impl ClientSession {
         server: Option<&str>,
         reference: Option<&RawValue>,
     ) {
-        let _ = self
-            .link
-            .outbox
-            .push(|seq| {
-                GatewayFrame::Error {
-                    seq,
-                    code,
-                    message,
-                    server,
-                    reference,
-                }
-                .encode()
-            })
-            .await;
+        self.link.push_error(code, message, server, reference).await;
     }
 
     /// Ends the session: optionally lets in-flight requests finish for up to `drain`,

@@ -3,6 +3,8 @@
 //! event-stream parser ([`sse`]) and one client's session with one server ([`session`]).
 
 pub mod http;
+pub mod link;
+mod listener;
 pub mod session;
 pub mod sse;
 

@@ -16,45 +16,23 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
-use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use super::http::{EventStream, Headers, HttpClient, Reply};
+use super::http::{EventStream, Headers, Reply};
+use super::link::Link;
+use super::listener::Listener;
 use super::{Endpoint, UpstreamError};
 use crate::jsonrpc::{self, Head, Kind};
-use crate::outbox::Outbox;
-use crate::protocol::{self, ErrorCode, GatewayFrame, SessionState};
+use crate::protocol::{ErrorCode, SessionState};
 use crate::registry::Server;
 
-/// How long a GET stream that keeps failing is retried before the gateway gives up on
-/// it (the session itself stays usable for requests).
-const GET_STREAM_RETRIES: u32 = 5;
 /// How often one response stream is resumed before its request fails.
 const STREAM_RESUMES: u32 = 3;
 /// How long a finished response stream is given to end by itself before it is dropped.
 const STREAM_END_GRACE: Duration = Duration::from_secs(1);
 /// The most a DELETE at the end of a session may take.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// What a client session lends its upstream sessions.
-#[derive(Debug, Clone)]
-pub struct Link {
-    /// The client session's outbound queue.
-    pub outbox: Arc<Outbox>,
-    /// The gateway's HTTP client.
-    pub http: HttpClient,
-    /// The client session's tasks (message exchanges, GET streams).
-    pub tasks: TaskTracker,
-    /// Gateway-wide tasks that may outlive the client session (DELETEs).
-    pub background: TaskTracker,
-    /// Requests in flight for the whole client session, bounded by `maxInflightRequests`.
-    pub inflight: Arc<Semaphore>,
-    /// The most one request may take, end to end.
-    pub request_timeout: Duration,
-    /// How long a message waits for a starting server.
-    pub ready_wait: Duration,
-}
 
 /// Why an upstream session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,7 +218,9 @@ impl UpstreamSession {
         };
         match why {
             End::Lost(reason) => {
-                self.emit_session(SessionState::Lost, Some(&reason)).await;
+                self.link
+                    .push_session(&self.server.name, SessionState::Lost, Some(&reason))
+                    .await;
             }
             End::Closed | End::Replaced | End::Detached => {
                 if let (Some(id), Some(endpoint)) = (session_id, self.endpoint.get().cloned()) {
@@ -338,7 +318,9 @@ impl UpstreamSession {
             self.phase.send_replace(Phase::Open {
                 session_id: outcome.session_id.clone(),
             });
-            self.emit_session(SessionState::Open, None).await;
+            self.link
+                .push_session(&self.server.name, SessionState::Open, None)
+                .await;
         }
         match outcome.reply {
             Reply::Accepted if carried.kind == Kind::Request => Err(UpstreamError::Protocol(
@@ -414,23 +396,7 @@ impl UpstreamSession {
     /// revision has no resumption).
     async fn resume_stream(&self, last_event_id: Option<String>) -> Option<EventStream> {
         let last_event_id = last_event_id?;
-        let endpoint = self.endpoint.get()?;
-        let session_id = match &*self.phase.borrow() {
-            Phase::Open { session_id } => session_id.clone(),
-            _ => None,
-        };
-        let version = self
-            .protocol_version
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let headers = Headers {
-            session_id: session_id.as_deref(),
-            protocol_version: version.as_deref(),
-            last_event_id: Some(&last_event_id),
-            ..Headers::default()
-        };
-        match self.link.http.get_stream(endpoint, headers).await {
+        match self.open_stream(Some(&last_event_id)).await? {
             Ok(Some(stream)) => {
                 tracing::debug!(server = %self.server.name, %last_event_id, "response stream resumed");
                 Some(stream)
@@ -461,21 +427,31 @@ impl UpstreamSession {
             }
             answered.store(true, Ordering::Release);
         }
-        if self.push_message(text).await {
+        if self.link.push_rpc(&self.server.name, text).await {
             Ok(())
         } else {
             Err(UpstreamError::SessionClosed)
         }
     }
 
-    /// Queues one upstream message for the client; false once the client session is over.
-    async fn push_message(&self, text: &str) -> bool {
+    /// Forwards one event that answers no request of ours (the GET stream's); false
+    /// once the client session is over.
+    pub(super) async fn forward_event(&self, text: &str) -> bool {
         let name = &self.server.name;
-        self.link
-            .outbox
-            .push(|seq| protocol::rpc_frame(name, seq, text))
-            .await
-            .is_ok()
+        match Head::parse(text) {
+            Ok(head) => {
+                if head.says_stdio_server_gone() {
+                    self.server.suspect();
+                }
+                self.link.push_rpc(name, text).await
+            }
+            Err(err) => {
+                let message = format!("the server sent invalid JSON on its event stream: {err}");
+                self.link
+                    .push_error(ErrorCode::UpstreamError, &message, Some(name), None)
+                    .await
+            }
+        }
     }
 
     /// After a successful initialize, before its result is forwarded: remember the
@@ -487,21 +463,56 @@ impl UpstreamSession {
             .protocol_version
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = version.clone();
-        let session_id = match &*self.phase.borrow() {
+        if self.open_session_id().is_none() || self.endpoint.get().is_none() {
+            return;
+        }
+        let first = self.open_stream(None).await;
+        self.link
+            .tasks
+            .spawn(Listener::new(self.clone()).run(first));
+    }
+
+    /// The upstream session id, once initialize has given one.
+    fn open_session_id(&self) -> Option<String> {
+        match &*self.phase.borrow() {
             Phase::Open { session_id } => session_id.clone(),
             _ => None,
+        }
+    }
+
+    /// Opens the standalone GET stream, or with `last_event_id` resumes a broken stream
+    /// (a response stream or the GET stream). `None` when the session ended meanwhile.
+    pub(super) async fn open_stream(
+        &self,
+        last_event_id: Option<&str>,
+    ) -> Option<Result<Option<EventStream>, UpstreamError>> {
+        let endpoint = self.endpoint.get()?;
+        let session_id = self.open_session_id();
+        let version = self
+            .protocol_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let headers = Headers {
+            session_id: session_id.as_deref(),
+            protocol_version: version.as_deref(),
+            last_event_id,
+            ..Headers::default()
         };
-        let (Some(session_id), Some(endpoint)) = (session_id, self.endpoint.get().cloned()) else {
-            return;
-        };
-        let listener = Listener {
-            session: self.clone(),
-            endpoint,
-            session_id,
-            version,
-        };
-        let first = listener.open(None).await;
-        self.link.tasks.spawn(listener.run(first));
+        tokio::select! {
+            _ = self.cancel.cancelled() => None,
+            opened = self.link.http.get_stream(endpoint, headers) => Some(opened),
+        }
+    }
+
+    /// Resolves when the session has ended.
+    pub(super) async fn ended(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// The server's name.
+    pub(super) fn server_name(&self) -> &str {
+        &self.server.name
     }
 
     async fn wait_past_initialize(
@@ -528,191 +539,24 @@ impl UpstreamSession {
     /// Tells the client a message failed: a JSON-RPC error for a request, an `error`
     /// frame otherwise.
     async fn report(&self, carried: &Carried, code: ErrorCode, message: &str) {
+        let request_id = carried
+            .id
+            .as_deref()
+            .filter(|_| carried.kind == Kind::Request);
+        let reference = carried.reference.as_deref();
         let name = &self.server.name;
-        let pushed = match (&carried.id, carried.kind) {
-            (Some(id), Kind::Request) => {
-                let response = jsonrpc::error_response(id, code, message, name);
-                self.link
-                    .outbox
-                    .push(|seq| protocol::rpc_frame(name, seq, &response))
-                    .await
-            }
-            _ => {
-                let reference = carried.reference.as_deref();
-                self.link
-                    .outbox
-                    .push(|seq| {
-                        GatewayFrame::Error {
-                            seq,
-                            code,
-                            message,
-                            server: Some(name),
-                            reference,
-                        }
-                        .encode()
-                    })
-                    .await
-            }
-        };
-        if pushed.is_err() {
+        if !self
+            .link
+            .refuse(name, request_id, reference, code, message)
+            .await
+        {
             tracing::debug!(server = %name, "client gone before an error could be reported");
         }
-    }
-
-    async fn emit_session(&self, state: SessionState, reason: Option<&str>) {
-        let name = &self.server.name;
-        let _ = self
-            .link
-            .outbox
-            .push(|seq| {
-                GatewayFrame::Session {
-                    server: name,
-                    seq,
-                    state,
-                    reason,
-                }
-                .encode()
-            })
-            .await;
     }
 
     fn lock_inflight(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<String, (u64, CancellationToken)>> {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// The standalone GET stream of one upstream session: forwards everything on it
-/// (logs, list changes, resource updates) and resumes it with `Last-Event-ID` when it breaks.
-struct Listener {
-    session: Arc<UpstreamSession>,
-    endpoint: Arc<Endpoint>,
-    session_id: String,
-    version: Option<String>,
-}
-
-impl Listener {
-    /// Opens (or resumes) the stream; `None` when the session ended meanwhile.
-    async fn open(
-        &self,
-        last_event_id: Option<&str>,
-    ) -> Option<Result<Option<EventStream>, UpstreamError>> {
-        let headers = Headers {
-            session_id: Some(&self.session_id),
-            protocol_version: self.version.as_deref(),
-            last_event_id,
-            ..Headers::default()
-        };
-        tokio::select! {
-            _ = self.session.cancel.cancelled() => None,
-            opened = self.session.link.http.get_stream(&self.endpoint, headers) => Some(opened),
-        }
-    }
-
-    async fn run(self, first: Option<Result<Option<EventStream>, UpstreamError>>) {
-        let session = &self.session;
-        let cancel = &session.cancel;
-        let mut last_event_id: Option<String> = None;
-        let mut failures = 0u32;
-        let mut next_open = first;
-        loop {
-            let opened = match next_open.take() {
-                Some(opened) => opened,
-                None => match self.open(last_event_id.as_deref()).await {
-                    Some(opened) => opened,
-                    None => return,
-                },
-            };
-            if cancel.is_cancelled() {
-                return;
-            }
-            match opened {
-                Ok(None) => return,
-                Ok(Some(mut stream)) => {
-                    loop {
-                        let next = tokio::select! {
-                            _ = cancel.cancelled() => return,
-                            next = stream.next() => next,
-                        };
-                        match next {
-                            Some(Ok(event)) if event.data.trim().is_empty() => {}
-                            Some(Ok(event)) => {
-                                failures = 0;
-                                if !self.forward(&event.data).await {
-                                    return;
-                                }
-                            }
-                            Some(Err(err)) => {
-                                tracing::debug!(server = %session.server.name, %err, "GET stream broke");
-                                break;
-                            }
-                            None => break,
-                        }
-                        if let Some(id) = stream.last_event_id() {
-                            if last_event_id.as_deref() != Some(id) {
-                                last_event_id = Some(id.to_owned());
-                            }
-                        }
-                    }
-                    if let Some(id) = stream.last_event_id() {
-                        last_event_id = Some(id.to_owned());
-                    }
-                }
-                Err(UpstreamError::SessionGone) => {
-                    session
-                        .end(End::Lost(
-                            "the upstream session expired or was deleted".into(),
-                        ))
-                        .await;
-                    return;
-                }
-                Err(err) => {
-                    tracing::debug!(server = %session.server.name, %err, "GET stream failed to open");
-                }
-            }
-            failures += 1;
-            if failures > GET_STREAM_RETRIES {
-                tracing::warn!(server = %session.server.name, "giving up on the GET stream after repeated failures");
-                return;
-            }
-            let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(5)));
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-        }
-    }
-
-    /// Forwards one event; false once the client session is closed.
-    async fn forward(&self, text: &str) -> bool {
-        let session = &self.session;
-        let name = &session.server.name;
-        match Head::parse(text) {
-            Ok(head) => {
-                if head.says_stdio_server_gone() {
-                    session.server.suspect();
-                }
-                session.push_message(text).await
-            }
-            Err(err) => {
-                let message = format!("the server sent invalid JSON on its event stream: {err}");
-                session
-                    .link
-                    .outbox
-                    .push(|seq| {
-                        GatewayFrame::Error {
-                            seq,
-                            code: ErrorCode::UpstreamError,
-                            message: &message,
-                            server: Some(name),
-                            reference: None,
-                        }
-                        .encode()
-                    })
-                    .await
-                    .is_ok()
-            }
-        }
     }
 }

@@ -1,0 +1,108 @@
+//! What a client session lends its upstream sessions: the outbox their frames go to,
+//! the HTTP client, task trackers and limits; and the frame-writing helpers that every
+//! part of a session shares, so each frame is built in one place.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use super::http::HttpClient;
+use crate::jsonrpc;
+use crate::outbox::Outbox;
+use crate::protocol::{self, ErrorCode, GatewayFrame, SessionState};
+
+/// A client session's resources, shared with its upstream sessions.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// The client session's outbound frames.
+    pub outbox: Arc<Outbox>,
+    /// The gateway's HTTP client.
+    pub http: HttpClient,
+    /// The client session's tasks (message exchanges, GET streams).
+    pub tasks: TaskTracker,
+    /// Gateway-wide tasks that may outlive the client session (DELETEs).
+    pub background: TaskTracker,
+    /// Requests in flight for the whole client session, bounded by `maxInflightRequests`.
+    pub inflight: Arc<Semaphore>,
+    /// The most one request may take, end to end.
+    pub request_timeout: Duration,
+    /// How long a message waits for a starting server.
+    pub ready_wait: Duration,
+}
+
+impl Link {
+    /// Queues an `rpc` frame carrying `message` (valid JSON) from `server`. False once
+    /// the client session is over.
+    pub async fn push_rpc(&self, server: &str, message: &str) -> bool {
+        self.outbox
+            .push(|seq| protocol::rpc_frame(server, seq, message))
+            .await
+            .is_ok()
+    }
+
+    /// Queues a `session` frame.
+    pub async fn push_session(
+        &self,
+        server: &str,
+        state: SessionState,
+        reason: Option<&str>,
+    ) -> bool {
+        let frame = |seq| {
+            GatewayFrame::Session {
+                server,
+                seq,
+                state,
+                reason,
+            }
+            .encode()
+        };
+        self.outbox.push(frame).await.is_ok()
+    }
+
+    /// Queues an `error` frame.
+    pub async fn push_error(
+        &self,
+        code: ErrorCode,
+        message: &str,
+        server: Option<&str>,
+        reference: Option<&RawValue>,
+    ) -> bool {
+        let frame = |seq| {
+            GatewayFrame::Error {
+                seq,
+                code,
+                message,
+                server,
+                reference,
+            }
+            .encode()
+        };
+        self.outbox.push(frame).await.is_ok()
+    }
+
+    /// Answers a message for `server` that could not be carried: a JSON-RPC error
+    /// response with the request's own id (pass `request_id` only for requests), an
+    /// `error` frame otherwise.
+    pub async fn refuse(
+        &self,
+        server: &str,
+        request_id: Option<&RawValue>,
+        reference: Option<&RawValue>,
+        code: ErrorCode,
+        message: &str,
+    ) -> bool {
+        match request_id {
+            Some(id) => {
+                let response = jsonrpc::error_response(id, code, message, server);
+                self.push_rpc(server, &response).await
+            }
+            None => {
+                self.push_error(code, message, Some(server), reference)
+                    .await
+            }
+        }
+    }
+}
