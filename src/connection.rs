@@ -24,8 +24,9 @@ use crate::session::{ClientSession, CloseReason};
 
 /// How long the writer may take to send a close frame, or to stop after the reader.
 const WRITER_FLUSH: Duration = Duration::from_secs(2);
-/// How long the socket is read (and discarded) after the gateway closed it.
-const CLOSE_LINGER: Duration = Duration::from_millis(500);
+/// How long the socket is read (and discarded) after the gateway closed it, waiting for
+/// the client's close reply; a client that answers ends it sooner.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// How the socket's life ended, which decides the session's fate.
 enum Ending {
@@ -154,15 +155,9 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
     {
         writer.abort();
     }
-    // Read on briefly after closing, so that a client still sending (a frame over the
-    // limit, say) gets our close frame instead of a TCP reset.
-    if !matches!(ending, Ending::Dropped) {
-        let _ = tokio::time::timeout(CLOSE_LINGER, async {
-            while stream.next().await.is_some() {}
-        })
-        .await;
-    }
-
+    // The session changes hands first (a resume may already be on its way), then the
+    // socket lingers.
+    let linger = !matches!(ending, Ending::Dropped);
     match ending {
         Ending::Silent | Ending::Dropped => {
             let window = shared.config.resume_window;
@@ -178,6 +173,14 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
             }
             session.finish(None).await;
         }
+    }
+    // Read on briefly after closing, so that a client still sending (a frame over the
+    // limit, say) gets our close frame instead of a TCP reset.
+    if linger {
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while stream.next().await.is_some() {}
+        })
+        .await;
     }
 }
 

@@ -277,7 +277,13 @@ impl Client {
                     }));
                 }
                 Some(Ok(_)) => {}
-                Some(Err(_)) | None => return Err(Ended::Dropped),
+                Some(Err(err)) => {
+                    if std::env::var_os("MCPMUX_TEST_FRAMES").is_some() {
+                        eprintln!("socket error: {err}");
+                    }
+                    return Err(Ended::Dropped);
+                }
+                None => return Err(Ended::Dropped),
             }
         }
     }
