@@ -21,14 +21,14 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, GatewayConfig, RemoteServer, ServerConfig};
+use crate::config::{Config, GatewayConfig, RemoteServer, RemoteTransport, ServerConfig};
 use crate::connection;
 use crate::protocol::{self, ServerState};
 use crate::registry::{STATUS_BROADCAST_CAPACITY, Server, ServerStatus, Servers, StatusChange};
 use crate::resume::Sessions;
 use crate::supervisor::{self, SupervisorConfig};
 use crate::upstream::http::HttpClient;
-use crate::upstream::{Endpoint, UpstreamError};
+use crate::upstream::{Endpoint, Transport, UpstreamError};
 
 /// Errors of starting the gateway.
 #[derive(Debug, thiserror::Error)]
@@ -220,10 +220,15 @@ fn remote_endpoint(name: &str, remote: &RemoteServer) -> Result<Endpoint, Gatewa
         value.set_sensitive(true);
         headers.insert(key, value);
     }
+    let transport = match remote.transport {
+        RemoteTransport::StreamableHttp => Transport::StreamableHttp,
+        RemoteTransport::Sse => Transport::LegacySse,
+    };
     Ok(Endpoint {
         url,
         headers,
         generation: 1,
+        transport,
     })
 }
 

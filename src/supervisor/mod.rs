@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::StdioServer;
 use crate::protocol::ServerState;
 use crate::registry::Server;
-use crate::upstream::Endpoint;
+use crate::upstream::{Endpoint, Transport};
 use process::{ChildSpec, GroupChild};
 
 /// How often the process group is checked for a dead stdio server.
@@ -248,6 +248,7 @@ fn endpoint(base: &str, api_key: &str, generation: u64) -> Result<Endpoint, Stri
         url,
         headers,
         generation,
+        transport: Transport::StreamableHttp,
     })
 }
 

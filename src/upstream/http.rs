@@ -82,6 +82,16 @@ impl HttpClient {
         })
     }
 
+    /// How long to wait for response headers.
+    pub fn header_timeout(&self) -> Duration {
+        self.header_timeout
+    }
+
+    /// The largest single upstream message accepted.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
     /// The underlying client, for plain requests such as readiness probes.
     pub fn raw(&self) -> &reqwest::Client {
         &self.client
@@ -183,9 +193,7 @@ impl HttpClient {
     ) -> Result<reqwest::Response, UpstreamError> {
         match tokio::time::timeout(self.header_timeout, request.send()).await {
             Err(_) => Err(UpstreamError::Timeout(self.header_timeout)),
-            Ok(Err(err)) if err.is_connect() => Err(UpstreamError::Connect(describe(&err))),
-            Ok(Err(err)) if err.is_timeout() => Err(UpstreamError::Timeout(self.header_timeout)),
-            Ok(Err(err)) => Err(UpstreamError::StreamCut(describe(&err))),
+            Ok(Err(err)) => Err(send_error(&err, self.header_timeout)),
             Ok(Ok(response)) => Ok(response),
         }
     }
@@ -281,7 +289,20 @@ async fn read_bounded(mut body: ByteStream, limit: usize) -> Result<Bytes, Upstr
     Ok(buf.freeze())
 }
 
-async fn error_status(response: reqwest::Response, had_session: bool) -> UpstreamError {
+/// Classifies a failed request: no connection, a timeout, or a broken exchange.
+pub(super) fn send_error(err: &reqwest::Error, timeout: Duration) -> UpstreamError {
+    if err.is_connect() {
+        UpstreamError::Connect(describe(err))
+    } else if err.is_timeout() {
+        UpstreamError::Timeout(timeout)
+    } else {
+        UpstreamError::StreamCut(describe(err))
+    }
+}
+
+/// An error status, with the start of its body quoted for the client. A 404 on a
+/// request that carried a session id means the upstream forgot the session.
+pub(super) async fn error_status(response: reqwest::Response, had_session: bool) -> UpstreamError {
     let status = response.status();
     if status == StatusCode::NOT_FOUND && had_session {
         return UpstreamError::SessionGone;
@@ -297,7 +318,7 @@ async fn error_status(response: reqwest::Response, had_session: bool) -> Upstrea
     body.truncate(ERROR_BODY_QUOTE);
     UpstreamError::Status {
         status: status.as_u16(),
-        body: String::from_utf8_lossy(&body).into_owned(),
+        body: String::from_utf8_lossy(&body).trim().to_owned(),
     }
 }
 

@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
+use super::http::{error_status, send_error};
 use super::sse::{SseEvent, SseParser};
 use super::{Endpoint, UpstreamError};
 use crate::jsonrpc::{self, Head, Kind};
@@ -35,9 +36,6 @@ pub type Deliver = Arc<dyn Fn(String) -> BoxFuture<'static, bool> + Send + Sync>
 /// Resolves once the response to a request has been delivered, or with the reason the
 /// stream ended before it.
 pub type Answered = oneshot::Receiver<Result<(), UpstreamError>>;
-
-/// The most of an error body that is quoted back to the client.
-const ERROR_BODY_QUOTE: usize = 512;
 
 /// One legacy HTTP+SSE session. Dropping it stops its reader (and so the GET stream).
 pub struct LegacySession {
@@ -154,7 +152,7 @@ impl LegacySession {
                 .await
                 .map_err(|e| send_error(&e, connect_timeout))?;
             if !response.status().is_success() {
-                return Err(status_error(response).await);
+                return Err(error_status(response, false).await);
             }
             let content_type = response.headers().get(header::CONTENT_TYPE);
             let content_type = content_type.and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -231,7 +229,7 @@ impl LegacySession {
             if response.status().is_success() {
                 Ok(())
             } else {
-                Err(status_error(response).await)
+                Err(error_status(response, false).await)
             }
         };
         // On failure the receiver is dropped here, and its entry pruned later.
@@ -329,37 +327,6 @@ impl Reader {
     }
 }
 
-fn send_error(err: &reqwest::Error, timeout: Duration) -> UpstreamError {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    if err.is_connect() {
-        UpstreamError::Connect(text)
-    } else if err.is_timeout() {
-        UpstreamError::Timeout(timeout)
-    } else {
-        UpstreamError::StreamCut(text)
-    }
-}
-
-async fn status_error(mut response: reqwest::Response) -> UpstreamError {
-    let status = response.status().as_u16();
-    let mut body = Vec::new();
-    while body.len() < ERROR_BODY_QUOTE {
-        match response.chunk().await {
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-            _ => break,
-        }
-    }
-    body.truncate(ERROR_BODY_QUOTE);
-    let body = String::from_utf8_lossy(&body).trim().to_owned();
-    UpstreamError::Status { status, body }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -414,6 +381,7 @@ mod tests {
                 url: format!("http://{addr}/sse").parse().unwrap(),
                 headers: HeaderMap::new(),
                 generation: 1,
+                transport: crate::upstream::Transport::LegacySse,
             },
             events,
             posts,

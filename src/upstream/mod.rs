@@ -3,6 +3,7 @@
 //! event-stream parser ([`sse`]) and one client's session with one server ([`session`]).
 
 pub mod http;
+pub mod legacy;
 pub mod link;
 mod listener;
 pub mod session;
@@ -24,6 +25,19 @@ pub struct Endpoint {
     /// Which instance of the server this is; a restart makes a new generation, and
     /// upstream sessions of an older generation are lost.
     pub generation: u64,
+    /// How to talk to it.
+    pub transport: Transport,
+}
+
+/// The HTTP transport an endpoint speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Streamable HTTP (2025 revisions and 2026-07-28).
+    #[default]
+    StreamableHttp,
+    /// The legacy HTTP+SSE transport (2024-11-05): a GET event stream and POSTs to the
+    /// URL its `endpoint` event names.
+    LegacySse,
 }
 
 /// Why a message could not be carried to, or answered by, an upstream.

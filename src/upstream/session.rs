@@ -20,9 +20,10 @@ use tokio::sync::{OnceCell, OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::http::{EventStream, Headers, Reply};
+use super::legacy::{Deliver, LegacySession};
 use super::link::Link;
 use super::listener::Listener;
-use super::{Endpoint, UpstreamError};
+use super::{Endpoint, Transport, UpstreamError};
 use crate::jsonrpc::{self, Head, Kind};
 use crate::protocol::{ErrorCode, SessionState};
 use crate::registry::Server;
@@ -101,6 +102,8 @@ pub struct UpstreamSession {
     inflight: Mutex<HashMap<String, (u64, CancellationToken)>>,
     /// Numbers the messages carried.
     serials: AtomicU64,
+    /// The legacy HTTP+SSE session, for legacy servers, once opened.
+    legacy: OnceCell<Arc<LegacySession>>,
 }
 
 impl std::fmt::Debug for UpstreamSession {
@@ -131,6 +134,7 @@ impl UpstreamSession {
             cancel: CancellationToken::new(),
             inflight: Mutex::new(HashMap::new()),
             serials: AtomicU64::new(0),
+            legacy: OnceCell::new(),
         })
     }
 
@@ -296,6 +300,9 @@ impl UpstreamSession {
         } else {
             self.wait_past_initialize().await?
         };
+        if endpoint.transport == Transport::LegacySse {
+            return self.exchange_legacy(&endpoint, carried).await;
+        }
         let headers = Headers {
             session_id: session_id.as_deref(),
             protocol_version: protocol_version.as_deref(),
@@ -343,6 +350,76 @@ impl UpstreamSession {
             }
             Reply::Events(stream) => self.drain(*stream, carried, answered).await,
         }
+    }
+
+    /// Carries one message over the legacy HTTP+SSE session (opened by the first
+    /// message): POST it, then, for a request, wait until its response was delivered.
+    async fn exchange_legacy(
+        self: &Arc<Self>,
+        endpoint: &Endpoint,
+        carried: &Carried,
+    ) -> Result<(), UpstreamError> {
+        let legacy = self
+            .legacy
+            .get_or_try_init(|| self.open_legacy(endpoint))
+            .await?
+            .clone();
+        let request_id = carried
+            .id_key
+            .clone()
+            .filter(|_| carried.kind == Kind::Request);
+        let waiter = legacy.post(carried.body.clone(), request_id).await?;
+        if carried.is_initialize() {
+            self.phase.send_replace(Phase::Open { session_id: None });
+            self.link
+                .push_session(&self.server.name, SessionState::Open, None)
+                .await;
+        }
+        match waiter {
+            Some(answered) => answered.await.unwrap_or_else(|_| {
+                Err(UpstreamError::StreamCut(
+                    "the legacy session was dropped".into(),
+                ))
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Opens the legacy session: every message on its stream goes to the client, and
+    /// the upstream session is lost when the stream ends.
+    async fn open_legacy(
+        self: &Arc<Self>,
+        endpoint: &Endpoint,
+    ) -> Result<Arc<LegacySession>, UpstreamError> {
+        // The delivery holds the link, not the session, so no cycle keeps either alive.
+        let (link, name) = (self.link.clone(), self.server.name.clone());
+        let deliver: Deliver = Arc::new(move |text: String| {
+            let (link, name) = (link.clone(), name.clone());
+            Box::pin(async move { link.push_rpc(&name, &text).await })
+        });
+        let http = &self.link.http;
+        let opened = LegacySession::open(
+            http.raw(),
+            endpoint,
+            deliver,
+            http.header_timeout(),
+            http.max_message_bytes(),
+            self.cancel.clone(),
+            &self.link.tasks,
+        )
+        .await?;
+        let legacy = Arc::new(opened);
+        let (session, watched) = (self.clone(), legacy.clone());
+        self.link.tasks.spawn(async move {
+            tokio::select! {
+                biased;
+                _ = session.cancel.cancelled() => {}
+                _ = watched.closed() => {
+                    session.end(End::Lost("the server closed its SSE stream".into())).await;
+                }
+            }
+        });
+        Ok(legacy)
     }
 
     /// Forwards every event of a response stream until the response has arrived and the

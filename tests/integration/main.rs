@@ -6,6 +6,7 @@ mod harness;
 
 mod carrying;
 mod frames;
+mod legacy_sse;
 mod lifecycle;
 mod protocol_doc;
 mod resume;
