@@ -117,7 +117,7 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
                         None => break Ending::Dropped,
                     },
                     Some(Ok(Message::Text(text))) => {
-                        if let Some(reason) = session.on_text(&text).await {
+                        if let Some(reason) = session.on_text(text).await {
                             break Ending::Violation(reason);
                         }
                     }

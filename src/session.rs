@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, broadcast};
 use tokio_util::task::TaskTracker;
@@ -99,9 +101,10 @@ impl ClientSession {
         .encode()
     }
 
-    /// Handles one text frame; `Some` closes the connection.
-    pub async fn on_text(&mut self, text: &str) -> Option<CloseReason> {
-        let decoded = decode_client_frame(text);
+    /// Handles one text frame (its bytes, which carried messages are sliced from
+    /// without a copy); `Some` closes the connection.
+    pub async fn on_text(&mut self, frame: Utf8Bytes) -> Option<CloseReason> {
+        let decoded = decode_client_frame(frame.as_str());
         let reference = decoded.reference;
         match decoded.frame {
             Err(err) => {
@@ -123,7 +126,9 @@ impl ClientSession {
             Ok(ClientFrame::Ack { seq }) => self.link.outbox.ack(seq),
             Ok(ClientFrame::Close { server }) => self.on_close(&server, reference).await,
             Ok(ClientFrame::Rpc { server, message }) => {
-                self.on_rpc(&server, message, reference).await
+                // The same buffer, counted once more: the message is not copied.
+                let body = Bytes::from(frame.clone()).slice_ref(message.get().as_bytes());
+                self.on_rpc(&server, message, body, reference).await;
             }
         }
         None
@@ -136,7 +141,13 @@ impl ClientSession {
             .await;
     }
 
-    async fn on_rpc(&mut self, server: &str, message: &RawValue, reference: Option<&RawValue>) {
+    async fn on_rpc(
+        &mut self,
+        server: &str,
+        message: &RawValue,
+        body: Bytes,
+        reference: Option<&RawValue>,
+    ) {
         let head = match Head::parse(message.get()) {
             Ok(head) if head.kind() != Kind::Invalid => head,
             Ok(_) => {
@@ -185,7 +196,7 @@ impl ClientSession {
                 fresh
             }
         };
-        upstream.carry(message, &head, reference).await;
+        upstream.carry(body, &head, reference).await;
     }
 
     /// A message that cannot be carried: a JSON-RPC error for a request, an error frame

@@ -148,18 +148,18 @@ impl UpstreamSession {
         self.endpoint.get().map(|e| e.generation)
     }
 
-    /// Carries one client message. `head` is the message's parsed head. Returns at once;
-    /// the exchange runs in its own task.
+    /// Carries one client message: `body` is its bytes exactly as received, `head` its
+    /// parsed head. Returns at once; the exchange runs in its own task.
     pub async fn carry(
         self: &Arc<Self>,
-        message: &RawValue,
+        body: Bytes,
         head: &Head<'_>,
         reference: Option<&RawValue>,
     ) {
         let kind = head.kind();
         let params = head.params();
         let mut carried = Carried {
-            body: Bytes::copy_from_slice(message.get().as_bytes()),
+            body,
             kind,
             id: head.id.map(ToOwned::to_owned),
             id_key: head.id.map(jsonrpc::id_key),
