@@ -221,7 +221,7 @@ fn remote_endpoint(name: &str, remote: &RemoteServer) -> Result<Endpoint, Gatewa
         headers.insert(key, value);
     }
     let transport = match remote.transport {
-        RemoteTransport::StreamableHttp => Transport::StreamableHttp,
+        RemoteTransport::StreamableHttp => Transport::Detect,
         RemoteTransport::Sse => Transport::LegacySse,
     };
     Ok(Endpoint {

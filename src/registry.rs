@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, watch};
@@ -54,6 +55,8 @@ pub struct Server {
     /// Raised when a reply suggests the stdio server behind mcp-proxy is gone, so the
     /// supervisor checks at once instead of at its next tick.
     suspect: Notify,
+    /// Set once the server turned out to speak only the legacy HTTP+SSE transport.
+    legacy_sse: AtomicBool,
 }
 
 impl Server {
@@ -68,6 +71,7 @@ impl Server {
             status: watch::Sender::new(initial),
             changes,
             suspect: Notify::new(),
+            legacy_sse: AtomicBool::new(false),
         }
     }
 
@@ -123,6 +127,16 @@ impl Server {
         })
         .await;
         outcome.unwrap_or(Err(UpstreamError::Unavailable("not ready yet")))
+    }
+
+    /// True once the server was found to speak only the legacy HTTP+SSE transport.
+    pub fn speaks_legacy_sse(&self) -> bool {
+        self.legacy_sse.load(Ordering::Relaxed)
+    }
+
+    /// Remembers that the server speaks only the legacy HTTP+SSE transport.
+    pub fn remember_legacy_sse(&self) {
+        self.legacy_sse.store(true, Ordering::Relaxed);
     }
 
     /// Asks the supervisor to check the server now.

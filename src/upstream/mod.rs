@@ -35,6 +35,9 @@ pub enum Transport {
     /// Streamable HTTP (2025 revisions and 2026-07-28).
     #[default]
     StreamableHttp,
+    /// Streamable HTTP, falling back to the legacy transport when an initialize is
+    /// refused (the specification's backwards-compatibility rule; remote servers).
+    Detect,
     /// The legacy HTTP+SSE transport (2024-11-05): a GET event stream and POSTs to the
     /// URL its `endpoint` event names.
     LegacySse,

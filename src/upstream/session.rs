@@ -300,7 +300,7 @@ impl UpstreamSession {
         } else {
             self.wait_past_initialize().await?
         };
-        if endpoint.transport == Transport::LegacySse {
+        if endpoint.transport == Transport::LegacySse || self.server.speaks_legacy_sse() {
             return self.exchange_legacy(&endpoint, carried).await;
         }
         let headers = Headers {
@@ -316,11 +316,23 @@ impl UpstreamSession {
                 .and(carried.name.as_deref()),
             last_event_id: None,
         };
-        let outcome = self
+        let outcome = match self
             .link
             .http
             .post(&endpoint, headers, carried.body.clone())
-            .await?;
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(
+                refused @ UpstreamError::Status {
+                    status: 400 | 404 | 405,
+                    ..
+                },
+            ) if carried.is_initialize() && endpoint.transport == Transport::Detect => {
+                return self.fall_back_to_legacy(&endpoint, carried, refused).await;
+            }
+            Err(err) => return Err(err),
+        };
         if carried.is_initialize() {
             self.phase.send_replace(Phase::Open {
                 session_id: outcome.session_id.clone(),
@@ -350,6 +362,29 @@ impl UpstreamSession {
             }
             Reply::Events(stream) => self.drain(*stream, carried, answered).await,
         }
+    }
+
+    /// The backwards-compatibility rule of the Streamable HTTP transport: a server that
+    /// refuses a POSTed initialize with 400, 404 or 405 may be a legacy HTTP+SSE server.
+    /// If its URL then opens an SSE stream with an `endpoint` event, the server is
+    /// remembered as legacy; otherwise the original refusal stands.
+    async fn fall_back_to_legacy(
+        self: &Arc<Self>,
+        endpoint: &Endpoint,
+        carried: &Carried,
+        refused: UpstreamError,
+    ) -> Result<(), UpstreamError> {
+        if let Err(err) = self
+            .legacy
+            .get_or_try_init(|| self.open_legacy(endpoint))
+            .await
+        {
+            tracing::debug!(server = %self.server.name, %err, "not a legacy HTTP+SSE server either");
+            return Err(refused);
+        }
+        tracing::info!(server = %self.server.name, "server speaks the legacy HTTP+SSE transport");
+        self.server.remember_legacy_sse();
+        self.exchange_legacy(endpoint, carried).await
     }
 
     /// Carries one message over the legacy HTTP+SSE session (opened by the first

@@ -138,3 +138,26 @@ async fn a_legacy_sse_server_is_carried_end_to_end() {
     assert!(lost["reason"].is_string(), "{lost}");
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_legacy_server_is_detected_when_initialize_is_refused() {
+    let _proxy = LegacyProxy::start().await;
+    // No transport configured: Streamable HTTP first, then the specification's fallback.
+    let url = format!("http://127.0.0.1:{}/sse", _proxy.port);
+    let gateway = TestGateway::start(&config(json!({"detected": {"url": url}}), json!({}))).await;
+    for round in 0..2 {
+        // The second client finds the server already known as legacy.
+        let mut client = Client::connect(gateway.addr).await;
+        let init = client.initialize("detected").await;
+        assert!(
+            init["message"]["result"]["serverInfo"].is_object(),
+            "{init}"
+        );
+        let params = json!({"name": "echo", "arguments": {"message": format!("round {round}")}});
+        let echo = client
+            .call("detected", json!(2), "tools/call", params)
+            .await;
+        assert_eq!(tool_text(&echo), format!("Echo: round {round}"), "{echo}");
+    }
+    gateway.shutdown().await;
+}
