@@ -46,8 +46,14 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 }
 
 impl<'a> Head<'a> {
-    /// Reads the head of a message (which must be a JSON object). Validates the whole text.
+    /// Reads the head of a message, which must be a JSON object (an array, which serde
+    /// would read as a tuple of fields, is refused). Validates the whole text.
     pub fn parse(text: &'a str) -> Result<Self, serde_json::Error> {
+        if !text.trim_start().starts_with('{') {
+            return Err(serde::de::Error::custom(
+                "a JSON-RPC message must be a JSON object",
+            ));
+        }
         serde_json::from_str(text)
     }
 

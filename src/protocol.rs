@@ -240,7 +240,7 @@ fn decode_envelope<'a>(envelope: &Envelope<'a>) -> Result<ClientFrame<'a>, Frame
         "hello" => {
             let client = match envelope.client {
                 None => None,
-                Some(raw) => Some(serde_json::from_str::<ClientInfo>(raw.get()).map_err(|_| {
+                Some(raw) => Some(object::<ClientInfo>(raw).map_err(|_| {
                     FrameError::bad(
                         "`client` must be an object {\"name\": string, \"version\"?: string}",
                     )
@@ -248,7 +248,7 @@ fn decode_envelope<'a>(envelope: &Envelope<'a>) -> Result<ClientFrame<'a>, Frame
             };
             let resume = match envelope.resume {
                 None => None,
-                Some(raw) => Some(serde_json::from_str::<Resume>(raw.get()).map_err(|_| {
+                Some(raw) => Some(object::<Resume>(raw).map_err(|_| {
                     FrameError::bad(
                         "`resume` must be an object {\"session\": string, \"last_seq\": integer >= 0}",
                     )
@@ -297,6 +297,14 @@ fn decode_envelope<'a>(envelope: &Envelope<'a>) -> Result<ClientFrame<'a>, Frame
             server: None,
         }),
     }
+}
+
+/// Reads a struct from a JSON object only (serde would also read one from an array).
+fn object<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Result<T, ()> {
+    if !raw.get().starts_with('{') {
+        return Err(());
+    }
+    serde_json::from_str(raw.get()).map_err(|_| ())
 }
 
 fn required_server<'a>(envelope: &Envelope<'a>) -> Result<Cow<'a, str>, FrameError> {
@@ -502,6 +510,18 @@ mod tests {
             ClientFrame::Close { server } => assert_eq!(server, "a-b"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn ack_seq_edges() {
+        let seq = |t: &str| match decode_client_frame(t).frame {
+            Ok(ClientFrame::Ack { seq }) => Some(seq),
+            _ => None,
+        };
+        assert_eq!(seq(r#"{"type":"ack","seq":7}"#), Some(7));
+        assert_eq!(seq(r#"{"type":"ack","seq":-0}"#), None);
+        assert_eq!(seq(r#"{"type":"ack","seq":1.0}"#), None);
+        assert_eq!(seq(r#"{"type":"ack","seq":-1}"#), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod harness;
 
 mod carrying;
+mod decoder_props;
 mod frames;
 mod legacy_sse;
 mod lifecycle;
