@@ -297,11 +297,11 @@ async fn write_loop(
                     code: reason.0,
                     reason: Utf8Bytes::from(reason.1),
                 };
-                let _ = tokio::time::timeout(
-                    Duration::from_millis(500),
-                    sink.send(Message::Close(Some(frame))),
-                )
-                .await;
+                // The close frame queues behind the frame that missed its deadline: a
+                // client that is slow but still reading gets it; one that reads nothing
+                // cannot, and sees the connection end.
+                let close = sink.send(Message::Close(Some(frame)));
+                let _ = tokio::time::timeout(CLOSE_LINGER, close).await;
                 return;
             }
         }

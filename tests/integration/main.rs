@@ -6,6 +6,7 @@ mod harness;
 
 mod carrying;
 mod decoder_props;
+mod faults;
 mod frames;
 mod legacy_sse;
 mod lifecycle;
