@@ -6,9 +6,6 @@
 //! and never speak HTTP; and a graceful shutdown that lets an in-flight call finish.
 
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,112 +23,10 @@ use tokio::sync::Notify;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::harness::{Client, Ended, TestGateway, config, everything, is_response, tool_text};
-
-// ---------------------------------------------------------------------------------
-// The real binary, for a test that measures the gateway process itself.
-// ---------------------------------------------------------------------------------
-
-/// The mcpmux binary with a unique marker in its environment, which every process it
-/// starts inherits, so that all of them are killed when the test ends.
-struct Binary {
-    child: Child,
-    addr: SocketAddr,
-    marker: String,
-    _config: TempFile,
-}
-
-struct TempFile(std::path::PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-impl Binary {
-    fn start(config: &Value) -> Self {
-        let marker = format!("{:x}", rand_u64());
-        let path = std::env::temp_dir().join(format!("mcpmux-faults-{marker}.json"));
-        std::fs::write(&path, config.to_string()).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mcpmux"))
-            .args([
-                "--config",
-                path.to_str().expect("utf-8 path"),
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .env("MCPMUX_TEST_MARK", &marker)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mcpmux starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("a line");
-        let addr = line
-            .trim()
-            .strip_prefix("mcpmux listening on ws://")
-            .and_then(|rest| rest.strip_suffix("/ws"))
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        Self {
-            child,
-            addr,
-            marker,
-            _config: TempFile(path),
-        }
-    }
-
-    /// Every live process carrying this binary's marker (mcpmux and its descendants).
-    fn processes(&self) -> Vec<u32> {
-        let needle = format!("MCPMUX_TEST_MARK={}", self.marker);
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/environ"))
-                    .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
-            })
-            .collect()
-    }
-
-    /// The resident set size of the mcpmux process, in KiB.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("mcpmux is running");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/PID/status")
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        for pid in self.processes() {
-            kill(pid, libc::SIGKILL);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn kill(pid: u32, signal: i32) {
-    let pid = i32::try_from(pid).expect("pid fits");
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe {
-        libc::kill(pid, signal);
-    }
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now())
-}
+use crate::binary::Binary;
+use crate::harness::{
+    Client, Ended, TestGateway, config, everything, is_response, progress_values, tool_text,
+};
 
 /// The TCP state (as in /proc/net/tcp: 1 is ESTABLISHED) of the gateway's end of the
 /// connection from `client_port`; `None` once that socket is gone.
@@ -683,17 +578,6 @@ fn with_progress(id: &str, token: &str) -> Value {
     })
 }
 
-fn progress_values(frames: &[Value], token: &str) -> Vec<u64> {
-    frames
-        .iter()
-        .filter(|f| {
-            f["message"]["method"] == "notifications/progress"
-                && f["message"]["params"]["progressToken"] == token
-        })
-        .filter_map(|f| f["message"]["params"]["progress"].as_u64())
-        .collect()
-}
-
 #[tokio::test]
 async fn a_body_that_stalls_after_its_headers_times_out_within_the_request_timeout() {
     let (url, _fake) = fake_upstream("stall_body").await;
@@ -724,9 +608,10 @@ async fn a_body_that_stalls_after_its_headers_times_out_within_the_request_timeo
     gateway.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_cut_response_stream_is_resumed_and_each_event_arrives_once() {
-    let (url, fake) = fake_upstream("resume").await;
+/// A gateway whose server `cut` is the fake upstream in `mode`, and a client that has
+/// initialized it.
+async fn initialized_on_fake(mode: &'static str) -> (TestGateway, Client, Arc<Fake>) {
+    let (url, fake) = fake_upstream(mode).await;
     let gateway = TestGateway::start(&config(
         json!({"cut": {"url": url}}),
         json!({"requestTimeoutMs": 5000}),
@@ -734,6 +619,12 @@ async fn a_cut_response_stream_is_resumed_and_each_event_arrives_once() {
     .await;
     let mut client = Client::connect(gateway.addr).await;
     client.initialize("cut").await;
+    (gateway, client, fake)
+}
+
+#[tokio::test]
+async fn a_cut_response_stream_is_resumed_and_each_event_arrives_once() {
+    let (gateway, mut client, fake) = initialized_on_fake("resume").await;
     client.rpc("cut", with_progress("c-1", "p-cut")).await;
     let reply = client.response("cut", &json!("c-1")).await;
     assert_eq!(tool_text(&reply), "resumed", "{reply}");
@@ -771,14 +662,7 @@ async fn a_cut_response_stream_is_resumed_and_each_event_arrives_once() {
 
 #[tokio::test]
 async fn a_cut_response_stream_whose_resume_is_refused_fails_with_upstream_error() {
-    let (url, fake) = fake_upstream("refuse_resume").await;
-    let gateway = TestGateway::start(&config(
-        json!({"cut": {"url": url}}),
-        json!({"requestTimeoutMs": 5000}),
-    ))
-    .await;
-    let mut client = Client::connect(gateway.addr).await;
-    client.initialize("cut").await;
+    let (gateway, mut client, fake) = initialized_on_fake("refuse_resume").await;
     client.rpc("cut", with_progress("c-2", "p-refused")).await;
     let reply = client.response("cut", &json!("c-2")).await;
     assert_eq!(gateway_code(&reply), "upstream_error", "{reply}");

@@ -401,3 +401,15 @@ pub fn tool_text(frame: &Value) -> &str {
         .as_str()
         .unwrap_or("")
 }
+
+/// The progress values of `token` among `frames`, in order.
+pub fn progress_values(frames: &[Value], token: &str) -> Vec<u64> {
+    frames
+        .iter()
+        .filter(|f| {
+            f["message"]["method"] == "notifications/progress"
+                && f["message"]["params"]["progressToken"] == token
+        })
+        .filter_map(|f| f["message"]["params"]["progress"].as_u64())
+        .collect()
+}

@@ -2,6 +2,7 @@
 //! `node_modules` (`npm ci`), over real WebSockets; fake upstreams only for faults a
 //! real server cannot produce on demand.
 
+mod binary;
 mod harness;
 
 mod carrying;

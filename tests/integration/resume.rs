@@ -5,21 +5,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::harness::{Client, Ended, TestGateway, config, everything, shared_gateway};
-
-/// Progress values of `token` in `frames`, checking each frame's seq follows the last.
-fn progress_of(frames: &[Value], token: &str) -> Vec<u64> {
-    frames
-        .iter()
-        .filter(|f| {
-            f["message"]["method"] == "notifications/progress"
-                && f["message"]["params"]["progressToken"] == token
-        })
-        .filter_map(|f| f["message"]["params"]["progress"].as_u64())
-        .collect()
-}
+use crate::harness::{
+    Client, Ended, TestGateway, config, everything, progress_values, shared_gateway,
+};
 
 #[tokio::test]
 async fn a_client_that_drops_for_five_seconds_gets_all_1000_notifications_once() {
@@ -45,7 +35,7 @@ async fn a_client_that_drops_for_five_seconds_gets_all_1000_notifications_once()
 
     // Read about a hundred progress frames, then drop the connection without a close frame.
     let mut before = Vec::new();
-    while progress_of(&before, "stream-1000").len() < 100 {
+    while progress_values(&before, "stream-1000").len() < 100 {
         before.push(client.next().await);
     }
     let last_seq = before.last().and_then(|f| f["seq"].as_u64()).expect("seq");
@@ -70,8 +60,8 @@ async fn a_client_that_drops_for_five_seconds_gets_all_1000_notifications_once()
     assert_eq!(seqs, expected, "contiguous seqs after the resume");
     // Every progress notification the server sent arrived once, in order. (mcp-proxy
     // usually drops the very last one before the result.)
-    let mut all = progress_of(&before, "stream-1000");
-    all.extend(progress_of(&after, "stream-1000"));
+    let mut all = progress_values(&before, "stream-1000");
+    all.extend(progress_values(&after, "stream-1000"));
     let unique: BTreeSet<u64> = all.iter().copied().collect();
     assert_eq!(unique.len(), all.len(), "no duplicates");
     assert!(all.windows(2).all(|w| w[1] == w[0] + 1), "in order, no gap");
@@ -159,11 +149,7 @@ async fn a_session_resumed_while_attached_ends_the_other_socket_with_4002() {
 
 #[tokio::test]
 async fn a_silent_client_is_closed_with_4001_and_can_resume() {
-    let gateway = TestGateway::start(&config(
-        json!({"remote": {"url": "http://127.0.0.1:9/mcp"}}),
-        json!({"heartbeatMs": 200}),
-    ))
-    .await;
+    let gateway = heartbeat_gateway(200).await;
     let mut client = Client::connect(gateway.addr).await;
     let session = client.welcome["session"]
         .as_str()
@@ -183,11 +169,7 @@ async fn a_silent_client_is_closed_with_4001_and_can_resume() {
 
 #[tokio::test]
 async fn a_client_that_answers_pings_stays_connected() {
-    let gateway = TestGateway::start(&config(
-        json!({"remote": {"url": "http://127.0.0.1:9/mcp"}}),
-        json!({"heartbeatMs": 100}),
-    ))
-    .await;
+    let gateway = heartbeat_gateway(100).await;
     let mut client = Client::connect(gateway.addr).await;
     // Reading answers pings; after ten intervals the socket is still open.
     for _ in 0..10 {
@@ -196,4 +178,11 @@ async fn a_client_that_answers_pings_stays_connected() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     gateway.shutdown().await;
+}
+
+/// A gateway with nothing to start (one remote server that is never used) and a short
+/// heartbeat.
+async fn heartbeat_gateway(heartbeat_ms: u64) -> TestGateway {
+    let servers = json!({"remote": {"url": "http://127.0.0.1:9/mcp"}});
+    TestGateway::start(&config(servers, json!({"heartbeatMs": heartbeat_ms}))).await
 }

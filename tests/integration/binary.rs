@@ -1,0 +1,136 @@
+//! The real `mcpmux` binary, for tests of the process itself (signals, leftover
+//! processes, memory). It runs with a unique marker in its environment, which every
+//! process it starts inherits, so a test can find (and at the end kill) all of them.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Sends `signal` to `pid`.
+pub fn kill(pid: u32, signal: i32) {
+    let pid = i32::try_from(pid).expect("pid fits");
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+/// The mcpmux binary with a unique marker in its environment, which every process it
+/// starts inherits, so the test can find all of them.
+pub struct Binary {
+    /// The mcpmux process.
+    pub child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    marker: String,
+    _config: TempFile,
+}
+
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Binary {
+    /// Starts the binary with `config` on 127.0.0.1:0.
+    pub fn start(config: &Value) -> Self {
+        let marker = format!("{:x}", rand_u64());
+        let path = std::env::temp_dir().join(format!("mcpmux-test-{marker}.json"));
+        std::fs::write(&path, config.to_string()).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mcpmux"))
+            .args([
+                "--config",
+                path.to_str().expect("utf-8 path"),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .env("MCPMUX_TEST_MARK", &marker)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mcpmux starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("a line");
+        let addr = line
+            .trim()
+            .strip_prefix("mcpmux listening on ws://")
+            .and_then(|rest| rest.strip_suffix("/ws"))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Self {
+            child,
+            addr,
+            marker,
+            _config: TempFile(path),
+        }
+    }
+
+    /// Every live process carrying this binary's marker (mcpmux and its descendants).
+    pub fn processes(&self) -> Vec<u32> {
+        let needle = format!("MCPMUX_TEST_MARK={}", self.marker);
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let zombie = stat
+                    .rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+                !zombie
+                    && std::fs::read(format!("/proc/{pid}/environ"))
+                        .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+            })
+            .collect()
+    }
+
+    /// Waits until no process with the marker is left, failing after `within`.
+    pub async fn wait_until_no_process_is_left(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let _ = self.child.try_wait();
+            let left = self.processes();
+            if left.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "processes left behind: {left:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        for pid in self.processes() {
+            kill(pid, libc::SIGKILL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+impl Binary {
+    /// The resident set size of the mcpmux process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("mcpmux is running");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+}
