@@ -23,7 +23,9 @@ impl Listener {
         Self { session }
     }
 
-    /// Forwards the stream until the session ends, resuming it when it breaks.
+    /// Forwards the stream until the session ends, resuming it when it breaks. When the
+    /// server cannot replay what followed the last event, or the stream cannot be
+    /// reopened at all, the client is told: notifications may be missing.
     pub(super) async fn run(self, first: Option<Result<Option<EventStream>, UpstreamError>>) {
         let session = &self.session;
         let mut last_event_id: Option<String> = None;
@@ -37,39 +39,33 @@ impl Listener {
                     None => return,
                 },
             };
-
             match opened {
                 Ok(None) => return,
-                Ok(Some(mut stream)) => {
-                    loop {
-                        let next = tokio::select! {
-                            _ = session.ended() => return,
-                            next = stream.next() => next,
-                        };
-                        match next {
-                            Some(Ok(event)) if event.data.trim().is_empty() => {}
-                            Some(Ok(event)) => {
-                                failures = 0;
-                                if !session.forward_event(&event.data).await {
-                                    return;
-                                }
-                            }
-                            Some(Err(err)) => {
-                                tracing::debug!(server = %session.server_name(), %err, "GET stream broke");
-                                break;
-                            }
-                            None => break,
-                        }
-                        if let Some(id) = stream.last_event_id() {
-                            if last_event_id.as_deref() != Some(id) {
-                                last_event_id = Some(id.to_owned());
+                Ok(Some(mut stream)) => loop {
+                    let next = tokio::select! {
+                        _ = session.ended() => return,
+                        next = stream.next() => next,
+                    };
+                    match next {
+                        Some(Ok(event)) if event.data.trim().is_empty() => {}
+                        Some(Ok(event)) => {
+                            failures = 0;
+                            if !session.forward_event(&event.data).await {
+                                return;
                             }
                         }
+                        Some(Err(err)) => {
+                            tracing::debug!(server = %session.server_name(), %err, "GET stream broke");
+                            break;
+                        }
+                        None => break,
                     }
                     if let Some(id) = stream.last_event_id() {
-                        last_event_id = Some(id.to_owned());
+                        if last_event_id.as_deref() != Some(id) {
+                            last_event_id = Some(id.to_owned());
+                        }
                     }
-                }
+                },
                 Err(UpstreamError::SessionGone) => {
                     session
                         .end(End::Lost(
@@ -78,13 +74,22 @@ impl Listener {
                         .await;
                     return;
                 }
+                Err(UpstreamError::Status { status: 400, .. }) if last_event_id.is_some() => {
+                    // The server no longer keeps the events after ours: start afresh.
+                    let message = "the server could not replay its event stream after a break; \
+                                   notifications sent meanwhile may be missing";
+                    session.report_stream_gap(message).await;
+                    last_event_id = None;
+                }
                 Err(err) => {
                     tracing::debug!(server = %session.server_name(), %err, "GET stream failed to open");
                 }
             }
             failures += 1;
             if failures > GET_STREAM_RETRIES {
-                tracing::warn!(server = %session.server_name(), "giving up on the GET stream after repeated failures");
+                let message = "the server's event stream could not be reopened; its notifications \
+                               will not arrive until the server is initialized again";
+                session.report_stream_gap(message).await;
                 return;
             }
             let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(5)));

@@ -617,6 +617,15 @@ impl UpstreamSession {
         }
     }
 
+    /// Tells the client that notifications of this session may be missing.
+    pub(super) async fn report_stream_gap(&self, message: &str) {
+        tracing::warn!(server = %self.server.name, "{message}");
+        let name = &self.server.name;
+        self.link
+            .push_error(ErrorCode::UpstreamError, message, Some(name), None)
+            .await;
+    }
+
     /// Resolves when the session has ended.
     pub(super) async fn ended(&self) {
         self.cancel.cancelled().await;

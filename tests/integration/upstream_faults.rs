@@ -12,22 +12,48 @@ use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::harness::{Client, TestGateway, config};
 
 /// A fake upstream; the first path segment picks its behaviour.
 async fn fake_upstream() -> SocketAddr {
-    let app = Router::new().route(
-        "/{mode}/mcp",
-        post(fake_post).get(|| async { StatusCode::METHOD_NOT_ALLOWED }),
-    );
+    let app = Router::new().route("/{mode}/mcp", post(fake_post).get(fake_get));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
+}
+
+/// GET: only mode `gap` has a standalone stream. Its first stream carries one event and
+/// ends; a replay after it is refused (400); a fresh stream carries a second event and
+/// stays open.
+async fn fake_get(Path(mode): Path<String>, headers: HeaderMap) -> Response {
+    static OPENED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    if mode != "gap" {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
+    if headers.contains_key("last-event-id") {
+        return (StatusCode::BAD_REQUEST, "unknown event id").into_response();
+    }
+    let note = |n: u32| json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": format!("n{n}")}});
+    let first = OPENED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+    let body = if first {
+        Body::from(format!("id: g1\ndata: {}\n\n", note(1)))
+    } else {
+        let event = Ok::<_, std::convert::Infallible>(bytes::Bytes::from(format!(
+            "id: g2\ndata: {}\n\n",
+            note(2)
+        )));
+        Body::from_stream(futures::stream::iter([event]).chain(futures::stream::pending()))
+    };
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(body)
+        .expect("response")
 }
 
 async fn fake_post(Path(mode): Path<String>, headers: HeaderMap, body: String) -> Response {
@@ -52,7 +78,7 @@ async fn fake_post(Path(mode): Path<String>, headers: HeaderMap, body: String) -
             tokio::time::sleep(Duration::from_secs(60)).await;
             StatusCode::NO_CONTENT.into_response()
         }
-        "expire" if message["method"] == "initialize" => {
+        "expire" | "gap" if message["method"] == "initialize" => {
             let result = json!({"jsonrpc": "2.0", "id": id, "result": {"protocolVersion": "2025-06-18", "capabilities": {}, "serverInfo": {"name": "fake", "version": "0"}}});
             ([(header::CONTENT_TYPE, "application/json"), (header::HeaderName::from_static("mcp-session-id"), "s-1")], result.to_string())
                 .into_response()
@@ -61,7 +87,7 @@ async fn fake_post(Path(mode): Path<String>, headers: HeaderMap, body: String) -
             (StatusCode::NOT_FOUND, json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32001, "message": "Session not found"}}).to_string())
                 .into_response()
         }
-        "expire" => StatusCode::ACCEPTED.into_response(),
+        "expire" | "gap" => StatusCode::ACCEPTED.into_response(),
         "echo_headers" => {
             let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
             let result = json!({
@@ -93,6 +119,7 @@ async fn gateway_with_fakes() -> TestGateway {
         "stall",
         "expire",
         "echo_headers",
+        "gap",
     ] {
         servers.insert(
             mode.into(),
@@ -216,5 +243,32 @@ async fn stateless_revision_messages_carry_the_required_headers() {
         .call("echo_headers", json!(6), "resources/read", params)
         .await;
     assert_eq!(reply["message"]["result"]["name"], "file:///a.txt");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_event_stream_that_cannot_be_replayed_is_reopened_and_the_gap_reported() {
+    let gateway = gateway_with_fakes().await;
+    let mut client = Client::connect(gateway.addr).await;
+    let init = json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}});
+    client.call("gap", json!(1), "initialize", init).await;
+    let first = client
+        .wait_for("n1", |f| f["message"]["params"]["data"] == "n1")
+        .await;
+    let gap = client
+        .wait_for("the gap report", |f| f["type"] == "error")
+        .await;
+    assert_eq!(gap["code"], "upstream_error");
+    assert_eq!(gap["server"], "gap");
+    assert!(
+        gap["message"].as_str().unwrap_or("").contains("missing"),
+        "{gap}"
+    );
+    let second = client
+        .wait_for("n2", |f| f["message"]["params"]["data"] == "n2")
+        .await;
+    assert!(
+        first["seq"].as_u64() < gap["seq"].as_u64() && gap["seq"].as_u64() < second["seq"].as_u64()
+    );
     gateway.shutdown().await;
 }
