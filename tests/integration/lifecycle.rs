@@ -60,6 +60,10 @@ async fn killing_the_stdio_server_fails_in_flight_calls_and_recovers() {
             f["type"] == "status" && f["state"] == "restarting"
         })
         .await;
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(5),
+        "noticed within 5 s"
+    );
     let lost = client
         .wait_for("session lost", |f| {
             f["type"] == "session" && f["state"] == "lost"
@@ -129,4 +133,41 @@ async fn sigkill_of_mcpmux_leaves_no_process() {
     binary
         .wait_until_no_process_is_left(Duration::from_secs(10))
         .await;
+}
+
+#[tokio::test]
+async fn an_idle_stdio_server_that_dies_is_noticed_within_five_seconds() {
+    // No call in flight: no error reply can give the death away, only the process watch.
+    let gateway = TestGateway::start(&config(json!({"everything": everything()}), json!({}))).await;
+    let mut client = Client::connect(gateway.addr).await;
+    client.initialize("everything").await;
+    let pid = gateway.gateway().shared().servers["everything"]
+        .status()
+        .pid
+        .expect("pid");
+    let killed_at = Instant::now();
+    for follower in group_members(pid).into_iter().filter(|p| *p != pid) {
+        kill(follower, libc::SIGKILL);
+    }
+    client
+        .wait_for("status restarting", |f| {
+            f["type"] == "status" && f["state"] == "restarting"
+        })
+        .await;
+    let noticed = killed_at.elapsed();
+    assert!(
+        noticed < Duration::from_secs(5),
+        "noticed after {noticed:?}"
+    );
+    client
+        .wait_for("session lost", |f| {
+            f["type"] == "session" && f["state"] == "lost"
+        })
+        .await;
+    client
+        .wait_for("status ready", |f| {
+            f["type"] == "status" && f["state"] == "ready"
+        })
+        .await;
+    gateway.shutdown().await;
 }
