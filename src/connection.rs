@@ -49,7 +49,7 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
     let (mut sink, mut stream) = socket.split();
     let hello = tokio::select! {
         _ = shared.shutdown.cancelled() => Err((close_code::GOING_AWAY, "mcpmux is shutting down".to_owned())),
-        hello = tokio::time::timeout(shared.config.hello_timeout, read_hello(&mut stream)) => match hello {
+        hello = tokio::time::timeout(shared.config.hello_timeout, read_hello(&mut stream, shared.config.max_frame_bytes)) => match hello {
             Err(_) => Err((
                 close_code::HELLO_TIMEOUT,
                 format!("no hello within {} ms", shared.config.hello_timeout.as_millis()),
@@ -120,6 +120,8 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
                         if let Some(reason) = session.on_text(text).await {
                             break Ending::Violation(reason);
                         }
+                        // Time spent handling the frame is not the client's silence.
+                        last_heard = Instant::now();
                     }
                     Some(Ok(Message::Binary(_))) => session.on_binary().await,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
@@ -141,37 +143,42 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
         )),
         Ending::ClientClosed | Ending::Dropped => None,
     };
-    // The writer stops taking frames before the session changes hands.
+    // The writer stops taking frames before the session changes hands: the outbox is
+    // detached, and the writer, told to stop, checks that before taking another frame.
     outbox.detach();
     if let Some(reason) = close {
         let _ = close_tx.send(reason);
     } else {
         drop(close_tx);
     }
-    if !writer_done
-        && tokio::time::timeout(WRITER_FLUSH, &mut writer)
-            .await
-            .is_err()
-    {
-        writer.abort();
-    }
-    // The session changes hands first (a resume may already be on its way), then the
-    // socket lingers.
+    // The session changes hands at once (a resume may already be on its way); the
+    // writer finishes its close frame and the socket lingers meanwhile.
     let linger = !matches!(ending, Ending::Dropped);
+    let flush = async {
+        if !writer_done
+            && tokio::time::timeout(WRITER_FLUSH, &mut writer)
+                .await
+                .is_err()
+        {
+            writer.abort();
+        }
+    };
     match ending {
         Ending::Silent | Ending::Dropped => {
             let window = shared.config.resume_window;
             shared.sessions.hold(session, &evicted, window);
+            flush.await;
         }
         Ending::Shutdown => {
             shared.sessions.forget(&session.id);
-            session.finish(Some(shared.config.shutdown_grace)).await;
+            let drain = session.finish(Some(shared.config.shutdown_grace));
+            tokio::join!(drain, flush);
         }
         Ending::Evicted | Ending::ClientClosed | Ending::Violation(_) => {
             if !evicted.is_cancelled() {
                 shared.sessions.forget(&session.id);
             }
-            session.finish(None).await;
+            tokio::join!(session.finish(None), flush);
         }
     }
     // Read on briefly after closing, so that a client still sending (a frame over the
@@ -187,11 +194,13 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
 /// Waits for the first frame, which must be `hello`. `Ok(None)`: the client left.
 async fn read_hello(
     stream: &mut SplitStream<WebSocket>,
+    limit: usize,
 ) -> Result<Option<(Option<ClientInfo>, Option<Resume>)>, CloseReason> {
     let violation = |why: &str| (close_code::PROTOCOL_VIOLATION, why.to_owned());
     loop {
         match stream.next().await {
-            None | Some(Ok(Message::Close(_))) | Some(Err(_)) => return Ok(None),
+            None | Some(Ok(Message::Close(_))) => return Ok(None),
+            Some(Err(err)) => return too_big(&err, limit).map_or(Ok(None), Err),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
             Some(Ok(Message::Binary(_))) => {
                 return Err(violation("the first frame must be a hello text frame"));
@@ -286,8 +295,13 @@ async fn write_loop(
         };
         match tokio::time::timeout(config.write_timeout, sink.send(message)).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return,
+            Ok(Err(_)) => {
+                // Nobody will drain the outbox any more: producers must stop waiting.
+                outbox.detach();
+                return;
+            }
             Err(_) => {
+                outbox.detach();
                 tracing::debug!("client too slow: a write missed its deadline");
                 let reason = (
                     close_code::SLOW_CONSUMER,

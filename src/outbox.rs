@@ -185,13 +185,17 @@ impl Outbox {
         false
     }
 
-    /// Queues a frame outside the sequence (`pong`) without waiting; an identical frame
-    /// already queued is not queued again.
+    /// Queues a frame outside the sequence (`pong`, `welcome`) without waiting; an
+    /// identical frame already queued is not queued again. While no socket is attached
+    /// there is no one to answer, and nothing is queued.
     pub fn push_unsequenced(&self, text: impl Into<Utf8Bytes>) -> Result<(), Closed> {
         let text = text.into();
         let mut state = self.lock();
         if state.closed {
             return Err(Closed);
+        }
+        if state.detached {
+            return Ok(());
         }
         if !state.control.contains(&text) {
             state.control.push_back(text);
@@ -286,6 +290,7 @@ impl Outbox {
         }
         state.cursor = last_seq + 1;
         state.unsent_bytes = state.kept_bytes;
+        state.control.clear();
         state.detached = false;
         drop(state);
         self.readable.notify_one();

@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -106,19 +107,25 @@ impl Sessions {
         }
     }
 
-    /// Holds a session whose socket dropped, for `window`, in a task on `tracker`.
-    /// A session whose socket was evicted is ended instead.
+    /// Holds a session whose socket dropped, for `window`, in a task of its own. A
+    /// session whose socket was evicted (another socket claimed it) is ended instead.
     pub fn hold(&self, session: ClientSession, evicted: &CancellationToken, window: Duration) {
-        if evicted.is_cancelled() {
-            let tracker = session.shared().connections.clone();
-            tracker.spawn(session.finish(None));
-            return;
-        }
-        let (sender, takeovers) = mpsc::channel(1);
-        self.slots
-            .insert(session.id.clone(), Slot::Detached(sender.clone()));
         let tracker = session.shared().connections.clone();
-        tracker.spawn(run_holder(session, takeovers, sender, window));
+        let (sender, takeovers) = mpsc::channel(1);
+        // Decided under the slot's lock, so a concurrent takeover either finds the
+        // session held or has already evicted it.
+        let held = match self.slots.entry(session.id.clone()) {
+            Entry::Occupied(mut slot) if !evicted.is_cancelled() => {
+                slot.insert(Slot::Detached(sender.clone()));
+                true
+            }
+            _ => false,
+        };
+        if held {
+            tracker.spawn(run_holder(session, takeovers, sender, window));
+        } else {
+            tracker.spawn(session.finish(None));
+        }
     }
 }
 
