@@ -60,6 +60,7 @@ impl ClientSession {
             tasks: TaskTracker::new(),
             background: shared.background.clone(),
             inflight: Arc::new(Semaphore::new(config.max_inflight_requests)),
+            carrying: Arc::new(Semaphore::new(config.max_inflight_requests)),
             request_timeout: config.request_timeout,
             ready_wait: config.connect_timeout,
         };

@@ -25,8 +25,12 @@ pub struct Link {
     pub tasks: TaskTracker,
     /// Gateway-wide tasks that may outlive the client session (DELETEs).
     pub background: TaskTracker,
-    /// Requests in flight for the whole client session, bounded by `maxInflightRequests`.
+    /// Requests in flight for the whole client session, bounded by `maxInflightRequests`
+    /// (more are refused with `too_many_requests`).
     pub inflight: Arc<Semaphore>,
+    /// Notifications and responses being carried, bounded by `maxInflightRequests` too
+    /// (more wait: the client's frames are then read no faster than they are carried).
+    pub carrying: Arc<Semaphore>,
     /// The most one request may take, end to end.
     pub request_timeout: Duration,
     /// How long a message waits for a starting server.

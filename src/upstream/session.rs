@@ -179,6 +179,10 @@ impl UpstreamSession {
             match self.link.inflight.clone().try_acquire_owned() {
                 Ok(permit) => carried._permit = Some(permit),
                 Err(_) => {
+                    if carried.is_initialize() {
+                        // Nothing will carry it: release the barrier it put up.
+                        self.phase.send_replace(Phase::Fresh);
+                    }
                     let error =
                         "too many requests in flight on this connection; wait for some to finish";
                     self.report(&carried, ErrorCode::TooManyRequests, error)
@@ -189,6 +193,11 @@ impl UpstreamSession {
             if let Some(key) = &carried.id_key {
                 let entry = (carried.serial, carried.cancel.clone());
                 self.lock_inflight().insert(key.clone(), entry);
+            }
+        } else {
+            match self.link.carrying.clone().acquire_owned().await {
+                Ok(permit) => carried._permit = Some(permit),
+                Err(_) => return,
             }
         }
         if carried.method == "notifications/cancelled" {
@@ -403,13 +412,15 @@ impl UpstreamSession {
             .id_key
             .clone()
             .filter(|_| carried.kind == Kind::Request);
-        let waiter = legacy.post(carried.body.clone(), request_id).await?;
         if carried.is_initialize() {
+            // The session exists once its stream is open; the initialize result may
+            // arrive on it before the POST's own reply, so `open` goes first.
             self.phase.send_replace(Phase::Open { session_id: None });
             self.link
                 .push_session(&self.server.name, SessionState::Open, None)
                 .await;
         }
+        let waiter = legacy.post(carried.body.clone(), request_id).await?;
         match waiter {
             Some(answered) => answered.await.unwrap_or_else(|_| {
                 Err(UpstreamError::StreamCut(
@@ -533,17 +544,20 @@ impl UpstreamSession {
         if head.says_stdio_server_gone() {
             self.server.suspect();
         }
-        if head.kind() == Kind::Response && head.id.map(jsonrpc::id_key) == carried.id_key {
-            if carried.is_initialize() {
-                self.on_initialized(text).await;
-            }
+        let answers =
+            head.kind() == Kind::Response && head.id.map(jsonrpc::id_key) == carried.id_key;
+        if answers && carried.is_initialize() {
+            self.on_initialized(text).await;
+        }
+        if !self.link.push_rpc(&self.server.name, text).await {
+            return Err(UpstreamError::SessionClosed);
+        }
+        // Only once queued: an exchange cut off while waiting for room must still be
+        // answered with an error.
+        if answers {
             answered.store(true, Ordering::Release);
         }
-        if self.link.push_rpc(&self.server.name, text).await {
-            Ok(())
-        } else {
-            Err(UpstreamError::SessionClosed)
-        }
+        Ok(())
     }
 
     /// Forwards one event that answers no request of ours (the GET stream's); false
