@@ -202,11 +202,19 @@ async fn run_instance(
     ended
 }
 
+/// Watches a ready instance until it ends. Every process of its group at the time it
+/// became ready (the stdio server, and any wrapper such as npx around it or around
+/// mcp-proxy) must stay alive: mcp-proxy itself does not exit when its server dies.
 async fn watch_instance(
     server: &Server,
     child: &mut GroupChild,
     shutdown: &CancellationToken,
 ) -> Ended {
+    let leader = child.pid();
+    let watched: Vec<u32> = process::group_members(leader)
+        .into_iter()
+        .filter(|pid| *pid != leader)
+        .collect();
     let mut tick = tokio::time::interval(HEALTH_INTERVAL);
     loop {
         tokio::select! {
@@ -217,7 +225,8 @@ async fn watch_instance(
             _ = tick.tick() => {}
             _ = server.suspected() => {}
         }
-        if child.followers() == 0 {
+        let alive = process::group_members(leader);
+        if alive.len() <= 1 || watched.iter().any(|pid| !alive.contains(pid)) {
             return Ended::Failed("the stdio server under mcp-proxy exited".into());
         }
     }
