@@ -136,9 +136,15 @@ pub fn negotiated_version(message: &str) -> Option<String> {
     outer.result?.protocol_version.map(Cow::into_owned)
 }
 
-/// A canonical form of an id, so that ids compare by value (`1` and `1.0`, escapes).
+/// A canonical form of an id, so that ids compare by value: string escapes are
+/// resolved, and a number with an integral value (`1.0`, `1e3`) reads as that integer,
+/// as a server that re-serialises ids would write it.
 pub fn id_key(id: &RawValue) -> String {
     match serde_json::from_str::<serde_json::Value>(id.get()) {
+        Ok(serde_json::Value::Number(n)) if n.is_f64() => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => format!("{}", f as i64),
+            _ => n.to_string(),
+        },
         Ok(value) => value.to_string(),
         Err(_) => id.get().to_owned(),
     }
@@ -187,6 +193,12 @@ mod tests {
         assert_eq!(id_key(a), id_key(b));
         let one: &RawValue = serde_json::from_str("1").unwrap();
         assert_ne!(id_key(one), id_key(b));
+        for same in ["1.0", "1e0", "10e-1"] {
+            let other: &RawValue = serde_json::from_str(same).unwrap();
+            assert_eq!(id_key(one), id_key(other), "{same}");
+        }
+        let half: &RawValue = serde_json::from_str("0.5").unwrap();
+        assert_ne!(id_key(one), id_key(half));
     }
 
     #[test]

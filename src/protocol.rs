@@ -118,7 +118,6 @@ pub struct ClientInfo {
 
 /// `resume` of a `hello` frame: the session to resume and the last seq the client has.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct Resume {
     /// The `session` of the earlier `welcome`.
     pub session: String,
