@@ -11,7 +11,7 @@
 //! [`UpstreamError::StreamCut`] when the stream ends first (it never hangs). It knows
 //! nothing of client sessions: messages leave through the caller's [`Deliver`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -68,6 +68,9 @@ struct Shared {
     invalid: AtomicU64,
 }
 
+/// How many given-up request ids are remembered, to drop their late responses.
+const ABANDONED_KEPT: usize = 1024;
+
 /// Requests awaiting their responses, by canonical id (`jsonrpc::id_key`).
 ///
 /// Bounded by the caller's in-flight limit: an entry lives while its [`Answered`] is
@@ -76,6 +79,9 @@ struct Shared {
 #[derive(Default)]
 struct Waiters {
     by_id: HashMap<String, oneshot::Sender<Result<(), UpstreamError>>>,
+    /// Ids of requests given up on (timed out, cancelled), newest last, at most
+    /// [`ABANDONED_KEPT`]: their late responses must not reach the client a second time.
+    abandoned: VecDeque<String>,
     /// Why the stream ended, once it has.
     ended: Option<String>,
 }
@@ -94,13 +100,42 @@ impl Shared {
         if let Some(reason) = &waiters.ended {
             return Err(UpstreamError::StreamCut(reason.clone()));
         }
-        waiters.by_id.retain(|_, tx| !tx.is_closed());
+        let Waiters {
+            by_id, abandoned, ..
+        } = &mut *waiters;
+        by_id.retain(|key, tx| {
+            let open = !tx.is_closed();
+            if !open {
+                if abandoned.len() == ABANDONED_KEPT {
+                    abandoned.pop_front();
+                }
+                abandoned.push_back(key.clone());
+            }
+            open
+        });
         let (tx, rx) = oneshot::channel();
         if let Some(older) = waiters.by_id.insert(key, tx) {
             let reused = "a later request reused this id before it was answered";
             let _ = older.send(Err(UpstreamError::Protocol(reused.into())));
         }
         Ok(rx)
+    }
+
+    /// True when the response with `key` answers a request the caller gave up on; its
+    /// record is then forgotten.
+    fn given_up(&self, key: &str) -> bool {
+        let mut waiters = self.lock();
+        if waiters.by_id.get(key).is_some_and(|tx| tx.is_closed()) {
+            waiters.by_id.remove(key);
+            return true;
+        }
+        match waiters.abandoned.iter().position(|k| k == key) {
+            Some(index) => {
+                waiters.abandoned.remove(index);
+                true
+            }
+            None => false,
+        }
     }
 
     fn answered(&self, key: &str) {
@@ -316,6 +351,14 @@ impl Reader {
                 return true;
             }
         };
+        if answers
+            .as_deref()
+            .is_some_and(|key| self.shared.given_up(key))
+        {
+            // The client already had its answer (a timeout) or asked for none (cancel).
+            tracing::debug!("dropping a legacy response to a request given up on");
+            return true;
+        }
         let delivered = tokio::select! {
             _ = self.stop.cancelled() => false,
             delivered = (self.deliver)(event.data) => delivered,
@@ -439,6 +482,19 @@ mod tests {
             &tasks,
         )
         .await
+    }
+
+    #[test]
+    fn late_responses_to_requests_given_up_on_are_recognised() {
+        let shared = Shared::default();
+        drop(shared.wait_for("1".into()).unwrap());
+        assert!(shared.given_up("1"), "the receiver was dropped: given up");
+        assert!(!shared.given_up("1"), "forgotten once recognised");
+        drop(shared.wait_for("2".into()).unwrap());
+        // Registering another request prunes "2"; it is still remembered.
+        let _pending = shared.wait_for("3".into()).unwrap();
+        assert!(shared.given_up("2"));
+        assert!(!shared.given_up("3"), "still awaited");
     }
 
     async fn answered(rx: Answered) -> Result<(), UpstreamError> {
