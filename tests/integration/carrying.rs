@@ -109,17 +109,9 @@ async fn five_hundred_concurrent_calls_come_back_correctly_tagged() {
 async fn progress_arrives_before_its_result() {
     let mut client = Client::connect(shared_gateway()).await;
     client.initialize("everything").await;
-    let params = json!({
-        "name": "trigger-long-running-operation",
-        "arguments": {"duration": 1, "steps": 4},
-        "_meta": {"progressToken": "tok-1"}
-    });
     let id = json!("long-1");
     client
-        .rpc(
-            "everything",
-            json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params}),
-        )
+        .start_long_operation("everything", &id, 1, 4, "tok-1")
         .await;
     let result = client.response("everything", &id).await;
     assert!(

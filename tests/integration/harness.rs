@@ -354,6 +354,28 @@ impl Client {
         self.response(server, &id).await
     }
 
+    /// Starts server-everything's `trigger-long-running-operation` (request `id`, `steps`
+    /// progress notifications with `token` over `duration` seconds) without waiting.
+    pub async fn start_long_operation(
+        &mut self,
+        server: &str,
+        id: &Value,
+        duration: u64,
+        steps: u64,
+        token: &str,
+    ) {
+        let params = json!({
+            "name": "trigger-long-running-operation",
+            "arguments": {"duration": duration, "steps": steps},
+            "_meta": {"progressToken": token}
+        });
+        self.rpc(
+            server,
+            json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params}),
+        )
+        .await;
+    }
+
     /// Waits until `server` is ready (as far as the frames read so far tell).
     pub async fn ready(&mut self, server: &str) {
         if self.states.get(server).map(String::as_str) != Some("ready") {

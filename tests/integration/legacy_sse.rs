@@ -101,17 +101,9 @@ async fn a_legacy_sse_server_is_carried_end_to_end() {
     let echo = client.call("legacy", json!(2), "tools/call", params).await;
     assert_eq!(tool_text(&echo), "Echo: hi", "{echo}");
 
-    let params = json!({
-        "name": "trigger-long-running-operation",
-        "arguments": {"duration": 1, "steps": 3},
-        "_meta": {"progressToken": "legacy-tok"}
-    });
     let id = json!("long");
     client
-        .rpc(
-            "legacy",
-            json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params}),
-        )
+        .start_long_operation("legacy", &id, 1, 3, "legacy-tok")
         .await;
     let result = client.response("legacy", &id).await;
     assert!(

@@ -18,17 +18,9 @@ async fn killing_the_stdio_server_fails_in_flight_calls_and_recovers() {
         .status()
         .pid
         .expect("pid");
-    let params = json!({
-        "name": "trigger-long-running-operation",
-        "arguments": {"duration": 60, "steps": 60},
-        "_meta": {"progressToken": "slow"}
-    });
     let id = json!("slow");
     client
-        .rpc(
-            "everything",
-            json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params}),
-        )
+        .start_long_operation("everything", &id, 60, 60, "slow")
         .await;
     client
         .wait_for("first progress", |f| {

@@ -20,17 +20,9 @@ async fn a_client_that_drops_for_five_seconds_gets_all_1000_notifications_once()
         .expect("session")
         .to_owned();
     client.initialize("everything").await;
-    let params = json!({
-        "name": "trigger-long-running-operation",
-        "arguments": {"duration": 7, "steps": 1000},
-        "_meta": {"progressToken": "stream-1000"}
-    });
     let id = json!("thousand");
     client
-        .rpc(
-            "everything",
-            json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params}),
-        )
+        .start_long_operation("everything", &id, 7, 1000, "stream-1000")
         .await;
 
     // Read about a hundred progress frames, then drop the connection without a close frame.
