@@ -70,6 +70,15 @@ pub struct Shared {
     pub sessions: Sessions,
 }
 
+/// How the gateway runs, beyond its configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The `mcpmux` binary, to start every child under its guard so that nothing
+    /// outlives mcpmux (see [`crate::supervisor::guard`]). The binary sets it; an
+    /// embedding program that is not `mcpmux` leaves it `None`.
+    pub guard: Option<std::path::PathBuf>,
+}
+
 /// A running gateway.
 pub struct Gateway {
     shared: Arc<Shared>,
@@ -83,6 +92,15 @@ pub struct Gateway {
 impl Gateway {
     /// Starts serving `config` on `listener`, and starts every stdio server.
     pub async fn start(config: Config, listener: TcpListener) -> Result<Self, GatewayError> {
+        Self::start_with(config, listener, Options::default()).await
+    }
+
+    /// [`Gateway::start`] with [`Options`].
+    pub async fn start_with(
+        config: Config,
+        listener: TcpListener,
+        options: Options,
+    ) -> Result<Self, GatewayError> {
         let local_addr = listener.local_addr()?;
         let gateway = config.gateway.clone();
         let (status_changes, _) = broadcast::channel(STATUS_BROADCAST_CAPACITY);
@@ -100,6 +118,7 @@ impl Gateway {
             stop_grace: gateway.stop_grace,
             backoff_min: gateway.restart_backoff_min,
             backoff_max: gateway.restart_backoff_max,
+            guard: options.guard,
         };
         let mut servers = Servers::new();
         for (name, server_config) in config.servers {

@@ -32,4 +32,4 @@ pub mod supervisor;
 pub mod upstream;
 
 pub use config::Config;
-pub use gateway::{Gateway, GatewayError};
+pub use gateway::{Gateway, GatewayError, Options};

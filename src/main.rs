@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mcpmux::{Config, Gateway};
+use mcpmux::{Config, Gateway, Options};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// One WebSocket to every MCP server.
@@ -30,12 +30,31 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Runs a command as the guard of its process group (used by mcpmux itself).
+    #[command(hide = true)]
+    Guard {
+        /// SIGTERM to SIGKILL, in milliseconds.
+        #[arg(long)]
+        grace_ms: u64,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Guard { grace_ms, command }) = &cli.command {
+        let Some((program, args)) = command.split_first() else {
+            return ExitCode::FAILURE;
+        };
+        let grace = std::time::Duration::from_millis(*grace_ms);
+        let code = mcpmux::supervisor::guard::run(program, args, grace);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     init_logging();
     let result = match cli.command {
+        Some(Command::Guard { .. }) => Ok(()),
         Some(Command::CheckConfig { file }) => check_config(&file),
         None => run(cli.config, cli.listen),
     };
@@ -106,7 +125,11 @@ fn run(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        let gateway = Gateway::start(config, listener).await?;
+        // Children run under this binary as their guard, so none can outlive it.
+        let options = Options {
+            guard: std::env::current_exe().ok(),
+        };
+        let gateway = Gateway::start_with(config, listener, options).await?;
         // A line for people and for scripts that started us on port 0.
         println!("mcpmux listening on ws://{}/ws", gateway.local_addr());
         let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;

@@ -8,6 +8,7 @@
 //! says so). On any end: stop the group, back off (jittered, exponential, capped) and
 //! start again. Shutdown stops the group: SIGTERM, then SIGKILL after the grace period.
 
+pub mod guard;
 pub mod process;
 
 use std::sync::Arc;
@@ -47,6 +48,9 @@ pub struct SupervisorConfig {
     pub backoff_min: Duration,
     /// Longest restart delay.
     pub backoff_max: Duration,
+    /// The `mcpmux` binary, to run each child under its guard ([`guard`]); `None` runs
+    /// mcp-proxy directly (when mcpmux is embedded as a library).
+    pub guard: Option<std::path::PathBuf>,
 }
 
 /// Why an instance ended.
@@ -131,10 +135,21 @@ async fn run_instance(
         Err(err) => return Ended::Failed(format!("no free port: {err}")),
     };
     let api_key = random_key();
-    let Some((program, leading)) = config.mcp_proxy.split_first() else {
+    let Some((proxy, leading)) = config.mcp_proxy.split_first() else {
         return Ended::Failed("the mcp-proxy command is empty".into());
     };
-    let mut args = leading.to_vec();
+    let (program, mut args) = match &config.guard {
+        Some(binary) => {
+            let grace = config.stop_grace.as_millis().to_string();
+            let guard = [guard::SUBCOMMAND, "--grace-ms", &grace, "--", proxy];
+            (
+                binary.display().to_string(),
+                guard.map(str::to_owned).to_vec(),
+            )
+        }
+        None => (proxy.clone(), Vec::new()),
+    };
+    args.extend(leading.iter().cloned());
     args.extend([
         "--host".into(),
         "127.0.0.1".into(),
@@ -149,7 +164,7 @@ async fn run_instance(
     ]);
     args.extend(spec.args.iter().cloned());
     let child_spec = ChildSpec {
-        program: program.clone(),
+        program,
         args,
         env: spec
             .env
@@ -311,6 +326,7 @@ mod tests {
             stop_grace: Duration::from_secs(1),
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
+            guard: None,
         };
         let first = backoff(&config, 1);
         assert!(first >= Duration::from_millis(375) && first <= Duration::from_millis(625));

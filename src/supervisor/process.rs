@@ -394,6 +394,21 @@ pub fn signal_group(pgid: u32, sig: i32) -> io::Result<()> {
     }
 }
 
+/// Sends `sig` to the caller's own process group, itself included (for a guard that
+/// leads the group it supervises); ESRCH is not an error.
+#[allow(unsafe_code)]
+pub fn signal_own_group(sig: i32) -> io::Result<()> {
+    // SAFETY: kill has no memory-safety preconditions; pid 0 names the caller's group.
+    if unsafe { libc::kill(0, sig) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ESRCH) => Ok(()),
+        _ => Err(err),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -163,3 +163,48 @@ async fn an_idle_stdio_server_that_dies_is_noticed_within_five_seconds() {
         .await;
     gateway.shutdown().await;
 }
+
+/// A minimal stdio MCP server that ignores SIGTERM, SIGINT, SIGHUP and the end of its
+/// stdin: the worst case for "no process outlives mcpmux".
+fn stubborn_server() -> serde_json::Value {
+    let script = r#"
+        for (const s of ["SIGTERM", "SIGINT", "SIGHUP"]) process.on(s, () => {});
+        process.stdin.on("end", () => {});
+        setInterval(() => {}, 1000);
+        let buf = "";
+        process.stdin.on("data", (d) => {
+            buf += d;
+            let i;
+            while ((i = buf.indexOf("\n")) >= 0) {
+                const line = buf.slice(0, i);
+                buf = buf.slice(i + 1);
+                let m;
+                try { m = JSON.parse(line); } catch { continue; }
+                if (m.id === undefined || !m.method) continue;
+                const result = m.method === "initialize"
+                    ? { protocolVersion: m.params.protocolVersion, capabilities: {}, serverInfo: { name: "stubborn", version: "1" } }
+                    : {};
+                process.stdout.write(JSON.stringify({ jsonrpc: "2.0", id: m.id, result }) + "\n");
+            }
+        });
+    "#;
+    json!({"command": "node", "args": ["-e", script]})
+}
+
+#[tokio::test]
+async fn sigkill_leaves_no_process_even_when_a_server_ignores_sigterm_and_eof() {
+    let mut binary = Binary::start(&config(
+        json!({"stubborn": stubborn_server()}),
+        json!({"stopGraceMs": 1000}),
+    ));
+    let mut client = Client::connect(binary.addr).await;
+    client.initialize("stubborn").await;
+    assert!(
+        binary.processes().len() >= 4,
+        "mcpmux, its guard, mcp-proxy, the server"
+    );
+    kill(binary.child.id(), libc::SIGKILL);
+    binary
+        .wait_until_no_process_is_left(Duration::from_secs(10))
+        .await;
+}
