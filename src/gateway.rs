@@ -275,6 +275,11 @@ async fn upgrade(
     if shared.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "mcpmux is shutting down").into_response();
     }
+    if shared.sessions.len() >= shared.config.max_sessions {
+        let message =
+            "mcpmux holds as many client sessions as it may (maxSessions); try again later";
+        return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+    }
     let config = &shared.config;
     let tracker = shared.connections.clone();
     ws.protocols([protocol::SUBPROTOCOL])

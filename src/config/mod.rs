@@ -150,6 +150,9 @@ pub struct GatewayConfig {
     pub max_upstream_sessions: usize,
     /// `shutdownGraceMs`: how long in-flight requests may finish on shutdown (default 5 s).
     pub shutdown_grace: Duration,
+    /// `maxSessions`: client sessions, attached or held for resume, the gateway keeps at
+    /// once; more sockets are refused with HTTP 503 (default 10000).
+    pub max_sessions: usize,
 }
 
 impl Default for GatewayConfig {
@@ -175,6 +178,7 @@ impl Default for GatewayConfig {
             heartbeat: Duration::from_millis(15_000),
             max_upstream_sessions: 64,
             shutdown_grace: Duration::from_millis(5_000),
+            max_sessions: 10_000,
         }
     }
 }

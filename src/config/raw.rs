@@ -123,6 +123,7 @@ gateway_numbers! {
     heartbeat: "heartbeatMs" => Duration::from_millis,
     max_upstream_sessions: "maxUpstreamSessions" => to_usize,
     shutdown_grace: "shutdownGraceMs" => Duration::from_millis,
+    max_sessions: "maxSessions" => to_usize,
 }
 
 fn to_usize(n: u64) -> usize {

@@ -220,6 +220,7 @@ fn defaults() {
     assert_eq!(g.heartbeat, Duration::from_secs(15));
     assert_eq!(g.max_upstream_sessions, 64);
     assert_eq!(g.shutdown_grace, Duration::from_secs(5));
+    assert_eq!(g.max_sessions, 10_000);
     // Absent and empty gateway sections both mean the defaults; stdio extras default to empty.
     let c = parse(r#"{"mcpServers": {"a": {"command": "x"}}}"#).unwrap();
     assert_eq!(c.gateway, g);
@@ -719,6 +720,7 @@ const NUMBER_KEYS: &[(&str, u64, NumberField)] = &[
         g.max_upstream_sessions as u128
     }),
     ("shutdownGraceMs", 28, |g| g.shutdown_grace.as_millis()),
+    ("maxSessions", 29, |g| g.max_sessions as u128),
 ];
 
 #[test]

@@ -150,6 +150,19 @@ async fn subprotocol_offers_are_checked() {
 }
 
 #[tokio::test]
+async fn sockets_beyond_max_sessions_are_refused_with_503() {
+    let gateway = TestGateway::start(&config(
+        json!({"remote": {"url": "http://127.0.0.1:9/mcp"}}),
+        json!({"maxSessions": 1}),
+    ))
+    .await;
+    let first = Client::connect(gateway.addr).await;
+    assert_eq!(Client::offer(gateway.addr, "mcpmux.v1").await, Err(503));
+    drop(first);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
 async fn no_hello_in_time_closes_with_4508() {
     // A gateway with only a remote server (nothing to start) and a short hello timeout.
     let gateway = TestGateway::start(&config(
