@@ -202,6 +202,24 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 }
 
 /// Decodes one text frame. Never panics; every failure is a [`FrameError`].
+///
+/// ```
+/// use mcpmux::protocol::{ClientFrame, ErrorCode, decode_client_frame};
+///
+/// let text = r#"{"type":"rpc","server":"everything","message":{"jsonrpc":"2.0","id":1.0,"method":"ping"}}"#;
+/// match decode_client_frame(text).frame {
+///     // The message is a slice of the frame, byte for byte: the id stays `1.0`.
+///     Ok(ClientFrame::Rpc { server, message }) => {
+///         assert_eq!(server, "everything");
+///         assert_eq!(message.get(), r#"{"jsonrpc":"2.0","id":1.0,"method":"ping"}"#);
+///     }
+///     other => panic!("{other:?}"),
+/// }
+///
+/// let batch = decode_client_frame(r#"{"type":"rpc","server":"a","message":[],"ref":7}"#);
+/// assert_eq!(batch.frame.unwrap_err().code, ErrorCode::Batch);
+/// assert_eq!(batch.reference.unwrap().get(), "7");
+/// ```
 pub fn decode_client_frame(text: &str) -> Decoded<'_> {
     let trimmed = text.trim_start();
     if !trimmed.starts_with('{') {
