@@ -354,6 +354,28 @@ impl Client {
         self.response(server, &id).await
     }
 
+    /// The session id the welcome gave.
+    pub fn session_id(&self) -> String {
+        self.welcome["session"]
+            .as_str()
+            .expect("welcome.session")
+            .to_owned()
+    }
+
+    /// Waits for the `status` frame saying a server reached `state`.
+    pub async fn status(&mut self, state: &str) -> Value {
+        let what = format!("status {state}");
+        self.wait_for(&what, |f| f["type"] == "status" && f["state"] == state)
+            .await
+    }
+
+    /// Waits for the `session` frame saying an upstream session reached `state`.
+    pub async fn session_state(&mut self, state: &str) -> Value {
+        let what = format!("session {state}");
+        self.wait_for(&what, |f| f["type"] == "session" && f["state"] == state)
+            .await
+    }
+
     /// Starts server-everything's `trigger-long-running-operation` (request `id`, `steps`
     /// progress notifications with `token` over `duration` seconds) without waiting.
     pub async fn start_long_operation(

@@ -9,15 +9,33 @@ use serde_json::json;
 use crate::binary::{Binary, kill};
 use crate::harness::{Client, Ended, TestGateway, config, everything, memory};
 
+/// SIGKILLs the MCP server under `server`'s mcp-proxy (every process of its group but
+/// the leader), leaving mcp-proxy itself running, as happens when a server crashes.
+/// Returns the leader's pid.
+fn kill_stdio_server(gateway: &TestGateway, server: &str) -> u32 {
+    let pid = gateway.gateway().shared().servers[server]
+        .status()
+        .pid
+        .expect("pid");
+    let followers: Vec<u32> = group_members(pid)
+        .into_iter()
+        .filter(|p| *p != pid)
+        .collect();
+    assert!(
+        !followers.is_empty(),
+        "the stdio server runs in mcp-proxy's group"
+    );
+    for follower in followers {
+        kill(follower, libc::SIGKILL);
+    }
+    pid
+}
+
 #[tokio::test]
 async fn killing_the_stdio_server_fails_in_flight_calls_and_recovers() {
     let gateway = TestGateway::start(&config(json!({"everything": everything()}), json!({}))).await;
     let mut client = Client::connect(gateway.addr).await;
     client.initialize("everything").await;
-    let pid = gateway.gateway().shared().servers["everything"]
-        .status()
-        .pid
-        .expect("pid");
     let id = json!("slow");
     client
         .start_long_operation("everything", &id, 60, 60, "slow")
@@ -28,18 +46,8 @@ async fn killing_the_stdio_server_fails_in_flight_calls_and_recovers() {
         })
         .await;
 
-    let followers: Vec<u32> = group_members(pid)
-        .into_iter()
-        .filter(|p| *p != pid)
-        .collect();
-    assert!(
-        !followers.is_empty(),
-        "the stdio server runs in mcp-proxy's group"
-    );
+    let pid = kill_stdio_server(&gateway, "everything");
     let killed_at = Instant::now();
-    for follower in followers {
-        kill(follower, libc::SIGKILL);
-    }
     let reply = client.response("everything", &id).await;
     assert!(reply["message"]["error"].is_object(), "{reply}");
     assert!(
@@ -47,25 +55,13 @@ async fn killing_the_stdio_server_fails_in_flight_calls_and_recovers() {
         "error within seconds"
     );
 
-    let restarting = client
-        .wait_for("status restarting", |f| {
-            f["type"] == "status" && f["state"] == "restarting"
-        })
-        .await;
+    let restarting = client.status("restarting").await;
     assert!(
         killed_at.elapsed() < Duration::from_secs(5),
         "noticed within 5 s"
     );
-    let lost = client
-        .wait_for("session lost", |f| {
-            f["type"] == "session" && f["state"] == "lost"
-        })
-        .await;
-    let ready = client
-        .wait_for("status ready", |f| {
-            f["type"] == "status" && f["state"] == "ready"
-        })
-        .await;
+    let lost = client.session_state("lost").await;
+    let ready = client.status("ready").await;
     assert!(restarting["seq"].as_u64() < ready["seq"].as_u64());
     assert_eq!(lost["server"], "everything");
     assert!(
@@ -133,34 +129,16 @@ async fn an_idle_stdio_server_that_dies_is_noticed_within_five_seconds() {
     let gateway = TestGateway::start(&config(json!({"everything": everything()}), json!({}))).await;
     let mut client = Client::connect(gateway.addr).await;
     client.initialize("everything").await;
-    let pid = gateway.gateway().shared().servers["everything"]
-        .status()
-        .pid
-        .expect("pid");
+    kill_stdio_server(&gateway, "everything");
     let killed_at = Instant::now();
-    for follower in group_members(pid).into_iter().filter(|p| *p != pid) {
-        kill(follower, libc::SIGKILL);
-    }
-    client
-        .wait_for("status restarting", |f| {
-            f["type"] == "status" && f["state"] == "restarting"
-        })
-        .await;
+    client.status("restarting").await;
     let noticed = killed_at.elapsed();
     assert!(
         noticed < Duration::from_secs(5),
         "noticed after {noticed:?}"
     );
-    client
-        .wait_for("session lost", |f| {
-            f["type"] == "session" && f["state"] == "lost"
-        })
-        .await;
-    client
-        .wait_for("status ready", |f| {
-            f["type"] == "status" && f["state"] == "ready"
-        })
-        .await;
+    client.session_state("lost").await;
+    client.status("ready").await;
     gateway.shutdown().await;
 }
 

@@ -15,10 +15,7 @@ use crate::harness::{
 async fn a_client_that_drops_for_five_seconds_gets_all_1000_notifications_once() {
     let addr = shared_gateway();
     let mut client = Client::connect(addr).await;
-    let session = client.welcome["session"]
-        .as_str()
-        .expect("session")
-        .to_owned();
+    let session = client.session_id();
     client.initialize("everything").await;
     let id = json!("thousand");
     client
@@ -70,10 +67,7 @@ async fn a_client_that_drops_for_five_seconds_gets_all_1000_notifications_once()
 async fn acked_frames_and_future_seqs_cannot_be_resumed_and_get_a_fresh_session() {
     let addr = shared_gateway();
     let mut client = Client::connect(addr).await;
-    let session = client.welcome["session"]
-        .as_str()
-        .expect("session")
-        .to_owned();
+    let session = client.session_id();
     for i in 0..3 {
         client.send(json!({"type": "launch", "ref": i})).await;
     }
@@ -109,10 +103,7 @@ async fn a_resume_too_late_is_refused() {
     ))
     .await;
     let mut client = Client::connect(gateway.addr).await;
-    let session = client.welcome["session"]
-        .as_str()
-        .expect("session")
-        .to_owned();
+    let session = client.session_id();
     assert_eq!(client.welcome["resume_window_ms"], 300);
     client.send(json!({"type": "ping"})).await;
     client.wait_for("pong", |f| f["type"] == "pong").await;
@@ -127,10 +118,7 @@ async fn a_resume_too_late_is_refused() {
 async fn a_session_resumed_while_attached_ends_the_other_socket_with_4002() {
     let addr = shared_gateway();
     let mut first = Client::connect(addr).await;
-    let session = first.welcome["session"]
-        .as_str()
-        .expect("session")
-        .to_owned();
+    let session = first.session_id();
     let second = Client::resume(addr, &session, 0).await;
     assert_eq!(second.welcome["resumed"], false);
     match first.closed().await {
@@ -143,10 +131,7 @@ async fn a_session_resumed_while_attached_ends_the_other_socket_with_4002() {
 async fn a_silent_client_is_closed_with_4001_and_can_resume() {
     let gateway = heartbeat_gateway(200).await;
     let mut client = Client::connect(gateway.addr).await;
-    let session = client.welcome["session"]
-        .as_str()
-        .expect("session")
-        .to_owned();
+    let session = client.session_id();
     assert_eq!(client.welcome["heartbeat_ms"], 200);
     // Not reading means not answering pings.
     tokio::time::sleep(Duration::from_millis(1200)).await;
