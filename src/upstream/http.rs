@@ -229,6 +229,8 @@ pub struct EventStream {
     parser: SseParser,
     ready: VecDeque<SseEvent>,
     scratch: Vec<SseEvent>,
+    /// A parse fault, reported once the events before it have been taken.
+    fault: Option<UpstreamError>,
 }
 
 impl EventStream {
@@ -238,6 +240,7 @@ impl EventStream {
             parser: SseParser::new(max_event_bytes),
             ready: VecDeque::new(),
             scratch: Vec::new(),
+            fault: None,
         }
     }
 
@@ -248,6 +251,10 @@ impl EventStream {
             if let Some(event) = self.ready.pop_front() {
                 return Some(Ok(event));
             }
+            if let Some(fault) = self.fault.take() {
+                self.body = Box::pin(futures::stream::empty());
+                return Some(Err(fault));
+            }
             match self.body.next().await {
                 None if self.parser.has_partial() => {
                     return Some(Err(UpstreamError::StreamCut(
@@ -257,15 +264,17 @@ impl EventStream {
                 None => return None,
                 Some(Err(err)) => return Some(Err(UpstreamError::StreamCut(describe(&err)))),
                 Some(Ok(chunk)) => {
-                    if let Err(err) = self.parser.feed(&chunk, &mut self.scratch) {
-                        return Some(Err(match err {
+                    let fed = self.parser.feed(&chunk, &mut self.scratch);
+                    // Events completed before a fault are delivered before it.
+                    self.ready.extend(self.scratch.drain(..));
+                    if let Err(err) = fed {
+                        self.fault = Some(match err {
                             super::sse::SseError::EventTooLarge { limit } => {
                                 UpstreamError::TooLarge { limit }
                             }
                             other => UpstreamError::Protocol(other.to_string()),
-                        }));
+                        });
                     }
-                    self.ready.extend(self.scratch.drain(..));
                 }
             }
         }
@@ -332,4 +341,43 @@ fn describe(err: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream_of(chunks: &[&'static [u8]], max_event_bytes: usize) -> EventStream {
+        let chunks: Vec<reqwest::Result<Bytes>> =
+            chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
+        EventStream::new(Box::pin(futures::stream::iter(chunks)), max_event_bytes)
+    }
+
+    #[tokio::test]
+    async fn events_before_a_fault_in_the_same_chunk_are_delivered_first() {
+        let mut stream = stream_of(
+            &[b"data: {\"id\":1}\n\ndata: {\"id\":2}\n\ndata: 0123456789abcdef\n\ndata: 3\n\n"],
+            12,
+        );
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first.data, "{\"id\":1}");
+        let second = stream.next().await.unwrap().unwrap();
+        assert_eq!(second.data, "{\"id\":2}");
+        assert!(matches!(
+            stream.next().await,
+            Some(Err(UpstreamError::TooLarge { limit: 12 }))
+        ));
+        // The fault ends the stream: nothing after it is read.
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_after_an_event_keeps_the_event() {
+        let mut stream = stream_of(&[b"data: ok\n\ndata: \xff\xfe\n\n"], 1024);
+        assert_eq!(stream.next().await.unwrap().unwrap().data, "ok");
+        assert!(matches!(
+            stream.next().await,
+            Some(Err(UpstreamError::Protocol(_)))
+        ));
+    }
 }
