@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use crate::gateway::Shared;
 use crate::outbox::Outbox;
 use crate::protocol::{ClientFrame, ClientInfo, Resume, close_code, decode_client_frame};
+use crate::resume::{Claim, Handover, hand_over};
 use crate::session::{ClientSession, CloseReason};
 
 /// How long the writer may take to send a close frame, or to stop after the reader.
@@ -32,8 +33,8 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 enum Ending {
     /// The gateway is shutting down: close 1001, drain, end the session.
     Shutdown,
-    /// Another socket asked to resume this session: close, end the session.
-    Evicted,
+    /// Another socket resumed this session: close 4002, hand the session over.
+    Claimed(Claim),
     /// The client sent a close frame: end the session.
     ClientClosed,
     /// The client broke the protocol: close with this reason, end the session.
@@ -78,7 +79,7 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
         }
     };
     tracing::debug!(session = %session.id, ?client, resumed, "client attached");
-    let evicted = shared.sessions.attach(&session.id);
+    let mut claims = shared.sessions.register(&session.id);
     let outbox = session.link.outbox.clone();
     // Frames outside the sequence are written first: the welcome precedes any replay.
     let _ = outbox.push_unsequenced(session.welcome(resumed));
@@ -96,7 +97,7 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
     let ending = loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => break Ending::Shutdown,
-            _ = evicted.cancelled() => break Ending::Evicted,
+            claim = claims.next() => break Ending::Claimed(claim),
             _ = &mut writer, if !writer_done => {
                 writer_done = true;
                 break Ending::Dropped;
@@ -132,7 +133,7 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
 
     let close = match &ending {
         Ending::Shutdown => Some((close_code::GOING_AWAY, "mcpmux is shutting down".to_owned())),
-        Ending::Evicted => Some((
+        Ending::Claimed(_) => Some((
             close_code::SESSION_TAKEN_OVER,
             "another connection resumed this session".to_owned(),
         )),
@@ -163,21 +164,32 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
             writer.abort();
         }
     };
+    let window = shared.config.resume_window;
     match ending {
         Ending::Silent | Ending::Dropped => {
-            let window = shared.config.resume_window;
-            shared.sessions.hold(session, &evicted, window);
+            shared.sessions.hold(session, claims, window);
             flush.await;
         }
+        Ending::Claimed(claim) => match hand_over(session, claim) {
+            Handover::Done => flush.await,
+            Handover::Abandoned(session) => {
+                // The new socket left before taking it: keep the session for resume.
+                shared.sessions.reinstate(&session.id, &claims);
+                shared.sessions.hold(session, claims, window);
+                flush.await;
+            }
+            Handover::Refused(session) => {
+                shared.sessions.forget(&session.id, &claims);
+                tokio::join!(session.finish(None), flush);
+            }
+        },
         Ending::Shutdown => {
-            shared.sessions.forget(&session.id);
+            shared.sessions.forget(&session.id, &claims);
             let drain = session.finish(Some(shared.config.shutdown_grace));
             tokio::join!(drain, flush);
         }
-        Ending::Evicted | Ending::ClientClosed | Ending::Violation(_) => {
-            if !evicted.is_cancelled() {
-                shared.sessions.forget(&session.id);
-            }
+        Ending::ClientClosed | Ending::Violation(_) => {
+            shared.sessions.forget(&session.id, &claims);
             tokio::join!(session.finish(None), flush);
         }
     }

@@ -1,20 +1,23 @@
-//! Resumable sessions: every client session is registered by id, as live (attached to
-//! a socket) or detached (held for `resumeWindowMs` after its socket dropped).
+//! Resumable sessions: every client session is registered by id, whoever owns it: the
+//! connection task of the socket it is attached to, or a holder task that keeps it for
+//! `resumeWindowMs` after its socket dropped.
 //!
-//! A detached session is owned by a holder task that keeps it working: upstream calls go
-//! on, status changes are applied, and every frame produced is kept in the outbox
-//! (bounded by `resumeMaxFrames`/`resumeMaxBytes`). A `hello` with `resume` asks the
-//! holder for the session; the holder checks that every frame after `last_seq` is still
-//! kept and hands it over, or refuses. There is never a partial replay: a refused
-//! resume ends the old session (its upstream sessions are deleted) and the client gets a
-//! fresh one.
+//! A `hello` with `resume` claims the session through the registry: the claim goes to
+//! the session's owner, which checks that every frame after `last_seq` is still kept and
+//! hands the session over, or refuses. An attached session is handed over too (its old
+//! socket is closed with 4002): a client whose network changed usually reconnects before
+//! the gateway notices that its old socket is dead. There is never a partial replay: a
+//! refused resume ends the old session (its upstream sessions are deleted) and the
+//! client gets a fresh one.
+//!
+//! A detached session's holder keeps it working: upstream calls go on, status changes
+//! are applied, and every frame produced is kept in the outbox (bounded by
+//! `resumeMaxFrames`/`resumeMaxBytes`).
 
 use std::time::Duration;
 
 use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
 use crate::outbox::Unresumable;
 use crate::session::ClientSession;
@@ -22,12 +25,10 @@ use crate::session::ClientSession;
 /// Why a resume was refused; the client gets a fresh session.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Refusal {
-    /// No such session (never existed, or already ended).
+    /// No such session (never existed, already ended, or claimed by another socket
+    /// at the same moment).
     #[error("no session with that id is waiting to be resumed")]
     Unknown,
-    /// The session is attached to another live socket; that one has been ended.
-    #[error("the session was attached to another connection, which has been closed")]
-    Live,
     /// The resume window passed, or the gateway is shutting down.
     #[error("the session expired")]
     Expired,
@@ -36,23 +37,69 @@ pub enum Refusal {
     Incomplete(#[from] Unresumable),
 }
 
-/// A request to hand a detached session to a new socket.
-struct Takeover {
+/// A new socket's claim on a session: it has every frame up to `last_seq`.
+pub struct Claim {
     last_seq: u64,
     reply: oneshot::Sender<Result<ClientSession, Refusal>>,
 }
 
-enum Slot {
-    /// Attached; cancelling the token makes its connection close and end it.
-    Live(CancellationToken),
-    /// Detached; its holder takes takeover requests here.
-    Detached(mpsc::Sender<Takeover>),
+/// The owner's end of a session's registration: claims arrive here.
+pub struct Claims {
+    receiver: mpsc::Receiver<Claim>,
+    /// The registry holds a clone; this one tells our slot from a successor's.
+    sender: mpsc::Sender<Claim>,
+}
+
+impl Claims {
+    /// The next claim; pending forever once the registry dropped the slot and no claim
+    /// is queued (the owner's other events then decide).
+    pub async fn next(&mut self) -> Claim {
+        match self.receiver.recv().await {
+            Some(claim) => claim,
+            // Unreachable while `self.sender` lives, but never busy-loop on it.
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// What became of a session after a claim.
+pub enum Handover {
+    /// The claiming socket has it.
+    Done,
+    /// The claim was refused; the session must end.
+    Refused(ClientSession),
+    /// The claiming socket went away before taking it: the session is still ours.
+    Abandoned(ClientSession),
+}
+
+/// Hands `session` to `claim` if every frame after the claim's `last_seq` is kept. The
+/// caller has stopped writing to any old socket (the outbox is detached).
+pub fn hand_over(session: ClientSession, claim: Claim) -> Handover {
+    let Claim { last_seq, reply } = claim;
+    match session.link.outbox.attach(last_seq) {
+        Ok(()) => {
+            tracing::debug!(session = %session.id, last_seq, "client session handed over");
+            match reply.send(Ok(session)) {
+                Ok(()) => Handover::Done,
+                Err(Ok(returned)) => {
+                    returned.link.outbox.detach();
+                    Handover::Abandoned(returned)
+                }
+                Err(Err(_)) => Handover::Done,
+            }
+        }
+        Err(why) => {
+            tracing::debug!(session = %session.id, last_seq, %why, "resume refused");
+            let _ = reply.send(Err(why.into()));
+            Handover::Refused(session)
+        }
+    }
 }
 
 /// Every client session of the gateway, by id.
 #[derive(Default)]
 pub struct Sessions {
-    slots: DashMap<String, Slot>,
+    slots: DashMap<String, mpsc::Sender<Claim>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -64,16 +111,22 @@ impl std::fmt::Debug for Sessions {
 }
 
 impl Sessions {
-    /// Registers `id` as attached; the token is cancelled if another socket claims it.
-    pub fn attach(&self, id: &str) -> CancellationToken {
-        let evict = CancellationToken::new();
-        self.slots.insert(id.to_owned(), Slot::Live(evict.clone()));
-        evict
+    /// Registers session `id`, owned by the caller, who serves the claims.
+    pub fn register(&self, id: &str) -> Claims {
+        let (sender, receiver) = mpsc::channel(1);
+        self.slots.insert(id.to_owned(), sender.clone());
+        Claims { receiver, sender }
     }
 
-    /// Forgets `id` (the session ended).
-    pub fn forget(&self, id: &str) {
-        self.slots.remove(id);
+    /// Registers `id` again after a claim that was abandoned took it out.
+    pub fn reinstate(&self, id: &str, claims: &Claims) {
+        self.slots.insert(id.to_owned(), claims.sender.clone());
+    }
+
+    /// Forgets `id` (the session ended), unless a newer owner registered it meanwhile.
+    pub fn forget(&self, id: &str, claims: &Claims) {
+        self.slots
+            .remove_if(id, |_, sender| sender.same_channel(&claims.sender));
     }
 
     /// Number of sessions, attached or detached.
@@ -86,55 +139,29 @@ impl Sessions {
         self.slots.is_empty()
     }
 
-    /// Takes session `id` for a new socket that has every frame up to `last_seq`.
+    /// Claims session `id` for a new socket that has every frame up to `last_seq`.
     pub async fn take(&self, id: &str, last_seq: u64) -> Result<ClientSession, Refusal> {
         // The slot leaves the map before anything is awaited: no guard is held across
-        // an await, and no two sockets can take the same session.
-        let slot = self.slots.remove(id).map(|(_, slot)| slot);
-        match slot {
-            None => Err(Refusal::Unknown),
-            Some(Slot::Live(evict)) => {
-                evict.cancel();
-                Err(Refusal::Live)
-            }
-            Some(Slot::Detached(holder)) => {
-                let (reply, answer) = oneshot::channel();
-                if holder.send(Takeover { last_seq, reply }).await.is_err() {
-                    return Err(Refusal::Expired);
-                }
-                answer.await.unwrap_or(Err(Refusal::Expired))
-            }
+        // an await, and no two sockets can claim the same session.
+        let Some((_, owner)) = self.slots.remove(id) else {
+            return Err(Refusal::Unknown);
+        };
+        let (reply, answer) = oneshot::channel();
+        if owner.send(Claim { last_seq, reply }).await.is_err() {
+            return Err(Refusal::Expired);
         }
+        answer.await.unwrap_or(Err(Refusal::Expired))
     }
 
-    /// Holds a session whose socket dropped, for `window`, in a task of its own. A
-    /// session whose socket was evicted (another socket claimed it) is ended instead.
-    pub fn hold(&self, session: ClientSession, evicted: &CancellationToken, window: Duration) {
+    /// Holds a session whose socket dropped, for `window`, in a task of its own that
+    /// serves its claims.
+    pub fn hold(&self, session: ClientSession, claims: Claims, window: Duration) {
         let tracker = session.shared().connections.clone();
-        let (sender, takeovers) = mpsc::channel(1);
-        // Decided under the slot's lock, so a concurrent takeover either finds the
-        // session held or has already evicted it.
-        let held = match self.slots.entry(session.id.clone()) {
-            Entry::Occupied(mut slot) if !evicted.is_cancelled() => {
-                slot.insert(Slot::Detached(sender.clone()));
-                true
-            }
-            _ => false,
-        };
-        if held {
-            tracker.spawn(run_holder(session, takeovers, sender, window));
-        } else {
-            tracker.spawn(session.finish(None));
-        }
+        tracker.spawn(run_holder(session, claims, window));
     }
 }
 
-async fn run_holder(
-    mut session: ClientSession,
-    mut takeovers: mpsc::Receiver<Takeover>,
-    own: mpsc::Sender<Takeover>,
-    window: Duration,
-) {
+async fn run_holder(mut session: ClientSession, mut claims: Claims, window: Duration) {
     session.link.outbox.detach();
     tracing::debug!(session = %session.id, "client session detached; held for resume");
     let outbox = session.link.outbox.clone();
@@ -147,34 +174,20 @@ async fn run_holder(
             _ = outbox.wait_closed() => break None,
             _ = shutdown.cancelled() => break Some(session.shared().config.shutdown_grace),
             event = session.changes.recv() => session.on_status_event(event).await,
-            takeover = takeovers.recv() => {
-                let Some(Takeover { last_seq, reply }) = takeover else { break None };
-                match session.link.outbox.attach(last_seq) {
-                    Ok(()) => {
-                        tracing::debug!(session = %session.id, last_seq, "client session resumed");
-                        match reply.send(Ok(session)) {
-                            Ok(()) => return,
-                            // The new socket went away meanwhile: end the session.
-                            Err(Ok(returned)) => {
-                                returned.finish(None).await;
-                                return;
-                            }
-                            Err(Err(_)) => return,
-                        }
-                    }
-                    Err(why) => {
-                        let _ = reply.send(Err(why.into()));
-                        break None;
-                    }
+            claim = claims.next() => match hand_over(session, claim) {
+                Handover::Done => return,
+                Handover::Refused(refused) => {
+                    session = refused;
+                    break None;
                 }
-            }
+                Handover::Abandoned(returned) => {
+                    session = returned;
+                    session.shared().sessions.reinstate(&session.id, &claims);
+                }
+            },
         }
     };
-    // Forget the slot unless a takeover already took it out.
-    session.shared().sessions.slots.remove_if(
-        &session.id,
-        |_, slot| matches!(slot, Slot::Detached(s) if s.same_channel(&own)),
-    );
-    tracing::debug!(session = %session.id, "held client session expired");
+    session.shared().sessions.forget(&session.id, &claims);
+    tracing::debug!(session = %session.id, "held client session ended");
     session.finish(drain).await;
 }

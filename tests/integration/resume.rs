@@ -115,16 +115,73 @@ async fn a_resume_too_late_is_refused() {
 }
 
 #[tokio::test]
-async fn a_session_resumed_while_attached_ends_the_other_socket_with_4002() {
+async fn a_resume_from_a_new_socket_takes_the_session_from_a_silently_dead_one() {
     let addr = shared_gateway();
     let mut first = Client::connect(addr).await;
     let session = first.session_id();
-    let second = Client::resume(addr, &session, 0).await;
-    assert_eq!(second.welcome["resumed"], false);
+    first.initialize("everything").await;
+    let id = json!("takeover");
+    first
+        .start_long_operation("everything", &id, 4, 200, "takeover")
+        .await;
+    let mut before = Vec::new();
+    while progress_values(&before, "takeover").len() < 20 {
+        before.push(first.next().await);
+    }
+    let last_seq = before.last().and_then(|f| f["seq"].as_u64()).expect("seq");
+
+    // The old socket is neither read nor closed, as after a network change: the new
+    // one takes the session over at once.
+    let started = std::time::Instant::now();
+    let mut second = Client::resume(addr, &session, last_seq).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "resumed after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(second.welcome["resumed"], true, "{}", second.welcome);
+    assert_eq!(second.welcome["session"], session.as_str());
+    let mut after = Vec::new();
+    loop {
+        let frame = second.next().await;
+        let done = crate::harness::is_response(&frame, "everything", &id);
+        after.push(frame);
+        if done {
+            break;
+        }
+    }
+    let seqs: Vec<u64> = after.iter().filter_map(|f| f["seq"].as_u64()).collect();
+    let expected: Vec<u64> = (last_seq + 1..=last_seq + seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "every frame after last_seq, once, in order");
+    let mut all = progress_values(&before, "takeover");
+    all.extend(progress_values(&after, "takeover"));
+    assert!(all.windows(2).all(|w| w[1] == w[0] + 1), "in order, no gap");
+    assert!(all.len() >= 199, "received {} of 200", all.len());
+
+    // The old socket was closed with 4002.
     match first.closed().await {
         Ended::Closed(code, _) => assert_eq!(code, 4002),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_takeover_that_cannot_be_complete_ends_the_session() {
+    let addr = shared_gateway();
+    let mut first = Client::connect(addr).await;
+    let session = first.session_id();
+    first.send(json!({"type": "launch"})).await;
+    first.wait_for("error", |f| f["type"] == "error").await;
+    // Seq 5 was never sent: refused, with a fresh session; the old socket is closed.
+    let second = Client::resume(addr, &session, 5).await;
+    assert_eq!(second.welcome["resumed"], false);
+    assert_ne!(second.welcome["session"], session.as_str());
+    match first.closed().await {
+        Ended::Closed(code, _) => assert_eq!(code, 4002),
+        other => panic!("{other:?}"),
+    }
+    let again = Client::resume(addr, &session, 1).await;
+    assert_eq!(again.welcome["resumed"], false, "the old session ended");
 }
 
 #[tokio::test]
