@@ -63,6 +63,7 @@ impl ClientSession {
             carrying: Arc::new(Semaphore::new(config.max_inflight_requests)),
             request_timeout: config.request_timeout,
             ready_wait: config.connect_timeout,
+            stream_idle_timeout: config.upstream_idle_timeout,
         };
         let id: u128 = rand::random();
         Self {
@@ -311,7 +312,7 @@ impl ClientSession {
             let _ = tokio::time::timeout(grace, self.link.inflight.acquire_many(all)).await;
         }
         for (_, upstream) in self.upstreams.drain() {
-            upstream.end(End::Detached).await;
+            upstream.end(End::ClientSessionEnded).await;
         }
         self.link.outbox.close();
         self.link.tasks.close();

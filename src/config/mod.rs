@@ -153,6 +153,10 @@ pub struct GatewayConfig {
     /// `maxSessions`: client sessions, attached or held for resume, the gateway keeps at
     /// once; more sockets are refused with HTTP 503 (default 10000).
     pub max_sessions: usize,
+    /// `upstreamIdleTimeoutMs`: a long-lived upstream stream (the standalone GET stream,
+    /// a legacy SSE stream) silent this long counts as broken (default 60 s; mcp-proxy
+    /// sends a keep-alive every 15 s).
+    pub upstream_idle_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -179,6 +183,7 @@ impl Default for GatewayConfig {
             max_upstream_sessions: 64,
             shutdown_grace: Duration::from_millis(5_000),
             max_sessions: 10_000,
+            upstream_idle_timeout: Duration::from_millis(60_000),
         }
     }
 }

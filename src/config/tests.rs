@@ -721,6 +721,9 @@ const NUMBER_KEYS: &[(&str, u64, NumberField)] = &[
     }),
     ("shutdownGraceMs", 28, |g| g.shutdown_grace.as_millis()),
     ("maxSessions", 29, |g| g.max_sessions as u128),
+    ("upstreamIdleTimeoutMs", 30, |g| {
+        g.upstream_idle_timeout.as_millis()
+    }),
 ];
 
 #[test]

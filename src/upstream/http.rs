@@ -97,12 +97,12 @@ impl HttpClient {
         &self.client
     }
 
-    /// POSTs one JSON-RPC message.
+    /// POSTs one JSON-RPC message (see [`announced_body`] to learn when it was written).
     pub async fn post(
         &self,
         endpoint: &Endpoint,
         headers: Headers<'_>,
-        body: Bytes,
+        body: impl Into<reqwest::Body>,
     ) -> Result<PostOutcome, UpstreamError> {
         let request = self
             .request(reqwest::Method::POST, endpoint, headers)
@@ -223,6 +223,53 @@ impl HttpClient {
     }
 }
 
+/// A request body that calls `written` once its bytes have been handed to the HTTP
+/// connection, for the order of an upstream session's messages. Its length is known, so
+/// the request still carries `Content-Length`.
+pub fn announced_body(
+    data: Bytes,
+    written: impl FnOnce() + Send + Sync + 'static,
+) -> reqwest::Body {
+    reqwest::Body::wrap(AnnouncedBody {
+        data: Some(data),
+        written: Some(Box::new(written)),
+    })
+}
+
+struct AnnouncedBody {
+    data: Option<Bytes>,
+    written: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl http_body::Body for AnnouncedBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let frame = this
+            .data
+            .take()
+            .map(|data| Ok(http_body::Frame::data(data)));
+        if let Some(written) = this.written.take() {
+            written();
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let length = self.data.as_ref().map_or(0, Bytes::len);
+        http_body::SizeHint::with_exact(length as u64)
+    }
+}
+
 /// A parsed event stream.
 pub struct EventStream {
     body: ByteStream,
@@ -231,6 +278,9 @@ pub struct EventStream {
     scratch: Vec<SseEvent>,
     /// A parse fault, reported once the events before it have been taken.
     fault: Option<UpstreamError>,
+    /// How long the stream may stay silent (no event, no comment) before it counts as
+    /// broken; `None`: as long as it likes.
+    idle_timeout: Option<Duration>,
 }
 
 impl EventStream {
@@ -241,6 +291,7 @@ impl EventStream {
             ready: VecDeque::new(),
             scratch: Vec::new(),
             fault: None,
+            idle_timeout: None,
         }
     }
 
@@ -255,7 +306,18 @@ impl EventStream {
                 self.body = Box::pin(futures::stream::empty());
                 return Some(Err(fault));
             }
-            match self.body.next().await {
+            let chunk = match self.idle_timeout {
+                Some(idle) => match tokio::time::timeout(idle, self.body.next()).await {
+                    Ok(chunk) => chunk,
+                    Err(_) => {
+                        let silent = format!("no data for {} ms", idle.as_millis());
+                        self.body = Box::pin(futures::stream::empty());
+                        return Some(Err(UpstreamError::StreamCut(silent)));
+                    }
+                },
+                None => self.body.next().await,
+            };
+            match chunk {
                 None if self.parser.has_partial() => {
                     return Some(Err(UpstreamError::StreamCut(
                         "ended inside an event".into(),
@@ -278,6 +340,13 @@ impl EventStream {
                 }
             }
         }
+    }
+
+    /// Makes a silence of `idle` (no bytes at all: keep-alive comments count as life)
+    /// end the stream with [`UpstreamError::StreamCut`], as a broken connection would:
+    /// a half-open connection otherwise goes unnoticed forever.
+    pub fn set_idle_timeout(&mut self, idle: Duration) {
+        self.idle_timeout = Some(idle);
     }
 
     /// The id of the last event read, for `Last-Event-ID`.
@@ -369,6 +438,21 @@ mod tests {
         ));
         // The fault ends the stream: nothing after it is read.
         assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_stream_counts_as_cut_after_its_idle_timeout() {
+        let body = futures::stream::iter([Ok(Bytes::from_static(b": keepalive\n\ndata: 1\n\n"))])
+            .chain(futures::stream::pending());
+        let mut stream = EventStream::new(Box::pin(body), 1024);
+        stream.set_idle_timeout(Duration::from_secs(60));
+        assert_eq!(stream.next().await.unwrap().unwrap().data, "1");
+        let started = tokio::time::Instant::now();
+        assert!(matches!(
+            stream.next().await,
+            Some(Err(UpstreamError::StreamCut(_)))
+        ));
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
     }
 
     #[tokio::test]

@@ -6,6 +6,12 @@
 //! The session ends when that stream ends; there is no reconnection, since the
 //! server forgets the session with it.
 //!
+//! The stream has no keep-alives (mcp-proxy sends none), so silence alone proves
+//! nothing; but a half-open connection would leave every request waiting for its full
+//! timeout. After `idle_timeout` of silence the reader therefore asks the server a
+//! `ping` of its own (its answer never reaches the client); if a second period passes
+//! without a byte, the stream is dead and the session ends.
+//!
 //! This module owns the stream's reader task, the POSTs, and the waiters of requests
 //! in flight: each waiter resolves once its response has been delivered, or with
 //! [`UpstreamError::StreamCut`] when the stream ends first (it never hangs). It knows
@@ -36,6 +42,17 @@ pub type Deliver = Arc<dyn Fn(String) -> BoxFuture<'static, bool> + Send + Sync>
 /// Resolves once the response to a request has been delivered, or with the reason the
 /// stream ended before it.
 pub type Answered = oneshot::Receiver<Result<(), UpstreamError>>;
+
+/// The bounds of one legacy session.
+#[derive(Debug, Clone, Copy)]
+pub struct LegacyLimits {
+    /// Bound on the GET's `endpoint` event and on each POST's reply headers.
+    pub connect_timeout: Duration,
+    /// The largest single message accepted.
+    pub max_message_bytes: usize,
+    /// Silence after which the stream is probed, and after a second one given up.
+    pub idle_timeout: Duration,
+}
 
 /// One legacy HTTP+SSE session. Dropping it stops its reader (and so the GET stream).
 pub struct LegacySession {
@@ -138,6 +155,15 @@ impl Shared {
         }
     }
 
+    /// Remembers `key` as a request whose response must not be delivered (a probe).
+    fn expect_unwanted(&self, key: String) {
+        let mut waiters = self.lock();
+        if waiters.abandoned.len() == ABANDONED_KEPT {
+            waiters.abandoned.pop_front();
+        }
+        waiters.abandoned.push_back(key);
+    }
+
     fn answered(&self, key: &str) {
         if let Some(tx) = self.lock().by_id.remove(key) {
             let _ = tx.send(Ok(()));
@@ -162,17 +188,21 @@ impl Shared {
 impl LegacySession {
     /// GETs the SSE url (the endpoint's headers plus `Accept: text/event-stream`), waits
     /// up to `connect_timeout` for the `endpoint` event, and leaves the reader running in
-    /// `tasks`. One event may hold at most `max_message_bytes`. `cancel` (or dropping the
-    /// session) stops the reader. The endpoint must have the GET url's origin.
+    /// `tasks`. `cancel` (or dropping the session) stops the reader. The endpoint must
+    /// have the GET url's origin.
     pub async fn open(
         client: &reqwest::Client,
         endpoint: &Endpoint,
         deliver: Deliver,
-        connect_timeout: Duration,
-        max_message_bytes: usize,
+        limits: LegacyLimits,
         cancel: CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Self, UpstreamError> {
+        let LegacyLimits {
+            connect_timeout,
+            max_message_bytes,
+            idle_timeout,
+        } = limits;
         let stop = cancel.child_token();
         let guard = stop.clone().drop_guard();
         let shared = Arc::new(Shared::default());
@@ -204,6 +234,14 @@ impl LegacySession {
                 deliver,
                 stop: stop.clone(),
                 endpoint: Some(endpoint_tx),
+                prober: Prober {
+                    client: client.clone(),
+                    get_url: endpoint.url.clone(),
+                    post_url: None,
+                    headers: endpoint.headers.clone(),
+                    timeout: connect_timeout,
+                },
+                idle_timeout,
             };
             tasks.spawn(reader.run(response.bytes_stream().boxed()));
             endpoint_rx.await.map_err(|_| {
@@ -211,20 +249,12 @@ impl LegacySession {
                 UpstreamError::Protocol(format!("no endpoint event: {reason}"))
             })
         };
-        let data = tokio::select! {
+        let post_url = tokio::select! {
             _ = cancel.cancelled() => Err(UpstreamError::SessionClosed),
             opened = tokio::time::timeout(connect_timeout, opening) => {
                 opened.unwrap_or(Err(UpstreamError::Timeout(connect_timeout)))
             }
-        }?;
-        let post_url = endpoint
-            .url
-            .join(data.trim())
-            .map_err(|e| UpstreamError::Protocol(format!("bad endpoint event {data:?}: {e}")))?;
-        if post_url.origin() != endpoint.url.origin() {
-            let msg = format!("the endpoint event names another origin: {post_url}");
-            return Err(UpstreamError::Protocol(msg));
-        }
+        }??;
         Ok(Self {
             client: client.clone(),
             post_url,
@@ -290,25 +320,84 @@ impl LegacySession {
     }
 }
 
+/// Resolves the `endpoint` event against the GET url; it must keep the url's origin.
+fn post_url(get_url: &reqwest::Url, data: &str) -> Result<reqwest::Url, UpstreamError> {
+    let post_url = get_url
+        .join(data.trim())
+        .map_err(|e| UpstreamError::Protocol(format!("bad endpoint event: {e}")))?;
+    if post_url.origin() != get_url.origin() {
+        let msg = "the endpoint event names another origin";
+        return Err(UpstreamError::Protocol(msg.into()));
+    }
+    Ok(post_url)
+}
+
+/// Asks the server a `ping` of the gateway's own, to tell a quiet stream from a dead one.
+struct Prober {
+    client: reqwest::Client,
+    get_url: reqwest::Url,
+    /// Known once the `endpoint` event has arrived.
+    post_url: Option<reqwest::Url>,
+    headers: HeaderMap,
+    timeout: Duration,
+}
+
+impl Prober {
+    /// Sends one probe; its answer is recognised by its id and never delivered. False
+    /// when there is nowhere to send it yet.
+    fn send(&self, shared: &Shared) -> bool {
+        let Some(url) = self.post_url.clone() else {
+            return false;
+        };
+        let id = format!("mcpmux-liveness-{:016x}", rand::random::<u64>());
+        // `jsonrpc::id_key` of a string id without escapes: the string, quoted.
+        shared.expect_unwanted(format!("\"{id}\""));
+        let body = format!(r#"{{"jsonrpc":"2.0","id":"{id}","method":"ping"}}"#);
+        let request = self
+            .client
+            .post(url)
+            .headers(self.headers.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body);
+        // Bounded by its timeout; its outcome does not matter, only the stream's life.
+        tokio::spawn(tokio::time::timeout(self.timeout, request.send()));
+        true
+    }
+}
+
 /// The reader task: parses the GET stream, hands the endpoint to `open`, delivers
-/// messages and resolves waiters.
+/// messages and resolves waiters, and notices a dead stream.
 struct Reader {
     parser: SseParser,
     shared: Arc<Shared>,
     deliver: Deliver,
     stop: CancellationToken,
-    endpoint: Option<oneshot::Sender<String>>,
+    endpoint: Option<oneshot::Sender<Result<reqwest::Url, UpstreamError>>>,
+    prober: Prober,
+    idle_timeout: Duration,
 }
 
 impl Reader {
     async fn run(mut self, mut body: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>) {
         let mut events = Vec::new();
+        let mut probing = false;
         let reason = 'read: loop {
             let chunk = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => break "the session was closed".to_owned(),
-                chunk = body.next() => chunk,
+                chunk = tokio::time::timeout(self.idle_timeout, body.next()) => chunk,
             };
+            let Ok(chunk) = chunk else {
+                let silence = self.idle_timeout.as_millis();
+                if probing {
+                    break format!(
+                        "the SSE stream sent nothing for {silence} ms, not even the answer to a ping"
+                    );
+                }
+                probing = self.prober.send(&self.shared);
+                continue;
+            };
+            probing = false;
             let fed = match chunk {
                 None if self.parser.has_partial() => {
                     break "the stream ended inside an event".into();
@@ -335,7 +424,9 @@ impl Reader {
         match event.event.as_str() {
             "endpoint" => {
                 if let Some(tx) = self.endpoint.take() {
-                    let _ = tx.send(event.data);
+                    let resolved = post_url(&self.prober.get_url, &event.data);
+                    self.prober.post_url = resolved.as_ref().ok().cloned();
+                    let _ = tx.send(resolved);
                 }
                 return true;
             }
@@ -472,16 +563,83 @@ mod tests {
     ) -> Result<LegacySession, UpstreamError> {
         let client = reqwest::Client::new();
         let tasks = TaskTracker::new();
+        let limits = LegacyLimits {
+            connect_timeout: timeout,
+            max_message_bytes: 4096,
+            idle_timeout: Duration::from_secs(60),
+        };
         LegacySession::open(
             &client,
             &h.endpoint,
             h.deliver.clone(),
-            timeout,
-            4096,
+            limits,
             cancel,
             &tasks,
         )
         .await
+    }
+
+    async fn open_idle(h: &Harness, idle_timeout: Duration) -> LegacySession {
+        let limits = LegacyLimits {
+            connect_timeout: WAIT,
+            max_message_bytes: 4096,
+            idle_timeout,
+        };
+        let tasks = TaskTracker::new();
+        let client = reqwest::Client::new();
+        let cancel = CancellationToken::new();
+        LegacySession::open(
+            &client,
+            &h.endpoint,
+            h.deliver.clone(),
+            limits,
+            cancel,
+            &tasks,
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_quiet_stream_that_answers_its_probe_lives_and_the_answer_is_not_delivered() {
+        let mut h = fake().await;
+        h.events
+            .send(endpoint_event("/messages?sessionId=good"))
+            .unwrap();
+        let session = open_idle(&h, Duration::from_millis(100)).await;
+        let probe: serde_json::Value =
+            serde_json::from_str(&h.posts.recv().await.expect("a probe")).unwrap();
+        assert_eq!(probe["method"], "ping");
+        let answer = serde_json::json!({"jsonrpc": "2.0", "id": probe["id"], "result": {}});
+        h.events.send(message_event(&answer.to_string())).unwrap();
+        let note = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{}}"#;
+        h.events.send(message_event(note)).unwrap();
+        assert_eq!(
+            h.delivered.recv().await.as_deref(),
+            Some(note),
+            "not the probe's answer"
+        );
+        assert!(!session.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_stream_silent_through_its_probe_ends_the_session_and_fails_waiters() {
+        let mut h = fake().await;
+        h.events
+            .send(endpoint_event("/messages?sessionId=good"))
+            .unwrap();
+        let session = open_idle(&h, Duration::from_millis(100)).await;
+        let body = Bytes::from(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+        let rx = session.post(body, Some("1".into())).await.unwrap();
+        assert!(h.posts.recv().await.is_some(), "the request");
+        let probe = h.posts.recv().await.expect("a probe");
+        assert!(probe.contains("\"ping\""), "{probe}");
+        let failed = answered(rx.expect("a waiter")).await;
+        assert!(
+            matches!(&failed, Err(UpstreamError::StreamCut(why)) if why.contains("ping")),
+            "{failed:?}"
+        );
+        tokio::time::timeout(WAIT, session.closed()).await.unwrap();
     }
 
     #[test]

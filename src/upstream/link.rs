@@ -35,6 +35,8 @@ pub struct Link {
     pub request_timeout: Duration,
     /// How long a message waits for a starting server.
     pub ready_wait: Duration,
+    /// How long a long-lived upstream stream may stay silent before it counts as broken.
+    pub stream_idle_timeout: Duration,
 }
 
 impl Link {

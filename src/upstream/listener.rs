@@ -1,6 +1,8 @@
 //! The standalone GET stream of one upstream session: forwards everything the server
 //! sends outside a request (logs, list changes, resource updates), and resumes the
-//! stream with `Last-Event-ID` when it breaks, so each event arrives once.
+//! stream with `Last-Event-ID` when it breaks, so each event arrives once. A stream
+//! silent past `upstreamIdleTimeoutMs` (not even a keep-alive comment) counts as broken:
+//! a half-open connection would otherwise stop notifications forever.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,31 +43,42 @@ impl Listener {
             };
             match opened {
                 Ok(None) => return,
-                Ok(Some(mut stream)) => loop {
-                    let next = tokio::select! {
-                        _ = session.ended() => return,
-                        next = stream.next() => next,
-                    };
-                    match next {
-                        Some(Ok(event)) if event.data.trim().is_empty() => {}
-                        Some(Ok(event)) => {
-                            failures = 0;
-                            if !session.forward_event(&event.data).await {
-                                return;
+                Ok(Some(mut stream)) => {
+                    let idle = session.stream_idle_timeout();
+                    stream.set_idle_timeout(idle);
+                    let opened_at = tokio::time::Instant::now();
+                    let mut delivered = false;
+                    loop {
+                        let next = tokio::select! {
+                            _ = session.ended() => return,
+                            next = stream.next() => next,
+                        };
+                        match next {
+                            Some(Ok(event)) if event.data.trim().is_empty() => {}
+                            Some(Ok(event)) => {
+                                delivered = true;
+                                if !session.forward_event(&event.data).await {
+                                    return;
+                                }
+                            }
+                            Some(Err(err)) => {
+                                tracing::debug!(server = %session.server_name(), %err, "GET stream broke");
+                                break;
+                            }
+                            None => break,
+                        }
+                        if let Some(id) = stream.last_event_id() {
+                            if last_event_id.as_deref() != Some(id) {
+                                last_event_id = Some(id.to_owned());
                             }
                         }
-                        Some(Err(err)) => {
-                            tracing::debug!(server = %session.server_name(), %err, "GET stream broke");
-                            break;
-                        }
-                        None => break,
                     }
-                    if let Some(id) = stream.last_event_id() {
-                        if last_event_id.as_deref() != Some(id) {
-                            last_event_id = Some(id.to_owned());
-                        }
+                    // A stream that served (events, or life until its idle deadline)
+                    // was healthy: only streams that keep failing at once use up the retries.
+                    if delivered || opened_at.elapsed() >= idle {
+                        failures = 0;
                     }
-                },
+                }
                 Err(UpstreamError::SessionGone) => {
                     session
                         .end(End::Lost(

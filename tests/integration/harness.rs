@@ -150,6 +150,16 @@ pub enum Ended {
 }
 
 impl Client {
+    /// Closes the socket with a close frame, which ends the client session, and waits
+    /// for the gateway's reply.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        let _ = tokio::time::timeout(FRAME_WAIT, async {
+            while self.ws.next().await.is_some() {}
+        })
+        .await;
+    }
+
     /// Opens a socket without sending anything.
     pub async fn raw(addr: SocketAddr) -> Socket {
         let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))

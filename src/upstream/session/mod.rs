@@ -1,0 +1,299 @@
+//! One client session's upstream session with one server: carries the client's JSON-RPC
+//! messages as POSTs, forwards every event of every response stream and of the
+//! standalone GET stream, and guarantees that each request carried is answered: by the
+//! upstream, or by a JSON-RPC error the gateway writes with the request's own id.
+//!
+//! Lifecycle: created lazily by the first message for a server. An `initialize` always
+//! gets a fresh `UpstreamSession`; until its reply headers bring the `Mcp-Session-Id`,
+//! later messages wait ([`barrier`]). Messages reach the server in the order the client
+//! sent them wherever that order carries meaning ([`order`]). The session ends once, for
+//! one reason ([`End`]); ending cancels its streams, fails its in-flight requests and,
+//! unless the upstream already forgot it, deletes it upstream.
+//!
+//! Parts: [`exchange`] carries one message over Streamable HTTP and forwards its
+//! replies; [`fallback`] is the glue to the legacy HTTP+SSE transport.
+
+mod barrier;
+mod exchange;
+mod fallback;
+mod order;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use tokio::sync::{OnceCell, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
+
+use self::barrier::Barrier;
+use self::order::{Sequencer, Ticket};
+use super::legacy::LegacySession;
+use super::link::Link;
+use super::{Endpoint, UpstreamError};
+use crate::jsonrpc::{self, Head, Kind};
+use crate::protocol::{ErrorCode, SessionState};
+use crate::registry::Server;
+
+/// The most a DELETE at the end of a session may take.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why an upstream session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// The client sent `close`.
+    Closed,
+    /// The client sent a new `initialize`.
+    Replaced,
+    /// The client session is over (its socket closed, its resume window passed, the
+    /// gateway is stopping).
+    ClientSessionEnded,
+    /// The upstream forgot it (404) or its server restarted; the reason says which.
+    Lost(String),
+}
+
+/// A client message on its way upstream.
+struct Carried {
+    body: Bytes,
+    kind: Kind,
+    /// The request's id, verbatim, for the gateway's own error responses.
+    id: Option<Box<RawValue>>,
+    /// The id's canonical form, to recognise the response.
+    id_key: Option<String>,
+    method: String,
+    /// `Some(version)` for messages of the stateless 2026-07-28 revision.
+    stateless_version: Option<String>,
+    /// `Mcp-Name` for the stateless revision.
+    name: Option<String>,
+    reference: Option<Box<RawValue>>,
+    /// Set by the client's `notifications/cancelled`.
+    cancel: CancellationToken,
+    /// Tells this request from a later one that reused its id.
+    serial: u64,
+    /// Its place in the order of the session's messages.
+    ticket: Ticket,
+    /// Held while the request is in flight.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Carried {
+    fn is_initialize(&self) -> bool {
+        self.kind == Kind::Request
+            && self.method == "initialize"
+            && self.stateless_version.is_none()
+    }
+}
+
+/// One client's upstream session with one server.
+pub struct UpstreamSession {
+    server: Arc<Server>,
+    link: Link,
+    endpoint: OnceCell<Arc<Endpoint>>,
+    barrier: Barrier,
+    order: Sequencer,
+    ended: OnceLock<End>,
+    cancel: CancellationToken,
+    /// Requests in flight, by canonical id, so `notifications/cancelled` can end them.
+    inflight: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    /// Numbers the messages carried.
+    serials: AtomicU64,
+    /// The legacy HTTP+SSE session, for legacy servers, once opened.
+    legacy: OnceCell<Arc<LegacySession>>,
+}
+
+impl std::fmt::Debug for UpstreamSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamSession")
+            .field("server", &self.server.name)
+            .field("ended", &self.ended.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamSession {
+    /// A session that will carry `first` (an initialize puts it behind the barrier at once).
+    pub fn new(server: Arc<Server>, link: Link, initializing: bool) -> Arc<Self> {
+        Arc::new(Self {
+            server,
+            link,
+            endpoint: OnceCell::new(),
+            barrier: Barrier::new(initializing),
+            order: Sequencer::default(),
+            ended: OnceLock::new(),
+            cancel: CancellationToken::new(),
+            inflight: Mutex::new(HashMap::new()),
+            serials: AtomicU64::new(0),
+            legacy: OnceCell::new(),
+        })
+    }
+
+    /// True once the session has ended; a new message then needs a new session.
+    pub fn is_ended(&self) -> bool {
+        self.ended.get().is_some()
+    }
+
+    /// The generation of the server instance this session lives on, once known.
+    pub fn generation(&self) -> Option<u64> {
+        self.endpoint.get().map(|e| e.generation)
+    }
+
+    /// Carries one client message: `body` is its bytes exactly as received, `head` its
+    /// parsed head. Returns at once; the exchange runs in its own task. Called for the
+    /// client's messages one at a time, in the order the client sent them.
+    pub async fn carry(
+        self: &Arc<Self>,
+        body: Bytes,
+        head: &Head<'_>,
+        reference: Option<&RawValue>,
+    ) {
+        let kind = head.kind();
+        let params = head.params();
+        let mut carried = Carried {
+            body,
+            kind,
+            id: head.id.map(ToOwned::to_owned),
+            id_key: head.id.map(jsonrpc::id_key),
+            method: head.method().to_owned(),
+            stateless_version: params.meta.and_then(|m| m.protocol_version).map(Into::into),
+            name: match head.method() {
+                "tools/call" | "prompts/get" => params.name.map(Into::into),
+                "resources/read" => params.uri.map(Into::into),
+                _ => None,
+            },
+            reference: reference.map(ToOwned::to_owned),
+            cancel: CancellationToken::new(),
+            serial: self.serials.fetch_add(1, Ordering::Relaxed),
+            ticket: self.order.ticket(kind == Kind::Request),
+            _permit: None,
+        };
+        if kind == Kind::Request {
+            match self.link.inflight.clone().try_acquire_owned() {
+                Ok(permit) => carried._permit = Some(permit),
+                Err(_) => {
+                    if carried.is_initialize() {
+                        // Nothing will carry it: release the barrier it put up.
+                        self.barrier.lower();
+                    }
+                    let error =
+                        "too many requests in flight on this connection; wait for some to finish";
+                    self.report(&carried, ErrorCode::TooManyRequests, error)
+                        .await;
+                    return;
+                }
+            }
+            if let Some(key) = &carried.id_key {
+                let entry = (carried.serial, carried.cancel.clone());
+                self.lock_inflight().insert(key.clone(), entry);
+            }
+        } else {
+            match self.link.carrying.clone().acquire_owned().await {
+                Ok(permit) => carried._permit = Some(permit),
+                Err(_) => return,
+            }
+        }
+        if carried.method == "notifications/cancelled" {
+            if let Some(key) = params.request_id.map(jsonrpc::id_key) {
+                // After the notification is carried, stop reading the cancelled request's
+                // stream: mcp-proxy would leave it open forever.
+                let token = self.lock_inflight().remove(&key);
+                if let Some((_, token)) = token {
+                    let session = self.clone();
+                    self.link.tasks.spawn(async move {
+                        session.exchange_guarded(carried).await;
+                        token.cancel();
+                    });
+                    return;
+                }
+            }
+        }
+        let session = self.clone();
+        self.link.tasks.spawn(session.exchange_guarded(carried));
+    }
+
+    /// Ends the session for `why`. Only the first call counts.
+    pub async fn end(&self, why: End) {
+        if self.ended.set(why.clone()).is_err() {
+            return;
+        }
+        self.cancel.cancel();
+        let session_id = self.barrier.end();
+        match why {
+            // The upstream forgot the session, or its instance is gone.
+            End::Lost(reason) => {
+                self.link
+                    .push_session(&self.server.name, SessionState::Lost, Some(&reason))
+                    .await;
+            }
+            End::Closed | End::Replaced | End::ClientSessionEnded => {
+                if let (Some(id), Some(endpoint)) = (session_id, self.endpoint.get()) {
+                    self.delete_upstream(endpoint.clone(), id);
+                }
+            }
+        }
+    }
+
+    /// Deletes upstream session `id`, in a task that may outlive this session.
+    fn delete_upstream(&self, endpoint: Arc<Endpoint>, id: String) {
+        let http = self.link.http.clone();
+        self.link.background.spawn(async move {
+            let _ = tokio::time::timeout(DELETE_TIMEOUT, http.delete(&endpoint, &id)).await;
+        });
+    }
+
+    fn end_error(&self) -> UpstreamError {
+        match self.ended.get() {
+            Some(End::Lost(reason)) => UpstreamError::SessionLost(reason.clone()),
+            _ => UpstreamError::SessionClosed,
+        }
+    }
+
+    /// Tells the client that notifications of this session may be missing.
+    pub(super) async fn report_stream_gap(&self, message: &str) {
+        tracing::warn!(server = %self.server.name, "{message}");
+        let name = &self.server.name;
+        self.link
+            .push_error(ErrorCode::UpstreamError, message, Some(name), None)
+            .await;
+    }
+
+    /// Resolves when the session has ended.
+    pub(super) async fn ended(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// The server's name.
+    pub(super) fn server_name(&self) -> &str {
+        &self.server.name
+    }
+
+    /// How long a long-lived upstream stream may stay silent before it counts as broken.
+    pub(super) fn stream_idle_timeout(&self) -> Duration {
+        self.link.stream_idle_timeout
+    }
+
+    /// Tells the client a message failed: a JSON-RPC error for a request, an `error`
+    /// frame otherwise.
+    async fn report(&self, carried: &Carried, code: ErrorCode, message: &str) {
+        let request_id = carried
+            .id
+            .as_deref()
+            .filter(|_| carried.kind == Kind::Request);
+        let reference = carried.reference.as_deref();
+        let name = &self.server.name;
+        if !self
+            .link
+            .refuse(name, request_id, reference, code, message)
+            .await
+        {
+            tracing::debug!(server = %name, "client gone before an error could be reported");
+        }
+    }
+
+    fn lock_inflight(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (u64, CancellationToken)>> {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
