@@ -78,13 +78,14 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
             }
         }
     };
-    tracing::debug!(session = %session.id, ?client, resumed, "client attached");
+    tracing::debug!(session = %session.log_id(), ?client, resumed, "client attached");
     let mut claims = shared.sessions.register(&session.id);
     let outbox = session.link.outbox.clone();
     // Frames outside the sequence are written first: the welcome precedes any replay.
     let _ = outbox.push_unsequenced(session.welcome(resumed));
     let (close_tx, close_rx) = oneshot::channel();
     let writer_config = WriterConfig {
+        attachment: outbox.attachment(),
         write_timeout: shared.config.write_timeout,
         heartbeat: shared.config.heartbeat,
     };
@@ -180,16 +181,20 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
             }
             Handover::Refused(session) => {
                 shared.sessions.forget(&session.id, &claims);
+                drop(claims);
                 tokio::join!(session.finish(None), flush);
             }
         },
         Ending::Shutdown => {
             shared.sessions.forget(&session.id, &claims);
+            // A claim already queued is refused at once, not after the drain.
+            drop(claims);
             let drain = session.finish(Some(shared.config.shutdown_grace));
             tokio::join!(drain, flush);
         }
         Ending::ClientClosed | Ending::Violation(_) => {
             shared.sessions.forget(&session.id, &claims);
+            drop(claims);
             tokio::join!(session.finish(None), flush);
         }
     }
@@ -267,6 +272,8 @@ fn truncate_reason(mut reason: String) -> String {
 
 #[derive(Clone, Copy)]
 struct WriterConfig {
+    /// The outbox attachment this writer serves.
+    attachment: u64,
     write_timeout: Duration,
     heartbeat: Duration,
 }
@@ -294,7 +301,7 @@ async fn write_loop(
                 return;
             }
             _ = ping.tick() => Message::Ping(Default::default()),
-            frame = outbox.next() => match frame {
+            frame = outbox.next(config.attachment) => match frame {
                 Some(frame) => Message::Text(frame.text),
                 None => {
                     // Detached or closed: wait for the reader's verdict.
@@ -309,11 +316,11 @@ async fn write_loop(
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
                 // Nobody will drain the outbox any more: producers must stop waiting.
-                outbox.detach();
+                outbox.detach_attachment(config.attachment);
                 return;
             }
             Err(_) => {
-                outbox.detach();
+                outbox.detach_attachment(config.attachment);
                 tracing::debug!("client too slow: a write missed its deadline");
                 let reason = (
                     close_code::SLOW_CONSUMER,

@@ -95,6 +95,9 @@ struct State {
     control: VecDeque<Utf8Bytes>,
     /// No socket is attached: producers do not wait.
     detached: bool,
+    /// Counts attachments: a writer serves only the attachment it was started for, so
+    /// the writer of a socket the session has left can no longer take or stop anything.
+    attachment: u64,
     closed: bool,
     overflowed: bool,
 }
@@ -111,6 +114,7 @@ impl Outbox {
                 next_seq: 1,
                 control: VecDeque::new(),
                 detached: false,
+                attachment: 1,
                 closed: false,
                 overflowed: false,
             }),
@@ -205,15 +209,23 @@ impl Outbox {
         Ok(())
     }
 
-    /// The next frame to write, waiting for one; `None` once closed (or detached) and
-    /// nothing more is to be written.
-    pub async fn next(&self) -> Option<Outgoing> {
+    /// The current attachment, for the writer of the socket now attached.
+    pub fn attachment(&self) -> u64 {
+        self.lock().attachment
+    }
+
+    /// The next frame to write for `attachment`, waiting for one; `None` once closed,
+    /// detached, or attached to another socket, and nothing more is to be written.
+    pub async fn next(&self, attachment: u64) -> Option<Outgoing> {
         loop {
             let notified = self.readable.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
                 let mut state = self.lock();
+                if state.attachment != attachment {
+                    return None;
+                }
                 if let Some(text) = state.control.pop_front() {
                     return Some(Outgoing { seq: None, text });
                 }
@@ -266,6 +278,14 @@ impl Outbox {
         self.wake_all();
     }
 
+    /// The writer of `attachment` lost its socket: as [`Self::detach`], unless the
+    /// session has moved to another socket meanwhile.
+    pub fn detach_attachment(&self, attachment: u64) {
+        if self.lock().attachment == attachment {
+            self.detach();
+        }
+    }
+
     /// A new socket resumes after `last_seq`: frames after it will be written again.
     pub fn attach(&self, last_seq: u64) -> Result<(), Unresumable> {
         let mut state = self.lock();
@@ -292,6 +312,7 @@ impl Outbox {
         state.unsent_bytes = state.kept_bytes;
         state.control.clear();
         state.detached = false;
+        state.attachment += 1;
         drop(state);
         self.readable.notify_one();
         Ok(())
@@ -364,7 +385,7 @@ mod tests {
     async fn texts(outbox: &Outbox, n: usize) -> Vec<(Option<u64>, String)> {
         let mut out = Vec::new();
         for _ in 0..n {
-            let frame = outbox.next().await.expect("a frame");
+            let frame = outbox.next(outbox.attachment()).await.expect("a frame");
             out.push((frame.seq, frame.text.as_str().to_owned()));
         }
         out
@@ -384,7 +405,7 @@ mod tests {
         assert_eq!(got[3], (Some(3), "2:3".into()));
         outbox.close();
         assert!(
-            outbox.next().await.is_none(),
+            outbox.next(outbox.attachment()).await.is_none(),
             "the second pong was coalesced"
         );
     }
@@ -404,7 +425,12 @@ mod tests {
         assert!(outbox.unsent_bytes() <= 16, "bounded while nobody reads");
         for i in 0..100u32 {
             assert_eq!(
-                outbox.next().await.unwrap().text.as_str(),
+                outbox
+                    .next(outbox.attachment())
+                    .await
+                    .unwrap()
+                    .text
+                    .as_str(),
                 format!("{i:08}")
             );
         }
@@ -415,7 +441,10 @@ mod tests {
     async fn an_oversized_frame_passes_an_empty_queue() {
         let outbox = Outbox::new(limits(4, 10, 1000));
         outbox.push(|_| "x".repeat(100)).await.unwrap();
-        assert_eq!(outbox.next().await.unwrap().text.len(), 100);
+        assert_eq!(
+            outbox.next(outbox.attachment()).await.unwrap().text.len(),
+            100
+        );
     }
 
     #[tokio::test]
@@ -426,7 +455,10 @@ mod tests {
         }
         texts(&outbox, 4).await; // written up to seq 4; the client saw up to 2
         outbox.detach();
-        assert!(outbox.next().await.is_none(), "a detached writer stops");
+        assert!(
+            outbox.next(outbox.attachment()).await.is_none(),
+            "a detached writer stops"
+        );
         outbox.push(|_| "f6".into()).await.unwrap(); // produced while away
         outbox.attach(2).unwrap();
         let got = texts(&outbox, 4).await;
@@ -440,7 +472,7 @@ mod tests {
         let outbox = Outbox::new(limits(1024, 3, 100_000));
         for i in 1..=6 {
             outbox.push(|_| format!("f{i}")).await.unwrap();
-            outbox.next().await.unwrap();
+            outbox.next(outbox.attachment()).await.unwrap();
         }
         // Only seqs 4..=6 are kept.
         assert_eq!(outbox.attach(1), Err(Unresumable::Incomplete(1)));
@@ -475,7 +507,15 @@ mod tests {
         tokio::task::yield_now().await;
         outbox.close();
         assert_eq!(blocked.await.unwrap(), Err(Closed));
-        assert_eq!(outbox.next().await.unwrap().text.as_str(), "full");
-        assert!(outbox.next().await.is_none());
+        assert_eq!(
+            outbox
+                .next(outbox.attachment())
+                .await
+                .unwrap()
+                .text
+                .as_str(),
+            "full"
+        );
+        assert!(outbox.next(outbox.attachment()).await.is_none());
     }
 }

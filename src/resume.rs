@@ -22,6 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::outbox::Unresumable;
 use crate::session::ClientSession;
 
+/// How long a claim waits for the session's owner to answer.
+const CLAIM_WAIT: Duration = Duration::from_secs(5);
+
 /// Why a resume was refused; the client gets a fresh session.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Refusal {
@@ -32,6 +35,9 @@ pub enum Refusal {
     /// The resume window passed, or the gateway is shutting down.
     #[error("the session expired")]
     Expired,
+    /// The session's owner did not answer within [`CLAIM_WAIT`].
+    #[error("the session is busy; try again")]
+    Busy,
     /// Frames after `last_seq` are not all kept.
     #[error("{0}")]
     Incomplete(#[from] Unresumable),
@@ -78,7 +84,7 @@ pub fn hand_over(session: ClientSession, claim: Claim) -> Handover {
     let Claim { last_seq, reply } = claim;
     match session.link.outbox.attach(last_seq) {
         Ok(()) => {
-            tracing::debug!(session = %session.id, last_seq, "client session handed over");
+            tracing::debug!(session = %session.log_id(), last_seq, "client session handed over");
             match reply.send(Ok(session)) {
                 Ok(()) => Handover::Done,
                 Err(Ok(returned)) => {
@@ -89,7 +95,7 @@ pub fn hand_over(session: ClientSession, claim: Claim) -> Handover {
             }
         }
         Err(why) => {
-            tracing::debug!(session = %session.id, last_seq, %why, "resume refused");
+            tracing::debug!(session = %session.log_id(), last_seq, %why, "resume refused");
             let _ = reply.send(Err(why.into()));
             Handover::Refused(session)
         }
@@ -147,10 +153,18 @@ impl Sessions {
             return Err(Refusal::Unknown);
         };
         let (reply, answer) = oneshot::channel();
-        if owner.send(Claim { last_seq, reply }).await.is_err() {
-            return Err(Refusal::Expired);
-        }
-        answer.await.unwrap_or(Err(Refusal::Expired))
+        let claim = async {
+            owner
+                .send(Claim { last_seq, reply })
+                .await
+                .map_err(|_| Refusal::Expired)?;
+            answer.await.unwrap_or(Err(Refusal::Expired))
+        };
+        // An owner busy for longer (its socket's writes stalled) hands the session over
+        // when it gets to it; the claimant has gone by then, so the owner keeps it held.
+        tokio::time::timeout(CLAIM_WAIT, claim)
+            .await
+            .unwrap_or(Err(Refusal::Busy))
     }
 
     /// Holds a session whose socket dropped, for `window`, in a task of its own that
@@ -163,7 +177,7 @@ impl Sessions {
 
 async fn run_holder(mut session: ClientSession, mut claims: Claims, window: Duration) {
     session.link.outbox.detach();
-    tracing::debug!(session = %session.id, "client session detached; held for resume");
+    tracing::debug!(session = %session.log_id(), "client session detached; held for resume");
     let outbox = session.link.outbox.clone();
     let shutdown = session.shared().shutdown.clone();
     let expiry = tokio::time::sleep(window);
@@ -188,6 +202,6 @@ async fn run_holder(mut session: ClientSession, mut claims: Claims, window: Dura
         }
     };
     session.shared().sessions.forget(&session.id, &claims);
-    tracing::debug!(session = %session.id, "held client session ended");
+    tracing::debug!(session = %session.log_id(), "held client session ended");
     session.finish(drain).await;
 }

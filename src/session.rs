@@ -75,6 +75,11 @@ impl ClientSession {
         }
     }
 
+    /// The start of the id, for logs: the whole id lets its holder resume the session.
+    pub fn log_id(&self) -> &str {
+        self.id.get(..8).unwrap_or(&self.id)
+    }
+
     /// The gateway shared state.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
@@ -317,7 +322,7 @@ impl ClientSession {
         self.link.outbox.close();
         self.link.tasks.close();
         let _ = tokio::time::timeout(TASKS_DRAIN, self.link.tasks.wait()).await;
-        tracing::debug!(session = %self.id, "client session ended");
+        tracing::debug!(session = %self.log_id(), "client session ended");
     }
 }
 

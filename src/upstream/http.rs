@@ -45,12 +45,14 @@ pub enum Reply {
     Events(Box<EventStream>),
 }
 
-/// A successful POST: the reply and the session id the upstream assigned, if any.
+/// A POST answered with a success status: the session id the upstream assigned, if
+/// any, and the reply, which may still be unusable (the id must be kept either way, to
+/// delete the session it names).
 pub struct PostOutcome {
     /// `Mcp-Session-Id` from the reply headers.
     pub session_id: Option<String>,
     /// The body.
-    pub reply: Reply,
+    pub reply: Result<Reply, UpstreamError>,
 }
 
 /// The HTTP client shared by every upstream exchange of the gateway.
@@ -116,8 +118,8 @@ impl HttpClient {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let reply = match response.status() {
-            StatusCode::ACCEPTED => Reply::Accepted,
-            status if status.is_success() => self.classify(response).await?,
+            StatusCode::ACCEPTED => Ok(Reply::Accepted),
+            status if status.is_success() => self.classify(response).await,
             _ => return Err(error_status(response, headers.session_id.is_some()).await),
         };
         Ok(PostOutcome { session_id, reply })
@@ -306,7 +308,11 @@ impl EventStream {
                 self.body = Box::pin(futures::stream::empty());
                 return Some(Err(fault));
             }
-            let chunk = match self.idle_timeout {
+            // Silence means death only for a server that has shown it sends keep-alives.
+            let idle_timeout = self
+                .idle_timeout
+                .filter(|_| self.parser.comments_seen() > 0);
+            let chunk = match idle_timeout {
                 Some(idle) => match tokio::time::timeout(idle, self.body.next()).await {
                     Ok(chunk) => chunk,
                     Err(_) => {
@@ -344,7 +350,9 @@ impl EventStream {
 
     /// Makes a silence of `idle` (no bytes at all: keep-alive comments count as life)
     /// end the stream with [`UpstreamError::StreamCut`], as a broken connection would:
-    /// a half-open connection otherwise goes unnoticed forever.
+    /// a half-open connection otherwise goes unnoticed forever. It applies once the
+    /// stream has sent a comment line: from a server that sends no keep-alives, silence
+    /// proves nothing (TCP keep-alive still notices a dead peer).
     pub fn set_idle_timeout(&mut self, idle: Duration) {
         self.idle_timeout = Some(idle);
     }

@@ -1,8 +1,12 @@
 //! The standalone GET stream of one upstream session: forwards everything the server
 //! sends outside a request (logs, list changes, resource updates), and resumes the
-//! stream with `Last-Event-ID` when it breaks, so each event arrives once. A stream
-//! silent past `upstreamIdleTimeoutMs` (not even a keep-alive comment) counts as broken:
-//! a half-open connection would otherwise stop notifications forever.
+//! stream with `Last-Event-ID` when it breaks, so each event arrives once.
+//!
+//! A stream that has shown it sends keep-alive comments and then stays silent past
+//! `upstreamIdleTimeoutMs` counts as broken: a half-open connection would otherwise stop
+//! notifications forever. Whenever events may have been lost (the stream broke and
+//! cannot be replayed, an event could not be read, the stream cannot be reopened), the
+//! client gets an `error` frame saying so: a gap is never silent.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,10 +18,26 @@ use super::session::{End, UpstreamSession};
 /// How often a GET stream that keeps failing is retried before the gateway gives up on
 /// it (the session itself stays usable for requests).
 const GET_STREAM_RETRIES: u32 = 5;
+/// How often a GET is tried again while the server still holds our previous stream
+/// (409): after a half-open connection, until the server notices it is gone.
+const CONFLICT_RETRY: Duration = Duration::from_secs(5);
+
+const MAY_BE_MISSING: &str = "notifications sent meanwhile may be missing";
 
 /// The standalone GET stream of one upstream session.
 pub(super) struct Listener {
     session: Arc<UpstreamSession>,
+}
+
+/// How one opened stream ended.
+enum StreamEnd {
+    /// The session ended, or the client session is gone: stop listening.
+    Stop,
+    /// The server ended the stream cleanly.
+    Closed,
+    /// The stream broke (or went silent); `lossy` when the events after it cannot be
+    /// replayed (no event id) or one of them could not be read.
+    Broke { lossy: bool, why: String },
 }
 
 impl Listener {
@@ -25,9 +45,7 @@ impl Listener {
         Self { session }
     }
 
-    /// Forwards the stream until the session ends, resuming it when it breaks. When the
-    /// server cannot replay what followed the last event, or the stream cannot be
-    /// reopened at all, the client is told: notifications may be missing.
+    /// Forwards the stream until the session ends, resuming it when it breaks.
     pub(super) async fn run(self, first: Option<Result<Option<EventStream>, UpstreamError>>) {
         let session = &self.session;
         let mut last_event_id: Option<String> = None;
@@ -41,42 +59,29 @@ impl Listener {
                     None => return,
                 },
             };
+            let mut wait = None;
             match opened {
                 Ok(None) => return,
-                Ok(Some(mut stream)) => {
-                    let idle = session.stream_idle_timeout();
-                    stream.set_idle_timeout(idle);
+                Ok(Some(stream)) => {
                     let opened_at = tokio::time::Instant::now();
-                    let mut delivered = false;
-                    loop {
-                        let next = tokio::select! {
-                            _ = session.ended() => return,
-                            next = stream.next() => next,
-                        };
-                        match next {
-                            Some(Ok(event)) if event.data.trim().is_empty() => {}
-                            Some(Ok(event)) => {
-                                delivered = true;
-                                if !session.forward_event(&event.data).await {
-                                    return;
-                                }
-                            }
-                            Some(Err(err)) => {
-                                tracing::debug!(server = %session.server_name(), %err, "GET stream broke");
-                                break;
-                            }
-                            None => break,
-                        }
-                        if let Some(id) = stream.last_event_id() {
-                            if last_event_id.as_deref() != Some(id) {
-                                last_event_id = Some(id.to_owned());
-                            }
-                        }
-                    }
+                    let (end, delivered) = self.forward(stream, &mut last_event_id).await;
                     // A stream that served (events, or life until its idle deadline)
-                    // was healthy: only streams that keep failing at once use up the retries.
-                    if delivered || opened_at.elapsed() >= idle {
+                    // was healthy: only streams that keep failing use up the retries.
+                    if delivered || opened_at.elapsed() >= session.stream_idle_timeout() {
                         failures = 0;
+                    }
+                    match end {
+                        StreamEnd::Stop => return,
+                        StreamEnd::Closed => {}
+                        StreamEnd::Broke { lossy, why } => {
+                            tracing::debug!(server = %session.server_name(), %why, "GET stream broke");
+                            if lossy {
+                                let message = format!(
+                                    "the server's event stream broke ({why}); {MAY_BE_MISSING}"
+                                );
+                                session.report_stream_gap(&message).await;
+                            }
+                        }
                     }
                 }
                 Err(UpstreamError::SessionGone) => {
@@ -87,28 +92,85 @@ impl Listener {
                         .await;
                     return;
                 }
+                Err(UpstreamError::Status { status: 409, .. }) => {
+                    // The server still holds our previous stream (it has not noticed the
+                    // connection is gone): not a failure, wait for it to let go.
+                    wait = Some(CONFLICT_RETRY);
+                }
                 Err(UpstreamError::Status { status: 400, .. }) if last_event_id.is_some() => {
                     // The server no longer keeps the events after ours: start afresh.
-                    let message = "the server could not replay its event stream after a break; \
-                                   notifications sent meanwhile may be missing";
-                    session.report_stream_gap(message).await;
+                    let message = format!(
+                        "the server could not replay its event stream after a break; {MAY_BE_MISSING}"
+                    );
+                    session.report_stream_gap(&message).await;
                     last_event_id = None;
                 }
                 Err(err) => {
                     tracing::debug!(server = %session.server_name(), %err, "GET stream failed to open");
                 }
             }
-            failures += 1;
-            if failures > GET_STREAM_RETRIES {
-                let message = "the server's event stream could not be reopened; its notifications \
-                               will not arrive until the server is initialized again";
-                session.report_stream_gap(message).await;
-                return;
-            }
-            let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(5)));
+            let backoff = match wait {
+                Some(wait) => wait,
+                None => {
+                    failures += 1;
+                    if failures > GET_STREAM_RETRIES {
+                        let message = "the server's event stream could not be reopened; its notifications \
+                                       will not arrive until the server is initialized again";
+                        session.report_stream_gap(message).await;
+                        return;
+                    }
+                    Duration::from_millis(100 * 2u64.pow(failures.min(5)))
+                }
+            };
             tokio::select! {
                 _ = session.ended() => return,
                 _ = tokio::time::sleep(backoff) => {}
+            }
+        }
+    }
+
+    /// Forwards one opened stream until it ends; also says whether it delivered events.
+    async fn forward(
+        &self,
+        mut stream: EventStream,
+        last_event_id: &mut Option<String>,
+    ) -> (StreamEnd, bool) {
+        let session = &self.session;
+        stream.set_idle_timeout(session.stream_idle_timeout());
+        let mut delivered = false;
+        loop {
+            let next = tokio::select! {
+                _ = session.ended() => return (StreamEnd::Stop, delivered),
+                next = stream.next() => next,
+            };
+            let end = match next {
+                Some(Ok(event)) if event.data.trim().is_empty() => None,
+                Some(Ok(event)) => {
+                    delivered = true;
+                    if !session.forward_event(&event.data).await {
+                        return (StreamEnd::Stop, delivered);
+                    }
+                    None
+                }
+                // Cut or silent: resumable after the last event, if the server gave ids.
+                Some(Err(UpstreamError::StreamCut(why))) => Some(StreamEnd::Broke {
+                    lossy: stream.last_event_id().is_none(),
+                    why,
+                }),
+                // An event that could not be read is skipped by the resume after it.
+                Some(Err(err)) => Some(StreamEnd::Broke {
+                    lossy: true,
+                    why: err.to_string(),
+                }),
+                None => Some(StreamEnd::Closed),
+            };
+            if let Some(id) = stream.last_event_id() {
+                if last_event_id.as_deref() != Some(id) {
+                    *last_event_id = Some(id.to_owned());
+                }
+            }
+            if let Some(end) = end {
+                return (end, delivered);
             }
         }
     }

@@ -26,14 +26,44 @@ use crate::harness::{Client, TestGateway, config};
 struct Strict {
     /// Every live session: whether it was initialized, and the methods in arrival order.
     sessions: Mutex<HashMap<String, (bool, Vec<String>)>>,
+    /// Initialize requests that arrived, and sessions created (answered).
+    arrived: AtomicUsize,
     created: AtomicUsize,
     /// GET streams opened, with the Last-Event-ID each carried.
     gets: Mutex<Vec<Option<String>>>,
+    /// Told of every change above.
+    changed: tokio::sync::Notify,
 }
 
 impl Strict {
     fn live(&self) -> usize {
         self.sessions.lock().unwrap().len()
+    }
+
+    /// Waits until `done` holds, re-checking at every change.
+    async fn until(&self, what: &str, done: impl Fn(&Strict) -> bool) {
+        let waiting = async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if done(self) {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .is_err()
+        {
+            panic!(
+                "{what}: still {} live sessions, {} initializes arrived, {} created",
+                self.live(),
+                self.arrived.load(Ordering::SeqCst),
+                self.created.load(Ordering::SeqCst)
+            );
+        }
     }
 }
 
@@ -78,6 +108,8 @@ async fn strict_post(
     let method = message["method"].as_str().unwrap_or("").to_owned();
     let id = message["id"].clone();
     if method == "initialize" {
+        strict.arrived.fetch_add(1, Ordering::SeqCst);
+        strict.changed.notify_waiters();
         if mode == "slow-init" {
             tokio::time::sleep(Duration::from_millis(400)).await;
         }
@@ -88,6 +120,7 @@ async fn strict_post(
             .lock()
             .unwrap()
             .insert(session.clone(), (false, vec![method]));
+        strict.changed.notify_waiters();
         let result = json!({"protocolVersion": "2025-06-18", "capabilities": {}, "serverInfo": {"name": "strict", "version": "1"}});
         let mut reply = json_reply(json!({"jsonrpc": "2.0", "id": id, "result": result}));
         reply
@@ -145,7 +178,7 @@ async fn strict_get(
     // One event, then silence on an open connection, as behind a NAT that dropped it.
     let note = json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": format!("stream {n}")}});
     let event = Ok::<_, std::convert::Infallible>(bytes::Bytes::from(format!(
-        "id: e{n}\ndata: {note}\n\n"
+        ": keepalive\n\nid: e{n}\ndata: {note}\n\n"
     )));
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
@@ -157,6 +190,7 @@ async fn strict_get(
 
 async fn strict_delete(State(strict): State<Arc<Strict>>, headers: HeaderMap) -> StatusCode {
     let removed = session_of(&headers).and_then(|s| strict.sessions.lock().unwrap().remove(&s));
+    strict.changed.notify_waiters();
     if removed.is_some() {
         StatusCode::OK
     } else {
@@ -216,19 +250,6 @@ async fn a_sessions_messages_reach_a_strict_server_in_the_order_sent() {
     gateway.shutdown().await;
 }
 
-/// Waits until the upstream holds `n` sessions.
-async fn upstream_holds(strict: &Strict, n: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while strict.live() != n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the upstream still holds {} sessions, not {n}",
-            strict.live()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn no_upstream_session_is_left_behind_by_an_abandoned_initialize() {
     let (addr, strict) = strict_upstream().await;
@@ -237,24 +258,35 @@ async fn no_upstream_session_is_left_behind_by_an_abandoned_initialize() {
     // An initialize given up (close) before its reply: deleted once the reply comes.
     let mut client = Client::connect(gateway.addr).await;
     client.rpc("strict", initialize("a")).await;
+    strict
+        .until("the initialize arrived", |s| {
+            s.arrived.load(Ordering::SeqCst) == 1
+        })
+        .await;
     client
         .send(json!({"type": "close", "server": "strict"}))
         .await;
     client.session_state("closed").await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(strict.created.load(Ordering::SeqCst), 1);
-    upstream_holds(&strict, 0).await;
+    strict
+        .until("answered", |s| s.created.load(Ordering::SeqCst) == 1)
+        .await;
+    strict.until("deleted", |s| s.live() == 0).await;
 
-    // A client looping initialize, each replacing the last, then closing its socket.
-    for i in 0..5 {
+    // A client looping initialize, each replacing the last before its reply, then
+    // closing its socket: every session the upstream created is deleted.
+    for i in 1..=5 {
         client.rpc("strict", initialize(&format!("loop-{i}"))).await;
+        strict
+            .until("the initialize arrived", |s| {
+                s.arrived.load(Ordering::SeqCst) == i + 1
+            })
+            .await;
     }
     client.close().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while strict.created.load(Ordering::SeqCst) < 6 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    upstream_holds(&strict, 0).await;
+    strict
+        .until("all answered", |s| s.created.load(Ordering::SeqCst) == 6)
+        .await;
+    strict.until("all deleted", |s| s.live() == 0).await;
     gateway.shutdown().await;
 }
 

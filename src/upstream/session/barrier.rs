@@ -120,19 +120,19 @@ impl Barrier {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use futures::FutureExt;
 
     use super::*;
 
     #[tokio::test]
     async fn messages_wait_for_the_initialize_reply_and_get_its_session_id() {
         let barrier = std::sync::Arc::new(Barrier::new(true));
-        let waiting = tokio::spawn({
+        let mut waiting = tokio::spawn({
             let barrier = barrier.clone();
             async move { barrier.wait_past_initialize().await }
         });
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert!(!waiting.is_finished());
+        tokio::task::yield_now().await;
+        assert!((&mut waiting).now_or_never().is_none());
         barrier.set_protocol_version(Some("2025-11-25".into()));
         assert!(barrier.open(Some("abc")));
         let (id, version) = waiting.await.unwrap().unwrap();

@@ -102,8 +102,6 @@ impl UpstreamSession {
             let body = announced_body(carried.body.clone(), carried.ticket.on_written());
             self.link.http.post(&endpoint, headers, body).await
         };
-        // Accepted (or refused): later messages need not wait for this one any more.
-        carried.ticket.release();
         let outcome = match posted {
             Ok(outcome) => outcome,
             Err(
@@ -112,16 +110,19 @@ impl UpstreamSession {
                     ..
                 },
             ) if carried.is_initialize() && endpoint.transport == Transport::Detect => {
+                // Still this message's turn: the legacy initialize goes first.
                 return self.fall_back_to_legacy(&endpoint, carried, refused).await;
             }
             Err(err) => return Err(err),
         };
+        // Accepted: later messages need not wait for this one any more.
+        carried.ticket.release();
         if carried.is_initialize() {
             self.link
                 .push_session(&self.server.name, SessionState::Open, None)
                 .await;
         }
-        match outcome.reply {
+        match outcome.reply? {
             Reply::Accepted if carried.kind == Kind::Request => Err(UpstreamError::Protocol(
                 "202 Accepted for a request, which needs a response".into(),
             )),
@@ -135,10 +136,14 @@ impl UpstreamSession {
                     for message in messages {
                         self.forward(message.get(), carried, answered).await?;
                     }
-                    Ok(())
                 } else {
-                    self.forward(text, carried, answered).await
+                    self.forward(text, carried, answered).await?;
                 }
+                if carried.kind == Kind::Request && !answered.load(Ordering::Acquire) {
+                    let missing = "the JSON reply does not hold the response to the request";
+                    return Err(UpstreamError::Protocol(missing.into()));
+                }
+                Ok(())
             }
             Reply::Events(stream) => self.drain(*stream, carried, answered).await,
         }
@@ -154,12 +159,16 @@ impl UpstreamSession {
     ) -> Result<PostOutcome, UpstreamError> {
         let (session, endpoint) = (self.clone(), endpoint.clone());
         let body = announced_body(carried.body.clone(), carried.ticket.on_written());
+        // The request's place among those in flight goes with the POST, so a client
+        // looping initialize cannot pile them up.
+        let permit = carried.take_permit();
+        let limit = self.link.request_timeout;
         let posting = self.link.background.spawn(async move {
-            let posted = session
-                .link
-                .http
-                .post(&endpoint, Headers::default(), body)
-                .await;
+            let post = session.link.http.post(&endpoint, Headers::default(), body);
+            let posted = tokio::time::timeout(limit, post)
+                .await
+                .unwrap_or(Err(UpstreamError::Timeout(limit)));
+            drop(permit);
             if let Ok(outcome) = &posted {
                 let id = outcome.session_id.as_deref();
                 if !session.barrier.open(id) {

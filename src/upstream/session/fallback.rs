@@ -53,13 +53,15 @@ impl UpstreamSession {
         if carried.is_initialize() {
             // The session exists once its stream is open; the initialize result may
             // arrive on it before the POST's own reply, so `open` goes first.
-            self.barrier.open(None);
             self.link
                 .push_session(&self.server.name, SessionState::Open, None)
                 .await;
         }
         let posted = legacy.post(carried.body.clone(), request_id).await;
         // The server answered the POST: later messages need not wait for this one.
+        if carried.is_initialize() && posted.is_ok() {
+            self.barrier.open(None);
+        }
         carried.ticket.release();
         match posted? {
             Some(answered) => answered.await.unwrap_or_else(|_| {

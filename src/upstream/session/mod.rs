@@ -75,10 +75,15 @@ struct Carried {
     /// Its place in the order of the session's messages.
     ticket: Ticket,
     /// Held while the request is in flight.
-    _permit: Option<OwnedSemaphorePermit>,
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl Carried {
+    /// Takes the in-flight permit, for a task that outlives the exchange.
+    fn take_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permit.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     fn is_initialize(&self) -> bool {
         self.kind == Kind::Request
             && self.method == "initialize"
@@ -166,11 +171,11 @@ impl UpstreamSession {
             cancel: CancellationToken::new(),
             serial: self.serials.fetch_add(1, Ordering::Relaxed),
             ticket: self.order.ticket(kind == Kind::Request),
-            _permit: None,
+            permit: Mutex::new(None),
         };
         if kind == Kind::Request {
             match self.link.inflight.clone().try_acquire_owned() {
-                Ok(permit) => carried._permit = Some(permit),
+                Ok(permit) => carried.permit = Mutex::new(Some(permit)),
                 Err(_) => {
                     if carried.is_initialize() {
                         // Nothing will carry it: release the barrier it put up.
@@ -189,7 +194,7 @@ impl UpstreamSession {
             }
         } else {
             match self.link.carrying.clone().acquire_owned().await {
-                Ok(permit) => carried._permit = Some(permit),
+                Ok(permit) => carried.permit = Mutex::new(Some(permit)),
                 Err(_) => return,
             }
         }
