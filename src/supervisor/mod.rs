@@ -1,6 +1,10 @@
 //! Supervision of stdio servers: one mcp-proxy child per server, bound to 127.0.0.1 on a
 //! free port with its own random API key, in its own process group.
 //!
+//! The key reaches mcp-proxy through its environment (`MCP_PROXY_API_KEY`, which it reads
+//! like every `MCP_PROXY_*` variable), never its arguments: a command line is readable by
+//! every local user, an environment only by the same user.
+//!
 //! The loop: start, poll `/ping` until ready (never a fixed sleep), publish `ready` with a
 //! new endpoint generation, then watch for the end: mcp-proxy exiting, or its stdio
 //! server dying (mcp-proxy then stays up and answers every call with "Not connected", so
@@ -34,6 +38,8 @@ const READY_POLL: Duration = Duration::from_millis(50);
 const STABLE_RUN: Duration = Duration::from_secs(10);
 /// The longest child log line passed to the log; longer ones are cut.
 const MAX_LOG_LINE: usize = 8 * 1024;
+/// The variable mcp-proxy reads its API key from (its `--apiKey` flag, via yargs' `.env`).
+pub const API_KEY_VAR: &str = "MCP_PROXY_API_KEY";
 
 /// Settings of one supervisor.
 #[derive(Debug, Clone)]
@@ -155,22 +161,22 @@ async fn run_instance(
         "127.0.0.1".into(),
         "--port".into(),
         port.to_string(),
-        "--apiKey".into(),
-        api_key.clone(),
         "--server".into(),
         "stream".into(),
         "--".into(),
         spec.command.clone(),
     ]);
     args.extend(spec.args.iter().cloned());
+    let mut env: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.push((API_KEY_VAR.into(), api_key.clone()));
     let child_spec = ChildSpec {
         program,
         args,
-        env: spec
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        env,
         cwd: spec.cwd.clone(),
     };
     let mut child = match GroupChild::spawn(child_spec).await {
@@ -266,7 +272,8 @@ async fn wait_ready(http: &reqwest::Client, base: &str, timeout: Duration) -> Re
 fn endpoint(base: &str, api_key: &str, generation: u64) -> Result<Endpoint, String> {
     let url = reqwest::Url::parse(&format!("{base}/mcp")).map_err(|e| e.to_string())?;
     let mut headers = HeaderMap::new();
-    let key = HeaderValue::from_str(api_key).map_err(|e| e.to_string())?;
+    let mut key = HeaderValue::from_str(api_key).map_err(|e| e.to_string())?;
+    key.set_sensitive(true);
     headers.insert("x-api-key", key);
     Ok(Endpoint {
         url,

@@ -13,4 +13,5 @@ mod legacy_sse;
 mod lifecycle;
 mod protocol_doc;
 mod resume;
+mod secrets;
 mod upstream_faults;
