@@ -3,7 +3,8 @@
 //!
 //! The key reaches mcp-proxy through its environment (`MCP_PROXY_API_KEY`, which it reads
 //! like every `MCP_PROXY_*` variable), never its arguments: a command line is readable by
-//! every local user, an environment only by the same user.
+//! every local user, an environment only by the same user. That environment is otherwise
+//! minimal ([`environment`]).
 //!
 //! The loop: start, poll `/ping` until ready (never a fixed sleep), publish `ready` with a
 //! new endpoint generation, then watch for the end: mcp-proxy exiting, or its stdio
@@ -12,6 +13,7 @@
 //! says so). On any end: stop the group, back off (jittered, exponential, capped) and
 //! start again. Shutdown stops the group: SIGTERM, then SIGKILL after the grace period.
 
+pub mod environment;
 pub mod guard;
 pub mod process;
 
@@ -38,8 +40,6 @@ const READY_POLL: Duration = Duration::from_millis(50);
 const STABLE_RUN: Duration = Duration::from_secs(10);
 /// The longest child log line passed to the log; longer ones are cut.
 const MAX_LOG_LINE: usize = 8 * 1024;
-/// The variable mcp-proxy reads its API key from (its `--apiKey` flag, via yargs' `.env`).
-pub const API_KEY_VAR: &str = "MCP_PROXY_API_KEY";
 
 /// Settings of one supervisor.
 #[derive(Debug, Clone)]
@@ -167,16 +167,10 @@ async fn run_instance(
         spec.command.clone(),
     ]);
     args.extend(spec.args.iter().cloned());
-    let mut env: Vec<(String, String)> = spec
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    env.push((API_KEY_VAR.into(), api_key.clone()));
     let child_spec = ChildSpec {
         program,
         args,
-        env,
+        env: environment::for_server(spec, &api_key, |name| std::env::var_os(name)),
         cwd: spec.cwd.clone(),
     };
     let mut child = match GroupChild::spawn(child_spec).await {

@@ -15,6 +15,7 @@
 //! [`GroupChild::stop`] ends the whole group (SIGTERM, grace period, SIGKILL) and reaps the
 //! leader; dropping a [`GroupChild`] that was not stopped SIGKILLs its group without waiting.
 
+use std::ffi::OsString;
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -59,8 +60,8 @@ pub struct ChildSpec {
     pub program: String,
     /// Arguments, not including the program itself.
     pub args: Vec<String>,
-    /// Variables added to (or overriding) the inherited environment.
-    pub env: Vec<(String, String)>,
+    /// The child's whole environment: nothing of mcpmux's environment is inherited.
+    pub env: Vec<(OsString, OsString)>,
     /// Working directory; `None` inherits mcpmux's.
     pub cwd: Option<PathBuf>,
 }
@@ -138,6 +139,7 @@ fn spawn_here(spec: ChildSpec) -> Result<GroupChild, ProcessError> {
     let parent = std::process::id() as libc::pid_t; // captured before the fork
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
+        .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -543,6 +545,36 @@ mod tests {
         assert_eq!(status.code(), Some(3));
         assert_eq!(child.wait().await.unwrap(), status);
         assert_eq!(child.stop(Duration::from_millis(100)).await, Some(status));
+    }
+
+    #[tokio::test]
+    async fn the_child_gets_only_the_environment_of_its_spec() {
+        let mut spec = sh("exec env");
+        spec.env.push(("MCPMUX_ONLY".into(), "1".into()));
+        let mut child = GroupChild::spawn(spec).await.unwrap();
+        let mut out = String::new();
+        child
+            .take_stdout()
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
+        let names: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|v| v.0)
+            .collect();
+        // The shell adds its working directory; nothing of this process is passed on.
+        assert!(
+            names.iter().all(|n| ["MCPMUX_ONLY", "PWD"].contains(n)),
+            "{names:?}"
+        );
+        assert!(names.contains(&"MCPMUX_ONLY"), "{names:?}");
+        assert!(
+            std::env::var_os("PATH").is_some(),
+            "this test process has a PATH"
+        );
+        child.stop(Duration::from_secs(1)).await;
     }
 
     #[test]

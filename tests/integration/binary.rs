@@ -1,6 +1,8 @@
 //! The real `mcpmux` binary, for tests of the process itself (signals, leftover
-//! processes, memory). It runs with a unique marker in its environment, which every
-//! process it starts inherits, so a test can find (and at the end kill) all of them.
+//! processes, memory, environment). It runs with a unique marker in its
+//! environment, which every stdio server entry asks to inherit (`inheritEnv`), so that
+//! every process it starts carries it and a test can find (and at the end kill) all of
+//! them.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -29,6 +31,13 @@ pub struct Binary {
     _config: TempFile,
 }
 
+/// How to start the binary, beyond its configuration.
+#[derive(Default)]
+pub struct Launch {
+    /// Variables added to its environment.
+    pub env: Vec<(String, String)>,
+}
+
 struct TempFile(std::path::PathBuf);
 
 impl Drop for TempFile {
@@ -40,17 +49,25 @@ impl Drop for TempFile {
 impl Binary {
     /// Starts the binary with `config` on 127.0.0.1:0.
     pub fn start(config: &Value) -> Self {
+        Self::launch(config, Launch::default())
+    }
+
+    /// Starts the binary with `config` on 127.0.0.1:0, as `launch` says.
+    pub fn launch(config: &Value, launch: Launch) -> Self {
         let marker = format!("{:x}", rand_u64());
         let path = std::env::temp_dir().join(format!("mcpmux-test-{marker}.json"));
-        std::fs::write(&path, config.to_string()).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mcpmux"))
-            .args([
-                "--config",
-                path.to_str().expect("utf-8 path"),
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .env("MCPMUX_TEST_MARK", &marker)
+        std::fs::write(&path, marked(config).to_string()).expect("write config");
+        let binary = env!("CARGO_BIN_EXE_mcpmux");
+        let args = [
+            "--config",
+            path.to_str().expect("utf-8 path"),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        let mut command = Command::new(binary);
+        command.args(args).env("MCPMUX_TEST_MARK", &marker);
+        command.envs(launch.env.iter().map(|(k, v)| (k, v)));
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -115,6 +132,21 @@ impl Drop for Binary {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `config` with every stdio server asking to inherit the marker.
+fn marked(config: &Value) -> Value {
+    let mut config = config.clone();
+    if let Some(servers) = config["mcpServers"].as_object_mut() {
+        for entry in servers.values_mut() {
+            if entry.get("command").is_some() {
+                let mut inherit = entry["inheritEnv"].as_array().cloned().unwrap_or_default();
+                inherit.push(Value::from("MCPMUX_TEST_MARK"));
+                entry["inheritEnv"] = Value::Array(inherit);
+            }
+        }
+    }
+    config
 }
 
 fn rand_u64() -> u64 {

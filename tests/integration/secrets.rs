@@ -2,11 +2,14 @@
 //! command line; stdio servers see only a minimal environment plus what their entry asks
 //! for.
 
+/// A variable of mcpmux's environment that no stdio server may see unless asked for.
+const PRIVATE_VAR: &str = "MCPMUX_TEST_PRIVATE_TOKEN";
+
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::binary::Binary;
+use crate::binary::{Binary, Launch};
 use crate::harness::{Client, config, everything, tool_text};
 
 /// The NUL-separated fields of `/proc/PID/<file>` (`cmdline`, `environ`); empty when the
@@ -98,4 +101,62 @@ async fn the_mcp_proxy_key_is_in_its_environment_and_in_no_command_line() {
     };
     assert_eq!(post(None).await.expect("answers").status(), 401);
     assert_eq!(post(Some(&key)).await.expect("answers").status(), 200);
+}
+
+/// server-everything's whole environment, from its `get-env` tool.
+async fn server_env(client: &mut Client, server: &str) -> serde_json::Map<String, Value> {
+    client.initialize(server).await;
+    let params = json!({"name": "get-env", "arguments": {}});
+    let reply = client
+        .call(server, json!("env"), "tools/call", params)
+        .await;
+    serde_json::from_str(tool_text(&reply)).unwrap_or_else(|e| panic!("{e}: {reply}"))
+}
+
+#[tokio::test]
+async fn stdio_servers_get_a_minimal_environment_and_what_their_entry_asks_for() {
+    let mut asking = everything();
+    asking["inheritEnv"] = json!([PRIVATE_VAR]);
+    asking["env"] = json!({"SET_BY_ENTRY": "yes"});
+    let servers = json!({"plain": everything(), "asking": asking});
+    let launch = Launch {
+        env: vec![(PRIVATE_VAR.into(), "private-value".into())],
+    };
+    let binary = Binary::launch(&config(servers, json!({})), launch);
+    let mut client = Client::connect(binary.addr).await;
+
+    let plain = server_env(&mut client, "plain").await;
+    // The SDKs' minimal set, mcp-proxy's key, and the harness's marker (which the
+    // harness has every entry inherit): nothing else.
+    let allowed = [
+        "HOME",
+        "LOGNAME",
+        "PATH",
+        "SHELL",
+        "TERM",
+        "USER",
+        "MCP_PROXY_API_KEY",
+        "MCPMUX_TEST_MARK",
+    ];
+    let extra: Vec<&String> = plain
+        .keys()
+        .filter(|k| !allowed.contains(&k.as_str()))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "not in the minimal environment: {extra:?}"
+    );
+    assert_eq!(
+        plain.get("PATH"),
+        std::env::var("PATH").ok().map(Value::from).as_ref()
+    );
+    assert!(
+        plain.contains_key("MCPMUX_TEST_MARK"),
+        "inheritEnv is honoured"
+    );
+
+    let asking = server_env(&mut client, "asking").await;
+    assert_eq!(asking[PRIVATE_VAR], "private-value");
+    assert_eq!(asking["SET_BY_ENTRY"], "yes");
+    assert!(!plain.contains_key(PRIVATE_VAR));
 }
