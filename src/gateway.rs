@@ -125,7 +125,7 @@ impl Gateway {
             let initial = match &server_config {
                 ServerConfig::Stdio(_) => status(ServerState::Starting, None),
                 ServerConfig::Remote(remote) => {
-                    let endpoint = remote_endpoint(&name, remote)?;
+                    let endpoint = remote_endpoint(&name, remote, http.raw())?;
                     status(ServerState::Ready, Some(Arc::new(endpoint)))
                 }
             };
@@ -224,13 +224,32 @@ fn status(state: ServerState, endpoint: Option<Arc<Endpoint>>) -> ServerStatus {
     }
 }
 
-fn remote_endpoint(name: &str, remote: &RemoteServer) -> Result<Endpoint, GatewayError> {
+/// A remote server's endpoint. Credentials in its URL (`user:pass@`) become a
+/// `Basic` `Authorization` header here, as reqwest would make one for every request,
+/// unless the entry sets that header itself: so the URL carries none, and the header is
+/// marked sensitive and masked in error texts like every configured one.
+fn remote_endpoint(
+    name: &str,
+    remote: &RemoteServer,
+    http: &reqwest::Client,
+) -> Result<Endpoint, GatewayError> {
     let invalid = |message: String| GatewayError::Server {
         server: name.to_owned(),
         message,
     };
     let url = reqwest::Url::parse(&remote.url).map_err(|e| invalid(format!("bad url: {e}")))?;
+    // reqwest moves userinfo into the header when a request is built.
+    let probe = http
+        .get(url)
+        .build()
+        .map_err(|e| invalid(format!("bad url: {}", e.without_url())))?;
+    let url = probe.url().clone();
     let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(basic) = probe.headers().get(reqwest::header::AUTHORIZATION) {
+        let mut basic = basic.clone();
+        basic.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, basic);
+    }
     for (key, value) in &remote.headers {
         let key = HeaderName::from_bytes(key.as_bytes())
             .map_err(|e| invalid(format!("header {key:?}: {e}")))?;
@@ -307,4 +326,41 @@ async fn status_page(State(shared): State<Arc<Shared>>) -> Response {
         })
         .collect();
     axum::Json(serde_json::json!({ "servers": servers })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn remote(url: &str, headers: &[(&str, &str)]) -> RemoteServer {
+        RemoteServer {
+            url: url.into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), Secret::new(*v)))
+                .collect(),
+            transport: RemoteTransport::StreamableHttp,
+        }
+    }
+
+    #[test]
+    fn url_credentials_become_a_sensitive_header() {
+        let http = reqwest::Client::new();
+        let server = remote("http://alice:pw%21@h:1/mcp?k=v", &[]);
+        let endpoint = remote_endpoint("s", &server, &http).unwrap();
+        assert_eq!(endpoint.url.as_str(), "http://h:1/mcp?k=v");
+        let basic = &endpoint.headers[reqwest::header::AUTHORIZATION];
+        assert_eq!(basic, "Basic YWxpY2U6cHch"); // alice:pw!
+        assert!(basic.is_sensitive());
+
+        let server = remote("http://alice:pw@h/", &[("Authorization", "Bearer t0k")]);
+        let endpoint = remote_endpoint("s", &server, &http).unwrap();
+        assert_eq!(endpoint.url.as_str(), "http://h/");
+        assert_eq!(
+            endpoint.headers[reqwest::header::AUTHORIZATION],
+            "Bearer t0k"
+        );
+        assert!(endpoint.headers.values().all(HeaderValue::is_sensitive));
+    }
 }

@@ -14,6 +14,7 @@
 //! - [`protocol`]: the `mcpmux.v1` frames, decoded and encoded.
 //! - [`outbox`]: a client session's sequenced, bounded outbound frames, kept for replay.
 //! - [`jsonrpc`]: the small look into JSON-RPC messages the gateway needs.
+//! - [`redact`]: what may be shown of URLs and texts that carry secrets.
 //! - [`registry`]: each server's lifecycle state and current endpoint.
 //! - [`supervisor`]: mcp-proxy children for stdio servers, restarts, no orphans.
 //! - [`upstream`]: Streamable HTTP exchanges, the SSE parser, upstream sessions.
@@ -25,6 +26,7 @@ pub mod gateway;
 pub mod jsonrpc;
 pub mod outbox;
 pub mod protocol;
+pub mod redact;
 pub mod registry;
 pub mod resume;
 pub mod session;

@@ -90,9 +90,17 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
                 );
             }
             mcpmux::config::ServerConfig::Remote(remote) => {
+                // Credentials in the URL and header values are never printed.
+                let headers: Vec<&str> = remote.headers.keys().map(String::as_str).collect();
                 println!(
-                    "server {name}: remote {} ({:?})",
-                    remote.url, remote.transport
+                    "server {name}: remote {} ({:?}){}",
+                    mcpmux::redact::url(&remote.url),
+                    remote.transport,
+                    if headers.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", headers: {}", headers.join(", "))
+                    }
                 );
             }
         }

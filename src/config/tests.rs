@@ -641,6 +641,17 @@ fn url_validation() {
         "mcpServers.s.url",
         "has no host",
     );
+    // The URL may hold credentials: no message repeats it.
+    for bad in [
+        "ftp://u:${TOKEN}@h/?k=${TOKEN}",
+        "https://u:${TOKEN}@/?k=${TOKEN}",
+        "https://u:${TOKEN}@h:x/?k=${TOKEN}",
+        "https://h/?k=${TOKEN} x",
+    ] {
+        let msg = err(&server(&format!(r#"{{"url": "{bad}"}}"#)));
+        assert!(msg.starts_with("mcpmux.json: mcpServers.s.url: "), "{msg}");
+        assert!(!msg.contains("s3cret"), "{msg}");
+    }
 }
 
 #[test]

@@ -327,6 +327,7 @@ fn is_token_byte(b: u8) -> bool {
 }
 
 /// Light URL check: `http://` or `https://`, a non-empty host, an optional numeric port.
+/// The messages never quote the URL: it may hold credentials, from `${NAME}` or not.
 pub(super) fn check_url(url: &str) -> Result<(), String> {
     const HINT: &str = "write an http:// or https:// URL such as \"https://example.org/mcp\"";
     let scheme_len = ["http://", "https://"]
@@ -337,7 +338,7 @@ pub(super) fn check_url(url: &str) -> Result<(), String> {
         })
         .map(|p| p.len());
     let Some(rest) = scheme_len.and_then(|n| url.get(n..)) else {
-        return Err(format!("\"{url}\" is not an http(s) URL; {HINT}"));
+        return Err(format!("is not an http(s) URL; {HINT}"));
     };
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!(
@@ -357,10 +358,10 @@ pub(super) fn check_url(url: &str) -> Result<(), String> {
         },
     };
     if host.is_empty() {
-        return Err(format!("\"{url}\" has no host; {HINT}"));
+        return Err(format!("has no host; {HINT}"));
     }
     if port.is_some_and(|p| !p.is_empty() && p.parse::<u16>().is_err()) {
-        return Err(format!("\"{url}\" has an invalid port; {HINT}"));
+        return Err(format!("has an invalid port; {HINT}"));
     }
     Ok(())
 }

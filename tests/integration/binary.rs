@@ -1,5 +1,5 @@
 //! The real `mcpmux` binary, for tests of the process itself (signals, leftover
-//! processes, memory, environment). It runs with a unique marker in its
+//! processes, memory, environment, logs). It runs with a unique marker in its
 //! environment, which every stdio server entry asks to inherit (`inheritEnv`), so that
 //! every process it starts carries it and a test can find (and at the end kill) all of
 //! them.
@@ -29,6 +29,7 @@ pub struct Binary {
     pub addr: SocketAddr,
     marker: String,
     _config: TempFile,
+    log: Option<TempFile>,
 }
 
 /// How to start the binary, beyond its configuration.
@@ -36,6 +37,8 @@ pub struct Binary {
 pub struct Launch {
     /// Variables added to its environment.
     pub env: Vec<(String, String)>,
+    /// `MCPMUX_LOG`; its standard error is then kept for [`Binary::log`].
+    pub log_filter: Option<String>,
 }
 
 struct TempFile(std::path::PathBuf);
@@ -67,9 +70,17 @@ impl Binary {
         let mut command = Command::new(binary);
         command.args(args).env("MCPMUX_TEST_MARK", &marker);
         command.envs(launch.env.iter().map(|(k, v)| (k, v)));
+        let log = launch.log_filter.map(|filter| {
+            command.env("MCPMUX_LOG", filter);
+            TempFile(std::env::temp_dir().join(format!("mcpmux-test-{marker}.log")))
+        });
+        let stderr = match &log {
+            Some(file) => Stdio::from(std::fs::File::create(&file.0).expect("log file")),
+            None => Stdio::null(),
+        };
         let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("mcpmux starts");
         let stdout = child.stdout.take().expect("stdout");
@@ -86,7 +97,14 @@ impl Binary {
             addr,
             marker,
             _config: TempFile(path),
+            log,
         }
+    }
+
+    /// What it has written to standard error so far (with [`Launch::log_filter`]).
+    pub fn log(&self) -> String {
+        let file = self.log.as_ref().expect("started with a log filter");
+        std::fs::read_to_string(&file.0).expect("log file")
     }
 
     /// Every live process carrying this binary's marker (mcpmux and its descendants).

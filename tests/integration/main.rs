@@ -13,5 +13,6 @@ mod legacy_sse;
 mod lifecycle;
 mod protocol_doc;
 mod resume;
+mod secret_urls;
 mod secrets;
 mod upstream_faults;

@@ -121,6 +121,7 @@ async fn stdio_servers_get_a_minimal_environment_and_what_their_entry_asks_for()
     let servers = json!({"plain": everything(), "asking": asking});
     let launch = Launch {
         env: vec![(PRIVATE_VAR.into(), "private-value".into())],
+        ..Launch::default()
     };
     let binary = Binary::launch(&config(servers, json!({})), launch);
     let mut client = Client::connect(binary.addr).await;
