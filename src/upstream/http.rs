@@ -5,7 +5,9 @@
 //! yields raw SSE events. Bodies are read in chunks and bounded by
 //! `maxUpstreamMessageBytes`; a JSON body or one event larger than that is an error.
 //!
-//! Error texts never show an endpoint's secrets: reqwest's own texts are taken without
+//! Redirects are not followed: a 3xx is an error naming its status, so that the
+//! configured headers never reach another address. Error texts never show an endpoint's
+//! secrets: reqwest's own texts are taken without
 //! their URL, and a quoted error body has the endpoint's URL credentials and header
 //! values masked ([`crate::redact`]), since servers echo requests in error pages.
 
@@ -78,6 +80,9 @@ impl HttpClient {
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
             .connect_timeout(header_timeout)
+            // A redirect would carry the configured headers (an API key, say) to wherever
+            // the Location points; a 3xx is an error instead (`error_status`).
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| UpstreamError::Connect(e.to_string()))?;
         Ok(Self {
@@ -326,6 +331,14 @@ pub(super) async fn error_status(
     let status = response.status();
     if status == StatusCode::NOT_FOUND && had_session {
         return UpstreamError::SessionGone;
+    }
+    if status.is_redirection() {
+        // Neither the Location nor a body that repeats it: it may carry the query.
+        let body = "redirects are not followed; set the server's url to where it redirects";
+        return UpstreamError::Status {
+            status: status.as_u16(),
+            body: body.into(),
+        };
     }
     // Read past the quote by the longest secret, so that none is cut where the reading
     // stops and shown in part.

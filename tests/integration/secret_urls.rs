@@ -1,9 +1,12 @@
 //! A remote server's URL credentials (userinfo, query) and header values are never
 //! shown: not in any frame, not in any log line (at trace level), not by `check-config`,
-//! whichever way the server fails.
+//! whichever way the server fails. Nor are they sent elsewhere: redirects are not
+//! followed.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -15,7 +18,7 @@ use axum::routing::post;
 use serde_json::{Value, json};
 
 use crate::binary::{Binary, Launch, kill};
-use crate::harness::{Client, config};
+use crate::harness::{Client, TestGateway, config};
 
 const USER: &str = "usersecret-a1";
 const PASSWORD: &str = "pwsecret-77c2";
@@ -217,4 +220,64 @@ fn check_config_shows_no_url_secret_or_header_value() {
         assert!(!ok && text.contains("mcpServers.s.url"), "{text}");
         assert_no_secret("check-config's error", &text);
     }
+}
+
+/// A server that counts the requests it gets.
+async fn counting_server() -> (SocketAddr, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            StatusCode::OK
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, hits)
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed_and_name_their_status() {
+    let (elsewhere, hits) = counting_server().await;
+    let location = format!("http://{elsewhere}/collect?key={QUERY_SECRET}");
+    // Every request, POST or GET, is sent elsewhere.
+    let redirect = move || {
+        let location = location.clone();
+        async move {
+            (
+                StatusCode::TEMPORARY_REDIRECT,
+                [(header::LOCATION, location)],
+            )
+        }
+    };
+    let app = Router::new().fallback(redirect);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let server =
+        json!({"url": format!("http://{addr}/mcp"), "headers": {"X-Api-Key": HEADER_SECRET}});
+    let gateway = TestGateway::start(&config(json!({"moved": server}), json!({}))).await;
+    let mut client = Client::connect(gateway.addr).await;
+    let params = json!({
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}
+    });
+    let reply = client.call("moved", json!(1), "initialize", params).await;
+    let error = &reply["message"]["error"];
+    assert_eq!(error["data"]["gateway"], "upstream_error", "{reply}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("HTTP 307") && message.contains("redirects are not followed"),
+        "{reply}"
+    );
+    assert!(!message.contains(&elsewhere.to_string()), "{reply}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "a redirect was followed");
+    gateway.shutdown().await;
 }
