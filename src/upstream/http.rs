@@ -26,6 +26,15 @@ use crate::redact::Scrubber;
 
 /// The most of an error body that is quoted back to the client.
 const ERROR_BODY_QUOTE: usize = 512;
+/// TCP keepalive on every upstream connection: the first probe after this much silence.
+/// Long-lived streams (the standalone GET, legacy SSE) may be silent for long; keepalive
+/// notices a peer that vanished without closing (a NAT or load balancer that dropped the
+/// flow), and keeps such middleboxes from dropping it.
+pub const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Between unanswered keepalive probes.
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes after which the connection is dead: about a minute of silence in all.
+pub const TCP_KEEPALIVE_PROBES: u32 = 3;
 
 /// Per-request headers beyond the endpoint's own.
 #[derive(Debug, Default, Clone, Copy)]
@@ -79,6 +88,9 @@ impl HttpClient {
             .pool_max_idle_per_host(256)
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
+            .tcp_keepalive(TCP_KEEPALIVE_IDLE)
+            .tcp_keepalive_interval(TCP_KEEPALIVE_INTERVAL)
+            .tcp_keepalive_retries(TCP_KEEPALIVE_PROBES)
             .connect_timeout(header_timeout)
             // A redirect would carry the configured headers (an API key, say) to wherever
             // the Location points; a 3xx is an error instead (`error_status`).

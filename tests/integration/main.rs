@@ -16,3 +16,4 @@ mod resume;
 mod secret_urls;
 mod secrets;
 mod upstream_faults;
+mod upstream_sockets;
