@@ -5,6 +5,8 @@
 //!
 //! - leads its own process group (pgid == pid), so the child and everything it starts
 //!   (mcp-proxy, the MCP server under it, ...) is signalled at once with `kill(-pgid, sig)`;
+//! - gets the open-file limit mcpmux was started with, not the one it raised for itself
+//!   ([`crate::open_files`]);
 //! - has `PR_SET_PDEATHSIG = SIGTERM`, so when mcpmux dies, even by SIGKILL, the child is told to
 //!   terminate; a child whose parent already died between `fork` and `prctl` exits at once;
 //! - is forked on one dedicated spawner thread that never exits. The parent-death signal fires
@@ -149,10 +151,17 @@ fn spawn_here(spec: ChildSpec) -> Result<GroupChild, ProcessError> {
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
+    let open_files = crate::open_files::limit_for_children();
     // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
-    // functions (prctl, getppid, _exit); it does not allocate or take locks.
+    // functions (prctl, getppid, _exit, setrlimit); it does not allocate or take locks.
     unsafe {
-        cmd.pre_exec(move || die_with_parent(parent));
+        cmd.pre_exec(move || {
+            die_with_parent(parent)?;
+            match open_files {
+                Some(limit) => restore_open_file_limit(limit),
+                None => Ok(()),
+            }
+        });
     }
     let spawn_error = |source| ProcessError::Spawn {
         program: spec.program.clone(),
@@ -194,6 +203,16 @@ fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
         if libc::getppid() != parent {
             libc::_exit(1);
         }
+    }
+    Ok(())
+}
+
+/// Runs in the child between fork and exec: gives it back mcpmux's original open-file limit.
+#[allow(unsafe_code)]
+fn restore_open_file_limit(limit: libc::rlimit) -> io::Result<()> {
+    // SAFETY: setrlimit reads the valid `limit` and is async-signal-safe.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

@@ -39,6 +39,8 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     /// `MCPMUX_LOG`; its standard error is then kept for [`Binary::log`].
     pub log_filter: Option<String>,
+    /// A soft open-file limit to start it with (through the shell's `ulimit -Sn`).
+    pub soft_open_files: Option<u64>,
 }
 
 struct TempFile(std::path::PathBuf);
@@ -67,7 +69,16 @@ impl Binary {
             "--listen",
             "127.0.0.1:0",
         ];
-        let mut command = Command::new(binary);
+        let mut command = match launch.soft_open_files {
+            None => Command::new(binary),
+            Some(limit) => {
+                // The shell execs mcpmux, which keeps its pid.
+                let mut shell = Command::new("sh");
+                let script = format!("ulimit -Sn {limit} && exec \"$0\" \"$@\"");
+                shell.args(["-c", &script, binary]);
+                shell
+            }
+        };
         command.args(args).env("MCPMUX_TEST_MARK", &marker);
         command.envs(launch.env.iter().map(|(k, v)| (k, v)));
         let log = launch.log_filter.map(|filter| {

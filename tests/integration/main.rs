@@ -11,6 +11,7 @@ mod faults;
 mod frames;
 mod legacy_sse;
 mod lifecycle;
+mod limits;
 mod protocol_doc;
 mod resume;
 mod secret_urls;

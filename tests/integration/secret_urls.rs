@@ -112,6 +112,7 @@ async fn failing_remote_servers_show_no_url_secret_or_header_value() {
     let launch = Launch {
         env: vec![(HEADER_VAR.into(), HEADER_SECRET.into())],
         log_filter: Some("trace".into()),
+        ..Launch::default()
     };
     let mut binary = Binary::launch(
         &config(
