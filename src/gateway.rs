@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use reqwest::header::{HeaderName, HeaderValue};
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -68,6 +68,18 @@ pub struct Shared {
     pub background: TaskTracker,
     /// Every client session, attached or held for resume.
     pub sessions: Sessions,
+    /// `maxSessions` places, one taken by each socket from its upgrade ([`Admission`]).
+    pub admissions: Arc<Semaphore>,
+}
+
+/// A socket's place among `maxSessions`, taken when its upgrade is accepted: the socket
+/// holds it until its `hello` is handled, then the session it opened (or resumed into)
+/// holds one until it ends. So concurrent upgrades cannot overshoot the limit, and a
+/// socket that never says hello counts until it is closed.
+#[derive(Debug)]
+pub struct Admission {
+    /// Held, never read: dropping it frees the place.
+    _permit: OwnedSemaphorePermit,
 }
 
 /// How the gateway runs, beyond its configuration.
@@ -142,6 +154,8 @@ impl Gateway {
             servers.insert(name, server);
         }
         supervisors.close();
+        let places = gateway.max_sessions.min(Semaphore::MAX_PERMITS);
+        let admissions = Arc::new(Semaphore::new(places));
         let shared = Arc::new(Shared {
             config: gateway,
             servers,
@@ -151,6 +165,7 @@ impl Gateway {
             connections: TaskTracker::new(),
             background: TaskTracker::new(),
             sessions: Sessions::default(),
+            admissions,
         });
         let app = Router::new()
             .route("/ws", get(upgrade))
@@ -294,11 +309,13 @@ async fn upgrade(
     if shared.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "mcpmux is shutting down").into_response();
     }
-    if shared.sessions.len() >= shared.config.max_sessions {
+    // Taken before the upgrade, atomically: concurrent upgrades cannot overshoot.
+    let Ok(permit) = shared.admissions.clone().try_acquire_owned() else {
         let message =
             "mcpmux holds as many client sessions as it may (maxSessions); try again later";
         return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
-    }
+    };
+    let admission = Admission { _permit: permit };
     let config = &shared.config;
     let tracker = shared.connections.clone();
     ws.protocols([protocol::SUBPROTOCOL])
@@ -306,7 +323,9 @@ async fn upgrade(
         .max_frame_size(config.max_frame_bytes)
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| tracker.track_future(connection::serve(socket, shared)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(connection::serve(socket, shared, admission))
+        })
 }
 
 /// `GET /status`: every server's state, for operators and probes.
