@@ -17,7 +17,7 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::oneshot;
 
-use crate::gateway::Shared;
+use crate::gateway::{Admission, Shared};
 use crate::outbox::Outbox;
 use crate::protocol::{ClientFrame, ClientInfo, Resume, close_code, decode_client_frame};
 use crate::resume::{Claim, Handover, hand_over};
@@ -45,8 +45,9 @@ enum Ending {
     Dropped,
 }
 
-/// Serves one upgraded WebSocket until it closes.
-pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
+/// Serves one upgraded WebSocket until it closes. `admission` is its place among
+/// `maxSessions`; it passes to the session the hello opens.
+pub async fn serve(socket: WebSocket, shared: Arc<Shared>, admission: Admission) {
     let (mut sink, mut stream) = socket.split();
     let hello = tokio::select! {
         _ = shared.shutdown.cancelled() => Err((close_code::GOING_AWAY, "mcpmux is shutting down".to_owned())),
@@ -60,20 +61,23 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
     };
     let (client, resume) = match hello {
         Ok(Some(hello)) => hello,
-        Ok(None) => return,
+        // The place is free before the socket closes.
+        Ok(None) => return drop(admission),
         Err(reason) => {
+            drop(admission);
             send_close(&mut sink, reason).await;
             return;
         }
     };
     let (mut session, resumed) = match resume {
-        None => (ClientSession::new(shared.clone()), false),
+        None => (ClientSession::new(shared.clone(), admission), false),
         Some(Resume { session, last_seq }) => {
             match shared.sessions.take(&session, last_seq).await {
+                // The resumed session holds its own place.
                 Ok(session) => (session, true),
                 Err(refusal) => {
                     tracing::debug!(%refusal, "resume refused; starting a fresh session");
-                    (ClientSession::new(shared.clone()), false)
+                    (ClientSession::new(shared.clone(), admission), false)
                 }
             }
         }

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use reqwest::header::{HeaderName, HeaderValue};
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -68,6 +68,18 @@ pub struct Shared {
     pub background: TaskTracker,
     /// Every client session, attached or held for resume.
     pub sessions: Sessions,
+    /// `maxSessions` places, one taken by each socket from its upgrade ([`Admission`]).
+    pub admissions: Arc<Semaphore>,
+}
+
+/// A socket's place among `maxSessions`, taken when its upgrade is accepted: the socket
+/// holds it until its `hello` is handled, then the session it opened (or resumed into)
+/// holds one until it ends. So concurrent upgrades cannot overshoot the limit, and a
+/// socket that never says hello counts until it is closed.
+#[derive(Debug)]
+pub struct Admission {
+    /// Held, never read: dropping it frees the place.
+    _permit: OwnedSemaphorePermit,
 }
 
 /// How the gateway runs, beyond its configuration.
@@ -125,7 +137,7 @@ impl Gateway {
             let initial = match &server_config {
                 ServerConfig::Stdio(_) => status(ServerState::Starting, None),
                 ServerConfig::Remote(remote) => {
-                    let endpoint = remote_endpoint(&name, remote)?;
+                    let endpoint = remote_endpoint(&name, remote, http.raw())?;
                     status(ServerState::Ready, Some(Arc::new(endpoint)))
                 }
             };
@@ -142,6 +154,8 @@ impl Gateway {
             servers.insert(name, server);
         }
         supervisors.close();
+        let places = gateway.max_sessions.min(Semaphore::MAX_PERMITS);
+        let admissions = Arc::new(Semaphore::new(places));
         let shared = Arc::new(Shared {
             config: gateway,
             servers,
@@ -151,6 +165,7 @@ impl Gateway {
             connections: TaskTracker::new(),
             background: TaskTracker::new(),
             sessions: Sessions::default(),
+            admissions,
         });
         let app = Router::new()
             .route("/ws", get(upgrade))
@@ -224,13 +239,32 @@ fn status(state: ServerState, endpoint: Option<Arc<Endpoint>>) -> ServerStatus {
     }
 }
 
-fn remote_endpoint(name: &str, remote: &RemoteServer) -> Result<Endpoint, GatewayError> {
+/// A remote server's endpoint. Credentials in its URL (`user:pass@`) become a
+/// `Basic` `Authorization` header here, as reqwest would make one for every request,
+/// unless the entry sets that header itself: so the URL carries none, and the header is
+/// marked sensitive and masked in error texts like every configured one.
+fn remote_endpoint(
+    name: &str,
+    remote: &RemoteServer,
+    http: &reqwest::Client,
+) -> Result<Endpoint, GatewayError> {
     let invalid = |message: String| GatewayError::Server {
         server: name.to_owned(),
         message,
     };
     let url = reqwest::Url::parse(&remote.url).map_err(|e| invalid(format!("bad url: {e}")))?;
+    // reqwest moves userinfo into the header when a request is built.
+    let probe = http
+        .get(url)
+        .build()
+        .map_err(|e| invalid(format!("bad url: {}", e.without_url())))?;
+    let url = probe.url().clone();
     let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(basic) = probe.headers().get(reqwest::header::AUTHORIZATION) {
+        let mut basic = basic.clone();
+        basic.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, basic);
+    }
     for (key, value) in &remote.headers {
         let key = HeaderName::from_bytes(key.as_bytes())
             .map_err(|e| invalid(format!("header {key:?}: {e}")))?;
@@ -275,11 +309,13 @@ async fn upgrade(
     if shared.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "mcpmux is shutting down").into_response();
     }
-    if shared.sessions.len() >= shared.config.max_sessions {
+    // Taken before the upgrade, atomically: concurrent upgrades cannot overshoot.
+    let Ok(permit) = shared.admissions.clone().try_acquire_owned() else {
         let message =
             "mcpmux holds as many client sessions as it may (maxSessions); try again later";
         return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
-    }
+    };
+    let admission = Admission { _permit: permit };
     let config = &shared.config;
     let tracker = shared.connections.clone();
     ws.protocols([protocol::SUBPROTOCOL])
@@ -287,7 +323,9 @@ async fn upgrade(
         .max_frame_size(config.max_frame_bytes)
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| tracker.track_future(connection::serve(socket, shared)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(connection::serve(socket, shared, admission))
+        })
 }
 
 /// `GET /status`: every server's state, for operators and probes.
@@ -307,4 +345,41 @@ async fn status_page(State(shared): State<Arc<Shared>>) -> Response {
         })
         .collect();
     axum::Json(serde_json::json!({ "servers": servers })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn remote(url: &str, headers: &[(&str, &str)]) -> RemoteServer {
+        RemoteServer {
+            url: url.into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), Secret::new(*v)))
+                .collect(),
+            transport: RemoteTransport::StreamableHttp,
+        }
+    }
+
+    #[test]
+    fn url_credentials_become_a_sensitive_header() {
+        let http = reqwest::Client::new();
+        let server = remote("http://alice:pw%21@h:1/mcp?k=v", &[]);
+        let endpoint = remote_endpoint("s", &server, &http).unwrap();
+        assert_eq!(endpoint.url.as_str(), "http://h:1/mcp?k=v");
+        let basic = &endpoint.headers[reqwest::header::AUTHORIZATION];
+        assert_eq!(basic, "Basic YWxpY2U6cHch"); // alice:pw!
+        assert!(basic.is_sensitive());
+
+        let server = remote("http://alice:pw@h/", &[("Authorization", "Bearer t0k")]);
+        let endpoint = remote_endpoint("s", &server, &http).unwrap();
+        assert_eq!(endpoint.url.as_str(), "http://h/");
+        assert_eq!(
+            endpoint.headers[reqwest::header::AUTHORIZATION],
+            "Bearer t0k"
+        );
+        assert!(endpoint.headers.values().all(HeaderValue::is_sensitive));
+    }
 }

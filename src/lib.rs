@@ -14,6 +14,8 @@
 //! - [`protocol`]: the `mcpmux.v1` frames, decoded and encoded.
 //! - [`outbox`]: a client session's sequenced, bounded outbound frames, kept for replay.
 //! - [`jsonrpc`]: the small look into JSON-RPC messages the gateway needs.
+//! - [`open_files`]: the open-file limit, raised at start, and the clients it holds.
+//! - [`redact`]: what may be shown of URLs and texts that carry secrets.
 //! - [`registry`]: each server's lifecycle state and current endpoint.
 //! - [`supervisor`]: mcp-proxy children for stdio servers, restarts, no orphans.
 //! - [`upstream`]: Streamable HTTP exchanges, the SSE parser, upstream sessions.
@@ -23,8 +25,10 @@ pub mod config;
 pub mod connection;
 pub mod gateway;
 pub mod jsonrpc;
+pub mod open_files;
 pub mod outbox;
 pub mod protocol;
+pub mod redact;
 pub mod registry;
 pub mod resume;
 pub mod session;

@@ -68,12 +68,52 @@ fn main() -> ExitCode {
 }
 
 fn init_logging() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("MCPMUX_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a terminal, not for files and log collectors.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+/// Raises the open-file limit as far as allowed and logs how many clients it holds:
+/// every client socket and upstream connection is a descriptor, and the usual soft
+/// limit (1024) would cap the gateway far below `maxSessions`.
+fn raise_open_file_limit(config: &Config) {
+    use mcpmux::open_files::{client_capacity, raise_to_hard_limit};
+    let limit = match raise_to_hard_limit() {
+        Ok(limit) => limit,
+        Err(err) => {
+            tracing::warn!(%err, "cannot read or raise the open-file limit");
+            return;
+        }
+    };
+    let servers = config.servers.len();
+    let stdio = config
+        .servers
+        .values()
+        .filter(|s| matches!(s, mcpmux::config::ServerConfig::Stdio(_)))
+        .count();
+    let capacity = client_capacity(limit.soft, servers, stdio);
+    let max_sessions = config.gateway.max_sessions;
+    let (before, soft, hard) = (limit.before, limit.soft, limit.hard);
+    if soft > before {
+        tracing::info!(
+            "open-file limit raised from {before} to {soft}: room for about {capacity} clients"
+        );
+    } else {
+        tracing::info!("open-file limit {soft} (hard {hard}): room for about {capacity} clients");
+    }
+    if u64::try_from(max_sessions).is_ok_and(|max| capacity < max) {
+        tracing::warn!(
+            "the open-file limit holds fewer clients than maxSessions ({max_sessions}); raise \
+             the hard limit (ulimit -Hn, or LimitNOFILE= for a systemd service) or lower \
+             maxSessions"
+        );
+    }
 }
 
 fn check_config(file: &Path) -> anyhow::Result<()> {
@@ -90,9 +130,17 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
                 );
             }
             mcpmux::config::ServerConfig::Remote(remote) => {
+                // Credentials in the URL and header values are never printed.
+                let headers: Vec<&str> = remote.headers.keys().map(String::as_str).collect();
                 println!(
-                    "server {name}: remote {} ({:?})",
-                    remote.url, remote.transport
+                    "server {name}: remote {} ({:?}){}",
+                    mcpmux::redact::url(&remote.url),
+                    remote.transport,
+                    if headers.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", headers: {}", headers.join(", "))
+                    }
                 );
             }
         }
@@ -119,6 +167,7 @@ fn run(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()
     if let Some(listen) = listen {
         config.gateway.listen = listen;
     }
+    raise_open_file_limit(&config);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let addr = config.gateway.listen;

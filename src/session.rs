@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, broadcast};
 use tokio_util::task::TaskTracker;
 
-use crate::gateway::Shared;
+use crate::gateway::{Admission, Shared};
 use crate::jsonrpc::{Head, Kind};
 use crate::outbox::{Limits, Outbox};
 use crate::protocol::{
@@ -43,11 +43,13 @@ pub struct ClientSession {
     /// Status changes of every server; kept with the session so none is missed while
     /// it moves between tasks.
     pub changes: broadcast::Receiver<StatusChange>,
+    /// This session's place among `maxSessions`, given back when it ends (is dropped).
+    _admission: Admission,
 }
 
 impl ClientSession {
-    /// A new session with a fresh id.
-    pub fn new(shared: Arc<Shared>) -> Self {
+    /// A new session with a fresh id, in the place its socket was admitted to.
+    pub fn new(shared: Arc<Shared>, admission: Admission) -> Self {
         let config = &shared.config;
         let limits = Limits {
             queue_bytes: config.outbound_queue_bytes,
@@ -72,6 +74,7 @@ impl ClientSession {
             shared,
             link,
             upstreams: HashMap::new(),
+            _admission: admission,
         }
     }
 

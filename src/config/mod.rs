@@ -29,6 +29,11 @@ use std::time::Duration;
 pub const MCP_PROXY_VERSION: &str = "6.7.19";
 /// The pinned `@modelcontextprotocol/server-everything` npm version used by [`Config::demo`].
 pub const SERVER_EVERYTHING_VERSION: &str = "2026.8.31";
+/// The variables of mcpmux's environment every stdio server gets, as the official MCP SDKs
+/// do on POSIX systems; anything else only when its entry names it in `inheritEnv`.
+pub const DEFAULT_INHERITED_ENV: [&str; 6] = ["HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER"];
+/// The variable mcp-proxy reads its API key from; mcpmux sets it, so entries may not.
+pub const MCP_PROXY_KEY_VAR: &str = "MCP_PROXY_API_KEY";
 
 /// A parsed and validated mcpmux configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,15 +53,22 @@ pub enum ServerConfig {
     Remote(RemoteServer),
 }
 
-/// A stdio server entry (`command`, `args`, `env`, `cwd`); env values are already expanded.
+/// A stdio server entry (`command`, `args`, `env`, `inheritEnv`, `cwd`); env values are
+/// already expanded.
+///
+/// The server (and the mcp-proxy in front of it) starts with a minimal environment: the
+/// variables of [`DEFAULT_INHERITED_ENV`] and of `inherit_env` that mcpmux has, then `env`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StdioServer {
     /// The program to run (non-empty; looked up on PATH by whoever spawns it).
     pub command: String,
     /// Its arguments, as written.
     pub args: Vec<String>,
-    /// Extra environment variables for the server, `${NAME}` already expanded.
+    /// Environment variables set for the server, `${NAME}` already expanded.
     pub env: BTreeMap<String, String>,
+    /// Names of mcpmux's environment variables passed on to the server, beyond
+    /// [`DEFAULT_INHERITED_ENV`] (`inheritEnv`; valid names, no repeats).
+    pub inherit_env: Vec<String>,
     /// Its working directory, if configured (non-empty; existence is not checked).
     pub cwd: Option<PathBuf>,
 }
@@ -272,6 +284,7 @@ impl Config {
             command: command.to_string(),
             args,
             env: BTreeMap::new(),
+            inherit_env: Vec::new(),
             cwd: None,
         };
         Config {

@@ -43,6 +43,8 @@ pub(super) struct RawServer {
     pub command: Option<String>,
     pub args: Option<Vec<String>>,
     pub env: Option<BTreeMap<String, String>>,
+    #[serde(rename = "inheritEnv")]
+    pub inherit_env: Option<Vec<String>>,
     pub cwd: Option<String>,
     #[serde(rename = "type")]
     pub kind: Option<String>,
@@ -56,6 +58,7 @@ impl Raw for RawServer {
         "command",
         "args",
         "env",
+        "inheritEnv",
         "cwd",
         "type",
         "url",

@@ -127,7 +127,8 @@ fn full_example_parses() {
         r#"{
           "mcpServers": {
             "everything": { "command": "npx", "args": ["-y", "@modelcontextprotocol/server-everything"],
-                            "env": {"KEY": "${TOKEN}"}, "cwd": "/tmp", "type": "stdio" },
+                            "env": {"KEY": "${TOKEN}"}, "inheritEnv": ["LANG", "HTTPS_PROXY"],
+                            "cwd": "/tmp", "type": "stdio" },
             "remote": { "url": "https://${HOST}/mcp", "headers": {"Authorization": "Bearer ${TOKEN}"} }
           },
           "gateway": { "listen": "0.0.0.0:8080", "mcpProxy": ["node", "path/to/mcp-proxy.mjs"],
@@ -143,6 +144,7 @@ fn full_example_parses() {
     assert_eq!(s.command, "npx");
     assert_eq!(s.args, ["-y", "@modelcontextprotocol/server-everything"]);
     assert_eq!(s.env.get("KEY").map(String::as_str), Some("s3cret"));
+    assert_eq!(s.inherit_env, ["LANG", "HTTPS_PROXY"]);
     assert_eq!(s.cwd, Some(PathBuf::from("/tmp")));
     let r = remote(&c, "remote");
     assert_eq!(r.url, "https://example.org/mcp");
@@ -230,6 +232,7 @@ fn defaults() {
             command: "x".into(),
             args: vec![],
             env: BTreeMap::new(),
+            inherit_env: vec![],
             cwd: None,
         })
     );
@@ -354,6 +357,11 @@ fn keys_of_the_other_kind() {
             "args",
             "remove it",
         ),
+        (
+            r#"{"url": "https://x.org", "inheritEnv": ["HOME"]}"#,
+            "inheritEnv",
+            "applies only to command (stdio) servers",
+        ),
     ]);
 }
 
@@ -458,6 +466,16 @@ fn wrong_types_name_the_key() {
             "invalid type: boolean",
         ),
         (
+            r#"{"command": "x", "inheritEnv": "HOME"}"#,
+            "inheritEnv",
+            "expected a sequence",
+        ),
+        (
+            r#"{"command": "x", "inheritEnv": [1]}"#,
+            "inheritEnv",
+            "invalid type: integer",
+        ),
+        (
             r#"{"url": "https://x.org", "headers": ["a"]}"#,
             "headers",
             "invalid type",
@@ -508,6 +526,31 @@ fn stdio_checks() {
             "not a valid environment",
         ),
         (r#"{"command": "x", "cwd": ""}"#, "cwd", "write a directory"),
+        (
+            r#"{"command": "x", "inheritEnv": ["HOME", "A=B"]}"#,
+            "inheritEnv[1]",
+            "not a valid environment",
+        ),
+        (
+            r#"{"command": "x", "inheritEnv": [""]}"#,
+            "inheritEnv[0]",
+            "not a valid environment",
+        ),
+        (
+            r#"{"command": "x", "inheritEnv": ["LANG", "TZ", "LANG"]}"#,
+            "inheritEnv[2]",
+            "repeats \"LANG\"; keep one",
+        ),
+        (
+            r#"{"command": "x", "inheritEnv": ["MCP_PROXY_API_KEY"]}"#,
+            "inheritEnv[0]",
+            "set by mcpmux",
+        ),
+        (
+            r#"{"command": "x", "env": {"MCP_PROXY_API_KEY": "k"}}"#,
+            "env.MCP_PROXY_API_KEY",
+            "set by mcpmux",
+        ),
     ]);
     // A NUL in an argument is passed through (spawning reports it), not a parse error.
     let s = stdio(
@@ -598,6 +641,17 @@ fn url_validation() {
         "mcpServers.s.url",
         "has no host",
     );
+    // The URL may hold credentials: no message repeats it.
+    for bad in [
+        "ftp://u:${TOKEN}@h/?k=${TOKEN}",
+        "https://u:${TOKEN}@/?k=${TOKEN}",
+        "https://u:${TOKEN}@h:x/?k=${TOKEN}",
+        "https://h/?k=${TOKEN} x",
+    ] {
+        let msg = err(&server(&format!(r#"{{"url": "{bad}"}}"#)));
+        assert!(msg.starts_with("mcpmux.json: mcpServers.s.url: "), "{msg}");
+        assert!(!msg.contains("s3cret"), "{msg}");
+    }
 }
 
 #[test]

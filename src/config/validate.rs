@@ -11,8 +11,8 @@ use serde_json::Value;
 use super::expand::expand_env;
 use super::raw::{Fault, Raw, RawConfig, RawGateway, RawServer, decode, join, read_tree};
 use super::{
-    Config, ConfigError, GatewayConfig, RemoteServer, RemoteTransport, Secret, ServerConfig,
-    StdioServer,
+    Config, ConfigError, GatewayConfig, MCP_PROXY_KEY_VAR, RemoteServer, RemoteTransport, Secret,
+    ServerConfig, StdioServer,
 };
 
 /// Largest number accepted for any `gateway` timeout or limit (about 49 days in ms, 4 GiB).
@@ -88,6 +88,7 @@ impl Parser<'_> {
         let stdio_keys = [
             ("args", raw.args.is_some()),
             ("env", raw.env.is_some()),
+            ("inheritEnv", raw.inherit_env.is_some()),
             ("cwd", raw.cwd.is_some()),
         ];
         let remote_keys = [
@@ -132,11 +133,17 @@ impl Parser<'_> {
         let mut env = BTreeMap::new();
         for (key, value) in raw.env.unwrap_or_default() {
             let key_path = format!("{path}.env.{key}");
-            if key.is_empty() || key.contains(['=', '\0']) {
-                return self.fail(&key_path, "is not a valid environment variable name");
-            }
+            self.env_name(&key, &key_path)?;
             let value = self.expand(&value, &key_path)?;
             env.insert(key, value);
+        }
+        let inherit_env = raw.inherit_env.unwrap_or_default();
+        for (i, name) in inherit_env.iter().enumerate() {
+            let name_path = format!("{path}.inheritEnv[{i}]");
+            self.env_name(name, &name_path)?;
+            if inherit_env[..i].contains(name) {
+                return self.fail(&name_path, format!("repeats {name:?}; keep one"));
+            }
         }
         if raw.cwd.as_ref().is_some_and(String::is_empty) {
             return self.fail(
@@ -149,8 +156,23 @@ impl Parser<'_> {
             command,
             args,
             env,
+            inherit_env,
             cwd,
         }))
+    }
+
+    /// Fails at `path` unless `name` can name an environment variable a server may get.
+    fn env_name(&self, name: &str, path: &str) -> Res<()> {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            return self.fail(path, "is not a valid environment variable name");
+        }
+        if name == MCP_PROXY_KEY_VAR {
+            let msg = format!(
+                "{MCP_PROXY_KEY_VAR} is set by mcpmux (the key of the server's mcp-proxy); remove it"
+            );
+            return self.fail(path, msg);
+        }
+        Ok(())
     }
 
     fn remote(&self, raw: RawServer, path: &str) -> Res<ServerConfig> {
@@ -305,6 +327,7 @@ fn is_token_byte(b: u8) -> bool {
 }
 
 /// Light URL check: `http://` or `https://`, a non-empty host, an optional numeric port.
+/// The messages never quote the URL: it may hold credentials, from `${NAME}` or not.
 pub(super) fn check_url(url: &str) -> Result<(), String> {
     const HINT: &str = "write an http:// or https:// URL such as \"https://example.org/mcp\"";
     let scheme_len = ["http://", "https://"]
@@ -315,7 +338,7 @@ pub(super) fn check_url(url: &str) -> Result<(), String> {
         })
         .map(|p| p.len());
     let Some(rest) = scheme_len.and_then(|n| url.get(n..)) else {
-        return Err(format!("\"{url}\" is not an http(s) URL; {HINT}"));
+        return Err(format!("is not an http(s) URL; {HINT}"));
     };
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!(
@@ -335,10 +358,10 @@ pub(super) fn check_url(url: &str) -> Result<(), String> {
         },
     };
     if host.is_empty() {
-        return Err(format!("\"{url}\" has no host; {HINT}"));
+        return Err(format!("has no host; {HINT}"));
     }
     if port.is_some_and(|p| !p.is_empty() && p.parse::<u16>().is_err()) {
-        return Err(format!("\"{url}\" has an invalid port; {HINT}"));
+        return Err(format!("has an invalid port; {HINT}"));
     }
     Ok(())
 }

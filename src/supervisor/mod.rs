@@ -1,6 +1,11 @@
 //! Supervision of stdio servers: one mcp-proxy child per server, bound to 127.0.0.1 on a
 //! free port with its own random API key, in its own process group.
 //!
+//! The key reaches mcp-proxy through its environment (`MCP_PROXY_API_KEY`, which it reads
+//! like every `MCP_PROXY_*` variable), never its arguments: a command line is readable by
+//! every local user, an environment only by the same user. That environment is otherwise
+//! minimal ([`environment`]).
+//!
 //! The loop: start, poll `/ping` until ready (never a fixed sleep), publish `ready` with a
 //! new endpoint generation, then watch for the end: mcp-proxy exiting, or its stdio
 //! server dying (mcp-proxy then stays up and answers every call with "Not connected", so
@@ -8,6 +13,7 @@
 //! says so). On any end: stop the group, back off (jittered, exponential, capped) and
 //! start again. Shutdown stops the group: SIGTERM, then SIGKILL after the grace period.
 
+pub mod environment;
 pub mod guard;
 pub mod process;
 
@@ -155,8 +161,6 @@ async fn run_instance(
         "127.0.0.1".into(),
         "--port".into(),
         port.to_string(),
-        "--apiKey".into(),
-        api_key.clone(),
         "--server".into(),
         "stream".into(),
         "--".into(),
@@ -166,11 +170,7 @@ async fn run_instance(
     let child_spec = ChildSpec {
         program,
         args,
-        env: spec
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        env: environment::for_server(spec, &api_key, |name| std::env::var_os(name)),
         cwd: spec.cwd.clone(),
     };
     let mut child = match GroupChild::spawn(child_spec).await {
@@ -266,7 +266,8 @@ async fn wait_ready(http: &reqwest::Client, base: &str, timeout: Duration) -> Re
 fn endpoint(base: &str, api_key: &str, generation: u64) -> Result<Endpoint, String> {
     let url = reqwest::Url::parse(&format!("{base}/mcp")).map_err(|e| e.to_string())?;
     let mut headers = HeaderMap::new();
-    let key = HeaderValue::from_str(api_key).map_err(|e| e.to_string())?;
+    let mut key = HeaderValue::from_str(api_key).map_err(|e| e.to_string())?;
+    key.set_sensitive(true);
     headers.insert("x-api-key", key);
     Ok(Endpoint {
         url,

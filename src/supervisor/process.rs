@@ -5,6 +5,8 @@
 //!
 //! - leads its own process group (pgid == pid), so the child and everything it starts
 //!   (mcp-proxy, the MCP server under it, ...) is signalled at once with `kill(-pgid, sig)`;
+//! - gets the open-file limit mcpmux was started with, not the one it raised for itself
+//!   ([`crate::open_files`]);
 //! - has `PR_SET_PDEATHSIG = SIGTERM`, so when mcpmux dies, even by SIGKILL, the child is told to
 //!   terminate; a child whose parent already died between `fork` and `prctl` exits at once;
 //! - is forked on one dedicated spawner thread that never exits. The parent-death signal fires
@@ -15,6 +17,7 @@
 //! [`GroupChild::stop`] ends the whole group (SIGTERM, grace period, SIGKILL) and reaps the
 //! leader; dropping a [`GroupChild`] that was not stopped SIGKILLs its group without waiting.
 
+use std::ffi::OsString;
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -59,8 +62,8 @@ pub struct ChildSpec {
     pub program: String,
     /// Arguments, not including the program itself.
     pub args: Vec<String>,
-    /// Variables added to (or overriding) the inherited environment.
-    pub env: Vec<(String, String)>,
+    /// The child's whole environment: nothing of mcpmux's environment is inherited.
+    pub env: Vec<(OsString, OsString)>,
     /// Working directory; `None` inherits mcpmux's.
     pub cwd: Option<PathBuf>,
 }
@@ -138,6 +141,7 @@ fn spawn_here(spec: ChildSpec) -> Result<GroupChild, ProcessError> {
     let parent = std::process::id() as libc::pid_t; // captured before the fork
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
+        .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -147,10 +151,17 @@ fn spawn_here(spec: ChildSpec) -> Result<GroupChild, ProcessError> {
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
+    let open_files = crate::open_files::limit_for_children();
     // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
-    // functions (prctl, getppid, _exit); it does not allocate or take locks.
+    // functions (prctl, getppid, _exit, setrlimit); it does not allocate or take locks.
     unsafe {
-        cmd.pre_exec(move || die_with_parent(parent));
+        cmd.pre_exec(move || {
+            die_with_parent(parent)?;
+            match open_files {
+                Some(limit) => restore_open_file_limit(limit),
+                None => Ok(()),
+            }
+        });
     }
     let spawn_error = |source| ProcessError::Spawn {
         program: spec.program.clone(),
@@ -192,6 +203,16 @@ fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
         if libc::getppid() != parent {
             libc::_exit(1);
         }
+    }
+    Ok(())
+}
+
+/// Runs in the child between fork and exec: gives it back mcpmux's original open-file limit.
+#[allow(unsafe_code)]
+fn restore_open_file_limit(limit: libc::rlimit) -> io::Result<()> {
+    // SAFETY: setrlimit reads the valid `limit` and is async-signal-safe.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
@@ -543,6 +564,36 @@ mod tests {
         assert_eq!(status.code(), Some(3));
         assert_eq!(child.wait().await.unwrap(), status);
         assert_eq!(child.stop(Duration::from_millis(100)).await, Some(status));
+    }
+
+    #[tokio::test]
+    async fn the_child_gets_only_the_environment_of_its_spec() {
+        let mut spec = sh("exec env");
+        spec.env.push(("MCPMUX_ONLY".into(), "1".into()));
+        let mut child = GroupChild::spawn(spec).await.unwrap();
+        let mut out = String::new();
+        child
+            .take_stdout()
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
+        let names: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|v| v.0)
+            .collect();
+        // The shell adds its working directory; nothing of this process is passed on.
+        assert!(
+            names.iter().all(|n| ["MCPMUX_ONLY", "PWD"].contains(n)),
+            "{names:?}"
+        );
+        assert!(names.contains(&"MCPMUX_ONLY"), "{names:?}");
+        assert!(
+            std::env::var_os("PATH").is_some(),
+            "this test process has a PATH"
+        );
+        child.stop(Duration::from_secs(1)).await;
     }
 
     #[test]

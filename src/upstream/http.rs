@@ -4,6 +4,12 @@
 //! Replies are classified, not interpreted: `202`, a JSON body, or an event stream that
 //! yields raw SSE events. Bodies are read in chunks and bounded by
 //! `maxUpstreamMessageBytes`; a JSON body or one event larger than that is an error.
+//!
+//! Redirects are not followed: a 3xx is an error naming its status, so that the
+//! configured headers never reach another address. Error texts never show an endpoint's
+//! secrets: reqwest's own texts are taken without
+//! their URL, and a quoted error body has the endpoint's URL credentials and header
+//! values masked ([`crate::redact`]), since servers echo requests in error pages.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -16,9 +22,19 @@ use reqwest::header::{self, HeaderValue};
 
 use super::sse::{SseEvent, SseParser};
 use super::{Endpoint, UpstreamError};
+use crate::redact::Scrubber;
 
 /// The most of an error body that is quoted back to the client.
 const ERROR_BODY_QUOTE: usize = 512;
+/// TCP keepalive on every upstream connection: the first probe after this much silence.
+/// Long-lived streams (the standalone GET, legacy SSE) may be silent for long; keepalive
+/// notices a peer that vanished without closing (a NAT or load balancer that dropped the
+/// flow), and keeps such middleboxes from dropping it.
+pub const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Between unanswered keepalive probes.
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes after which the connection is dead: about a minute of silence in all.
+pub const TCP_KEEPALIVE_PROBES: u32 = 3;
 
 /// Per-request headers beyond the endpoint's own.
 #[derive(Debug, Default, Clone, Copy)]
@@ -74,7 +90,13 @@ impl HttpClient {
             .pool_max_idle_per_host(256)
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
+            .tcp_keepalive(TCP_KEEPALIVE_IDLE)
+            .tcp_keepalive_interval(TCP_KEEPALIVE_INTERVAL)
+            .tcp_keepalive_retries(TCP_KEEPALIVE_PROBES)
             .connect_timeout(header_timeout)
+            // A redirect would carry the configured headers (an API key, say) to wherever
+            // the Location points; a 3xx is an error instead (`error_status`).
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| UpstreamError::Connect(e.to_string()))?;
         Ok(Self {
@@ -120,7 +142,10 @@ impl HttpClient {
         let reply = match response.status() {
             StatusCode::ACCEPTED => Ok(Reply::Accepted),
             status if status.is_success() => self.classify(response).await,
-            _ => return Err(error_status(response, headers.session_id.is_some()).await),
+            _ => {
+                let had_session = headers.session_id.is_some();
+                return Err(error_status(response, had_session, &scrubber(endpoint)).await);
+            }
         };
         Ok(PostOutcome { session_id, reply })
     }
@@ -144,7 +169,10 @@ impl HttpClient {
                     "GET did not answer with text/event-stream".into(),
                 )),
             },
-            _ => Err(error_status(response, headers.session_id.is_some()).await),
+            _ => {
+                let had_session = headers.session_id.is_some();
+                Err(error_status(response, had_session, &scrubber(endpoint)).await)
+            }
         }
     }
 
@@ -195,7 +223,7 @@ impl HttpClient {
     ) -> Result<reqwest::Response, UpstreamError> {
         match tokio::time::timeout(self.header_timeout, request.send()).await {
             Err(_) => Err(UpstreamError::Timeout(self.header_timeout)),
-            Ok(Err(err)) => Err(send_error(&err, self.header_timeout)),
+            Ok(Err(err)) => Err(send_error(err, self.header_timeout)),
             Ok(Ok(response)) => Ok(response),
         }
     }
@@ -330,7 +358,7 @@ impl EventStream {
                     )));
                 }
                 None => return None,
-                Some(Err(err)) => return Some(Err(UpstreamError::StreamCut(describe(&err)))),
+                Some(Err(err)) => return Some(Err(UpstreamError::StreamCut(describe(err)))),
                 Some(Ok(chunk)) => {
                     let fed = self.parser.feed(&chunk, &mut self.scratch);
                     // Events completed before a fault are delivered before it.
@@ -366,7 +394,7 @@ impl EventStream {
 async fn read_bounded(mut body: ByteStream, limit: usize) -> Result<Bytes, UpstreamError> {
     let mut buf = BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| UpstreamError::StreamCut(describe(&e)))?;
+        let chunk = chunk.map_err(|e| UpstreamError::StreamCut(describe(e)))?;
         if buf.len() + chunk.len() > limit {
             return Err(UpstreamError::TooLarge { limit });
         }
@@ -376,7 +404,7 @@ async fn read_bounded(mut body: ByteStream, limit: usize) -> Result<Bytes, Upstr
 }
 
 /// Classifies a failed request: no connection, a timeout, or a broken exchange.
-pub(super) fn send_error(err: &reqwest::Error, timeout: Duration) -> UpstreamError {
+pub(super) fn send_error(err: reqwest::Error, timeout: Duration) -> UpstreamError {
     if err.is_connect() {
         UpstreamError::Connect(describe(err))
     } else if err.is_timeout() {
@@ -386,32 +414,58 @@ pub(super) fn send_error(err: &reqwest::Error, timeout: Duration) -> UpstreamErr
     }
 }
 
-/// An error status, with the start of its body quoted for the client. A 404 on a
-/// request that carried a session id means the upstream forgot the session.
-pub(super) async fn error_status(response: reqwest::Response, had_session: bool) -> UpstreamError {
+/// What to mask in texts about `endpoint`.
+fn scrubber(endpoint: &Endpoint) -> Scrubber {
+    Scrubber::new(&endpoint.url, &endpoint.headers)
+}
+
+/// An error status, with the start of its body quoted for the client, `secrets` masked.
+/// A 404 on a request that carried a session id means the upstream forgot the session.
+pub(super) async fn error_status(
+    response: reqwest::Response,
+    had_session: bool,
+    secrets: &Scrubber,
+) -> UpstreamError {
     let status = response.status();
     if status == StatusCode::NOT_FOUND && had_session {
         return UpstreamError::SessionGone;
     }
+    if status.is_redirection() {
+        // Neither the Location nor a body that repeats it: it may carry the query.
+        let body = "redirects are not followed; set the server's url to where it redirects";
+        return UpstreamError::Status {
+            status: status.as_u16(),
+            body: body.into(),
+        };
+    }
+    // Read past the quote by the longest secret, so that none is cut where the reading
+    // stops and shown in part.
+    let read = ERROR_BODY_QUOTE + secrets.longest();
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
-    while body.len() < ERROR_BODY_QUOTE {
+    while body.len() < read {
         match tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
             Ok(Some(Ok(chunk))) => body.extend_from_slice(&chunk),
             _ => break,
         }
     }
-    body.truncate(ERROR_BODY_QUOTE);
+    let body = secrets.scrub(String::from_utf8_lossy(&body).trim());
+    let mut end = body.len().min(ERROR_BODY_QUOTE);
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
     UpstreamError::Status {
         status: status.as_u16(),
-        body: String::from_utf8_lossy(&body).trim().to_owned(),
+        body: body[..end].to_owned(),
     }
 }
 
-/// An error with its causes, since reqwest's own Display hides the useful part.
-fn describe(err: &reqwest::Error) -> String {
+/// An error with its causes, since reqwest's own Display hides the useful part; without
+/// its URL, which may hold credentials.
+fn describe(err: reqwest::Error) -> String {
+    let err = err.without_url();
     let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
+    let mut source = std::error::Error::source(&err);
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());

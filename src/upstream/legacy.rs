@@ -34,6 +34,7 @@ use super::http::{error_status, send_error};
 use super::sse::{SseEvent, SseParser};
 use super::{Endpoint, UpstreamError};
 use crate::jsonrpc::{self, Head, Kind};
+use crate::redact::Scrubber;
 
 /// Called, in order, with the raw JSON text of every message the server sends on the
 /// stream. Returns false when the client session is gone (the session then stops reading).
@@ -215,9 +216,10 @@ impl LegacySession {
             let response = request
                 .send()
                 .await
-                .map_err(|e| send_error(&e, connect_timeout))?;
+                .map_err(|e| send_error(e, connect_timeout))?;
             if !response.status().is_success() {
-                return Err(error_status(response, false).await);
+                let secrets = Scrubber::new(&endpoint.url, &endpoint.headers);
+                return Err(error_status(response, false, &secrets).await);
             }
             let content_type = response.headers().get(header::CONTENT_TYPE);
             let content_type = content_type.and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -290,11 +292,12 @@ impl LegacySession {
             .body(body);
         let timeout = self.post_timeout;
         let exchange = async {
-            let response = request.send().await.map_err(|e| send_error(&e, timeout))?;
+            let response = request.send().await.map_err(|e| send_error(e, timeout))?;
             if response.status().is_success() {
                 Ok(())
             } else {
-                Err(error_status(response, false).await)
+                let secrets = Scrubber::new(&self.post_url, &self.headers);
+                Err(error_status(response, false, &secrets).await)
             }
         };
         // On failure the receiver is dropped here, and its entry pruned later.

@@ -1,6 +1,8 @@
 //! The real `mcpmux` binary, for tests of the process itself (signals, leftover
-//! processes, memory). It runs with a unique marker in its environment, which every
-//! process it starts inherits, so a test can find (and at the end kill) all of them.
+//! processes, memory, environment, logs). It runs with a unique marker in its
+//! environment, which every stdio server entry asks to inherit (`inheritEnv`), so that
+//! every process it starts carries it and a test can find (and at the end kill) all of
+//! them.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -27,6 +29,18 @@ pub struct Binary {
     pub addr: SocketAddr,
     marker: String,
     _config: TempFile,
+    log: Option<TempFile>,
+}
+
+/// How to start the binary, beyond its configuration.
+#[derive(Default)]
+pub struct Launch {
+    /// Variables added to its environment.
+    pub env: Vec<(String, String)>,
+    /// `MCPMUX_LOG`; its standard error is then kept for [`Binary::log`].
+    pub log_filter: Option<String>,
+    /// A soft open-file limit to start it with (through the shell's `ulimit -Sn`).
+    pub soft_open_files: Option<u64>,
 }
 
 struct TempFile(std::path::PathBuf);
@@ -40,19 +54,44 @@ impl Drop for TempFile {
 impl Binary {
     /// Starts the binary with `config` on 127.0.0.1:0.
     pub fn start(config: &Value) -> Self {
+        Self::launch(config, Launch::default())
+    }
+
+    /// Starts the binary with `config` on 127.0.0.1:0, as `launch` says.
+    pub fn launch(config: &Value, launch: Launch) -> Self {
         let marker = format!("{:x}", rand_u64());
         let path = std::env::temp_dir().join(format!("mcpmux-test-{marker}.json"));
-        std::fs::write(&path, config.to_string()).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mcpmux"))
-            .args([
-                "--config",
-                path.to_str().expect("utf-8 path"),
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .env("MCPMUX_TEST_MARK", &marker)
+        std::fs::write(&path, marked(config).to_string()).expect("write config");
+        let binary = env!("CARGO_BIN_EXE_mcpmux");
+        let args = [
+            "--config",
+            path.to_str().expect("utf-8 path"),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        let mut command = match launch.soft_open_files {
+            None => Command::new(binary),
+            Some(limit) => {
+                // The shell execs mcpmux, which keeps its pid.
+                let mut shell = Command::new("sh");
+                let script = format!("ulimit -Sn {limit} && exec \"$0\" \"$@\"");
+                shell.args(["-c", &script, binary]);
+                shell
+            }
+        };
+        command.args(args).env("MCPMUX_TEST_MARK", &marker);
+        command.envs(launch.env.iter().map(|(k, v)| (k, v)));
+        let log = launch.log_filter.map(|filter| {
+            command.env("MCPMUX_LOG", filter);
+            TempFile(std::env::temp_dir().join(format!("mcpmux-test-{marker}.log")))
+        });
+        let stderr = match &log {
+            Some(file) => Stdio::from(std::fs::File::create(&file.0).expect("log file")),
+            None => Stdio::null(),
+        };
+        let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("mcpmux starts");
         let stdout = child.stdout.take().expect("stdout");
@@ -69,7 +108,14 @@ impl Binary {
             addr,
             marker,
             _config: TempFile(path),
+            log,
         }
+    }
+
+    /// What it has written to standard error so far (with [`Launch::log_filter`]).
+    pub fn log(&self) -> String {
+        let file = self.log.as_ref().expect("started with a log filter");
+        std::fs::read_to_string(&file.0).expect("log file")
     }
 
     /// Every live process carrying this binary's marker (mcpmux and its descendants).
@@ -115,6 +161,21 @@ impl Drop for Binary {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `config` with every stdio server asking to inherit the marker.
+fn marked(config: &Value) -> Value {
+    let mut config = config.clone();
+    if let Some(servers) = config["mcpServers"].as_object_mut() {
+        for entry in servers.values_mut() {
+            if entry.get("command").is_some() {
+                let mut inherit = entry["inheritEnv"].as_array().cloned().unwrap_or_default();
+                inherit.push(Value::from("MCPMUX_TEST_MARK"));
+                entry["inheritEnv"] = Value::Array(inherit);
+            }
+        }
+    }
+    config
 }
 
 fn rand_u64() -> u64 {
