@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +27,12 @@ def _module(path: str) -> str:
     return str(full)
 
 
-def gateway_config(gateway: dict[str, object] | None = None) -> dict[str, object]:
-    """A configuration with server-everything and server-memory, as the Rust
-    integration tests use them, plus ``gateway`` settings."""
+def gateway_config(servers: dict[str, object] | None = None) -> dict[str, object]:
+    """A configuration with ``servers`` (default: server-everything and server-memory,
+    as the Rust integration tests use them) and the local mcp-proxy."""
     return {
-        "mcpServers": {
+        "mcpServers": servers
+        or {
             "everything": {
                 "command": "node",
                 "args": [_module("@modelcontextprotocol/server-everything/dist/index.js"), "stdio"],
@@ -42,7 +45,6 @@ def gateway_config(gateway: dict[str, object] | None = None) -> dict[str, object
         "gateway": {
             "mcpProxy": ["node", _module("mcp-proxy/dist/bin/mcp-proxy.mjs")],
             "restartBackoffMinMs": 100,
-            **(gateway or {}),
         },
     }
 
@@ -57,13 +59,13 @@ class Gateway:
     process: subprocess.Popen[str]
 
 
-def start_gateway(directory: Path, gateway: dict[str, object] | None = None) -> Gateway:
-    """Starts target/debug/mcpmux with ``gateway_config(gateway)`` on 127.0.0.1:0 and
+def start_gateway(directory: Path, servers: dict[str, object] | None = None) -> Gateway:
+    """Starts target/debug/mcpmux with ``gateway_config(servers)`` on 127.0.0.1:0 and
     waits for the line that says where it listens."""
     if not BINARY.exists():
         pytest.fail(f"{BINARY} is missing: run `cargo build --bin mcpmux` in the repository root")
     config = directory / "mcpmux.json"
-    config.write_text(json.dumps(gateway_config(gateway)))
+    config.write_text(json.dumps(gateway_config(servers)))
     log = open(directory / "mcpmux.log", "w")
     process = subprocess.Popen(
         [str(BINARY), "--config", str(config), "--listen", "127.0.0.1:0"],
@@ -81,6 +83,8 @@ def start_gateway(directory: Path, gateway: dict[str, object] | None = None) -> 
         process.kill()
         process.wait()
         pytest.fail(f"mcpmux did not start: {line!r}; see {directory / 'mcpmux.log'}")
+    # Whatever else it prints is read and dropped, so that a full pipe never blocks it.
+    threading.Thread(target=process.stdout.read, daemon=True).start()
     url = line[len(prefix) :]
     host, port = url.removeprefix("ws://").split("/")[0].rsplit(":", 1)
     return Gateway(url=url, host=host, port=int(port), process=process)
@@ -103,6 +107,28 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     running = start_gateway(tmp_path_factory.mktemp("gateway"))
     yield running
     stop_gateway(running)
+
+
+@pytest.fixture(scope="session")
+def asking_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway whose one server, ``asker``, is tests/asking_server.py over Streamable HTTP."""
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("asking_server.py"))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    url = server.stdout.readline().strip()
+    try:
+        if not url.startswith("http://127.0.0.1:"):
+            pytest.fail(f"the asking server did not start: {url!r}")
+        running = start_gateway(tmp_path_factory.mktemp("asking"), {"asker": {"url": url}})
+        yield running
+        stop_gateway(running)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        server.stdout.close()
 
 
 @pytest.fixture
