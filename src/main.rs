@@ -132,6 +132,10 @@ fn run(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()
         let gateway = Gateway::start_with(config, listener, options).await?;
         // A line for people and for scripts that started us on port 0.
         println!("mcpmux listening on ws://{}/ws", gateway.local_addr());
+        println!(
+            "mcpmux console: {} (open it in a browser)",
+            mcpmux::console::url(gateway.local_addr())
+        );
         let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
         tokio::select! {
