@@ -3,9 +3,9 @@
 // tools, resources and prompts, and the live stream of every frame.
 
 import { connect } from "./mcpmux/index.js";
-import { h, replace, pretty, rovingFocus, setTabStop } from "./dom.js";
-import { schemaForm } from "./schema-form.js";
+import { h, replace, rovingFocus, setTabStop } from "./dom.js";
 import { createStream } from "./stream.js";
+import { errorText, promptView, resourceView, toolView } from "./views.js";
 
 const KEY_STORAGE = "mcpmux.console.key";
 const CLIENT_INFO = { name: "mcpmux-console", version: "1.0.0" };
@@ -590,125 +590,12 @@ function renderItemView(view) {
     replace(ui.itemView, list?.items?.length ? h("p", { className: "hint" }, `Choose one of the ${view.tab} to see it here.`) : null);
     return;
   }
-  if (view.tab === "tools") replace(ui.itemView, toolView(view, item));
-  else if (view.tab === "resources") replace(ui.itemView, resourceView(view, item));
-  else replace(ui.itemView, promptView(view, item));
+  const send = (runKey, method, params, wantProgress, paint) => run(view, runKey, method, params, wantProgress, paint);
+  if (view.tab === "tools") replace(ui.itemView, toolView(view, item, send));
+  else if (view.tab === "resources") replace(ui.itemView, resourceView(view, item, send));
+  else replace(ui.itemView, promptView(view, item, send));
 }
 
-function annotationsOf(tool) {
-  const a = tool.annotations ?? {};
-  const chips = [];
-  if (a.readOnlyHint) chips.push("read-only");
-  if (a.destructiveHint) chips.push("destructive");
-  if (a.idempotentHint) chips.push("idempotent");
-  if (a.openWorldHint) chips.push("open world");
-  return chips.map((c) => h("span", { className: `chip${c === "destructive" ? " chip-warn" : ""}` }, c));
-}
-
-function toolView(view, tool) {
-  const runKey = `tools:${tool.name}`;
-  const form = schemaForm(tool.inputSchema ?? {});
-  const progressId = `progress-${tool.name}`;
-  const wantProgress = h("input", { id: progressId, type: "checkbox", checked: true });
-  const callButton = h("button", { type: "submit", className: "primary" }, "Call");
-  const cancelButton = h("button", { type: "button", hidden: true }, "Cancel");
-  const output = h("div", { className: "run-output", "aria-live": "polite" });
-  const el = h(
-    "form",
-    { className: "item", "aria-labelledby": "item-title", novalidate: true },
-    h("h3", { id: "item-title" }, tool.title && tool.title !== tool.name ? `${tool.title} ` : "", h("code", {}, tool.name)),
-    tool.description ? h("p", { className: "description" }, tool.description) : null,
-    h("div", { className: "chips" }, annotationsOf(tool)),
-    form.fields,
-    h("div", { className: "actions" }, callButton, cancelButton, h("div", { className: "check" }, wantProgress, h("label", { for: progressId }, "Ask for progress"))),
-    output,
-  );
-  const paint = () => {
-    const run = view.runs.get(runKey);
-    callButton.disabled = Boolean(run?.running);
-    cancelButton.hidden = !run?.running;
-    replace(output, runOutput(run, toolResult));
-  };
-  el.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const args = form.read();
-    if (!args.ok) return;
-    const params = { name: tool.name, arguments: args.value };
-    run(view, runKey, "tools/call", params, wantProgress.checked, paint);
-    cancelButton.focus();
-  });
-  cancelButton.addEventListener("click", () => {
-    view.runs.get(runKey)?.abort.abort();
-    callButton.focus();
-  });
-  el.paint = paint;
-  paint();
-  return el;
-}
-
-function resourceView(view, resource) {
-  const runKey = `resources:${resource.uri}`;
-  const readButton = h("button", { type: "submit", className: "primary" }, "Read");
-  const output = h("div", { className: "run-output", "aria-live": "polite" });
-  const el = h(
-    "form",
-    { className: "item", "aria-labelledby": "item-title", novalidate: true },
-    h("h3", { id: "item-title" }, resource.name ?? resource.uri),
-    h("p", {}, h("code", {}, resource.uri), resource.mimeType ? ` · ${resource.mimeType}` : ""),
-    resource.description ? h("p", { className: "description" }, resource.description) : null,
-    h("div", { className: "actions" }, readButton),
-    output,
-  );
-  const paint = () => {
-    const run = view.runs.get(runKey);
-    readButton.disabled = Boolean(run?.running);
-    replace(output, runOutput(run, resourceResult));
-  };
-  el.addEventListener("submit", (event) => {
-    event.preventDefault();
-    run(view, runKey, "resources/read", { uri: resource.uri }, false, paint);
-  });
-  el.paint = paint;
-  paint();
-  return el;
-}
-
-function promptView(view, prompt) {
-  const runKey = `prompts:${prompt.name}`;
-  const schema = { type: "object", properties: {}, required: [] };
-  for (const arg of prompt.arguments ?? []) {
-    schema.properties[arg.name] = { type: "string", description: arg.description };
-    if (arg.required) schema.required.push(arg.name);
-  }
-  const form = schemaForm(schema);
-  const getButton = h("button", { type: "submit", className: "primary" }, "Get prompt");
-  const output = h("div", { className: "run-output", "aria-live": "polite" });
-  const el = h(
-    "form",
-    { className: "item", "aria-labelledby": "item-title", novalidate: true },
-    h("h3", { id: "item-title" }, prompt.title ?? prompt.name),
-    prompt.description ? h("p", { className: "description" }, prompt.description) : null,
-    form.fields,
-    h("div", { className: "actions" }, getButton),
-    output,
-  );
-  const paint = () => {
-    const run = view.runs.get(runKey);
-    getButton.disabled = Boolean(run?.running);
-    replace(output, runOutput(run, promptResult));
-  };
-  el.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const args = form.read();
-    if (!args.ok) return;
-    run(view, runKey, "prompts/get", { name: prompt.name, arguments: args.value }, false, paint);
-  });
-  el.paint = paint;
-  paint();
-  return el;
-}
-
-/** Sends one request for the item `runKey` and keeps its progress and outcome. */
 async function run(view, runKey, method, params, wantProgress, paint) {
   const mux = app.mux;
   if (!mux) return;
@@ -738,124 +625,6 @@ async function run(view, runKey, method, params, wantProgress, paint) {
   record.ms = Math.round(performance.now() - started);
   repaint();
   if (app.selected === view.name && view.tab === runKey.split(":")[0]) renderItems(view);
-}
-
-function runOutput(run, showResult) {
-  if (!run) return null;
-  const parts = [];
-  const last = run.progress.at(-1);
-  if (run.running || run.progress.length > 0) {
-    const progress = h("progress", { "aria-label": "Progress" });
-    if (!run.running) {
-      progress.max = 1;
-      progress.value = 1;
-    } else if (last?.total) {
-      progress.max = last.total;
-      progress.value = Math.min(last.progress, last.total);
-    }
-    const text = last
-      ? `${last.progress}${last.total ? ` of ${last.total}` : ""}${last.message ? `: ${last.message}` : ""}`
-      : "waiting for the first update…";
-    parts.push(
-      h("div", { className: "progress-line" }, progress, h("span", { className: "progress-text" }, run.running ? `Running · ${text}` : `Finished · last update ${text}`)),
-    );
-  }
-  if (run.progress.length > 0) {
-    parts.push(
-      h(
-        "details",
-        { className: "progress-log" },
-        h("summary", {}, `${run.progress.length} progress update${run.progress.length === 1 ? "" : "s"}`),
-        h("ol", { "aria-label": "Progress updates" }, run.progress.map((p) => h("li", {}, `${p.progress}${p.total ? `/${p.total}` : ""}${p.message ? ` ${p.message}` : ""}`))),
-      ),
-    );
-  }
-  if (!run.running) {
-    if (run.error) {
-      parts.push(
-        h(
-          "section",
-          { className: "result bad", "aria-label": "Result" },
-          h("p", { className: "result-head" }, `Failed after ${run.ms} ms: ${errorText(run.error)}`),
-          run.error.data !== undefined ? h("pre", {}, pretty(run.error.data)) : null,
-        ),
-      );
-    } else {
-      parts.push(showResult(run.result, run.ms));
-    }
-  }
-  return parts;
-}
-
-function rawJson(value) {
-  const details = h("details", { className: "raw" }, h("summary", {}, "Raw JSON"));
-  details.addEventListener("toggle", () => {
-    if (details.open && details.children.length === 1) details.append(h("pre", {}, pretty(value)));
-  });
-  return details;
-}
-
-function contentBlock(block) {
-  switch (block?.type) {
-    case "text":
-      return h("pre", { className: "text" }, block.text);
-    case "image":
-      return h("img", { src: `data:${block.mimeType};base64,${block.data}`, alt: `image (${block.mimeType})`, className: "image" });
-    case "audio":
-      return h("audio", { controls: true, src: `data:${block.mimeType};base64,${block.data}` });
-    case "resource": {
-      const r = block.resource ?? {};
-      return h(
-        "div",
-        { className: "embedded" },
-        h("p", {}, "Resource ", h("code", {}, r.uri ?? "")),
-        r.text !== undefined ? h("pre", { className: "text" }, r.text) : h("p", { className: "hint" }, `binary, ${r.blob?.length ?? 0} base64 characters`),
-      );
-    }
-    case "resource_link":
-      return h("p", { className: "embedded" }, "Link to resource ", h("code", {}, block.uri ?? ""), block.name ? ` (${block.name})` : "");
-    default:
-      return h("pre", {}, pretty(block));
-  }
-}
-
-function toolResult(result, ms) {
-  const bad = Boolean(result?.isError);
-  return h(
-    "section",
-    { className: bad ? "result bad" : "result", "aria-label": "Result" },
-    h("p", { className: "result-head" }, bad ? `The tool reported an error (${ms} ms)` : `Result (${ms} ms)`),
-    (result?.content ?? []).map(contentBlock),
-    result?.structuredContent !== undefined ? [h("p", { className: "hint" }, "Structured content"), h("pre", {}, pretty(result.structuredContent))] : null,
-    rawJson(result),
-  );
-}
-
-function resourceResult(result, ms) {
-  return h(
-    "section",
-    { className: "result", "aria-label": "Result" },
-    h("p", { className: "result-head" }, `Contents (${ms} ms)`),
-    (result?.contents ?? []).map((c) => contentBlock({ type: "resource", resource: c })),
-    rawJson(result),
-  );
-}
-
-function promptResult(result, ms) {
-  return h(
-    "section",
-    { className: "result", "aria-label": "Result" },
-    h("p", { className: "result-head" }, `Messages (${ms} ms)`, result?.description ? `: ${result.description}` : ""),
-    (result?.messages ?? []).map((m) => h("div", { className: "message" }, h("p", { className: "role" }, m.role), contentBlock(m.content))),
-    rawJson(result),
-  );
-}
-
-function errorText(err) {
-  if (!err) return "";
-  if (err.name === "AbortError") return "cancelled";
-  const code = err.code !== undefined ? ` (${err.code})` : "";
-  return `${err.message ?? err}${code}`;
 }
 
 start();

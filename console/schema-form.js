@@ -21,6 +21,30 @@ export function fieldKind(schema) {
   return "json";
 }
 
+/** A value of `schema`'s shape to start from: defaults, first choices, empty strings. */
+export function skeleton(schema, depth = 0) {
+  if (!schema || typeof schema !== "object" || depth > 5) return null;
+  if ("default" in schema) return schema.default;
+  if (Array.isArray(schema.enum) && schema.enum.length > 0) return schema.enum[0];
+  let type = Array.isArray(schema.type) ? schema.type.find((t) => t !== "null") : schema.type;
+  if (!type && schema.properties) type = "object";
+  switch (type) {
+    case "object":
+      return Object.fromEntries(Object.entries(schema.properties ?? {}).map(([k, v]) => [k, skeleton(v, depth + 1)]));
+    case "array":
+      return schema.items && typeof schema.items === "object" ? [skeleton(schema.items, depth + 1)] : [];
+    case "string":
+      return "";
+    case "number":
+    case "integer":
+      return 0;
+    case "boolean":
+      return false;
+    default:
+      return null;
+  }
+}
+
 function enumValues(schema) {
   if (Array.isArray(schema.enum)) return schema.enum;
   return (schema.anyOf ?? schema.oneOf).map((s) => s.const);
@@ -95,10 +119,13 @@ function buildField(id, name, schema, isRequired) {
     control.spellcheck = false;
     if (hasDefault) control.value = String(schema.default);
   } else {
-    control = h("textarea", { id, rows: 3, className: "json" });
+    // Required JSON starts as a skeleton of the schema to fill in; optional JSON shows
+    // one as a placeholder, and is left out of the arguments while empty.
+    const start = JSON.stringify(skeleton(schema), null, 2) ?? "null";
+    control = h("textarea", { id, rows: Math.min(10, Math.max(3, start.split("\n").length)), className: "json" });
     control.spellcheck = false;
-    if (hasDefault) control.value = JSON.stringify(schema.default);
-    else control.placeholder = schema.type === "array" ? "[ ]" : schema.type === "object" ? "{ }" : "JSON";
+    if (hasDefault || isRequired) control.value = start;
+    else control.placeholder = start.length < 400 ? start : "JSON";
   }
   control.name = name;
   if (isRequired && kind !== "boolean") control.required = true;

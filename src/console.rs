@@ -71,6 +71,11 @@ pub static ASSETS: &[Asset] = &[
         include_bytes!("../console/stream.js"),
     ),
     asset(
+        "/console/views.js",
+        JS,
+        include_bytes!("../console/views.js"),
+    ),
+    asset(
         "/console/icon.svg",
         SVG,
         include_bytes!("../console/icon.svg"),
