@@ -27,9 +27,12 @@ def _module(path: str) -> str:
     return str(full)
 
 
-def gateway_config(servers: dict[str, object] | None = None) -> dict[str, object]:
+def gateway_config(
+    servers: dict[str, object] | None = None, gateway: dict[str, object] | None = None
+) -> dict[str, object]:
     """A configuration with ``servers`` (default: server-everything and server-memory,
-    as the Rust integration tests use them) and the local mcp-proxy."""
+    as the Rust integration tests use them) and the local mcp-proxy, plus ``gateway``
+    settings."""
     return {
         "mcpServers": servers
         or {
@@ -45,6 +48,7 @@ def gateway_config(servers: dict[str, object] | None = None) -> dict[str, object
         "gateway": {
             "mcpProxy": ["node", _module("mcp-proxy/dist/bin/mcp-proxy.mjs")],
             "restartBackoffMinMs": 100,
+            **(gateway or {}),
         },
     }
 
@@ -59,13 +63,15 @@ class Gateway:
     process: subprocess.Popen[str]
 
 
-def start_gateway(directory: Path, servers: dict[str, object] | None = None) -> Gateway:
-    """Starts target/debug/mcpmux with ``gateway_config(servers)`` on 127.0.0.1:0 and
-    waits for the line that says where it listens."""
+def start_gateway(
+    directory: Path, servers: dict[str, object] | None = None, gateway: dict[str, object] | None = None
+) -> Gateway:
+    """Starts target/debug/mcpmux with ``gateway_config(servers, gateway)`` on
+    127.0.0.1:0 and waits for the line that says where it listens."""
     if not BINARY.exists():
         pytest.fail(f"{BINARY} is missing: run `cargo build --bin mcpmux` in the repository root")
     config = directory / "mcpmux.json"
-    config.write_text(json.dumps(gateway_config(servers)))
+    config.write_text(json.dumps(gateway_config(servers, gateway)))
     log = open(directory / "mcpmux.log", "w")
     process = subprocess.Popen(
         [str(BINARY), "--config", str(config), "--listen", "127.0.0.1:0"],

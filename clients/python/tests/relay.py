@@ -1,6 +1,7 @@
-"""A TCP relay between a client and the gateway that can cut the network path: it
-resets every connection (no close frame reaches either side) and refuses new ones
-for a while, as a broken network would."""
+"""A TCP relay between a client and the gateway that can break the network path as
+real networks do: cut it (every connection reset, no close frame reaching either side,
+new connections refused for a while), or silence it (connections stay open but carry
+nothing more)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ class TcpRelay:
         self._target = (target_host, target_port)
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
-        self._transports: list[asyncio.WriteTransport] = []
+        self._carrying: set[asyncio.Task[None]] = set()
+        # Every open connection's two ends (kept so that a silenced one stays open).
+        self._writers: list[asyncio.StreamWriter] = []
         self.port = 0
         #: The first line of every connection the relay carried, in order
         #: (``GET /ws?... HTTP/1.1``).
@@ -46,6 +49,13 @@ class TcpRelay:
         self._pipes.add(task)
         task.add_done_callback(self._pipes.discard)
 
+    def silence(self) -> None:
+        """Stops carrying bytes on every open connection without closing any of them,
+        as a path that lost its route does; new connections are carried as usual."""
+        for task in self._carrying:
+            task.cancel()
+        self._carrying.clear()
+
     async def _reopen_after(self, delay: float) -> None:
         await asyncio.sleep(delay)  # the outage itself
         await self._listen()
@@ -63,9 +73,9 @@ class TcpRelay:
             self._server = None
 
     def _reset_all(self) -> None:
-        for transport in self._transports:
-            transport.abort()  # RST: neither side sees a close frame
-        self._transports.clear()
+        for writer in self._writers:
+            writer.transport.abort()  # RST: neither side sees a close frame
+        self._writers.clear()
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         try:
@@ -73,14 +83,16 @@ class TcpRelay:
         except OSError:
             client_writer.transport.abort()
             return
-        self._transports += [client_writer.transport, upstream_writer.transport]
+        self._writers += [client_writer, upstream_writer]
         first = asyncio.get_running_loop().create_task(
             self._pipe(client_reader, upstream_writer, record=True)
         )
         second = asyncio.get_running_loop().create_task(self._pipe(upstream_reader, client_writer))
         for task in (first, second):
             self._pipes.add(task)
+            self._carrying.add(task)
             task.add_done_callback(self._pipes.discard)
+            task.add_done_callback(self._carrying.discard)
 
     async def _pipe(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, record: bool = False

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
-from conftest import Gateway
+from conftest import Gateway, start_gateway, stop_gateway
 from relay import TcpRelay
 from support import WAIT, FrameLog
 from websockets.asyncio.client import connect as ws_connect
@@ -113,3 +114,43 @@ async def test_a_refused_resume_fails_pending_calls_and_reports_lost_sessions(ga
         await everything.initialize()
         echoed = await everything.request("tools/call", {"name": "echo", "arguments": {"message": "again"}})
         assert echoed["content"][0]["text"] == "Echo: again"
+
+
+async def test_a_silent_network_path_is_noticed_by_the_heartbeat_and_resumed(tmp_path: Path) -> None:
+    # A gateway that gives up on a silent client after 1 to 1.5 s (two or three of its
+    # 500 ms heartbeats); the client waits 3 s for a pong, so the gateway has let go of
+    # the old socket when the client comes back, and the resume is granted.
+    gateway = start_gateway(tmp_path, None, {"heartbeatMs": 500})
+    try:
+        async with TcpRelay(gateway.host, gateway.port) as relay:
+            async with mcpmux.connect(relay.url(), reconnect=QUICK, ping_interval=0.5, ping_timeout=3) as mux:
+                connection: list[ConnectionEvent] = []
+                mux.on("connection", connection.append)
+                everything = mux.server("everything")
+                await everything.initialize()
+                progress: list[float] = []
+                third = asyncio.Event()
+
+                def on_progress(p: mcpmux.Progress) -> None:
+                    progress.append(p.progress)
+                    if p.progress == 3:
+                        third.set()
+
+                call = asyncio.create_task(
+                    everything.request("tools/call", long_operation(6, 30), on_progress=on_progress)
+                )
+                async with asyncio.timeout(WAIT):
+                    await third.wait()
+                relay.silence()
+                async with asyncio.timeout(WAIT):
+                    result = await call
+                states = [(e.state, e.code, e.resumed) for e in connection]
+    finally:
+        stop_gateway(gateway)
+    assert "completed" in result["content"][0]["text"]
+    assert progress == list(range(1, len(progress) + 1)), progress
+    assert len(progress) >= 29
+    # The heartbeat dropped the socket (no close frame got through) and resumed.
+    assert states[0] == ("reconnecting", None, None)
+    assert states[-1] == ("open", None, True)
+    assert len(relay.request_lines) == 2

@@ -41,6 +41,9 @@ log = logging.getLogger("mcpmux")
 #: The WebSocket subprotocol of the gateway.
 SUBPROTOCOL = "mcpmux.v1"
 
+#: The gateway's heartbeat interval when a welcome does not say (protocol.md section 9).
+DEFAULT_GATEWAY_HEARTBEAT = 15.0
+
 
 class _Refused(Exception):
     """An attempt to open a socket that did not end in a ``welcome``."""
@@ -67,7 +70,7 @@ class Mux:
         max_queued_frames: int,
         open_timeout: float,
         ping_interval: float | None,
-        ping_timeout: float,
+        ping_timeout: float | None,
         max_frame_bytes: int,
     ) -> None:
         if key_in not in ("hello", "subprotocol"):
@@ -86,6 +89,8 @@ class Mux:
         self._open_timeout = open_timeout
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
+        # The gateway's heartbeat interval, from the latest welcome.
+        self._gateway_heartbeat = DEFAULT_GATEWAY_HEARTBEAT
         self._max_frame_bytes = max_frame_bytes
 
         self._listeners = Listeners()
@@ -339,6 +344,9 @@ class Mux:
         resumed = welcome.get("resumed") is True
         previous = self._session
         self._session = welcome["session"]
+        heartbeat_ms = welcome.get("heartbeat_ms")
+        if isinstance(heartbeat_ms, int) and not isinstance(heartbeat_ms, bool) and heartbeat_ms > 0:
+            self._gateway_heartbeat = heartbeat_ms / 1000
         if self._listeners.has("frame"):
             self._listeners.emit("frame", FrameEvent("in", welcome))
         if not resumed:
@@ -494,18 +502,28 @@ class Mux:
         if self._listeners.has("frame"):
             self._listeners.emit("frame", FrameEvent("out", frame))
 
+    def _pong_deadline(self) -> float:
+        """How long a ping may wait for its pong. By default longer than the gateway
+        takes to give up on a silent client (two of its heartbeat intervals): a resume
+        sent while the gateway still holds the old socket would end the session (close
+        4002), so the client lets the gateway notice first."""
+        if self._ping_timeout is not None:
+            return self._ping_timeout
+        return 2 * self._gateway_heartbeat + 5
+
     async def _heartbeat(self, ws: ClientConnection) -> None:
-        """Pings the gateway; a socket whose pong does not come in ``ping_timeout`` is
-        aborted without a close frame, so that the session can be resumed."""
+        """Pings the gateway; a socket whose pong does not come in time is aborted
+        without a close frame, so that the session can be resumed."""
         assert self._ping_interval
+        deadline = self._pong_deadline()
         try:
             while True:
                 await asyncio.sleep(self._ping_interval)
                 pong = await ws.ping()
-                async with asyncio.timeout(self._ping_timeout):
+                async with asyncio.timeout(deadline):
                     await pong
         except TimeoutError:
-            log.info("no pong from the gateway within %s s; reconnecting", self._ping_timeout)
+            log.info("no pong from the gateway within %s s; reconnecting", deadline)
             ws.transport.abort()
         except ConnectionClosed:
             pass
@@ -565,7 +583,7 @@ def connect(
     max_queued_frames: int = 1024,
     open_timeout: float = 10.0,
     ping_interval: float | None = 20.0,
-    ping_timeout: float = 20.0,
+    ping_timeout: float | None = None,
     max_frame_bytes: int = 32 * 1024 * 1024,
 ) -> Connecting:
     """Connects to the gateway at ``url`` (``ws://HOST:PORT/ws`` or ``wss://...``).
@@ -581,7 +599,9 @@ def connect(
     - ``ack_every``: acknowledge after this many frames.
     - ``max_queued_frames``: frames kept while reconnecting; more raise ``queue_full``.
     - ``open_timeout``: seconds for the upgrade and for the ``welcome``.
-    - ``ping_interval``/``ping_timeout``: the client's heartbeat (None: off).
+    - ``ping_interval``: seconds between the client's pings (None: no heartbeat).
+    - ``ping_timeout``: seconds a ping waits for its pong before the socket is dropped
+      and resumed (None: two of the gateway's heartbeat intervals plus 5 s).
     - ``max_frame_bytes``: the largest gateway frame accepted.
     """
     return Connecting(
