@@ -35,3 +35,11 @@ test("dist/ matches a fresh build of src/", () => {
     rmSync(out, { recursive: true, force: true });
   }
 });
+
+test("the published types fit the MCP SDK's Transport and the documented API", () => {
+  try {
+    execFileSync(process.execPath, [tsc, "-p", join(pkg, "test", "tsconfig.json")], { cwd: pkg, stdio: "pipe" });
+  } catch (error) {
+    assert.fail(`test/types.ts does not compile:\n${error.stdout}${error.stderr}`);
+  }
+});

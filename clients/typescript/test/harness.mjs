@@ -18,11 +18,18 @@ function modulePath(path) {
   return full;
 }
 
-/** The mcpServers entries of the real server-everything and server-memory. */
-export function realServers() {
+/**
+ * The mcpServers entries of the real server-everything and server-memory (which keeps
+ * its graph in `dir`).
+ */
+export function realServers(dir) {
   return {
     everything: { command: "node", args: [modulePath("@modelcontextprotocol/server-everything/dist/index.js"), "stdio"] },
-    memory: { command: "node", args: [modulePath("@modelcontextprotocol/server-memory/dist/index.js")] },
+    memory: {
+      command: "node",
+      args: [modulePath("@modelcontextprotocol/server-memory/dist/index.js")],
+      env: { MEMORY_FILE_PATH: join(dir, "memory.jsonl") },
+    },
   };
 }
 
@@ -39,8 +46,9 @@ export function binary() {
  * Starts mcpmux with `servers` (default: everything and memory) and `gateway` settings;
  * resolves with `{ url, port, stop }` once it printed where it listens.
  */
-export async function startGateway({ servers = realServers(), gateway = {} } = {}) {
+export async function startGateway({ servers, gateway = {} } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "mcpmux-ts-"));
+  servers ??= realServers(dir);
   const file = join(dir, "mcpmux.json");
   const config = {
     mcpServers: servers,
