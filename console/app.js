@@ -295,6 +295,11 @@ function askForKey(message) {
 }
 
 ui.keyButton.addEventListener("click", () => toggleKeyForm(ui.keyForm.hidden));
+ui.keyForm.addEventListener("keydown", (event) => {
+  if (event.key !== "Escape") return;
+  toggleKeyForm(false);
+  ui.keyButton.focus();
+});
 ui.keyForm.addEventListener("submit", (event) => {
   event.preventDefault();
   const key = ui.keyInput.value;

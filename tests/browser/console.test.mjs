@@ -104,8 +104,13 @@ describe("the web console", () => {
     t.diagnostic(`console: ${new Set(assets).size + 1} files, ${bytes} bytes uncompressed`);
   });
 
-  test("shows every server becoming ready and the frames of the handshake", async () => {
+  test("shows every server becoming ready and the frames of the handshake", async (t) => {
     const page = await openConsole();
+    const timing = await page.evaluate(() => {
+      const nav = performance.getEntriesByType("navigation")[0];
+      return { dom: Math.round(nav.domContentLoadedEventEnd), load: Math.round(nav.loadEventEnd) };
+    });
+    t.diagnostic(`loaded: DOMContentLoaded at ${timing.dom} ms, load at ${timing.load} ms`);
     const rows = page.locator("#stream-list .s-row");
     await rows.filter({ hasText: "hello" }).first().waitFor();
     await rows.filter({ hasText: "welcome" }).first().waitFor();
@@ -191,6 +196,48 @@ describe("the web console", () => {
     await page.close();
   });
 
+  test("shows a refused resume: calls in flight fail, sessions are lost, initialize works again", async (t) => {
+    const page = await openConsole();
+    await initialize(page, "everything");
+    await chooseTool(page, "trigger-long-running-operation");
+    await page.getByLabel(/^duration/).fill("30");
+    await page.getByLabel(/^steps/).fill("30");
+    await page.getByRole("button", { name: "Call", exact: true }).click();
+    await page.locator(".progress-text", { hasText: /Running · 1 of 30/ }).waitFor();
+
+    // The page comes back to a gateway that never saw its session.
+    const other = await startGateway();
+    t.after(() => other.stop());
+    relay.block();
+    relay.cut();
+    await page.locator("#connection", { hasText: "Reconnecting" }).waitFor();
+    relay.retarget(other.port);
+    relay.unblock();
+    try {
+      await page.locator("#connection", { hasText: "Reconnected: new session" }).waitFor();
+      await page.locator("#stream-list .s-note", { hasText: "could not be resumed" }).waitFor();
+      await page.getByRole("alert").filter({ hasText: "new session" }).waitFor();
+      await page.locator('.server-button[data-name="everything"] .session-mark', { hasText: "session lost" }).waitFor();
+      await page.getByText("The upstream session was lost").waitFor();
+
+      await page.locator('.server-button[data-name="everything"] .badge', { hasText: "ready" }).waitFor();
+      await initialize(page, "everything");
+      await chooseTool(page, "trigger-long-running-operation");
+      await resultText(page).getByText(/^Failed after \d+ ms: .*\(session_lost\)$/).waitFor();
+      await chooseTool(page, "echo");
+      await page.getByLabel(/^message/).fill("after a new session");
+      await page.getByRole("button", { name: "Call", exact: true }).click();
+      await resultText(page).getByText("Echo: after a new session").waitFor();
+    } catch (err) {
+      await screenshot(page, "refused-resume-failure");
+      throw err;
+    } finally {
+      relay.retarget(gateway.port);
+      relay.cut();
+      await page.close();
+    }
+  });
+
   test("works from the keyboard alone, with visible focus", async () => {
     const page = await openConsole();
     const focused = () =>
@@ -244,6 +291,9 @@ describe("the web console", () => {
     const shown = await hello.locator(".s-json").textContent();
     assert.ok(!shown.includes(key), "the hello frame is shown without the key");
     assert.ok(!(await page.content()).includes(key), "the key is nowhere in the page");
+    await page.getByRole("button", { name: "API key" }).click();
+    await page.keyboard.press("Escape");
+    assert.equal(await page.locator("#key-form").isHidden(), true, "Escape closes the key form");
     await page.getByRole("button", { name: "API key" }).click();
     await page.getByRole("button", { name: "Forget the key" }).click();
     await page.locator("#connection", { hasText: "Connected" }).waitFor();

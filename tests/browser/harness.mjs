@@ -94,7 +94,8 @@ export async function startGateway({ servers = upstreams(), gateway = {} } = {})
 /**
  * A TCP relay on 127.0.0.1:0 to `port`. `cut()` ends every relayed connection at once,
  * both ways, without a WebSocket close frame; while `blocked`, new connections are
- * dropped as soon as they arrive.
+ * dropped as soon as they arrive; `retarget(port)` sends new connections elsewhere
+ * (another gateway, which knows none of the first one's sessions).
  */
 export async function startRelay(port) {
   const pairs = new Set();
@@ -129,6 +130,9 @@ export async function startRelay(port) {
     },
     block() {
       blocked = true;
+    },
+    retarget(to) {
+      port = to;
     },
     unblock() {
       blocked = false;
