@@ -154,3 +154,31 @@ async def test_a_silent_network_path_is_noticed_by_the_heartbeat_and_resumed(tmp
     assert states[0] == ("reconnecting", None, None)
     assert states[-1] == ("open", None, True)
     assert len(relay.request_lines) == 2
+
+
+async def test_closing_while_reconnecting_fails_what_is_pending(gateway: Gateway) -> None:
+    async with TcpRelay(gateway.host, gateway.port) as relay:
+        mux = await mcpmux.connect(relay.url(), reconnect=QUICK)
+        reconnecting = asyncio.Event()
+        mux.on("connection", lambda e: reconnecting.set() if e.state == "reconnecting" else None)
+        everything = mux.server("everything")
+        await everything.initialize()
+        started = asyncio.Event()
+        call = asyncio.create_task(
+            everything.request("tools/call", long_operation(20, 40), on_progress=lambda p: started.set())
+        )
+        async with asyncio.timeout(WAIT):
+            await started.wait()
+        await relay.cut(refuse_for=3.0)
+        async with asyncio.timeout(WAIT):
+            await reconnecting.wait()
+        # Written while away: it waits for the reconnection.
+        frames = FrameLog(mux)
+        queued = asyncio.create_task(everything.request("ping"))
+        await frames.wait(lambda log: [f for f in log.sent("rpc") if f["message"].get("method") == "ping"])
+        await mux.close()
+        for pending in (call, queued):
+            with pytest.raises(MuxError) as closed:
+                await pending
+            assert closed.value.code == "closed"
+        assert mux.closed

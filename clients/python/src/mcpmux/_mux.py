@@ -337,6 +337,9 @@ class Mux:
             # No close frame: a close frame would end a session that might still resume.
             ws.transport.abort()
             raise _Refused(f"no welcome: {error or type(error).__name__}", permanent=False) from None
+        except asyncio.CancelledError:
+            ws.transport.abort()  # close() during a reconnection
+            raise
         return ws, welcome
 
     async def _adopt(self, ws: ClientConnection, welcome: dict[str, Any], *, resume_asked: bool) -> None:
