@@ -49,8 +49,8 @@ test("a call survives a 3 s cut with every progress notification once, in order"
     const everything = mux.server("everything");
     await everything.initialize();
 
-    const steps = 40;
-    const call = longOperation(everything, { duration: 8, steps, count: 5 });
+    const steps = 30;
+    const call = longOperation(everything, { duration: 6, steps, count: 5 });
     await call.enough;
     const resumed = nextEvent(mux, "connection", (e) => e.state === "open");
     await relay.cutFor(3000);
