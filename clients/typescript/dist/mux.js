@@ -136,7 +136,9 @@ export class Mux {
     _send(server, message) {
         if (this.#ended)
             return Promise.reject(this.#ended);
-        this.#upstreams.add(server);
+        // The gateway opens an upstream session at a server's first message.
+        if (this.#servers.has(server))
+            this.#upstreams.add(server);
         return this.#connection.send({ type: "rpc", server, message });
     }
     /** @internal See {@link ServerHandle.onNotification}. */

@@ -186,7 +186,8 @@ export class Mux {
   /** @internal Carries one JSON-RPC message to `server`; resolves once it is written. */
   _send(server: string, message: JsonRpcMessage): Promise<void> {
     if (this.#ended) return Promise.reject(this.#ended);
-    this.#upstreams.add(server);
+    // The gateway opens an upstream session at a server's first message.
+    if (this.#servers.has(server)) this.#upstreams.add(server);
     return this.#connection.send({ type: "rpc", server, message });
   }
 

@@ -2,6 +2,7 @@
 // a refused resume rejects what was pending with session_lost.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { MuxError } from "../dist/index.js";
 import { connectTo, nextEvent, ready, startGateway, toolText } from "./harness.mjs";
 import { startRelay } from "./relay.mjs";
@@ -89,10 +90,15 @@ test("a refused resume rejects pending calls with session_lost and reports the l
     await ready(mux, "everything");
     const everything = mux.server("everything");
     await everything.initialize();
+    const sdk = new Client({ name: "sdk-memory", version: "1" });
+    await sdk.connect(mux.transport("memory"));
+    const sdkClosed = new Promise((resolve) => (sdk.onclose = resolve));
+    await assert.rejects(mux.server("nowhere").request("tools/list"), (e) => e.code === "unknown_server");
     const call = longOperation(everything, { duration: 10, steps: 10, count: 1 });
     await call.enough;
 
-    const lost = nextEvent(mux, "session", (e) => e.state === "lost");
+    const lost = [];
+    mux.on("session", (e) => e.state === "lost" && lost.push(e));
     const reopened = nextEvent(mux, "connection", (e) => e.state === "open");
     await relay.cutFor(3000); // longer than the gateway's 1 s resume window
 
@@ -102,8 +108,9 @@ test("a refused resume rejects pending calls with session_lost and reports the l
       return true;
     });
     assert.deepEqual(await reopened, { state: "open", resumed: false });
-    const event = await lost;
-    assert.equal(event.server, "everything");
+    // Reported for the servers that had an upstream session, before the connection opened.
+    assert.deepEqual(lost.map((e) => e.server).sort(), ["everything", "memory"]);
+    await sdkClosed; // the SDK client is told its transport closed
     assert.notEqual(mux.session, session, "a fresh session");
 
     // The fresh session works once initialized again.
