@@ -127,15 +127,17 @@ pub static ASSETS: &[Asset] = &[
     ),
 ];
 
-/// The console's address for a gateway listening on `addr`: a wildcard address
-/// (`0.0.0.0`, `::`) is shown as loopback, which a browser on this machine can open.
-pub fn url(addr: SocketAddr) -> String {
+/// The console's address for a gateway listening on `addr` (over TLS when `secure`): a
+/// wildcard address (`0.0.0.0`, `::`) is shown as loopback, which a browser on this
+/// machine can open.
+pub fn url(addr: SocketAddr, secure: bool) -> String {
     let ip = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    format!("http://{}/", SocketAddr::new(ip, addr.port()))
+    let scheme = if secure { "https" } else { "http" };
+    format!("{scheme}://{}/", SocketAddr::new(ip, addr.port()))
 }
 
 /// The routes that serve [`ASSETS`]; merged into the gateway's router.
@@ -262,11 +264,13 @@ mod tests {
 
     #[test]
     fn the_url_of_a_wildcard_listener_is_loopback() {
-        let at = |s: &str| url(s.parse().expect("address"));
+        let at = |s: &str| url(s.parse().expect("address"), false);
         assert_eq!(at("127.0.0.1:7300"), "http://127.0.0.1:7300/");
         assert_eq!(at("0.0.0.0:7300"), "http://127.0.0.1:7300/");
         assert_eq!(at("[::]:80"), "http://[::1]:80/");
         assert_eq!(at("[::1]:7300"), "http://[::1]:7300/");
+        let tls = url("127.0.0.1:443".parse().expect("address"), true);
+        assert_eq!(tls, "https://127.0.0.1:443/");
     }
 
     #[test]
