@@ -53,10 +53,15 @@ test("a call survives a 3 s cut with every progress notification once, in order"
     const steps = 30;
     const call = longOperation(everything, { duration: 6, steps, count: 5 });
     await call.enough;
+    const reconnecting = nextEvent(mux, "connection", (e) => e.state === "reconnecting");
     const resumed = nextEvent(mux, "connection", (e) => e.state === "open");
     await relay.cutFor(3000);
-    assert.deepEqual((await resumed), { state: "open", resumed: true });
+    await reconnecting;
+    // Written while no socket is open: queued, and sent once the session is resumed.
+    const queued = everything.request("tools/call", { name: "echo", arguments: { message: "queued" } });
+    assert.deepEqual(await resumed, { state: "open", resumed: true });
     assert.match(toolText(await call.result), /completed/);
+    assert.equal(toolText(await queued), "Echo: queued");
 
     assert.equal(mux.session, session, "the same session went on");
     assert.ok(events.some((e) => e.state === "reconnecting"), JSON.stringify(events));
