@@ -156,7 +156,7 @@ function showFrame(direction, data) {
   } catch {
     frame = { type: "(not JSON)", text: String(data).slice(0, 200) };
   }
-  stream.add(direction, frame);
+  stream.add(direction, frame, typeof data === "string" ? data.length : 0);
   if (frame?.type === "welcome") ui.session.textContent = `session ${shortId(frame.session)}`;
 }
 
@@ -360,8 +360,9 @@ function renderServers() {
         onclick: () => selectServer(view.name),
       },
       h("span", { className: "server-name" }, view.name),
+      " ",
       h("span", { className: `badge state-${stateLabel(view)}` }, stateLabel(view)),
-      sessionLabel(view) ? h("span", { className: `session-mark session-${view.session}` }, sessionLabel(view)) : null,
+      sessionLabel(view) ? [" ", h("span", { className: `session-mark session-${view.session}` }, sessionLabel(view))] : null,
     );
     buttons.push(button);
     return h("li", {}, button);
@@ -567,7 +568,7 @@ function renderItems(view) {
         },
       },
       h("span", { className: "item-name" }, kind === "resources" ? (item.name ?? item.uri) : item.name),
-      run?.running ? h("span", { className: "running-mark" }, "running") : null,
+      run?.running ? [" ", h("span", { className: "running-mark" }, "running")] : null,
     );
     buttons.push(button);
     return h("li", {}, button);

@@ -4,8 +4,9 @@
 
 import { h, pretty } from "./dom.js";
 
-/** Frames kept for filtering; older ones are dropped. */
+/** Frames kept for filtering, and their total size; beyond either, the oldest go. */
 const KEPT = 5000;
+const KEPT_BYTES = 32 * 1024 * 1024;
 /** Rows shown at once; the newest matching ones. */
 const SHOWN = 400;
 
@@ -75,7 +76,8 @@ export function redact(frame) {
 
 /**
  * Wires the stream to its controls. `els`: list, filter, server, direction, pause,
- * clear, count. Returns `{ add(direction, frame), note(text, tone), servers(names) }`.
+ * clear, count. Returns `{ add(direction, frame, size), note(text, tone), servers(names) }`
+ * (`size`: the frame's length on the wire, for the bound on what is kept).
  */
 export function createStream(els) {
   const entries = [];
@@ -83,6 +85,7 @@ export function createStream(els) {
   let paused = false;
   let scheduled = false;
   let counter = 0;
+  let bytes = 0;
 
   function matches(entry, query, server, direction) {
     if (direction && entry.direction !== direction) return false;
@@ -155,8 +158,9 @@ export function createStream(els) {
     entry.n = ++counter;
     entry.time = new Date();
     entries.push(entry);
-    if (entries.length > KEPT) {
-      entries.shift();
+    bytes += entry.size;
+    while (entries.length > 1 && (entries.length > KEPT || bytes > KEPT_BYTES)) {
+      bytes -= entries.shift().size;
       dropped++;
     }
     schedule();
@@ -175,16 +179,17 @@ export function createStream(els) {
   els.clear.addEventListener("click", () => {
     entries.length = 0;
     dropped = 0;
+    bytes = 0;
     els.list.replaceChildren();
     schedule();
   });
 
   return {
-    add(direction, frame) {
-      push({ direction, frame, server: frame?.server, seq: frame?.seq, kind: frame?.type ?? "?", summary: summarize(frame) });
+    add(direction, frame, size = 0) {
+      push({ direction, frame, size, server: frame?.server, seq: frame?.seq, kind: frame?.type ?? "?", summary: summarize(frame) });
     },
     note(text, tone = "info") {
-      push({ direction: "note", kind: "connection", summary: text, tone });
+      push({ direction: "note", kind: "connection", summary: text, tone, size: text.length });
     },
     servers(names) {
       const current = els.server.value;

@@ -254,7 +254,7 @@ describe("the web console", () => {
     }
     assert.deepEqual(
       order.map((f) => f.text),
-      ["Skip to the selected server", "API key", "everythingready", "Initialize"],
+      ["Skip to the selected server", "API key", "everything ready", "Initialize"],
     );
     for (const f of order.slice(1)) assert.ok(f.outline !== "none" && f.width !== "0px", `visible focus on ${f.text}`);
 
