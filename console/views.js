@@ -31,9 +31,9 @@ export function toolView(view, tool, send) {
     tool.description ? h("p", { className: "description" }, tool.description) : null,
     h("div", { className: "chips" }, annotationsOf(tool)),
     form.fields,
-    rawJson(tool.inputSchema ?? {}, "Input schema"),
     h("div", { className: "actions" }, callButton, cancelButton, h("div", { className: "check" }, wantProgress, h("label", { for: progressId }, "Ask for progress"))),
     output,
+    rawJson(tool.inputSchema ?? {}, "Input schema"),
   );
   const paint = () => {
     const run = view.runs.get(runKey);
