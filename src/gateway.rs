@@ -1,9 +1,10 @@
 //! The running gateway: shared state, HTTP routes, start-up and graceful shutdown.
 //!
 //! [`Gateway::start`] takes a bound listener (tests bind port 0), starts a supervisor
-//! per stdio server and serves `GET /ws` (the `mcpmux.v1` WebSocket), `GET /healthz`
-//! and `GET /status`. [`Gateway::shutdown`] stops accepting, closes every WebSocket
-//! with 1001, ends upstream sessions, then stops every child.
+//! per stdio server and serves `GET /ws` (the `mcpmux.v1` WebSocket), `GET /healthz`,
+//! `GET /status` and the web console at `GET /` ([`crate::console`]).
+//! [`Gateway::shutdown`] stops accepting, closes every WebSocket with 1001, ends
+//! upstream sessions, then stops every child.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -171,6 +172,7 @@ impl Gateway {
             .route("/ws", get(upgrade))
             .route("/healthz", get(|| async { "ok" }))
             .route("/status", get(status_page))
+            .merge(crate::console::routes())
             .with_state(shared.clone());
         let stop_accepting = shutdown.clone();
         let server_task = tokio::spawn(async move {

@@ -8,6 +8,7 @@
 //! Map of the crate:
 //! - [`config`]: the JSON configuration file and its validation.
 //! - [`gateway`]: start-up, HTTP routes, graceful shutdown; the shared state.
+//! - [`console`]: the web console at `/`, its assets compiled into the binary.
 //! - [`connection`]: one WebSocket: handshake, frame reader, writer task, heartbeats.
 //! - [`session`]: a client session: its upstream sessions, its outbox, frame handling.
 //! - [`resume`]: live and detached sessions by id; holding and handing them over.
@@ -23,6 +24,7 @@
 
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod gateway;
 pub mod jsonrpc;
 pub mod open_files;

@@ -1,5 +1,6 @@
 //! The `mcpmux` command: run the gateway, or check a configuration file.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -179,8 +180,19 @@ fn run(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()
             guard: std::env::current_exe().ok(),
         };
         let gateway = Gateway::start_with(config, listener, options).await?;
-        // A line for people and for scripts that started us on port 0.
-        println!("mcpmux listening on ws://{}/ws", gateway.local_addr());
+        // Lines for people and for scripts that started us on port 0 (they parse the first).
+        // One write, so that a reader that stops after the first line cannot make the
+        // second fail; and a closed stdout is no reason to stop serving.
+        let addr = gateway.local_addr();
+        let started = format!(
+            "mcpmux listening on ws://{addr}/ws\nmcpmux console: {} (open it in a browser)\n",
+            mcpmux::console::url(addr, false)
+        );
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout
+            .write_all(started.as_bytes())
+            .and_then(|()| stdout.flush());
+        drop(stdout);
         let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
         tokio::select! {

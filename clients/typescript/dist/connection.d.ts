@@ -1,0 +1,81 @@
+/**
+ * One logical connection to the gateway across any number of sockets: the handshake
+ * (`hello`/`welcome`, the key in `hello` or in a subprotocol), reconnection with
+ * full-jitter backoff and resume (`last_seq`, `?session=`), the close-code rules, acks,
+ * application-level pings, the queue of frames written while no socket is open, and the
+ * in-order, one-per-task delivery of gateway frames to its owner.
+ * @module
+ */
+import { MuxError } from "./errors.js";
+import { type ClientFrame, type GatewayFrame } from "./wire.js";
+/** How `connect` reaches the gateway. */
+export interface ConnectOptions {
+    /**
+     * API key. Sent in `hello` as `token` (or, with `keyIn: "subprotocol"`, as the
+     * subprotocol `mcpmux.bearer.<base64url(key), no padding>`); never in the URL.
+     */
+    token?: string;
+    /** Where the key goes; default `"hello"`. */
+    keyIn?: "hello" | "subprotocol";
+    /** Who this client is, for the gateway's logs. */
+    client?: {
+        name: string;
+        version?: string;
+    };
+    /** A WebSocket constructor (e.g. `ws`'s on Node 20); default `globalThis.WebSocket`. */
+    WebSocket?: any;
+    /**
+     * Reconnect after a drop and resume the session (default true). Delays are full-jitter
+     * exponential backoff: random in [0, min(maxDelayMs, minDelayMs * 2^attempt)).
+     * Defaults: minDelayMs 250, maxDelayMs 10000, maxAttempts Infinity (per outage).
+     */
+    reconnect?: boolean | {
+        minDelayMs?: number;
+        maxDelayMs?: number;
+        maxAttempts?: number;
+    };
+    /** Send an `ack` after this many sequenced frames (default 100). */
+    ackEvery?: number;
+}
+/** A change of the connection's state. */
+export interface ConnectionEvent {
+    state: "connecting" | "open" | "reconnecting" | "closed";
+    /** With `open` after a drop: whether the gateway resumed the session. */
+    resumed?: boolean;
+    /** The close code of the socket that ended (1006 when it ended without a close frame). */
+    code?: number;
+    reason?: string;
+    /** With `reconnecting`: the number of the attempt about to be made (1, 2, ...). */
+    attempt?: number;
+}
+/** What a connection hands to its owner, in wire order, one call per event-loop task. */
+export interface ConnectionSink {
+    /** A `welcome`: `first` on the first socket, `resumed` when the session went on. */
+    welcome(frame: GatewayFrame, resumed: boolean, first: boolean): void;
+    /** Any other gateway frame. */
+    frame(frame: GatewayFrame): void;
+    /** Every frame in either direction (`hello` with its key masked). */
+    wire(direction: "in" | "out", frame: unknown): void;
+    connection(event: ConnectionEvent): void;
+    /** The connection ended for good; nothing more will be delivered. */
+    ended(error: MuxError): void;
+}
+/** Frames written while no socket is open wait here, at most this many (`queue_full`). */
+export declare const MAX_QUEUED_FRAMES = 1024;
+export declare class Connection {
+    #private;
+    constructor(url: string, options: ConnectOptions, sink: ConnectionSink);
+    /** The current state. */
+    get state(): ConnectionEvent["state"];
+    /** The client session's id, once a `welcome` named it. */
+    get session(): string | undefined;
+    /** Opens the first socket; resolves with its `welcome`, rejects if it fails. */
+    start(): Promise<void>;
+    /**
+     * Writes `frame` now if a session is open, else queues it for the next `welcome`
+     * (rejected with `session_lost` if that welcome starts a fresh session).
+     */
+    send(frame: ClientFrame): Promise<void>;
+    /** Ends the connection with close code 1000 (the gateway ends the session). */
+    close(): Promise<void>;
+}

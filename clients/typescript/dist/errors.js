@@ -1,0 +1,41 @@
+/**
+ * The one error type of the library: every rejected call and every failure a listener
+ * is told about is a `MuxError` with a short machine-readable `code`.
+ *
+ * Codes (see README.md): the gateway's own codes from `error.data.gateway`
+ * (`timeout`, `session_lost`, `unknown_server`, ...); `rpc_error` for a JSON-RPC error
+ * that the MCP server itself sent; and the client's own: `timeout`, `aborted`,
+ * `session_lost`, `closed`, `connect_failed`, `queue_full`.
+ * @module
+ */
+/** A JSON-RPC or gateway error, or one of the client's own failures. */
+export class MuxError extends Error {
+    /** What went wrong, for programs: a gateway code, `rpc_error`, or a client code. */
+    code;
+    /** Details: the JSON-RPC error's `data`, or the close code and reason of a socket. */
+    data;
+    /** The JSON-RPC `error.code` when the error came in a JSON-RPC response. */
+    rpcCode;
+    constructor(code, message, options = {}) {
+        super(message, options.cause === undefined ? undefined : { cause: options.cause });
+        this.name = "MuxError";
+        this.code = code;
+        if (options.data !== undefined)
+            this.data = options.data;
+        if (options.rpcCode !== undefined)
+            this.rpcCode = options.rpcCode;
+    }
+    /** The error that a JSON-RPC `error` member stands for. */
+    static fromRpc(error) {
+        const e = (typeof error === "object" && error !== null ? error : {});
+        const data = e.data;
+        const gateway = typeof data === "object" && data !== null && typeof data.gateway === "string"
+            ? data.gateway
+            : undefined;
+        const message = typeof e.message === "string" ? e.message : "JSON-RPC error";
+        return new MuxError(gateway ?? "rpc_error", message, {
+            data: e.data,
+            rpcCode: typeof e.code === "number" ? e.code : undefined,
+        });
+    }
+}

@@ -1,0 +1,53 @@
+/**
+ * Time and order: the reconnect delay (full-jitter exponential backoff) and the
+ * macrotask scheduler that hands incoming frames to the application one per event-loop
+ * task, as browsers deliver WebSocket messages (Node's `ws` delivers several per task,
+ * and promise-based code such as the MCP SDK then sees them out of order).
+ * @module
+ */
+
+/**
+ * The delay before reconnect attempt `attempt` (0 for the first): a random time in
+ * `[0, min(maxMs, minMs * 2^attempt))`, the "full jitter" of exponential backoff.
+ */
+export function backoffDelay(
+  attempt: number,
+  minMs: number,
+  maxMs: number,
+  random: () => number = Math.random,
+): number {
+  const ceiling = Math.min(maxMs, minMs * 2 ** Math.min(attempt, 30));
+  return Math.floor(random() * ceiling);
+}
+
+type Task = () => void;
+
+/** Returns a function that runs its argument on a macrotask of its own. */
+export function macrotaskScheduler(): (task: Task) => void {
+  const g = globalThis as {
+    setImmediate?: (task: Task) => unknown;
+    MessageChannel?: new () => {
+      port1: { onmessage: ((event: unknown) => void) | null };
+      port2: { postMessage(value: unknown): void };
+    };
+  };
+  if (typeof g.setImmediate === "function") {
+    const setImmediate = g.setImmediate;
+    return (task) => {
+      setImmediate(task);
+    };
+  }
+  if (typeof g.MessageChannel === "function") {
+    // A message to a channel is a macrotask without setTimeout's clamping.
+    const channel = new g.MessageChannel();
+    const tasks: Task[] = [];
+    channel.port1.onmessage = () => tasks.shift()?.();
+    return (task) => {
+      tasks.push(task);
+      channel.port2.postMessage(null);
+    };
+  }
+  return (task) => {
+    setTimeout(task, 0);
+  };
+}

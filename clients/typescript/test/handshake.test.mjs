@@ -1,0 +1,208 @@
+// The handshake and the connection rules, against a scripted stand-in for the gateway
+// (the real one cannot be made to close with a chosen code or to go silent on demand):
+// where the key goes, resume after 4000-4499, no retry after 4500-4999, acks, and a
+// silent gateway given up.
+import assert from "node:assert/strict";
+import { once } from "node:events";
+import { after, test } from "node:test";
+import { WebSocketServer } from "ws";
+import { MuxError } from "../dist/index.js";
+import { connectTo } from "./harness.mjs";
+
+const servers = [];
+const muxes = [];
+after(async () => {
+  await Promise.all(muxes.map((mux) => mux.close()));
+  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+});
+
+/** Connects like the tests of the real gateway do; closed after the tests, whatever happens. */
+async function open(url, options) {
+  const mux = await connectTo(url, options);
+  muxes.push(mux);
+  return mux;
+}
+
+/**
+ * A WebSocket server that records each connection (`url`, `protocols`, frames received)
+ * and hands it to `script(connection, index)` once its first frame (hello) arrived.
+ */
+async function fakeGateway(script) {
+  const wss = new WebSocketServer({
+    host: "127.0.0.1",
+    port: 0,
+    handleProtocols: (offered) => (offered.has("mcpmux.v1") ? "mcpmux.v1" : false),
+  });
+  servers.push(wss);
+  await once(wss, "listening");
+  const connections = [];
+  const waiting = new Map(); // connection index -> resolvers
+  wss.on("connection", (ws, req) => {
+    const connection = {
+      ws,
+      url: req.url,
+      protocols: req.headers["sec-websocket-protocol"],
+      frames: [],
+      send: (frame) => ws.send(JSON.stringify(frame)),
+      welcome: (fields = {}) =>
+        connection.send({
+          type: "welcome", session: "s1", protocol: "mcpmux.v1", resumed: false,
+          resume_window_ms: 60000, heartbeat_ms: 15000, servers: [{ name: "a", state: "ready" }],
+          ...fields,
+        }),
+      /** Resolves with the first frame not yet taken by `next` for which `test` holds. */
+      next: (test = () => true) =>
+        new Promise((resolve) => {
+          const look = () => {
+            for (let i = connection.taken; i < connection.frames.length; i++) {
+              if (test(connection.frames[i])) {
+                connection.taken = i + 1;
+                connection.lookers.delete(look);
+                resolve(connection.frames[i]);
+                return;
+              }
+            }
+          };
+          connection.lookers.add(look);
+          look();
+        }),
+      taken: 0,
+      lookers: new Set(),
+    };
+    ws.on("message", (data) => {
+      connection.frames.push(JSON.parse(data.toString()));
+      for (const look of [...connection.lookers]) look();
+    });
+    const index = connections.push(connection) - 1;
+    ws.once("message", () => {
+      script(connection, index);
+      for (const resolve of waiting.get(index) ?? []) resolve(connection);
+    });
+  });
+  return {
+    url: `ws://127.0.0.1:${wss.address().port}/ws`,
+    connections,
+    /** Resolves with connection number `n` (0-based) once its hello arrived. */
+    connection: (n) =>
+      connections[n]?.frames.length
+        ? Promise.resolve(connections[n])
+        : new Promise((resolve) => waiting.set(n, [...(waiting.get(n) ?? []), resolve])),
+  };
+}
+
+const fast = { reconnect: { minDelayMs: 10, maxDelayMs: 50 } };
+
+test("the key goes in hello by default, never in the URL", async () => {
+  const fake = await fakeGateway((c) => c.welcome());
+  const mux = await open(fake.url, { token: "s3cret/key+=" });
+  const [c] = fake.connections;
+  assert.equal(c.url, "/ws");
+  assert.equal(c.protocols, "mcpmux.v1");
+  assert.equal(c.frames[0].type, "hello");
+  assert.equal(c.frames[0].token, "s3cret/key+=");
+  assert.deepEqual(c.frames[0].client, { name: "mcpmux-ts-tests", version: "1" });
+});
+
+test("with keyIn subprotocol the key is a base64url subprotocol and not in hello", async () => {
+  const fake = await fakeGateway((c) => c.welcome());
+  const key = "s3cret/key+=ü";
+  const mux = await open(fake.url, { token: key, keyIn: "subprotocol" });
+  const [c] = fake.connections;
+  const encoded = Buffer.from(key, "utf8").toString("base64url");
+  assert.doesNotMatch(encoded, /=/);
+  assert.deepEqual(c.protocols.split(/,\s*/), ["mcpmux.v1", `mcpmux.bearer.${encoded}`]);
+  assert.equal(c.url, "/ws");
+  assert.equal("token" in c.frames[0], false);
+});
+
+test("close code 4001: reconnects, resumes after the last seq, drops repeated frames", async () => {
+  const fake = await fakeGateway(async (c, index) => {
+    if (index === 0) {
+      c.welcome();
+      for (let seq = 1; seq <= 3; seq++) c.send({ type: "status", server: "a", seq, state: `s${seq}` });
+      await c.next((f) => f.type === "rpc"); // the client saw them all and wrote this
+      c.ws.close(4001, "silent");
+    } else {
+      c.welcome({ resumed: true, servers: [{ name: "a", state: "s3" }] });
+      c.send({ type: "status", server: "a", seq: 3, state: "s3" });
+      c.send({ type: "status", server: "a", seq: 4, state: "s4" });
+    }
+  });
+  const mux = await open(fake.url, { token: "k", ...fast });
+  const states = [];
+  const events = [];
+  const hellos = [];
+  mux.on("status", (e) => states.push(e.state));
+  mux.on("connection", (e) => events.push(e));
+  mux.on("frame", ({ direction, frame }) => direction === "out" && frame.type === "hello" && hellos.push(frame));
+  await new Promise((resolve) => mux.on("status", (e) => e.state === "s3" && resolve()));
+  await mux.server("a").notify("notifications/initialized");
+  await new Promise((resolve) => mux.on("status", (e) => e.state === "s4" && resolve()));
+
+  const second = fake.connections[1];
+  assert.equal(second.url, "/ws?session=s1");
+  assert.deepEqual(second.frames[0].resume, { session: "s1", last_seq: 3 });
+  assert.equal(second.frames[0].token, "k");
+  assert.equal(hellos[0].token, "(hidden)", "the frame event never shows the key");
+  assert.deepEqual(states, ["s1", "s2", "s3", "s4"], "each frame once");
+  assert.deepEqual(events, [
+    { state: "reconnecting", code: 4001, reason: "silent", attempt: 1 },
+    { state: "open", resumed: true },
+  ]);
+  assert.equal(mux.session, "s1");
+});
+
+test("close code 4501: never retried; pending calls reject with closed", async () => {
+  const fake = await fakeGateway(async (c) => {
+    c.welcome();
+    await c.next((f) => f.type === "rpc");
+    c.ws.close(4501, "unauthorized");
+  });
+  const mux = await open(fake.url, fast);
+  const events = [];
+  mux.on("connection", (e) => events.push(e));
+  await assert.rejects(mux.server("a").request("tools/list"), (error) => {
+    assert.ok(error instanceof MuxError);
+    assert.equal(error.code, "closed");
+    assert.deepEqual(error.data, { code: 4501, reason: "unauthorized" });
+    return true;
+  });
+  assert.deepEqual(events, [{ state: "closed", code: 4501, reason: "unauthorized" }]);
+  assert.equal(fake.connections.length, 1);
+  await assert.rejects(mux.server("a").notify("x"), (error) => error.code === "closed");
+});
+
+test("a first socket that fails rejects connect with connect_failed", async () => {
+  const fake = await fakeGateway((c) => c.ws.close(4501, "unauthorized"));
+  await assert.rejects(connectTo(fake.url, fast), (error) => {
+    assert.ok(error instanceof MuxError);
+    assert.equal(error.code, "connect_failed");
+    assert.deepEqual(error.data, { code: 4501, reason: "unauthorized" });
+    return true;
+  });
+});
+
+test("acks every ackEvery frames", async () => {
+  const fake = await fakeGateway((c) => {
+    c.welcome();
+    for (let seq = 1; seq <= 25; seq++) c.send({ type: "status", server: "a", seq, state: "ready" });
+  });
+  const acks = [];
+  const mux = await open(fake.url, { ackEvery: 10 });
+  const c = fake.connections[0];
+  acks.push(await c.next((f) => f.type === "ack"));
+  acks.push(await c.next((f) => f.type === "ack"));
+  assert.deepEqual(acks, [{ type: "ack", seq: 10 }, { type: "ack", seq: 20 }]);
+});
+
+test("a gateway silent for two heartbeat intervals is dropped and the session resumed", async () => {
+  const fake = await fakeGateway((c, index) => {
+    // The first never answers anything, not even ping.
+    if (index === 0) c.welcome({ heartbeat_ms: 100 });
+    else c.welcome({ resumed: true });
+  });
+  const mux = await open(fake.url, fast);
+  const second = await fake.connection(1);
+  assert.ok(fake.connections[0].frames.some((f) => f.type === "ping"), "it pinged first");
+  assert.deepEqual(second.frames[0].resume, { session: "s1", last_seq: 0 });
+});
