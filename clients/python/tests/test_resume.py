@@ -90,11 +90,12 @@ async def test_a_refused_resume_fails_pending_calls_and_reports_lost_sessions(ga
         async with asyncio.timeout(WAIT):
             await started.wait()
 
-        # Another socket resumes this session: the gateway closes ours with 4002 and
-        # ends the session, so the client's own resume is refused.
+        # Another socket claims this session with a seq it was never sent: the gateway
+        # closes ours with 4002 and, the claim being impossible, ends the session, so
+        # the client's own resume is refused.
         old = mux.session
         async with ws_connect(gateway.url, subprotocols=["mcpmux.v1"]) as other:  # type: ignore[list-item]
-            await other.send(json.dumps({"type": "hello", "resume": {"session": old, "last_seq": 0}}))
+            await other.send(json.dumps({"type": "hello", "resume": {"session": old, "last_seq": 10**9}}))
             assert json.loads(await other.recv())["resumed"] is False
 
         with pytest.raises(MuxError) as lost:
