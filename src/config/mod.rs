@@ -11,7 +11,10 @@
 //! - `raw`: the JSON tree, the raw serde structs, and naming the key at fault when decoding fails.
 //! - `expand`: `${NAME}` environment expansion.
 //! - `validate`: the conversion to the public types and every validation rule and message.
+//! - `access`: the keys about who may connect (`apiKeys`, `allowedOrigins`, `allowedHosts`,
+//!   `allowAnonymous`) and `tls`: their types and rules.
 
+mod access;
 mod expand;
 mod raw;
 mod validate;
@@ -24,6 +27,11 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub use access::{
+    AccessConfig, ApiKeyConfig, KeyMaterial, Rate, RateLimitConfig, ServerGrant, TlsConfig,
+    normalize_origin, sha256, split_host_port,
+};
 
 /// The pinned `mcp-proxy` npm version launched when no local or configured copy is found.
 pub const MCP_PROXY_VERSION: &str = "6.7.19";
@@ -153,6 +161,13 @@ pub struct GatewayConfig {
     /// `maxSessions`: client sessions, attached or held for resume, the gateway keeps at
     /// once; more sockets are refused with HTTP 503 (default 10000).
     pub max_sessions: usize,
+    /// `maxPendingPerIp`: sockets from one client address (IPv6: one /64) that have not
+    /// finished `hello`; more get HTTP 429 (default 64).
+    pub max_pending_per_ip: usize,
+    /// Who may connect, from where: API keys, allowed origins and hosts.
+    pub access: AccessConfig,
+    /// `tls`: serve `wss://` and `https://` (paths made absolute by [`Config::load`]).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -179,6 +194,9 @@ impl Default for GatewayConfig {
             max_upstream_sessions: 64,
             shutdown_grace: Duration::from_millis(5_000),
             max_sessions: 10_000,
+            max_pending_per_ip: 64,
+            access: AccessConfig::default(),
+            tls: None,
         }
     }
 }
@@ -238,13 +256,18 @@ impl Config {
     }
 
     /// Reads and parses the file at `path`, expanding `${NAME}` from the process environment.
+    /// Relative file paths in it (`gateway.tls`) are made relative to its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let source_name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             source_name: source_name.clone(),
             source,
         })?;
-        Config::parse(&text, &source_name, &|name| std::env::var(name).ok())
+        let mut config = Config::parse(&text, &source_name, &|name| std::env::var(name).ok())?;
+        if let Some(tls) = &mut config.gateway.tls {
+            tls.relative_to(path.parent().unwrap_or(Path::new(".")));
+        }
+        Ok(config)
     }
 
     /// The built-in demo used when no config file is given: one stdio server "everything".
