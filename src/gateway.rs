@@ -2,31 +2,33 @@
 //!
 //! [`Gateway::start`] takes a bound listener (tests bind port 0), starts a supervisor
 //! per stdio server and serves `GET /ws` (the `mcpmux.v1` WebSocket), `GET /healthz`
-//! and `GET /status`. [`Gateway::shutdown`] stops accepting, closes every WebSocket
+//! and `GET /status`, over TLS when configured, behind [`auth::gate`]. [`Gateway::shutdown`] stops accepting, closes every WebSocket
 //! with 1001, ends upstream sessions, then stops every child.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use reqwest::header::{HeaderName, HeaderValue};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{self, Access, Caller};
 use crate::config::{Config, GatewayConfig, RemoteServer, RemoteTransport, ServerConfig};
 use crate::connection;
 use crate::protocol::{self, ServerState};
 use crate::registry::{STATUS_BROADCAST_CAPACITY, Server, ServerStatus, Servers, StatusChange};
 use crate::resume::Sessions;
 use crate::supervisor::{self, SupervisorConfig};
+use crate::tls::{self, PeerAddr, TlsError, TlsListener};
 use crate::upstream::http::HttpClient;
 use crate::upstream::{Endpoint, Transport, UpstreamError};
 
@@ -47,6 +49,12 @@ pub enum GatewayError {
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] UpstreamError),
+    /// No API keys on an address other than loopback, without `allowAnonymous`.
+    #[error(transparent)]
+    Exposed(#[from] auth::Exposed),
+    /// The TLS certificate or key is not usable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// State shared by every connection. Cheap to clone through its `Arc`.
@@ -68,6 +76,8 @@ pub struct Shared {
     pub background: TaskTracker,
     /// Every client session, attached or held for resume.
     pub sessions: Sessions,
+    /// Who may connect: origins, API keys, limits.
+    pub access: Arc<Access>,
 }
 
 /// How the gateway runs, beyond its configuration.
@@ -103,6 +113,12 @@ impl Gateway {
     ) -> Result<Self, GatewayError> {
         let local_addr = listener.local_addr()?;
         let gateway = config.gateway.clone();
+        auth::check_exposure(&gateway, local_addr)?;
+        if gateway.access.allow_anonymous && gateway.access.api_keys.is_empty() {
+            tracing::warn!(%local_addr, "allowAnonymous: anyone who reaches this address may use every server without a key");
+        }
+        let tls_acceptor = gateway.tls.as_ref().map(tls::acceptor).transpose()?;
+        let access = Access::new(&gateway);
         let (status_changes, _) = broadcast::channel(STATUS_BROADCAST_CAPACITY);
         let http = HttpClient::new(gateway.connect_timeout, gateway.max_upstream_message_bytes)?;
         let shutdown = CancellationToken::new();
@@ -151,21 +167,42 @@ impl Gateway {
             connections: TaskTracker::new(),
             background: TaskTracker::new(),
             sessions: Sessions::default(),
+            access,
         });
         let app = Router::new()
             .route("/ws", get(upgrade))
             .route("/healthz", get(|| async { "ok" }))
             .route("/status", get(status_page))
-            .with_state(shared.clone());
+            .fallback(|| async { StatusCode::NOT_FOUND })
+            .layer(axum::middleware::from_fn_with_state(
+                shared.access.clone(),
+                auth::gate,
+            ))
+            .with_state(shared.clone())
+            .into_make_service_with_connect_info::<PeerAddr>();
         let stop_accepting = shutdown.clone();
-        let server_task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
-                .await;
-            if let Err(err) = served {
-                tracing::error!(%err, "HTTP server failed");
+        let stopped = async move { stop_accepting.cancelled().await };
+        let server_task = match tls_acceptor {
+            None => tokio::spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await;
+                if let Err(err) = served {
+                    tracing::error!(%err, "HTTP server failed");
+                }
+            }),
+            Some(acceptor) => {
+                let listener = TlsListener::new(listener, acceptor)?;
+                tokio::spawn(async move {
+                    let served = axum::serve(listener, app)
+                        .with_graceful_shutdown(stopped)
+                        .await;
+                    if let Err(err) = served {
+                        tracing::error!(%err, "HTTPS server failed");
+                    }
+                })
             }
-        });
+        };
         tracing::info!(%local_addr, "mcpmux listening");
         Ok(Self {
             shared,
@@ -251,9 +288,11 @@ fn remote_endpoint(name: &str, remote: &RemoteServer) -> Result<Endpoint, Gatewa
     })
 }
 
-/// `GET /ws`: the subprotocol check, then the WebSocket.
+/// `GET /ws`: the subprotocol check, the socket limits, then the WebSocket.
 async fn upgrade(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -280,6 +319,10 @@ async fn upgrade(
             "mcpmux holds as many client sessions as it may (maxSessions); try again later";
         return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
     }
+    let admission = match shared.access.admit_upgrade(caller, peer.ip()) {
+        Ok(admission) => admission,
+        Err(refusal) => return auth::refuse(&refusal, None),
+    };
     let config = &shared.config;
     let tracker = shared.connections.clone();
     ws.protocols([protocol::SUBPROTOCOL])
@@ -287,14 +330,20 @@ async fn upgrade(
         .max_frame_size(config.max_frame_bytes)
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| tracker.track_future(connection::serve(socket, shared)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(connection::serve(socket, shared, admission))
+        })
 }
 
-/// `GET /status`: every server's state, for operators and probes.
-async fn status_page(State(shared): State<Arc<Shared>>) -> Response {
+/// `GET /status`: the state of every server the caller may use, for operators and probes.
+async fn status_page(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
     let servers: Vec<_> = shared
         .servers
         .values()
+        .filter(|server| caller.may_use(&server.name))
         .map(|server| {
             let status = server.status();
             serde_json::json!({

@@ -7,8 +7,10 @@
 //! holder for the session; the holder checks that every frame after `last_seq` is still
 //! kept and hands it over, or refuses. There is never a partial replay: a refused
 //! resume ends the old session (its upstream sessions are deleted) and the client gets a
-//! fresh one.
+//! fresh one. Only the API key that opened a session may resume it: each session is
+//! registered with its key's name, and a resume with another key finds no session.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -49,10 +51,13 @@ enum Slot {
     Detached(mpsc::Sender<Takeover>),
 }
 
-/// Every client session of the gateway, by id.
+/// The name of the API key that opened a session (`None` on a gateway without keys).
+type Owner = Option<Arc<str>>;
+
+/// Every client session of the gateway, by id, with the key that opened it.
 #[derive(Default)]
 pub struct Sessions {
-    slots: DashMap<String, Slot>,
+    slots: DashMap<String, (Owner, Slot)>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -64,10 +69,12 @@ impl std::fmt::Debug for Sessions {
 }
 
 impl Sessions {
-    /// Registers `id` as attached; the token is cancelled if another socket claims it.
-    pub fn attach(&self, id: &str) -> CancellationToken {
+    /// Registers `id`, opened by key `owner`, as attached; the token is cancelled if
+    /// another socket claims it.
+    pub fn attach(&self, id: &str, owner: Owner) -> CancellationToken {
         let evict = CancellationToken::new();
-        self.slots.insert(id.to_owned(), Slot::Live(evict.clone()));
+        self.slots
+            .insert(id.to_owned(), (owner, Slot::Live(evict.clone())));
         evict
     }
 
@@ -86,11 +93,20 @@ impl Sessions {
         self.slots.is_empty()
     }
 
-    /// Takes session `id` for a new socket that has every frame up to `last_seq`.
-    pub async fn take(&self, id: &str, last_seq: u64) -> Result<ClientSession, Refusal> {
+    /// Takes session `id` for a new socket of key `owner` that has every frame up to
+    /// `last_seq`. A session opened by another key is left alone, as if unknown.
+    pub async fn take(
+        &self,
+        id: &str,
+        last_seq: u64,
+        owner: Option<&str>,
+    ) -> Result<ClientSession, Refusal> {
         // The slot leaves the map before anything is awaited: no guard is held across
         // an await, and no two sockets can take the same session.
-        let slot = self.slots.remove(id).map(|(_, slot)| slot);
+        let slot = self
+            .slots
+            .remove_if(id, |_, (opener, _)| opener.as_deref() == owner)
+            .map(|(_, (_, slot))| slot);
         match slot {
             None => Err(Refusal::Unknown),
             Some(Slot::Live(evict)) => {
@@ -116,7 +132,7 @@ impl Sessions {
         // session held or has already evicted it.
         let held = match self.slots.entry(session.id.clone()) {
             Entry::Occupied(mut slot) if !evicted.is_cancelled() => {
-                slot.insert(Slot::Detached(sender.clone()));
+                slot.get_mut().1 = Slot::Detached(sender.clone());
                 true
             }
             _ => false,
@@ -173,7 +189,7 @@ async fn run_holder(
     // Forget the slot unless a takeover already took it out.
     session.shared().sessions.slots.remove_if(
         &session.id,
-        |_, slot| matches!(slot, Slot::Detached(s) if s.same_channel(&own)),
+        |_, (_, slot)| matches!(slot, Slot::Detached(s) if s.same_channel(&own)),
     );
     tracing::debug!(session = %session.id, "held client session expired");
     session.finish(drain).await;
