@@ -26,24 +26,60 @@ pub struct Binary {
     /// Where it listens.
     pub addr: SocketAddr,
     marker: String,
-    _config: TempFile,
+    dir: TempDir,
 }
 
-struct TempFile(std::path::PathBuf);
+/// How to launch the binary, beyond its configuration.
+#[derive(Default)]
+pub struct Launch<'a> {
+    /// Extra environment variables.
+    pub env: &'a [(&'a str, &'a str)],
+    /// Files written beside the configuration file: name and contents.
+    pub files: &'a [(&'a str, &'a [u8])],
+    /// Standard error at `MCPMUX_LOG=trace`, kept for [`Binary::log`].
+    pub trace_log: bool,
+}
 
-impl Drop for TempFile {
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// A new empty directory.
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(format!("mcpmux-test-{:x}", rand_u64()));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
 impl Binary {
     /// Starts the binary with `config` on 127.0.0.1:0.
     pub fn start(config: &Value) -> Self {
+        Self::launch(config, Launch::default())
+    }
+
+    /// Starts the binary with `config` on 127.0.0.1:0, as `launch` says.
+    pub fn launch(config: &Value, launch: Launch<'_>) -> Self {
         let marker = format!("{:x}", rand_u64());
-        let path = std::env::temp_dir().join(format!("mcpmux-test-{marker}.json"));
+        let dir = TempDir::new();
+        let path = dir.0.join("mcpmux.json");
         std::fs::write(&path, config.to_string()).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mcpmux"))
+        for (name, contents) in launch.files {
+            std::fs::write(dir.0.join(name), contents).expect("write file");
+        }
+        let stderr = if launch.trace_log {
+            Stdio::from(std::fs::File::create(dir.0.join("stderr.log")).expect("log file"))
+        } else {
+            Stdio::null()
+        };
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mcpmux"));
+        command
             .args([
                 "--config",
                 path.to_str().expect("utf-8 path"),
@@ -51,16 +87,20 @@ impl Binary {
                 "127.0.0.1:0",
             ])
             .env("MCPMUX_TEST_MARK", &marker)
+            .envs(launch.env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mcpmux starts");
+            .stderr(stderr);
+        if launch.trace_log {
+            command.env("MCPMUX_LOG", "trace");
+        }
+        let mut child = command.spawn().expect("mcpmux starts");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("a line");
         let addr = line
             .trim()
-            .strip_prefix("mcpmux listening on ws://")
+            .strip_prefix("mcpmux listening on ")
+            .and_then(|rest| rest.strip_prefix("ws://").or(rest.strip_prefix("wss://")))
             .and_then(|rest| rest.strip_suffix("/ws"))
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
@@ -68,8 +108,13 @@ impl Binary {
             child,
             addr,
             marker,
-            _config: TempFile(path),
+            dir,
         }
+    }
+
+    /// What the binary logged so far (with [`Launch::trace_log`]).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("stderr.log")).unwrap_or_default()
     }
 
     /// Every live process carrying this binary's marker (mcpmux and its descendants).

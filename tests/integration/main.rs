@@ -5,6 +5,7 @@
 mod binary;
 mod harness;
 
+mod access;
 mod carrying;
 mod decoder_props;
 mod faults;
@@ -13,4 +14,5 @@ mod legacy_sse;
 mod lifecycle;
 mod protocol_doc;
 mod resume;
+mod security;
 mod upstream_faults;
