@@ -235,3 +235,91 @@ async fn sockets_that_have_not_said_hello_are_limited_per_address() {
     open().await.expect("room again");
     gateway.shutdown().await;
 }
+
+/// Every request a recording upstream received: method and headers.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, axum::http::HeaderMap)>>>;
+
+/// A Streamable HTTP upstream that records what it receives (what a real server cannot
+/// show): it answers `initialize` and other requests with JSON, notifications with 202.
+async fn recording_upstream() -> (std::net::SocketAddr, Received) {
+    use axum::http::{HeaderMap, Method, StatusCode};
+    use axum::response::IntoResponse;
+    let received = Received::default();
+    let record = received.clone();
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::any(move |method: Method, headers: HeaderMap, body: String| {
+            let record = record.clone();
+            async move {
+                record.lock().expect("lock").push((method.to_string(), headers));
+                if method != Method::POST {
+                    return StatusCode::METHOD_NOT_ALLOWED.into_response();
+                }
+                let message: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                if message.get("id").is_none() {
+                    return StatusCode::ACCEPTED.into_response();
+                }
+                let result = match message["method"].as_str() {
+                    Some("initialize") => json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "recorder", "version": "1"}}),
+                    _ => json!({"tools": []}),
+                };
+                let reply = json!({"jsonrpc": "2.0", "id": message["id"], "result": result});
+                (
+                    [("content-type", "application/json"), ("mcp-session-id", "recorded-1")],
+                    reply.to_string(),
+                )
+                    .into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, received)
+}
+
+#[tokio::test]
+async fn a_clients_key_never_reaches_an_upstream() {
+    let (upstream, received) = recording_upstream().await;
+    let servers = json!({"recorder": {"url": format!("http://{upstream}/mcp"), "headers": {"X-Upstream": "configured"}}});
+    let keys = json!({"apiKeys": [{"name": "all", "key": ALL, "servers": "*"}]});
+    let gateway = TestGateway::start(&config(servers, keys)).await;
+    let bearer = format!("Bearer {ALL}");
+    let headers = [("authorization", bearer.as_str()), ("x-api-key", ALL)];
+    let (ws, _) = Client::open_with(gateway.addr, &headers)
+        .await
+        .expect("upgrade");
+    let mut client = Client::greet(ws, hello(ALL)).await.expect("welcome");
+    client.initialize("recorder").await;
+    let listed = client
+        .call("recorder", json!(2), "tools/list", json!({}))
+        .await;
+    assert_eq!(listed["message"]["result"]["tools"], json!([]));
+    gateway.shutdown().await;
+
+    let received = received.lock().expect("lock").clone();
+    let posts = received
+        .iter()
+        .filter(|(method, _)| method == "POST")
+        .count();
+    assert!(
+        posts >= 3,
+        "initialize, initialized and tools/list: {received:?}"
+    );
+    for (method, headers) in &received {
+        assert_eq!(headers["x-upstream"], "configured", "{method}");
+        assert!(
+            !headers.contains_key("authorization"),
+            "{method}: {headers:?}"
+        );
+        for (name, value) in headers {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            assert!(
+                !value.contains(ALL),
+                "{method}: header {name} carries the client's key"
+            );
+        }
+    }
+}
