@@ -13,9 +13,11 @@
 //! - `validate`: the conversion to the public types and every validation rule and message.
 //! - `access`: the keys about who may connect (`apiKeys`, `allowedOrigins`, `allowedHosts`,
 //!   `allowAnonymous`) and `tls`: their types and rules.
+//! - `origins`: the form of origins and host names.
 
 mod access;
 mod expand;
+mod origins;
 mod raw;
 mod validate;
 
@@ -29,9 +31,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use access::{
-    AccessConfig, ApiKeyConfig, KeyMaterial, Rate, RateLimitConfig, ServerGrant, TlsConfig,
-    normalize_origin, sha256, split_host_port,
+    AccessConfig, ApiKeyConfig, KeyMaterial, Rate, RateLimitConfig, ServerGrant, TlsConfig, sha256,
 };
+pub use origins::{normalize_origin, split_host_port};
 
 /// The pinned `mcp-proxy` npm version launched when no local or configured copy is found.
 pub const MCP_PROXY_VERSION: &str = "6.7.19";
