@@ -14,10 +14,15 @@ pub fn normalize_origin(origin: &str) -> Option<String> {
         return None;
     }
     let (host, port) = split_host_port(authority)?;
-    let host_ok = !host.is_empty()
-        && host.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']')
-        });
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        }
+    };
     if !host_ok {
         return None;
     }
@@ -148,6 +153,9 @@ mod tests {
             "://a",
             "http://[::1",
             "1http://a",
+            "http://a:b:80",
+            "http://[zz]:80",
+            "http://[::1]x",
         ] {
             assert_eq!(normalize_origin(bad), None, "{bad}");
         }

@@ -214,7 +214,8 @@ async fn a_connection_that_keeps_sending_while_limited_is_closed_4029() {
         }
         Ended::Dropped => panic!("no close frame"),
     }
-    assert!(refusals >= 50, "closed after only {refusals} refusals");
+    // Ten seconds of refusals, less than a second apart.
+    assert!(refusals >= 10, "closed after only {refusals} refusals");
     // The key may reconnect.
     connect(&gateway, ONE).await;
     gateway.shutdown().await;
