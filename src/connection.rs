@@ -17,9 +17,10 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::oneshot;
 
-use crate::gateway::{Admission, Shared};
+use crate::auth::Admission;
+use crate::gateway::{Place, Shared};
 use crate::outbox::Outbox;
-use crate::protocol::{ClientFrame, ClientInfo, Resume, close_code, decode_client_frame};
+use crate::protocol::{ClientFrame, ClientInfo, Resume, Token, close_code, decode_client_frame};
 use crate::resume::{Claim, Handover, hand_over};
 use crate::session::{ClientSession, CloseReason};
 
@@ -45,9 +46,10 @@ enum Ending {
     Dropped,
 }
 
-/// Serves one upgraded WebSocket until it closes. `admission` is its place among
-/// `maxSessions`; it passes to the session the hello opens.
-pub async fn serve(socket: WebSocket, shared: Arc<Shared>, admission: Admission) {
+/// Serves one upgraded WebSocket until it closes. `place` is its place among
+/// `maxSessions`, which passes to the session the hello opens; `admission` says what
+/// its key (if any was presented at the upgrade) may do.
+pub async fn serve(socket: WebSocket, shared: Arc<Shared>, place: Place, admission: Admission) {
     let (mut sink, mut stream) = socket.split();
     let hello = tokio::select! {
         _ = shared.shutdown.cancelled() => Err((close_code::GOING_AWAY, "mcpmux is shutting down".to_owned())),
@@ -59,31 +61,47 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, admission: Admission)
             Ok(hello) => hello,
         },
     };
-    let (client, resume) = match hello {
+    let (client, resume, token) = match hello {
         Ok(Some(hello)) => hello,
         // The place is free before the socket closes.
-        Ok(None) => return drop(admission),
+        Ok(None) => return drop(place),
         Err(reason) => {
-            drop(admission);
+            drop(place);
             send_close(&mut sink, reason).await;
             return;
         }
     };
+    // The key: the one given at the upgrade, or the hello's token. The socket's place
+    // among its key's connections is held until this function returns.
+    let (grant, _connection) = match admission.after_hello(token.as_ref().map(Token::expose)) {
+        Ok(admitted) => (admitted.grant, admitted.connection),
+        Err(reason) => {
+            tracing::debug!(code = reason.0, reason = %reason.1, "hello refused");
+            drop(place);
+            send_close(&mut sink, reason).await;
+            return;
+        }
+    };
+    let key = grant.key_name().cloned();
     let (mut session, resumed) = match resume {
-        None => (ClientSession::new(shared.clone(), admission), false),
+        None => (ClientSession::new(shared.clone(), place, grant), false),
         Some(Resume { session, last_seq }) => {
-            match shared.sessions.take(&session, last_seq).await {
+            match shared
+                .sessions
+                .take(&session, last_seq, key.as_deref())
+                .await
+            {
                 // The resumed session holds its own place.
                 Ok(session) => (session, true),
                 Err(refusal) => {
                     tracing::debug!(%refusal, "resume refused; starting a fresh session");
-                    (ClientSession::new(shared.clone(), admission), false)
+                    (ClientSession::new(shared.clone(), place, grant), false)
                 }
             }
         }
     };
-    tracing::debug!(session = %session.log_id(), ?client, resumed, "client attached");
-    let mut claims = shared.sessions.register(&session.id);
+    tracing::debug!(session = %session.log_id(), ?client, key = ?key.as_deref(), resumed, "client attached");
+    let mut claims = shared.sessions.register(&session.id, key);
     let outbox = session.link.outbox.clone();
     // Frames outside the sequence are written first: the welcome precedes any replay.
     let _ = outbox.push_unsequenced(session.welcome(resumed));
@@ -212,11 +230,14 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, admission: Admission)
     }
 }
 
+/// What `hello` brings: the client's name, a resume request, an API key.
+type Hello = (Option<ClientInfo>, Option<Resume>, Option<Token>);
+
 /// Waits for the first frame, which must be `hello`. `Ok(None)`: the client left.
 async fn read_hello(
     stream: &mut SplitStream<WebSocket>,
     limit: usize,
-) -> Result<Option<(Option<ClientInfo>, Option<Resume>)>, CloseReason> {
+) -> Result<Option<Hello>, CloseReason> {
     let violation = |why: &str| (close_code::PROTOCOL_VIOLATION, why.to_owned());
     loop {
         match stream.next().await {
@@ -228,7 +249,11 @@ async fn read_hello(
             }
             Some(Ok(Message::Text(text))) => {
                 return match decode_client_frame(&text).frame {
-                    Ok(ClientFrame::Hello { client, resume }) => Ok(Some((client, resume))),
+                    Ok(ClientFrame::Hello {
+                        client,
+                        resume,
+                        token,
+                    }) => Ok(Some((client, resume, token))),
                     Ok(_) => Err(violation("the first frame must be hello")),
                     Err(err) => Err(violation(&format!(
                         "the first frame must be hello: {}",

@@ -2,32 +2,34 @@
 //!
 //! [`Gateway::start`] takes a bound listener (tests bind port 0), starts a supervisor
 //! per stdio server and serves `GET /ws` (the `mcpmux.v1` WebSocket), `GET /healthz`,
-//! `GET /status` and the web console at `GET /` ([`crate::console`]).
-//! [`Gateway::shutdown`] stops accepting, closes every WebSocket with 1001, ends
-//! upstream sessions, then stops every child.
+//! `GET /status` and the web console at `GET /` ([`crate::console`]), over TLS when
+//! configured, behind [`auth::gate`]. [`Gateway::shutdown`] stops accepting, closes every
+//! WebSocket with 1001, ends upstream sessions, then stops every child.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use reqwest::header::{HeaderName, HeaderValue};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{self, Access, Caller};
 use crate::config::{Config, GatewayConfig, RemoteServer, RemoteTransport, ServerConfig};
 use crate::connection;
 use crate::protocol::{self, ServerState};
 use crate::registry::{STATUS_BROADCAST_CAPACITY, Server, ServerStatus, Servers, StatusChange};
 use crate::resume::Sessions;
 use crate::supervisor::{self, SupervisorConfig};
+use crate::tls::{self, PeerAddr, TlsError, TlsListener};
 use crate::upstream::http::HttpClient;
 use crate::upstream::{Endpoint, Transport, UpstreamError};
 
@@ -48,6 +50,12 @@ pub enum GatewayError {
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] UpstreamError),
+    /// No API keys on an address other than loopback, without `allowAnonymous`.
+    #[error(transparent)]
+    Exposed(#[from] auth::Exposed),
+    /// The TLS certificate or key is not usable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// State shared by every connection. Cheap to clone through its `Arc`.
@@ -69,7 +77,9 @@ pub struct Shared {
     pub background: TaskTracker,
     /// Every client session, attached or held for resume.
     pub sessions: Sessions,
-    /// `maxSessions` places, one taken by each socket from its upgrade ([`Admission`]).
+    /// Who may connect: origins, API keys, limits.
+    pub access: Arc<Access>,
+    /// `maxSessions` places, one taken by each socket from its upgrade ([`Place`]).
     pub admissions: Arc<Semaphore>,
 }
 
@@ -78,7 +88,7 @@ pub struct Shared {
 /// holds one until it ends. So concurrent upgrades cannot overshoot the limit, and a
 /// socket that never says hello counts until it is closed.
 #[derive(Debug)]
-pub struct Admission {
+pub struct Place {
     /// Held, never read: dropping it frees the place.
     _permit: OwnedSemaphorePermit,
 }
@@ -116,6 +126,12 @@ impl Gateway {
     ) -> Result<Self, GatewayError> {
         let local_addr = listener.local_addr()?;
         let gateway = config.gateway.clone();
+        auth::check_exposure(&gateway, local_addr)?;
+        if gateway.access.allow_anonymous && gateway.access.api_keys.is_empty() {
+            tracing::warn!(%local_addr, "allowAnonymous: anyone who reaches this address may use every server without a key");
+        }
+        let tls_acceptor = gateway.tls.as_ref().map(tls::acceptor).transpose()?;
+        let access = Access::new(&gateway);
         let (status_changes, _) = broadcast::channel(STATUS_BROADCAST_CAPACITY);
         let http = HttpClient::new(gateway.connect_timeout, gateway.max_upstream_message_bytes)?;
         let shutdown = CancellationToken::new();
@@ -167,22 +183,43 @@ impl Gateway {
             background: TaskTracker::new(),
             sessions: Sessions::default(),
             admissions,
+            access,
         });
         let app = Router::new()
             .route("/ws", get(upgrade))
             .route("/healthz", get(|| async { "ok" }))
             .route("/status", get(status_page))
             .merge(crate::console::routes())
-            .with_state(shared.clone());
+            .fallback(|| async { StatusCode::NOT_FOUND })
+            .layer(axum::middleware::from_fn_with_state(
+                shared.access.clone(),
+                auth::gate,
+            ))
+            .with_state(shared.clone())
+            .into_make_service_with_connect_info::<PeerAddr>();
         let stop_accepting = shutdown.clone();
-        let server_task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
-                .await;
-            if let Err(err) = served {
-                tracing::error!(%err, "HTTP server failed");
+        let stopped = async move { stop_accepting.cancelled().await };
+        let server_task = match tls_acceptor {
+            None => tokio::spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await;
+                if let Err(err) = served {
+                    tracing::error!(%err, "HTTP server failed");
+                }
+            }),
+            Some(acceptor) => {
+                let listener = TlsListener::new(listener, acceptor)?;
+                tokio::spawn(async move {
+                    let served = axum::serve(listener, app)
+                        .with_graceful_shutdown(stopped)
+                        .await;
+                    if let Err(err) = served {
+                        tracing::error!(%err, "HTTPS server failed");
+                    }
+                })
             }
-        });
+        };
         tracing::info!(%local_addr, "mcpmux listening");
         Ok(Self {
             shared,
@@ -287,9 +324,11 @@ fn remote_endpoint(
     })
 }
 
-/// `GET /ws`: the subprotocol check, then the WebSocket.
+/// `GET /ws`: the subprotocol check, the socket limits, then the WebSocket.
 async fn upgrade(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -317,7 +356,11 @@ async fn upgrade(
             "mcpmux holds as many client sessions as it may (maxSessions); try again later";
         return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
     };
-    let admission = Admission { _permit: permit };
+    let place = Place { _permit: permit };
+    let admission = match shared.access.admit_upgrade(caller, peer.ip()) {
+        Ok(admission) => admission,
+        Err(refusal) => return auth::refuse(&refusal, None),
+    };
     let config = &shared.config;
     let tracker = shared.connections.clone();
     ws.protocols([protocol::SUBPROTOCOL])
@@ -326,15 +369,19 @@ async fn upgrade(
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
-            tracker.track_future(connection::serve(socket, shared, admission))
+            tracker.track_future(connection::serve(socket, shared, place, admission))
         })
 }
 
-/// `GET /status`: every server's state, for operators and probes.
-async fn status_page(State(shared): State<Arc<Shared>>) -> Response {
+/// `GET /status`: the state of every server the caller may use, for operators and probes.
+async fn status_page(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
     let servers: Vec<_> = shared
         .servers
         .values()
+        .filter(|server| caller.may_use(&server.name))
         .map(|server| {
             let status = server.status();
             serde_json::json!({

@@ -7,6 +7,7 @@
 //!
 //! Map of the crate:
 //! - [`config`]: the JSON configuration file and its validation.
+//! - [`auth`]: who may connect: Origin and Host policy, API keys, rate and socket limits.
 //! - [`gateway`]: start-up, HTTP routes, graceful shutdown; the shared state.
 //! - [`console`]: the web console at `/`, its assets compiled into the binary.
 //! - [`connection`]: one WebSocket: handshake, frame reader, writer task, heartbeats.
@@ -20,8 +21,10 @@
 //! - [`registry`]: each server's lifecycle state and current endpoint.
 //! - [`supervisor`]: mcp-proxy children for stdio servers, restarts, no orphans.
 //! - [`upstream`]: Streamable HTTP exchanges, the SSE parser, upstream sessions.
+//! - [`tls`]: serving `wss://` and `https://` with rustls.
 #![deny(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod console;
@@ -35,6 +38,7 @@ pub mod registry;
 pub mod resume;
 pub mod session;
 pub mod supervisor;
+pub mod tls;
 pub mod upstream;
 
 pub use config::Config;

@@ -121,6 +121,7 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
     let config = Config::load(file)?;
     println!("{}: ok", file.display());
     println!("listen: {}", config.gateway.listen);
+    print_access(&config.gateway);
     for (name, server) in &config.servers {
         match server {
             mcpmux::config::ServerConfig::Stdio(stdio) => {
@@ -149,6 +150,61 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Who may connect, as `check-config` shows it: key names and limits, never a key.
+fn print_access(gateway: &mcpmux::config::GatewayConfig) {
+    use mcpmux::config::ServerGrant;
+    let access = &gateway.access;
+    if let Some(tls) = &gateway.tls {
+        println!(
+            "tls: cert {}, key {}",
+            tls.cert.display(),
+            tls.key.display()
+        );
+    }
+    if access.api_keys.is_empty() {
+        let anonymous = if access.allow_anonymous {
+            " (allowAnonymous)"
+        } else {
+            ""
+        };
+        println!("api keys: none; anyone who reaches the address may connect{anonymous}");
+    }
+    for key in &access.api_keys {
+        let servers = match &key.servers {
+            ServerGrant::All => "*".to_owned(),
+            ServerGrant::Only(names) => names.iter().cloned().collect::<Vec<_>>().join(", "),
+        };
+        let mut limits = Vec::new();
+        if let Some(rate) = key.rate_limit.as_ref().and_then(|r| r.overall) {
+            limits.push(format!("{}/s burst {}", rate.per_second, rate.burst));
+        }
+        for (server, rate) in key.rate_limit.iter().flat_map(|r| &r.servers) {
+            limits.push(format!(
+                "{server} {}/s burst {}",
+                rate.per_second, rate.burst
+            ));
+        }
+        if let Some(max) = key.max_connections {
+            limits.push(format!("maxConnections {max}"));
+        }
+        let limits = if limits.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", limits.join("; "))
+        };
+        println!(
+            "api key {}: {:?}; servers {servers}{limits}",
+            key.name, key.key
+        );
+    }
+    for origin in &access.allowed_origins {
+        println!("allowed origin: {origin}");
+    }
+    for host in &access.allowed_hosts {
+        println!("allowed host: {host}");
+    }
+}
+
 fn load(config: Option<PathBuf>) -> anyhow::Result<Config> {
     let default = Path::new("mcpmux.json");
     match config {
@@ -168,10 +224,17 @@ fn run(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()
     if let Some(listen) = listen {
         config.gateway.listen = listen;
     }
+    // Refused before anything listens, not after.
+    mcpmux::auth::check_exposure(&config.gateway, config.gateway.listen)?;
     raise_open_file_limit(&config);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let addr = config.gateway.listen;
+        let scheme = if config.gateway.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
@@ -185,8 +248,8 @@ fn run(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()
         // second fail; and a closed stdout is no reason to stop serving.
         let addr = gateway.local_addr();
         let started = format!(
-            "mcpmux listening on ws://{addr}/ws\nmcpmux console: {} (open it in a browser)\n",
-            mcpmux::console::url(addr, false)
+            "mcpmux listening on {scheme}://{addr}/ws\nmcpmux console: {} (open it in a browser)\n",
+            mcpmux::console::url(addr, scheme == "wss")
         );
         let mut stdout = std::io::stdout().lock();
         let _ = stdout

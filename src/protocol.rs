@@ -26,6 +26,11 @@ pub mod close_code {
     pub const SESSION_TAKEN_OVER: u16 = 4002;
     /// The gateway is shutting down; reconnect later.
     pub const GOING_AWAY: u16 = 1001;
+    /// Over a limit: the key's `maxConnections` (key in `hello`), or rate limited without
+    /// pause for too long; reconnect later.
+    pub const RATE_LIMITED: u16 = 4029;
+    /// No valid API key in `hello`, or one that differs from the upgrade's.
+    pub const UNAUTHORIZED: u16 = 4501;
     /// A frame was larger than the configured limit.
     pub const TOO_BIG: u16 = 1009;
     /// The first frame was not `hello`, or a second `hello` arrived.
@@ -61,11 +66,13 @@ pub enum ErrorCode {
     TooManyRequests,
     /// The connection holds `maxUpstreamSessions` upstream sessions already.
     TooManySessions,
+    /// The API key is over its rate limit; retry after `retry_after_ms`.
+    RateLimited,
 }
 
 impl ErrorCode {
     /// Every code, for documentation checks.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         Self::BadFrame,
         Self::UnknownType,
         Self::UnknownServer,
@@ -77,6 +84,7 @@ impl ErrorCode {
         Self::SessionClosed,
         Self::TooManyRequests,
         Self::TooManySessions,
+        Self::RateLimited,
     ];
 
     /// The code as it appears on the wire.
@@ -93,6 +101,7 @@ impl ErrorCode {
             Self::SessionClosed => "session_closed",
             Self::TooManyRequests => "too_many_requests",
             Self::TooManySessions => "too_many_sessions",
+            Self::RateLimited => "rate_limited",
         }
     }
 
@@ -125,6 +134,23 @@ pub struct Resume {
     pub last_seq: u64,
 }
 
+/// `token` of a `hello` frame: an API key. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// The key, for the one place that checks it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(***)")
+    }
+}
+
 /// A decoded client frame. Borrowed from the received text.
 #[derive(Debug)]
 pub enum ClientFrame<'a> {
@@ -132,6 +158,7 @@ pub enum ClientFrame<'a> {
     Hello {
         client: Option<ClientInfo>,
         resume: Option<Resume>,
+        token: Option<Token>,
     },
     /// Carries one JSON-RPC message (an object, as sent) to `server`.
     Rpc {
@@ -194,6 +221,8 @@ struct Envelope<'a> {
     resume: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     seq: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    token: Option<&'a RawValue>,
 }
 
 /// Keeps a field that is present with the value `null` distinct from an absent one.
@@ -271,7 +300,18 @@ fn decode_envelope<'a>(envelope: &Envelope<'a>) -> Result<ClientFrame<'a>, Frame
                     )
                 })?),
             };
-            Ok(ClientFrame::Hello { client, resume })
+            let token = match envelope.token {
+                None => None,
+                Some(raw) => Some(Token(
+                    serde_json::from_str::<String>(raw.get())
+                        .map_err(|_| FrameError::bad("`token` must be a string (an API key)"))?,
+                )),
+            };
+            Ok(ClientFrame::Hello {
+                client,
+                resume,
+                token,
+            })
         }
         "rpc" => {
             let server = required_server(envelope)?;
@@ -415,6 +455,17 @@ pub enum GatewayFrame<'a> {
     },
     /// Answer to `ping`; carries no seq.
     Pong,
+    /// An `error` frame `rate_limited`: a frame refused for the key's rate.
+    #[serde(rename = "error")]
+    RateLimited {
+        seq: u64,
+        code: ErrorCode,
+        message: &'a str,
+        server: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a RawValue>,
+        retry_after_ms: u64,
+    },
 }
 
 impl GatewayFrame<'_> {
@@ -439,6 +490,23 @@ pub fn rpc_frame(server: &str, seq: u64, message: &str) -> String {
     out.push_str(message);
     out.push('}');
     out
+}
+
+/// The JSON-RPC error response to request `id` refused for the key's rate:
+/// `error.data` has `gateway: "rate_limited"`, `server` and `retry_after_ms`.
+pub fn rate_limited_response(
+    id: &RawValue,
+    message: &str,
+    server: &str,
+    retry_after_ms: u64,
+) -> String {
+    let code = ErrorCode::RateLimited;
+    let body = serde_json::json!({
+        "code": code.jsonrpc_code(),
+        "message": message,
+        "data": { "gateway": code.as_str(), "server": server, "retry_after_ms": retry_after_ms },
+    });
+    format!(r#"{{"jsonrpc":"2.0","id":{},"error":{}}}"#, id.get(), body)
 }
 
 fn push_json_string(out: &mut String, s: &str) {
@@ -539,6 +607,46 @@ mod tests {
         assert_eq!(seq(r#"{"type":"ack","seq":-0}"#), None);
         assert_eq!(seq(r#"{"type":"ack","seq":1.0}"#), None);
         assert_eq!(seq(r#"{"type":"ack","seq":-1}"#), None);
+    }
+
+    #[test]
+    fn hello_token_is_read_and_never_shown() {
+        let text = r#"{"type":"hello","token":"secret-key-0123456789"}"#;
+        let frame = decode_client_frame(text).frame.unwrap();
+        assert!(!format!("{frame:?}").contains("secret-key"));
+        match frame {
+            ClientFrame::Hello { token, .. } => {
+                assert_eq!(token.unwrap().expose(), "secret-key-0123456789")
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad = decode_client_frame(r#"{"type":"hello","token":42}"#);
+        assert_eq!(bad.frame.unwrap_err().code, ErrorCode::BadFrame);
+    }
+
+    #[test]
+    fn rate_limited_answers_carry_retry_after() {
+        let frame = GatewayFrame::RateLimited {
+            seq: 3,
+            code: ErrorCode::RateLimited,
+            message: "slow down",
+            server: "a",
+            reference: None,
+            retry_after_ms: 250,
+        }
+        .encode();
+        let value: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(value["type"], "error");
+        assert_eq!(value["code"], "rate_limited");
+        assert_eq!(value["retry_after_ms"], 250);
+        let id = RawValue::from_string("7".into()).unwrap();
+        let response = rate_limited_response(&id, "slow down", "a", 250);
+        let value: serde_json::Value = serde_json::from_str(&response).unwrap();
+        assert_eq!(value["id"], 7);
+        assert_eq!(value["error"]["code"], -32000);
+        assert_eq!(value["error"]["data"]["gateway"], "rate_limited");
+        assert_eq!(value["error"]["data"]["retry_after_ms"], 250);
+        assert_eq!(value["error"]["data"]["server"], "a");
     }
 
     #[test]

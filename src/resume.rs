@@ -8,12 +8,15 @@
 //! socket is closed with 4002): a client whose network changed usually reconnects before
 //! the gateway notices that its old socket is dead. There is never a partial replay: a
 //! refused resume ends the old session (its upstream sessions are deleted) and the
-//! client gets a fresh one.
+//! client gets a fresh one. Only the API key that opened a session may resume it: each
+//! session is registered with its key's name, and a claim with another key finds no
+//! session (and leaves it alone).
 //!
 //! A detached session's holder keeps it working: upstream calls go on, status changes
 //! are applied, and every frame produced is kept in the outbox (bounded by
 //! `resumeMaxFrames`/`resumeMaxBytes`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -49,11 +52,16 @@ pub struct Claim {
     reply: oneshot::Sender<Result<ClientSession, Refusal>>,
 }
 
+/// The name of the API key that opened a session (`None` on a gateway without keys).
+pub type KeyName = Option<Arc<str>>;
+
 /// The owner's end of a session's registration: claims arrive here.
 pub struct Claims {
     receiver: mpsc::Receiver<Claim>,
     /// The registry holds a clone; this one tells our slot from a successor's.
     sender: mpsc::Sender<Claim>,
+    /// The key that opened the session.
+    key: KeyName,
 }
 
 impl Claims {
@@ -102,10 +110,10 @@ pub fn hand_over(session: ClientSession, claim: Claim) -> Handover {
     }
 }
 
-/// Every client session of the gateway, by id.
+/// Every client session of the gateway, by id, with the key that opened it.
 #[derive(Default)]
 pub struct Sessions {
-    slots: DashMap<String, mpsc::Sender<Claim>>,
+    slots: DashMap<String, (KeyName, mpsc::Sender<Claim>)>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -117,22 +125,29 @@ impl std::fmt::Debug for Sessions {
 }
 
 impl Sessions {
-    /// Registers session `id`, owned by the caller, who serves the claims.
-    pub fn register(&self, id: &str) -> Claims {
+    /// Registers session `id`, opened by `key` and owned by the caller, who serves the
+    /// claims.
+    pub fn register(&self, id: &str, key: KeyName) -> Claims {
         let (sender, receiver) = mpsc::channel(1);
-        self.slots.insert(id.to_owned(), sender.clone());
-        Claims { receiver, sender }
+        self.slots
+            .insert(id.to_owned(), (key.clone(), sender.clone()));
+        Claims {
+            receiver,
+            sender,
+            key,
+        }
     }
 
     /// Registers `id` again after a claim that was abandoned took it out.
     pub fn reinstate(&self, id: &str, claims: &Claims) {
-        self.slots.insert(id.to_owned(), claims.sender.clone());
+        let slot = (claims.key.clone(), claims.sender.clone());
+        self.slots.insert(id.to_owned(), slot);
     }
 
     /// Forgets `id` (the session ended), unless a newer owner registered it meanwhile.
     pub fn forget(&self, id: &str, claims: &Claims) {
         self.slots
-            .remove_if(id, |_, sender| sender.same_channel(&claims.sender));
+            .remove_if(id, |_, (_, sender)| sender.same_channel(&claims.sender));
     }
 
     /// Number of sessions, attached or detached.
@@ -145,11 +160,20 @@ impl Sessions {
         self.slots.is_empty()
     }
 
-    /// Claims session `id` for a new socket that has every frame up to `last_seq`.
-    pub async fn take(&self, id: &str, last_seq: u64) -> Result<ClientSession, Refusal> {
+    /// Claims session `id` for a new socket of `key` that has every frame up to
+    /// `last_seq`. A session opened by another key is left alone, as if unknown.
+    pub async fn take(
+        &self,
+        id: &str,
+        last_seq: u64,
+        key: Option<&str>,
+    ) -> Result<ClientSession, Refusal> {
         // The slot leaves the map before anything is awaited: no guard is held across
         // an await, and no two sockets can claim the same session.
-        let Some((_, owner)) = self.slots.remove(id) else {
+        let slot = self
+            .slots
+            .remove_if(id, |_, (opener, _)| opener.as_deref() == key);
+        let Some((_, (_, owner))) = slot else {
             return Err(Refusal::Unknown);
         };
         let (reply, answer) = oneshot::channel();

@@ -15,7 +15,8 @@ use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, broadcast};
 use tokio_util::task::TaskTracker;
 
-use crate::gateway::{Admission, Shared};
+use crate::auth::{Grant, RateLimited};
+use crate::gateway::{Place, Shared};
 use crate::jsonrpc::{Head, Kind};
 use crate::outbox::{Limits, Outbox};
 use crate::protocol::{
@@ -43,13 +44,16 @@ pub struct ClientSession {
     /// Status changes of every server; kept with the session so none is missed while
     /// it moves between tasks.
     pub changes: broadcast::Receiver<StatusChange>,
+    /// The servers this session may use and see, and its key's rate.
+    grant: Grant,
     /// This session's place among `maxSessions`, given back when it ends (is dropped).
-    _admission: Admission,
+    _place: Place,
 }
 
 impl ClientSession {
-    /// A new session with a fresh id, in the place its socket was admitted to.
-    pub fn new(shared: Arc<Shared>, admission: Admission) -> Self {
+    /// A new session with a fresh id, in the place its socket was admitted to, allowed
+    /// what `grant` allows.
+    pub fn new(shared: Arc<Shared>, place: Place, grant: Grant) -> Self {
         let config = &shared.config;
         let limits = Limits {
             queue_bytes: config.outbound_queue_bytes,
@@ -74,7 +78,8 @@ impl ClientSession {
             shared,
             link,
             upstreams: HashMap::new(),
-            _admission: admission,
+            grant,
+            _place: place,
         }
     }
 
@@ -95,6 +100,7 @@ impl ClientSession {
             .shared
             .servers
             .values()
+            .filter(|s| self.grant.may_use(&s.name))
             .map(|s| ServerEntry {
                 name: &s.name,
                 state: s.state(),
@@ -138,7 +144,7 @@ impl ClientSession {
             Ok(ClientFrame::Rpc { server, message }) => {
                 // The same buffer, counted once more: the message is not copied.
                 let body = Bytes::from(frame.clone()).slice_ref(message.get().as_bytes());
-                self.on_rpc(&server, message, body, reference).await;
+                return self.on_rpc(&server, message, body, reference).await;
             }
         }
         None
@@ -152,6 +158,66 @@ impl ClientSession {
     }
 
     async fn on_rpc(
+        &mut self,
+        server: &str,
+        message: &RawValue,
+        body: Bytes,
+        reference: Option<&RawValue>,
+    ) -> Option<CloseReason> {
+        // Every rpc frame counts against the key's rate, whatever it names.
+        if let Err(limited) = self.grant.check_rate(server) {
+            return self.rate_limited(server, message, reference, limited).await;
+        }
+        self.carry_rpc(server, message, body, reference).await;
+        None
+    }
+
+    /// Answers an `rpc` frame refused for rate: a JSON-RPC error for a request, an
+    /// `error` frame otherwise; closes with 4029 after a streak of refusals.
+    async fn rate_limited(
+        &self,
+        server: &str,
+        message: &RawValue,
+        reference: Option<&RawValue>,
+        limited: RateLimited,
+    ) -> Option<CloseReason> {
+        let RateLimited {
+            retry_after_ms,
+            message: why,
+            close,
+        } = limited;
+        let head = Head::parse(message.get()).ok();
+        match head
+            .as_ref()
+            .filter(|h| h.kind() == Kind::Request)
+            .and_then(|h| h.id)
+        {
+            Some(id) => {
+                let response = protocol::rate_limited_response(id, &why, server, retry_after_ms);
+                self.link.push_rpc(server, &response).await;
+            }
+            None => {
+                let frame = |seq| {
+                    GatewayFrame::RateLimited {
+                        seq,
+                        code: ErrorCode::RateLimited,
+                        message: &why,
+                        server,
+                        reference,
+                        retry_after_ms,
+                    }
+                    .encode()
+                };
+                let _ = self.link.outbox.push(frame).await;
+            }
+        }
+        close.then(|| {
+            let why = "rate limited without pause for 10 s; reconnect later".to_owned();
+            (close_code::RATE_LIMITED, why)
+        })
+    }
+
+    async fn carry_rpc(
         &mut self,
         server: &str,
         message: &RawValue,
@@ -173,7 +239,13 @@ impl ClientSession {
                     .await;
             }
         };
-        let Some(target) = self.shared.servers.get(server).cloned() else {
+        // A server the key may not use is answered exactly as one that does not exist.
+        let visible = self
+            .shared
+            .servers
+            .get(server)
+            .filter(|_| self.grant.may_use(server));
+        let Some(target) = visible.cloned() else {
             let why = format!("no server is named {server:?}; the welcome frame lists the servers");
             return self
                 .refuse(server, &head, reference, ErrorCode::UnknownServer, &why)
@@ -226,7 +298,7 @@ impl ClientSession {
     }
 
     async fn on_close(&mut self, server: &str, reference: Option<&RawValue>) {
-        if !self.shared.servers.contains_key(server) {
+        if !self.shared.servers.contains_key(server) || !self.grant.may_use(server) {
             let why = format!("no server is named {server:?}; the welcome frame lists the servers");
             return self
                 .error_frame(ErrorCode::UnknownServer, &why, Some(server), reference)
@@ -253,8 +325,12 @@ impl ClientSession {
     }
 
     /// Forwards a status change, and ends upstream sessions on a replaced instance.
+    /// Servers the session may not use stay unseen.
     async fn on_status(&mut self, change: StatusChange) {
         let name = &*change.server;
+        if !self.grant.may_use(name) {
+            return;
+        }
         let state = change.state;
         let _ = self
             .link

@@ -11,8 +11,13 @@
 //! - `raw`: the JSON tree, the raw serde structs, and naming the key at fault when decoding fails.
 //! - `expand`: `${NAME}` environment expansion.
 //! - `validate`: the conversion to the public types and every validation rule and message.
+//! - `access`: the keys about who may connect (`apiKeys`, `allowedOrigins`, `allowedHosts`,
+//!   `allowAnonymous`) and `tls`: their types and rules.
+//! - `origins`: the form of origins and host names.
 
+mod access;
 mod expand;
+mod origins;
 mod raw;
 mod validate;
 
@@ -24,6 +29,11 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub use access::{
+    AccessConfig, ApiKeyConfig, KeyMaterial, Rate, RateLimitConfig, ServerGrant, TlsConfig, sha256,
+};
+pub use origins::{normalize_origin, split_host_port};
 
 /// The pinned `mcp-proxy` npm version launched when no local or configured copy is found.
 pub const MCP_PROXY_VERSION: &str = "6.7.19";
@@ -169,6 +179,13 @@ pub struct GatewayConfig {
     /// a legacy SSE stream) silent this long counts as broken (default 60 s; mcp-proxy
     /// sends a keep-alive every 15 s).
     pub upstream_idle_timeout: Duration,
+    /// `maxPendingPerIp`: sockets from one client address (IPv6: one /64) that have not
+    /// finished `hello`; more get HTTP 429 (default 64).
+    pub max_pending_per_ip: usize,
+    /// Who may connect, from where: API keys, allowed origins and hosts.
+    pub access: AccessConfig,
+    /// `tls`: serve `wss://` and `https://` (paths made absolute by [`Config::load`]).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -196,6 +213,9 @@ impl Default for GatewayConfig {
             shutdown_grace: Duration::from_millis(5_000),
             max_sessions: 10_000,
             upstream_idle_timeout: Duration::from_millis(60_000),
+            max_pending_per_ip: 64,
+            access: AccessConfig::default(),
+            tls: None,
         }
     }
 }
@@ -255,13 +275,18 @@ impl Config {
     }
 
     /// Reads and parses the file at `path`, expanding `${NAME}` from the process environment.
+    /// Relative file paths in it (`gateway.tls`) are made relative to its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let source_name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             source_name: source_name.clone(),
             source,
         })?;
-        Config::parse(&text, &source_name, &|name| std::env::var(name).ok())
+        let mut config = Config::parse(&text, &source_name, &|name| std::env::var(name).ok())?;
+        if let Some(tls) = &mut config.gateway.tls {
+            tls.relative_to(path.parent().unwrap_or(Path::new(".")));
+        }
+        Ok(config)
     }
 
     /// The built-in demo used when no config file is given: one stdio server "everything".

@@ -78,6 +78,15 @@ macro_rules! gateway_numbers {
             pub listen: Option<String>,
             #[serde(rename = "mcpProxy")]
             pub mcp_proxy: Option<Vec<String>>,
+            #[serde(rename = "apiKeys")]
+            pub api_keys: Option<Vec<Value>>,
+            #[serde(rename = "allowedOrigins")]
+            pub allowed_origins: Option<Vec<String>>,
+            #[serde(rename = "allowedHosts")]
+            pub allowed_hosts: Option<Vec<String>>,
+            #[serde(rename = "allowAnonymous")]
+            pub allow_anonymous: Option<bool>,
+            pub tls: Option<Value>,
             $(
                 #[serde(rename = $key)]
                 $field: Option<u64>,
@@ -85,7 +94,10 @@ macro_rules! gateway_numbers {
         }
 
         impl Raw for RawGateway {
-            const KEYS: Keys = &["listen", "mcpProxy", $($key),*];
+            const KEYS: Keys = &[
+                "listen", "mcpProxy", $($key,)*
+                "apiKeys", "allowedOrigins", "allowedHosts", "allowAnonymous", "tls",
+            ];
         }
 
         impl RawGateway {
@@ -128,6 +140,7 @@ gateway_numbers! {
     shutdown_grace: "shutdownGraceMs" => Duration::from_millis,
     max_sessions: "maxSessions" => to_usize,
     upstream_idle_timeout: "upstreamIdleTimeoutMs" => Duration::from_millis,
+    max_pending_per_ip: "maxPendingPerIp" => to_usize,
 }
 
 fn to_usize(n: u64) -> usize {

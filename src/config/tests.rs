@@ -778,14 +778,25 @@ const NUMBER_KEYS: &[(&str, u64, NumberField)] = &[
     ("upstreamIdleTimeoutMs", 30, |g| {
         g.upstream_idle_timeout.as_millis()
     }),
+    ("maxPendingPerIp", 31, |g| g.max_pending_per_ip as u128),
 ];
 
 #[test]
 fn each_gateway_number_is_read_into_its_field() {
     let default = GatewayConfig::default();
-    // The table covers every numeric key: all keys but listen and mcpProxy.
+    // The table covers every numeric key: all keys but listen, mcpProxy and the access keys.
     let listed: Vec<&str> = NUMBER_KEYS.iter().map(|k| k.0).collect();
-    assert_eq!(listed, RawGateway::KEYS[2..]);
+    assert_eq!(listed, RawGateway::KEYS[2..2 + listed.len()]);
+    assert_eq!(
+        RawGateway::KEYS[2 + listed.len()..],
+        [
+            "apiKeys",
+            "allowedOrigins",
+            "allowedHosts",
+            "allowAnonymous",
+            "tls"
+        ]
+    );
     for &(key, n, field) in NUMBER_KEYS {
         let g = parse(&gateway(&format!(r#"{{"{key}": {n}}}"#)))
             .unwrap()

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+use super::access::RawAccess;
 use super::expand::expand_env;
 use super::raw::{Fault, Raw, RawConfig, RawGateway, RawServer, decode, join, read_tree};
 use super::{
@@ -16,7 +17,7 @@ use super::{
 };
 
 /// Largest number accepted for any `gateway` timeout or limit (about 49 days in ms, 4 GiB).
-const MAX_NUMBER: u64 = u32::MAX as u64;
+pub(super) const MAX_NUMBER: u64 = u32::MAX as u64;
 
 /// Parses one config text; errors name `source_name`, `${NAME}` is looked up in `env`.
 pub(super) struct Parser<'a> {
@@ -27,7 +28,7 @@ pub(super) struct Parser<'a> {
 type Res<T> = Result<T, ConfigError>;
 
 impl Parser<'_> {
-    fn fail<T>(&self, path: &str, message: impl Into<String>) -> Res<T> {
+    pub(super) fn fail<T>(&self, path: &str, message: impl Into<String>) -> Res<T> {
         let (source_name, path) = (self.source_name.to_string(), path.to_string());
         Err(ConfigError::Invalid {
             source_name,
@@ -37,7 +38,7 @@ impl Parser<'_> {
     }
 
     /// `decode`, with its fault reported against this file.
-    fn decode<T: Raw>(&self, value: &Value, path: &str) -> Res<T> {
+    pub(super) fn decode<T: Raw>(&self, value: &Value, path: &str) -> Res<T> {
         decode(value, path).or_else(|Fault { path, message }| self.fail(&path, message))
     }
 
@@ -65,13 +66,13 @@ impl Parser<'_> {
             servers.insert(name.clone(), self.server(value, &path)?);
         }
         let gateway = match &raw.gateway {
-            Some(value) => self.gateway(value)?,
+            Some(value) => self.gateway(value, &servers)?,
             None => GatewayConfig::default(),
         };
         Ok(Config { servers, gateway })
     }
 
-    fn expand(&self, value: &str, path: &str) -> Res<String> {
+    pub(super) fn expand(&self, value: &str, path: &str) -> Res<String> {
         match expand_env(value, self.env) {
             Ok(s) => Ok(s),
             Err(name) => self.fail(
@@ -257,7 +258,11 @@ impl Parser<'_> {
         }
     }
 
-    fn gateway(&self, value: &Value) -> Res<GatewayConfig> {
+    fn gateway(
+        &self,
+        value: &Value,
+        servers: &BTreeMap<String, ServerConfig>,
+    ) -> Res<GatewayConfig> {
         let mut r: RawGateway = self.decode(value, "gateway")?;
         let mut g = GatewayConfig::default();
         if let Some(s) = r.listen.take() {
@@ -278,6 +283,14 @@ impl Parser<'_> {
             }
             g.mcp_proxy = Some(cmd);
         }
+        let access = RawAccess {
+            api_keys: r.api_keys.take(),
+            allowed_origins: r.allowed_origins.take(),
+            allowed_hosts: r.allowed_hosts.take(),
+            allow_anonymous: r.allow_anonymous.take(),
+            tls: r.tls.take(),
+        };
+        (g.access, g.tls) = self.access(access, servers)?;
         r.numbers(&mut g, |key, n| {
             if n == 0 || n > MAX_NUMBER {
                 let msg = format!(
@@ -314,7 +327,7 @@ impl Parser<'_> {
     }
 }
 
-fn is_server_name(name: &str) -> bool {
+pub(super) fn is_server_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .bytes()

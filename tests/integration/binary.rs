@@ -28,26 +28,37 @@ pub struct Binary {
     /// Where it listens.
     pub addr: SocketAddr,
     marker: String,
-    _config: TempFile,
-    log: Option<TempFile>,
+    dir: TempDir,
 }
 
-/// How to start the binary, beyond its configuration.
+/// How to launch the binary, beyond its configuration.
 #[derive(Default)]
-pub struct Launch {
+pub struct Launch<'a> {
     /// Variables added to its environment.
-    pub env: Vec<(String, String)>,
+    pub env: &'a [(&'a str, &'a str)],
+    /// Files written beside the configuration file: name and contents.
+    pub files: &'a [(&'a str, &'a [u8])],
     /// `MCPMUX_LOG`; its standard error is then kept for [`Binary::log`].
-    pub log_filter: Option<String>,
+    pub log_filter: Option<&'a str>,
     /// A soft open-file limit to start it with (through the shell's `ulimit -Sn`).
     pub soft_open_files: Option<u64>,
 }
 
-struct TempFile(std::path::PathBuf);
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
 
-impl Drop for TempFile {
+impl TempDir {
+    /// A new empty directory.
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(format!("mcpmux-test-{:x}", rand_u64()));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -58,17 +69,15 @@ impl Binary {
     }
 
     /// Starts the binary with `config` on 127.0.0.1:0, as `launch` says.
-    pub fn launch(config: &Value, launch: Launch) -> Self {
+    pub fn launch(config: &Value, launch: Launch<'_>) -> Self {
         let marker = format!("{:x}", rand_u64());
-        let path = std::env::temp_dir().join(format!("mcpmux-test-{marker}.json"));
+        let dir = TempDir::new();
+        let path = dir.0.join("mcpmux.json");
         std::fs::write(&path, marked(config).to_string()).expect("write config");
+        for (name, contents) in launch.files {
+            std::fs::write(dir.0.join(name), contents).expect("write file");
+        }
         let binary = env!("CARGO_BIN_EXE_mcpmux");
-        let args = [
-            "--config",
-            path.to_str().expect("utf-8 path"),
-            "--listen",
-            "127.0.0.1:0",
-        ];
         let mut command = match launch.soft_open_files {
             None => Command::new(binary),
             Some(limit) => {
@@ -79,14 +88,20 @@ impl Binary {
                 shell
             }
         };
-        command.args(args).env("MCPMUX_TEST_MARK", &marker);
-        command.envs(launch.env.iter().map(|(k, v)| (k, v)));
-        let log = launch.log_filter.map(|filter| {
-            command.env("MCPMUX_LOG", filter);
-            TempFile(std::env::temp_dir().join(format!("mcpmux-test-{marker}.log")))
-        });
-        let stderr = match &log {
-            Some(file) => Stdio::from(std::fs::File::create(&file.0).expect("log file")),
+        command
+            .args([
+                "--config",
+                path.to_str().expect("utf-8 path"),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .env("MCPMUX_TEST_MARK", &marker)
+            .envs(launch.env.iter().copied());
+        let stderr = match launch.log_filter {
+            Some(filter) => {
+                command.env("MCPMUX_LOG", filter);
+                Stdio::from(std::fs::File::create(dir.0.join("stderr.log")).expect("log file"))
+            }
             None => Stdio::null(),
         };
         let mut child = command
@@ -99,7 +114,8 @@ impl Binary {
         BufReader::new(stdout).read_line(&mut line).expect("a line");
         let addr = line
             .trim()
-            .strip_prefix("mcpmux listening on ws://")
+            .strip_prefix("mcpmux listening on ")
+            .and_then(|rest| rest.strip_prefix("ws://").or(rest.strip_prefix("wss://")))
             .and_then(|rest| rest.strip_suffix("/ws"))
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
@@ -107,15 +123,13 @@ impl Binary {
             child,
             addr,
             marker,
-            _config: TempFile(path),
-            log,
+            dir,
         }
     }
 
     /// What it has written to standard error so far (with [`Launch::log_filter`]).
     pub fn log(&self) -> String {
-        let file = self.log.as_ref().expect("started with a log filter");
-        std::fs::read_to_string(&file.0).expect("log file")
+        std::fs::read_to_string(self.dir.0.join("stderr.log")).unwrap_or_default()
     }
 
     /// Every live process carrying this binary's marker (mcpmux and its descendants).

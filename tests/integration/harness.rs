@@ -128,7 +128,8 @@ pub fn shared_gateway() -> SocketAddr {
     })
 }
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A client WebSocket.
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A WebSocket client of the `mcpmux.v1` protocol.
 pub struct Client {
@@ -188,6 +189,62 @@ impl Client {
         }
     }
 
+    /// Opens a socket with extra request headers (`Origin`, `Host`, keys, subprotocols).
+    /// Returns the socket and the subprotocol the gateway selected; on refusal, the HTTP
+    /// status and body.
+    pub async fn open_with(
+        addr: SocketAddr,
+        headers: &[(&str, &str)],
+    ) -> Result<(Socket, Option<String>), (u16, String)> {
+        let mut request = format!("ws://{addr}/ws")
+            .into_client_request()
+            .expect("request");
+        for (name, value) in headers {
+            let name: tokio_tungstenite::tungstenite::http::HeaderName =
+                name.parse().expect("header name");
+            request
+                .headers_mut()
+                .insert(name, value.parse().expect("header value"));
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, response)) => {
+                let selected = response
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .map(|v| v.to_str().unwrap_or_default().to_owned());
+                Ok((ws, selected))
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let body = response.body().clone().unwrap_or_default();
+                Err((
+                    response.status().as_u16(),
+                    String::from_utf8_lossy(&body).into_owned(),
+                ))
+            }
+            Err(other) => panic!("unexpected handshake error: {other}"),
+        }
+    }
+
+    /// Says `hello` on an open socket: the client once welcomed, or how the socket ended.
+    pub async fn greet(ws: Socket, hello: Value) -> Result<Self, Ended> {
+        let mut client = Self {
+            ws,
+            buffered: VecDeque::new(),
+            states: Default::default(),
+            welcome: Value::Null,
+        };
+        client.send(hello).await;
+        let welcome = client.next_raw().await?;
+        assert_eq!(welcome["type"], "welcome", "first frame: {welcome}");
+        for server in welcome["servers"].as_array().into_iter().flatten() {
+            if let (Some(name), Some(state)) = (server["name"].as_str(), server["state"].as_str()) {
+                client.states.insert(name.to_owned(), state.to_owned());
+            }
+        }
+        client.welcome = welcome;
+        Ok(client)
+    }
+
     /// Connects, says hello, and reads the welcome.
     pub async fn connect(addr: SocketAddr) -> Self {
         Self::hello(
@@ -204,28 +261,9 @@ impl Client {
     }
 
     async fn hello(addr: SocketAddr, hello: Value) -> Self {
-        let mut ws = Self::raw(addr).await;
-        ws.send(Message::text(hello.to_string()))
+        Self::greet(Self::raw(addr).await, hello)
             .await
-            .expect("send hello");
-        let mut client = Self {
-            ws,
-            buffered: VecDeque::new(),
-            states: Default::default(),
-            welcome: Value::Null,
-        };
-        let welcome = client
-            .next_raw()
-            .await
-            .unwrap_or_else(|e| panic!("no welcome: {e:?}"));
-        assert_eq!(welcome["type"], "welcome", "first frame: {welcome}");
-        for server in welcome["servers"].as_array().into_iter().flatten() {
-            if let (Some(name), Some(state)) = (server["name"].as_str(), server["state"].as_str()) {
-                client.states.insert(name.to_owned(), state.to_owned());
-            }
-        }
-        client.welcome = welcome;
-        client
+            .unwrap_or_else(|e| panic!("no welcome: {e:?}"))
     }
 
     /// Sends one frame.
@@ -306,6 +344,14 @@ impl Client {
         self.next_raw()
             .await
             .unwrap_or_else(|e| panic!("socket ended: {e:?}"))
+    }
+
+    /// The next frame (buffered first), or how the socket ended.
+    pub async fn next_or_end(&mut self) -> Result<Value, Ended> {
+        match self.buffered.pop_front() {
+            Some(frame) => Ok(frame),
+            None => self.next_raw().await,
+        }
     }
 
     /// Waits for the socket to close; returns its close code and reason.

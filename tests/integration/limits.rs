@@ -29,7 +29,7 @@ fn open_file_limits(pid: u32) -> (u64, u64) {
 async fn a_low_soft_open_file_limit_is_raised_at_start_and_kept_from_children() {
     const LOW: u64 = 256;
     let launch = Launch {
-        log_filter: Some("info".into()),
+        log_filter: Some("info"),
         soft_open_files: Some(LOW),
         ..Launch::default()
     };

@@ -5,6 +5,7 @@
 mod binary;
 mod harness;
 
+mod access;
 mod carrying;
 mod decoder_props;
 mod faults;
@@ -16,6 +17,7 @@ mod protocol_doc;
 mod resume;
 mod secret_urls;
 mod secrets;
+mod security;
 mod strict_upstream;
 mod upstream_faults;
 mod upstream_sockets;

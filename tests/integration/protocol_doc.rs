@@ -102,7 +102,11 @@ fn schema(kind: &str) -> Option<(Fields, Fields)> {
         ),
         "error" => (
             vec![("seq", seq), ("code", code), ("message", string)],
-            vec![("server", string), ("ref", any)],
+            vec![
+                ("server", string),
+                ("ref", any),
+                ("retry_after_ms", |v: &Value| v.as_u64().is_some()),
+            ],
         ),
         "pong" => (vec![], vec![]),
         _ => return None,

@@ -110,8 +110,8 @@ async fn failing_remote_servers_show_no_url_secret_or_header_value() {
         "cutbody": entry(&fake, "/cutbody/mcp"),
     });
     let launch = Launch {
-        env: vec![(HEADER_VAR.into(), HEADER_SECRET.into())],
-        log_filter: Some("trace".into()),
+        env: &[(HEADER_VAR, HEADER_SECRET)],
+        log_filter: Some("trace"),
         ..Launch::default()
     };
     let mut binary = Binary::launch(

@@ -120,7 +120,7 @@ async fn stdio_servers_get_a_minimal_environment_and_what_their_entry_asks_for()
     asking["env"] = json!({"SET_BY_ENTRY": "yes"});
     let servers = json!({"plain": everything(), "asking": asking});
     let launch = Launch {
-        env: vec![(PRIVATE_VAR.into(), "private-value".into())],
+        env: &[(PRIVATE_VAR, "private-value")],
         ..Launch::default()
     };
     let binary = Binary::launch(&config(servers, json!({})), launch);

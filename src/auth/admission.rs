@@ -1,0 +1,321 @@
+//! A socket between its upgrade and its `hello`, and what its session is granted after:
+//! the key (from the upgrade, or the `token` in `hello`), its place among the key's
+//! connections, the servers it may use, and its rate with the 4029 rule.
+
+use std::sync::Arc;
+
+use super::keys::{ApiKey, ConnectionSlot};
+use super::pending::PendingSlot;
+use super::rate::Streak;
+use super::{Access, Caller};
+use crate::protocol::close_code;
+
+/// A socket admitted at the upgrade, waiting for its `hello`.
+#[derive(Debug)]
+pub struct Admission {
+    access: Arc<Access>,
+    caller: Caller,
+    connection: Option<ConnectionSlot>,
+    /// Frees the address's pending place when `hello` is done or the socket is gone.
+    _pending: PendingSlot,
+}
+
+/// What a socket was granted once its `hello` was accepted.
+#[derive(Debug)]
+pub struct Admitted {
+    /// What its client session may do.
+    pub grant: Grant,
+    /// Its place among its key's connections; held until the socket closes.
+    pub connection: Option<ConnectionSlot>,
+}
+
+impl Admission {
+    /// A socket of `caller`, holding its places among its key's connections and its
+    /// address's pending sockets.
+    pub(super) fn new(
+        access: Arc<Access>,
+        caller: Caller,
+        connection: Option<ConnectionSlot>,
+        pending: PendingSlot,
+    ) -> Self {
+        Self {
+            access,
+            caller,
+            connection,
+            _pending: pending,
+        }
+    }
+
+    /// Decides on the `hello` `token`: a close code and reason when the socket must go.
+    pub fn after_hello(self, token: Option<&str>) -> Result<Admitted, (u16, String)> {
+        let unauthorized = |why: &str| (close_code::UNAUTHORIZED, why.to_owned());
+        let found = token.map(|t| self.access.keys().find(t.as_bytes()));
+        let (key, connection) = match (self.caller, found) {
+            (Caller::Anonymous, _) => (None, None),
+            (Caller::Key(key), None) => (Some(key), self.connection),
+            (Caller::Key(key), Some(Some(same))) if Arc::ptr_eq(&key, &same) => {
+                (Some(key), self.connection)
+            }
+            (Caller::Key(_), Some(_)) => {
+                return Err(unauthorized(
+                    "the hello token is not the API key presented at the upgrade",
+                ));
+            }
+            (Caller::Unverified, None) => {
+                return Err(unauthorized(
+                    "this gateway needs an API key: send it as \"token\" in hello",
+                ));
+            }
+            (Caller::Unverified, Some(None)) => {
+                return Err(unauthorized("the API key is not valid"));
+            }
+            (Caller::Unverified, Some(Some(key))) => {
+                let Some(slot) = key.open_connection() else {
+                    let max = key.max_connections().unwrap_or(0);
+                    let why = format!(
+                        "API key \"{}\" has {max} sockets open already (maxConnections)",
+                        key.name
+                    );
+                    return Err((close_code::RATE_LIMITED, why));
+                };
+                (Some(key), Some(slot))
+            }
+        };
+        Ok(Admitted {
+            grant: Grant {
+                key,
+                streak: Streak::default(),
+            },
+            connection,
+        })
+    }
+}
+
+/// What a client session may do: the servers its key may use, and its key's rate.
+#[derive(Debug, Default)]
+pub struct Grant {
+    /// The key that opened the session; `None` on a gateway without keys.
+    key: Option<Arc<ApiKey>>,
+    /// Rate refusals of the session, for the 4029 rule.
+    streak: Streak,
+}
+
+/// An `rpc` frame refused for rate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimited {
+    /// Milliseconds until a frame would be accepted.
+    pub retry_after_ms: u64,
+    /// A sentence for people.
+    pub message: String,
+    /// True when the connection has been refused without pause for too long (close 4029).
+    pub close: bool,
+}
+
+impl Grant {
+    /// Every server, no limit: a gateway without keys.
+    pub fn anonymous() -> Self {
+        Self::default()
+    }
+
+    /// The name of the key that opened the session; a resume must present the same.
+    pub fn key_name(&self) -> Option<&Arc<str>> {
+        self.key.as_ref().map(|k| &k.name)
+    }
+
+    /// True when the session may use (and see) `server`.
+    pub fn may_use(&self, server: &str) -> bool {
+        self.key.as_ref().is_none_or(|k| k.may_use(server))
+    }
+
+    /// Takes a token for one `rpc` frame naming `server` from the key's buckets.
+    pub fn check_rate(&mut self, server: &str) -> Result<(), RateLimited> {
+        let Some(key) = &self.key else {
+            return Ok(());
+        };
+        let over = match key.check_rate(server) {
+            Ok(()) => return Ok(()),
+            Err(over) => over,
+        };
+        let close = self.streak.refused(tokio::time::Instant::now());
+        let (per_second, burst) = over.rate;
+        let scope = match &over.server {
+            Some(server) => format!(" for server \"{server}\""),
+            None => String::new(),
+        };
+        let message = format!(
+            "API key \"{}\" is over its rate limit{scope} ({per_second} per second, burst {burst}); retry in {} ms",
+            key.name, over.retry_after_ms
+        );
+        Err(RateLimited {
+            retry_after_ms: over.retry_after_ms,
+            message,
+            close,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::auth::Refusal;
+    use crate::config::{
+        ApiKeyConfig, GatewayConfig, KeyMaterial, Rate, RateLimitConfig, Secret, ServerGrant,
+    };
+
+    const KEY: &str = "dashboard-key-0123456789";
+    const OTHER: &str = "ops-key-abcdefghijklmnop";
+
+    fn gateway(max_connections: Option<usize>, rate: Option<Rate>) -> GatewayConfig {
+        let mut config = GatewayConfig::default();
+        config.access.api_keys = vec![
+            ApiKeyConfig {
+                name: "dashboard".into(),
+                key: KeyMaterial::Plain(Secret::new(KEY)),
+                servers: ServerGrant::Only(["everything".to_owned()].into()),
+                rate_limit: rate.map(|r| RateLimitConfig {
+                    overall: Some(r),
+                    servers: Default::default(),
+                }),
+                max_connections,
+            },
+            ApiKeyConfig {
+                name: "ops".into(),
+                key: KeyMaterial::Plain(Secret::new(OTHER)),
+                servers: ServerGrant::All,
+                rate_limit: None,
+                max_connections: None,
+            },
+        ];
+        config.max_pending_per_ip = 2;
+        config
+    }
+
+    fn local() -> IpAddr {
+        IpAddr::from([127, 0, 0, 1])
+    }
+
+    #[test]
+    fn hello_tokens_must_match_the_upgrade() {
+        let access = Access::new(&gateway(None, None));
+        let key = access.keys.find(KEY.as_bytes()).unwrap();
+        let admit = |caller: Caller| access.admit_upgrade(caller, local()).unwrap();
+        let same = admit(Caller::Key(key.clone()))
+            .after_hello(Some(KEY))
+            .unwrap();
+        assert_eq!(same.grant.key_name().map(|n| &**n), Some("dashboard"));
+        assert!(same.connection.is_some());
+        let code = |r: Result<Admitted, (u16, String)>| r.err().map(|e| e.0);
+        assert_eq!(
+            code(admit(Caller::Key(key.clone())).after_hello(Some(OTHER))),
+            Some(4501)
+        );
+        assert_eq!(
+            code(admit(Caller::Key(key.clone())).after_hello(Some("nope"))),
+            Some(4501)
+        );
+        assert_eq!(
+            code(admit(Caller::Unverified).after_hello(None)),
+            Some(4501)
+        );
+        assert_eq!(
+            code(admit(Caller::Unverified).after_hello(Some("nope"))),
+            Some(4501)
+        );
+        let late = admit(Caller::Unverified).after_hello(Some(OTHER)).unwrap();
+        assert_eq!(late.grant.key_name().map(|n| &**n), Some("ops"));
+        assert!(late.grant.may_use("memory"));
+        let anonymous = Access::new(&GatewayConfig::default());
+        let open = anonymous
+            .admit_upgrade(Caller::Anonymous, local())
+            .unwrap()
+            .after_hello(Some("ignored"))
+            .unwrap();
+        assert_eq!(open.grant.key_name(), None);
+        assert!(open.grant.may_use("anything"));
+    }
+
+    #[test]
+    fn max_connections_hold_at_the_upgrade_and_at_hello() {
+        let access = Access::new(&gateway(Some(1), None));
+        let key = access.keys.find(KEY.as_bytes()).unwrap();
+        let first = access
+            .admit_upgrade(Caller::Key(key.clone()), local())
+            .unwrap()
+            .after_hello(None)
+            .unwrap();
+        let refused = access
+            .admit_upgrade(Caller::Key(key.clone()), local())
+            .unwrap_err();
+        assert_eq!(refused.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(refused.to_string().contains("maxConnections"));
+        let late = access
+            .admit_upgrade(Caller::Unverified, local())
+            .unwrap()
+            .after_hello(Some(KEY));
+        assert_eq!(late.err().map(|e| e.0), Some(4029));
+        drop(first);
+        assert!(
+            access
+                .admit_upgrade(Caller::Unverified, local())
+                .unwrap()
+                .after_hello(Some(KEY))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn pending_sockets_are_limited_until_hello() {
+        let access = Access::new(&gateway(None, None));
+        let a = access.admit_upgrade(Caller::Unverified, local()).unwrap();
+        let _b = access.admit_upgrade(Caller::Unverified, local()).unwrap();
+        assert_eq!(
+            access.admit_upgrade(Caller::Unverified, local()).err(),
+            Some(Refusal::TooManyPending(2))
+        );
+        let _done = a.after_hello(Some(KEY)).unwrap();
+        assert!(access.admit_upgrade(Caller::Unverified, local()).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn grants_limit_rate_and_close_after_a_streak() {
+        let access = Access::new(&gateway(
+            None,
+            Some(Rate {
+                per_second: 1.0,
+                burst: 1,
+            }),
+        ));
+        let mut grant = access
+            .admit_upgrade(Caller::Unverified, local())
+            .unwrap()
+            .after_hello(Some(KEY))
+            .unwrap()
+            .grant;
+        assert_eq!(grant.check_rate("everything"), Ok(()));
+        let refused = grant.check_rate("everything").unwrap_err();
+        assert_eq!(refused.retry_after_ms, 1000);
+        assert!(
+            refused
+                .message
+                .contains("API key \"dashboard\" is over its rate limit (1 per second, burst 1)"),
+            "{}",
+            refused.message
+        );
+        assert!(!refused.close);
+        let mut closed = false;
+        for _ in 0..40 {
+            tokio::time::advance(std::time::Duration::from_millis(300)).await;
+            if let Err(refused) = grant.check_rate("everything") {
+                closed |= refused.close;
+            }
+        }
+        assert!(
+            closed,
+            "a connection sending 3 frames a second against 1 is closed"
+        );
+        let mut free = Grant::anonymous();
+        assert!((0..1000).all(|_| free.check_rate("x").is_ok()));
+    }
+}

@@ -1,0 +1,254 @@
+//! API keys at run time: each configured key with its servers, its rate buckets and its
+//! count of open connections; and the key ring that recognizes a presented key.
+//!
+//! A presented key is hashed with SHA-256 and compared with every configured key's digest
+//! in constant time, going through all of them whatever matches, so neither the time taken
+//! nor which entry matched tells anything about the keys. Only a key's `name` is ever
+//! shown (logs, errors, `Debug`).
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use subtle::{ConditionallySelectable, ConstantTimeEq};
+
+use super::rate::{KeyLimits, OverLimit};
+use crate::config::{ApiKeyConfig, ServerGrant, sha256};
+
+/// One configured API key.
+pub struct ApiKey {
+    /// The configured name: what logs and metrics show.
+    pub name: Arc<str>,
+    digest: [u8; 32],
+    servers: ServerGrant,
+    limits: KeyLimits,
+    /// `maxConnections`, if limited.
+    max_connections: Option<usize>,
+    /// Open sockets presenting this key, from the moment it was accepted until they close.
+    open: AtomicUsize,
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("name", &self.name)
+            .field("servers", &self.servers)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiKey {
+    /// The key as configured.
+    pub fn new(config: &ApiKeyConfig) -> Self {
+        Self {
+            name: Arc::from(config.name.as_str()),
+            digest: config.key.digest(),
+            servers: config.servers.clone(),
+            limits: KeyLimits::new(config.rate_limit.as_ref()),
+            max_connections: config.max_connections,
+            open: AtomicUsize::new(0),
+        }
+    }
+
+    /// True when this key may use `server`.
+    pub fn may_use(&self, server: &str) -> bool {
+        self.servers.includes(server)
+    }
+
+    /// Takes a token for one `rpc` frame to `server`.
+    pub fn check_rate(&self, server: &str) -> Result<(), OverLimit> {
+        self.limits.check(server)
+    }
+
+    /// `maxConnections`, if limited.
+    pub fn max_connections(&self) -> Option<usize> {
+        self.max_connections
+    }
+
+    /// Counts one more open socket of this key, unless it has `maxConnections` already.
+    pub fn open_connection(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let limit = self.max_connections.unwrap_or(usize::MAX);
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < limit).then_some(open + 1)
+            })
+            .ok()?;
+        Some(ConnectionSlot { key: self.clone() })
+    }
+
+    /// Open sockets of this key.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+/// One open socket of a key; dropping it (when the socket closes) frees the place.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    key: Arc<ApiKey>,
+}
+
+impl ConnectionSlot {
+    /// The key this socket presented.
+    pub fn key(&self) -> &Arc<ApiKey> {
+        &self.key
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.key.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Every configured key.
+#[derive(Debug, Default)]
+pub struct KeyRing {
+    keys: Vec<Arc<ApiKey>>,
+}
+
+impl KeyRing {
+    /// The ring of `apiKeys` (empty: the gateway takes no keys).
+    pub fn new(configs: &[ApiKeyConfig]) -> Self {
+        Self {
+            keys: configs.iter().map(|c| Arc::new(ApiKey::new(c))).collect(),
+        }
+    }
+
+    /// True when no key is configured.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The configured key equal to `presented`, compared in constant time.
+    pub fn find(&self, presented: &[u8]) -> Option<Arc<ApiKey>> {
+        let digest = sha256(presented);
+        let mut matched = subtle::Choice::from(0);
+        let mut index = 0u64;
+        for (i, key) in self.keys.iter().enumerate() {
+            let equal = key.digest.ct_eq(&digest);
+            index = u64::conditional_select(&index, &(i as u64), equal);
+            matched |= equal;
+        }
+        let found = bool::from(matched);
+        found
+            .then(|| usize::try_from(index).ok())
+            .flatten()
+            .and_then(|i| self.keys.get(i).cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{KeyMaterial, Rate, RateLimitConfig, Secret};
+
+    fn config(name: &str, key: KeyMaterial, servers: ServerGrant) -> ApiKeyConfig {
+        ApiKeyConfig {
+            name: name.into(),
+            key,
+            servers,
+            rate_limit: None,
+            max_connections: None,
+        }
+    }
+
+    fn ring() -> KeyRing {
+        KeyRing::new(&[
+            config(
+                "dashboard",
+                KeyMaterial::Plain(Secret::new("dashboard-key-0123456789")),
+                ServerGrant::Only(["everything".to_owned()].into()),
+            ),
+            config(
+                "ops",
+                KeyMaterial::Sha256(sha256(b"ops-key-abcdefghijklmnop")),
+                ServerGrant::All,
+            ),
+        ])
+    }
+
+    #[test]
+    fn finds_plain_and_hashed_keys_and_nothing_else() {
+        let ring = ring();
+        assert_eq!(
+            &*ring.find(b"dashboard-key-0123456789").unwrap().name,
+            "dashboard"
+        );
+        assert_eq!(
+            &*ring.find(b"ops-key-abcdefghijklmnop").unwrap().name,
+            "ops"
+        );
+        for wrong in [
+            &b""[..],
+            b"dashboard-key-012345678",
+            b"dashboard-key-0123456789 ",
+            b"OPS-KEY-ABCDEFGHIJKLMNOP",
+        ] {
+            assert!(ring.find(wrong).is_none());
+        }
+        // The digest itself is not a key.
+        assert!(ring.find(&sha256(b"ops-key-abcdefghijklmnop")).is_none());
+        assert!(KeyRing::default().find(b"anything").is_none());
+    }
+
+    #[test]
+    fn servers_follow_the_grant() {
+        let ring = ring();
+        let dashboard = ring.find(b"dashboard-key-0123456789").unwrap();
+        assert!(dashboard.may_use("everything") && !dashboard.may_use("memory"));
+        let ops = ring.find(b"ops-key-abcdefghijklmnop").unwrap();
+        assert!(ops.may_use("memory"));
+    }
+
+    #[test]
+    fn debug_shows_the_name_only() {
+        let ring = ring();
+        let dump = format!("{ring:?}");
+        assert!(
+            dump.contains("dashboard") && !dump.contains("0123456789"),
+            "{dump}"
+        );
+        assert!(!dump.contains("digest"), "{dump}");
+    }
+
+    #[test]
+    fn connections_are_counted_until_their_slots_drop() {
+        let mut limited = config(
+            "a",
+            KeyMaterial::Plain(Secret::new("aaaaaaaaaaaaaaaaaaaa")),
+            ServerGrant::All,
+        );
+        limited.max_connections = Some(2);
+        let key = Arc::new(ApiKey::new(&limited));
+        let first = key.open_connection().unwrap();
+        let second = key.open_connection().unwrap();
+        assert!(key.open_connection().is_none());
+        assert_eq!(key.open_connections(), 2);
+        drop(first);
+        let third = key.open_connection().unwrap();
+        assert_eq!(third.key().name, key.name);
+        drop((second, third));
+        assert_eq!(key.open_connections(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limits_are_per_key() {
+        let mut limited = config(
+            "a",
+            KeyMaterial::Plain(Secret::new("aaaaaaaaaaaaaaaaaaaa")),
+            ServerGrant::All,
+        );
+        limited.rate_limit = Some(RateLimitConfig {
+            overall: Some(Rate {
+                per_second: 1.0,
+                burst: 1,
+            }),
+            servers: Default::default(),
+        });
+        let key = ApiKey::new(&limited);
+        assert!(key.check_rate("x").is_ok());
+        assert!(key.check_rate("x").is_err());
+    }
+}

@@ -1,0 +1,226 @@
+//! TLS for `wss://` and `https://`: the certificate chain and key of `gateway.tls`, and a
+//! listener that hands the HTTP server finished TLS streams.
+//!
+//! Handshakes run in tasks of their own (at most [`MAX_HANDSHAKES`] at once, each within
+//! [`HANDSHAKE_TIMEOUT`]), so a client that stalls its handshake holds up nobody else.
+//! Both listeners, plain and TLS, report the client's address as a [`PeerAddr`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::connect_info::Connected;
+use axum::serve::IncomingStream;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::config::TlsConfig;
+
+/// Handshakes under way at once; more connections wait in the kernel's backlog.
+pub const MAX_HANDSHAKES: usize = 1024;
+/// The time a client has to finish its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Finished handshakes waiting for the HTTP server to take them.
+const READY_QUEUE: usize = 64;
+
+/// Why TLS could not be set up. Names the file; never shows key material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("gateway.tls: cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A file holds no usable PEM object of the kind needed.
+    #[error("gateway.tls: {} holds no {what} in PEM form", path.display())]
+    Missing {
+        /// The file.
+        path: PathBuf,
+        /// What it should hold.
+        what: &'static str,
+    },
+    /// rustls refused the certificate or key.
+    #[error("gateway.tls: the certificate and key are not usable: {0}")]
+    Rejected(#[from] rustls::Error),
+}
+
+/// The client's address, as the HTTP handlers see it over either listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, TcpListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+/// Reads the certificate chain and key of `config` into a TLS acceptor (HTTP/1.1).
+pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
+    let certs_pem = read(&config.cert)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&certs_pem)
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(TlsError::Missing {
+            path: config.cert.clone(),
+            what: "certificate",
+        });
+    }
+    let key_pem = read(&config.key)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::Missing {
+        path: config.key.clone(),
+        what: "private key",
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A listener whose connections have finished their TLS handshake.
+pub struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local_addr: SocketAddr,
+    acceptor_task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    /// Accepts on `listener` and runs each handshake with `acceptor`.
+    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        let (sender, ready) = mpsc::channel(READY_QUEUE);
+        let acceptor_task = tokio::spawn(accept_loop(listener, acceptor, sender));
+        Ok(Self {
+            ready,
+            local_addr,
+            acceptor_task,
+        })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        // Stops accepting: the TCP listener closes with the task.
+        self.acceptor_task.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(connection) => connection,
+            // The accept loop only ends with the listener: nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local_addr)
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let Ok(permit) = handshakes.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                pause_after(&err).await;
+                continue;
+            }
+        };
+        let (acceptor, ready) = (acceptor.clone(), ready.clone());
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+            drop(permit);
+            match handshake {
+                Ok(Ok(stream)) => {
+                    let _ = ready.send((stream, peer)).await;
+                }
+                Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// After a failed accept: at once for a connection that went away, else (out of file
+/// descriptors, say) after a pause, as axum does.
+async fn pause_after(err: &io::Error) {
+    use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        err.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(%err, "accepting a connection failed");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str, contents: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("mcpmux-tls-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    #[test]
+    fn missing_and_empty_files_are_named() {
+        let config = TlsConfig {
+            cert: PathBuf::from("/nonexistent/cert.pem"),
+            key: PathBuf::from("/nonexistent/key.pem"),
+        };
+        let err = acceptor(&config).err().unwrap().to_string();
+        assert!(
+            err.starts_with("gateway.tls: cannot read /nonexistent/cert.pem"),
+            "{err}"
+        );
+        let empty = temp("empty.pem", "no PEM here\n");
+        let config = TlsConfig {
+            cert: empty.clone(),
+            key: empty.clone(),
+        };
+        let err = acceptor(&config).err().unwrap().to_string();
+        assert!(err.contains("holds no certificate in PEM form"), "{err}");
+        let _ = std::fs::remove_file(empty);
+    }
+}
