@@ -18,11 +18,12 @@ use futures::{SinkExt, StreamExt};
 use tokio::sync::oneshot;
 
 use crate::auth::Admission;
-use crate::gateway::{Place, Shared};
+use crate::context::Place;
 use crate::outbox::Outbox;
 use crate::protocol::{ClientFrame, ClientInfo, Resume, Token, close_code, decode_client_frame};
 use crate::resume::{Claim, Handover, hand_over};
 use crate::session::{ClientSession, CloseReason};
+use crate::state::GatewayState;
 
 /// How long the writer may take to send a close frame, or to stop after the reader.
 const WRITER_FLUSH: Duration = Duration::from_secs(2);
@@ -31,7 +32,7 @@ const WRITER_FLUSH: Duration = Duration::from_secs(2);
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// How the socket's life ended, which decides the session's fate.
-enum Ending {
+enum SocketEnd {
     /// The gateway is shutting down: close 1001, drain, end the session.
     Shutdown,
     /// Another socket resumed this session: close 4002, hand the session over.
@@ -49,14 +50,20 @@ enum Ending {
 /// Serves one upgraded WebSocket until it closes. `place` is its place among
 /// `maxSessions`, which passes to the session the hello opens; `admission` says what
 /// its key (if any was presented at the upgrade) may do.
-pub async fn serve(socket: WebSocket, shared: Arc<Shared>, place: Place, admission: Admission) {
+pub async fn serve(
+    socket: WebSocket,
+    state: Arc<GatewayState>,
+    place: Place,
+    admission: Admission,
+) {
+    let context = state.context.clone();
     let (mut sink, mut stream) = socket.split();
     let hello = tokio::select! {
-        _ = shared.shutdown.cancelled() => Err((close_code::GOING_AWAY, "mcpmux is shutting down".to_owned())),
-        hello = tokio::time::timeout(shared.config.hello_timeout, read_hello(&mut stream, shared.config.max_frame_bytes)) => match hello {
+        _ = context.shutdown.cancelled() => Err((close_code::GOING_AWAY, "mcpmux is shutting down".to_owned())),
+        hello = tokio::time::timeout(context.config.hello_timeout, read_hello(&mut stream, context.config.max_frame_bytes)) => match hello {
             Err(_) => Err((
                 close_code::HELLO_TIMEOUT,
-                format!("no hello within {} ms", shared.config.hello_timeout.as_millis()),
+                format!("no hello within {} ms", context.config.hello_timeout.as_millis()),
             )),
             Ok(hello) => hello,
         },
@@ -84,9 +91,9 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, place: Place, admissi
     };
     let key = grant.key_name().cloned();
     let (mut session, resumed) = match resume {
-        None => (ClientSession::new(shared.clone(), place, grant), false),
+        None => (ClientSession::new(context.clone(), place, grant), false),
         Some(Resume { session, last_seq }) => {
-            match shared
+            match state
                 .sessions
                 .take(&session, last_seq, key.as_deref())
                 .await
@@ -95,54 +102,54 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, place: Place, admissi
                 Ok(session) => (session, true),
                 Err(refusal) => {
                     tracing::debug!(%refusal, "resume refused; starting a fresh session");
-                    (ClientSession::new(shared.clone(), place, grant), false)
+                    (ClientSession::new(context.clone(), place, grant), false)
                 }
             }
         }
     };
     tracing::debug!(session = %session.log_id(), ?client, key = ?key.as_deref(), resumed, "client attached");
-    let mut claims = shared.sessions.register(&session.id, key);
+    let mut claims = state.sessions.register(&session.id, key);
     let outbox = session.link.outbox.clone();
     // Frames outside the sequence are written first: the welcome precedes any replay.
     let _ = outbox.push_unsequenced(session.welcome(resumed));
     let (close_tx, close_rx) = oneshot::channel();
     let writer_config = WriterConfig {
         attachment: outbox.attachment(),
-        write_timeout: shared.config.write_timeout,
-        heartbeat: shared.config.heartbeat,
+        write_timeout: context.config.write_timeout,
+        heartbeat: context.config.heartbeat,
     };
     let mut writer = tokio::spawn(write_loop(sink, outbox.clone(), close_rx, writer_config));
-    let silence_limit = shared.config.heartbeat * 2;
-    let mut heartbeat = tokio::time::interval(shared.config.heartbeat);
+    let silence_limit = context.config.heartbeat * 2;
+    let mut heartbeat = tokio::time::interval(context.config.heartbeat);
     let mut last_heard = Instant::now();
     let mut writer_done = false;
 
     let ending = loop {
         tokio::select! {
-            _ = shared.shutdown.cancelled() => break Ending::Shutdown,
-            claim = claims.next() => break Ending::Claimed(claim),
+            _ = context.shutdown.cancelled() => break SocketEnd::Shutdown,
+            claim = claims.next() => break SocketEnd::Claimed(claim),
             _ = &mut writer, if !writer_done => {
                 writer_done = true;
-                break Ending::Dropped;
+                break SocketEnd::Dropped;
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > silence_limit {
-                    break Ending::Silent;
+                    break SocketEnd::Silent;
                 }
             }
             event = session.changes.recv() => session.on_status_event(event).await,
             message = stream.next() => {
                 last_heard = Instant::now();
                 match message {
-                    Some(Ok(Message::Close(_))) => break Ending::ClientClosed,
-                    None => break Ending::Dropped,
-                    Some(Err(err)) => match too_big(&err, shared.config.max_frame_bytes) {
-                        Some(reason) => break Ending::Violation(reason),
-                        None => break Ending::Dropped,
+                    Some(Ok(Message::Close(_))) => break SocketEnd::ClientClosed,
+                    None => break SocketEnd::Dropped,
+                    Some(Err(err)) => match too_big(&err, context.config.max_frame_bytes) {
+                        Some(reason) => break SocketEnd::Violation(reason),
+                        None => break SocketEnd::Dropped,
                     },
                     Some(Ok(Message::Text(text))) => {
                         if let Some(reason) = session.on_text(text).await {
-                            break Ending::Violation(reason);
+                            break SocketEnd::Violation(reason);
                         }
                         // Time spent handling the frame is not the client's silence.
                         last_heard = Instant::now();
@@ -155,17 +162,17 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, place: Place, admissi
     };
 
     let close = match &ending {
-        Ending::Shutdown => Some((close_code::GOING_AWAY, "mcpmux is shutting down".to_owned())),
-        Ending::Claimed(_) => Some((
+        SocketEnd::Shutdown => Some((close_code::GOING_AWAY, "mcpmux is shutting down".to_owned())),
+        SocketEnd::Claimed(_) => Some((
             close_code::SESSION_TAKEN_OVER,
             "another connection resumed this session".to_owned(),
         )),
-        Ending::Violation(reason) => Some(reason.clone()),
-        Ending::Silent => Some((
+        SocketEnd::Violation(reason) => Some(reason.clone()),
+        SocketEnd::Silent => Some((
             close_code::HEARTBEAT_TIMEOUT,
             "no answer to pings".to_owned(),
         )),
-        Ending::ClientClosed | Ending::Dropped => None,
+        SocketEnd::ClientClosed | SocketEnd::Dropped => None,
     };
     // The writer stops taking frames before the session changes hands: the outbox is
     // detached, and the writer, told to stop, checks that before taking another frame.
@@ -177,7 +184,7 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, place: Place, admissi
     }
     // The session changes hands at once (a resume may already be on its way); the
     // writer finishes its close frame and the socket lingers meanwhile.
-    let linger = !matches!(ending, Ending::Dropped);
+    let linger = !matches!(ending, SocketEnd::Dropped);
     let flush = async {
         if !writer_done
             && tokio::time::timeout(WRITER_FLUSH, &mut writer)
@@ -187,35 +194,35 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, place: Place, admissi
             writer.abort();
         }
     };
-    let window = shared.config.resume_window;
+    let window = context.config.resume_window;
     match ending {
-        Ending::Silent | Ending::Dropped => {
-            shared.sessions.hold(session, claims, window);
+        SocketEnd::Silent | SocketEnd::Dropped => {
+            state.sessions.hold(session, claims, window);
             flush.await;
         }
-        Ending::Claimed(claim) => match hand_over(session, claim) {
+        SocketEnd::Claimed(claim) => match hand_over(session, claim) {
             Handover::Done => flush.await,
             Handover::Abandoned(session) => {
                 // The new socket left before taking it: keep the session for resume.
-                shared.sessions.reinstate(&session.id, &claims);
-                shared.sessions.hold(session, claims, window);
+                state.sessions.reinstate(&session.id, &claims);
+                state.sessions.hold(session, claims, window);
                 flush.await;
             }
             Handover::Refused(session) => {
-                shared.sessions.forget(&session.id, &claims);
+                state.sessions.forget(&session.id, &claims);
                 drop(claims);
                 tokio::join!(session.finish(None), flush);
             }
         },
-        Ending::Shutdown => {
-            shared.sessions.forget(&session.id, &claims);
+        SocketEnd::Shutdown => {
+            state.sessions.forget(&session.id, &claims);
             // A claim already queued is refused at once, not after the drain.
             drop(claims);
-            let drain = session.finish(Some(shared.config.shutdown_grace));
+            let drain = session.finish(Some(context.config.shutdown_grace));
             tokio::join!(drain, flush);
         }
-        Ending::ClientClosed | Ending::Violation(_) => {
-            shared.sessions.forget(&session.id, &claims);
+        SocketEnd::ClientClosed | SocketEnd::Violation(_) => {
+            state.sessions.forget(&session.id, &claims);
             drop(claims);
             tokio::join!(session.finish(None), flush);
         }

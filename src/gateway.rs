@@ -1,4 +1,4 @@
-//! The running gateway: shared state, HTTP routes, start-up and graceful shutdown.
+//! The running gateway: start-up, HTTP routes and graceful shutdown.
 //!
 //! [`Gateway::start`] takes a bound listener (tests bind port 0), starts a supervisor
 //! per stdio server and serves `GET /ws` (the `mcpmux.v1` WebSocket), `GET /healthz`,
@@ -18,16 +18,18 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use reqwest::header::{HeaderName, HeaderValue};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio::sync::{Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, Access, Caller};
-use crate::config::{Config, GatewayConfig, RemoteServer, RemoteTransport, ServerConfig};
+use crate::config::{Config, RemoteServer, RemoteTransport, ServerConfig};
 use crate::connection;
+use crate::context::{Place, SessionContext};
 use crate::protocol::{self, ServerState};
-use crate::registry::{STATUS_BROADCAST_CAPACITY, Server, ServerStatus, Servers, StatusChange};
+use crate::registry::{STATUS_BROADCAST_CAPACITY, Server, ServerStatus, Servers};
 use crate::resume::Sessions;
+use crate::state::GatewayState;
 use crate::supervisor::{self, SupervisorConfig};
 use crate::tls::{self, PeerAddr, TlsError, TlsListener};
 use crate::upstream::http::HttpClient;
@@ -58,41 +60,6 @@ pub enum GatewayError {
     Tls(#[from] TlsError),
 }
 
-/// State shared by every connection. Cheap to clone through its `Arc`.
-#[derive(Debug)]
-pub struct Shared {
-    /// Limits and timeouts.
-    pub config: GatewayConfig,
-    /// Every configured server.
-    pub servers: Servers,
-    /// Status changes of every server, for `status` frames.
-    pub status_changes: broadcast::Sender<StatusChange>,
-    /// The HTTP client for every upstream exchange.
-    pub http: HttpClient,
-    /// Cancelled when the gateway starts shutting down.
-    pub shutdown: CancellationToken,
-    /// One task per WebSocket connection.
-    pub connections: TaskTracker,
-    /// Tasks that may outlive their connection (upstream DELETEs).
-    pub background: TaskTracker,
-    /// Every client session, attached or held for resume.
-    pub sessions: Sessions,
-    /// Who may connect: origins, API keys, limits.
-    pub access: Arc<Access>,
-    /// `maxSessions` places, one taken by each socket from its upgrade ([`Place`]).
-    pub admissions: Arc<Semaphore>,
-}
-
-/// A socket's place among `maxSessions`, taken when its upgrade is accepted: the socket
-/// holds it until its `hello` is handled, then the session it opened (or resumed into)
-/// holds one until it ends. So concurrent upgrades cannot overshoot the limit, and a
-/// socket that never says hello counts until it is closed.
-#[derive(Debug)]
-pub struct Place {
-    /// Held, never read: dropping it frees the place.
-    _permit: OwnedSemaphorePermit,
-}
-
 /// How the gateway runs, beyond its configuration.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -104,7 +71,7 @@ pub struct Options {
 
 /// A running gateway.
 pub struct Gateway {
-    shared: Arc<Shared>,
+    state: Arc<GatewayState>,
     local_addr: SocketAddr,
     supervisors: TaskTracker,
     /// Cancelled last in a shutdown, once client sessions have ended.
@@ -171,19 +138,23 @@ impl Gateway {
             servers.insert(name, server);
         }
         supervisors.close();
-        let places = gateway.max_sessions.min(Semaphore::MAX_PERMITS);
-        let admissions = Arc::new(Semaphore::new(places));
-        let shared = Arc::new(Shared {
-            config: gateway,
-            servers,
-            status_changes,
-            http,
-            shutdown: shutdown.clone(),
-            connections: TaskTracker::new(),
-            background: TaskTracker::new(),
-            sessions: Sessions::default(),
-            admissions,
+        let places = Arc::new(Semaphore::new(
+            gateway.max_sessions.min(Semaphore::MAX_PERMITS),
+        ));
+        let connections = TaskTracker::new();
+        let state = Arc::new(GatewayState {
+            context: Arc::new(SessionContext {
+                config: gateway,
+                servers,
+                status_changes,
+                http,
+                shutdown: shutdown.clone(),
+                background: TaskTracker::new(),
+            }),
+            sessions: Arc::new(Sessions::new(connections.clone())),
+            connections,
             access,
+            places,
         });
         let app = Router::new()
             .route("/ws", get(upgrade))
@@ -192,10 +163,10 @@ impl Gateway {
             .merge(crate::console::routes())
             .fallback(|| async { StatusCode::NOT_FOUND })
             .layer(axum::middleware::from_fn_with_state(
-                shared.access.clone(),
+                state.access.clone(),
                 auth::gate,
             ))
-            .with_state(shared.clone())
+            .with_state(state.clone())
             .into_make_service_with_connect_info::<PeerAddr>();
         let stop_accepting = shutdown.clone();
         let stopped = async move { stop_accepting.cancelled().await };
@@ -222,7 +193,7 @@ impl Gateway {
         };
         tracing::info!(%local_addr, "mcpmux listening");
         Ok(Self {
-            shared,
+            state,
             local_addr,
             supervisors,
             stop_children,
@@ -235,27 +206,28 @@ impl Gateway {
         self.local_addr
     }
 
-    /// The shared state (servers and their status), for embedding and tests.
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// Every configured server, with its status, for embedding and tests.
+    pub fn servers(&self) -> &Servers {
+        &self.state.context.servers
     }
 
     /// Stops gracefully, in order: no new connections; 1001 to every client; in-flight
     /// requests given `shutdownGraceMs` to finish; upstream sessions ended (DELETE); then
     /// children stopped (SIGTERM, SIGKILL after `stopGraceMs`).
     pub async fn shutdown(self) {
-        let config = &self.shared.config;
-        self.shared.shutdown.cancel();
-        self.shared.connections.close();
+        let context = &self.state.context;
+        let config = &context.config;
+        context.shutdown.cancel();
+        self.state.connections.close();
         let drain = config.shutdown_grace + Duration::from_secs(3);
-        if tokio::time::timeout(drain, self.shared.connections.wait())
+        if tokio::time::timeout(drain, self.state.connections.wait())
             .await
             .is_err()
         {
             tracing::warn!("some connections did not close within the grace period");
         }
-        self.shared.background.close();
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.background.wait()).await;
+        context.background.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), context.background.wait()).await;
         self.stop_children.cancel();
         let stop = config.stop_grace + Duration::from_secs(2);
         if tokio::time::timeout(stop, self.supervisors.wait())
@@ -326,7 +298,7 @@ fn remote_endpoint(
 
 /// `GET /ws`: the subprotocol check, the socket limits, then the WebSocket.
 async fn upgrade(
-    State(shared): State<Arc<Shared>>,
+    State(state): State<Arc<GatewayState>>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
@@ -347,38 +319,39 @@ async fn upgrade(
         );
         return (StatusCode::BAD_REQUEST, message).into_response();
     }
-    if shared.shutdown.is_cancelled() {
+    if state.context.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "mcpmux is shutting down").into_response();
     }
     // Taken before the upgrade, atomically: concurrent upgrades cannot overshoot.
-    let Ok(permit) = shared.admissions.clone().try_acquire_owned() else {
+    let Ok(permit) = state.places.clone().try_acquire_owned() else {
         let message =
             "mcpmux holds as many client sessions as it may (maxSessions); try again later";
         return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
     };
-    let place = Place { _permit: permit };
-    let admission = match shared.access.admit_upgrade(caller, peer.ip()) {
+    let place = Place::new(permit);
+    let admission = match state.access.admit_upgrade(caller, peer.ip()) {
         Ok(admission) => admission,
         Err(refusal) => return auth::refuse(&refusal, None),
     };
-    let config = &shared.config;
-    let tracker = shared.connections.clone();
+    let config = &state.context.config;
+    let tracker = state.connections.clone();
     ws.protocols([protocol::SUBPROTOCOL])
         .max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes)
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
-            tracker.track_future(connection::serve(socket, shared, place, admission))
+            tracker.track_future(connection::serve(socket, state, place, admission))
         })
 }
 
 /// `GET /status`: the state of every server the caller may use, for operators and probes.
 async fn status_page(
-    State(shared): State<Arc<Shared>>,
+    State(state): State<Arc<GatewayState>>,
     Extension(caller): Extension<Caller>,
 ) -> Response {
-    let servers: Vec<_> = shared
+    let servers: Vec<_> = state
+        .context
         .servers
         .values()
         .filter(|server| caller.may_use(&server.name))

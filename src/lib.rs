@@ -5,38 +5,45 @@
 //! client's upstream session with the server over Streamable HTTP, and sends back every
 //! upstream event as a tagged frame.
 //!
-//! Map of the crate:
-//! - [`config`]: the JSON configuration file and its validation.
-//! - [`auth`]: who may connect: Origin and Host policy, API keys, rate and socket limits.
-//! - [`gateway`]: start-up, HTTP routes, graceful shutdown; the shared state.
+//! Map of the crate, from the top down (each module uses only those below it):
+//! - [`gateway`]: start-up, HTTP routes, graceful shutdown.
 //! - [`console`]: the web console at `/`, its assets compiled into the binary.
-//! - [`connection`]: one WebSocket: handshake, frame reader, writer task, heartbeats.
-//! - [`session`]: a client session: its upstream sessions, its outbox, frame handling.
-//! - [`resume`]: live and detached sessions by id; holding and handing them over.
+//! - [`tls`]: serving `wss://` and `https://` with rustls.
+//! - `connection`: one WebSocket: handshake, frame reader, writer task, heartbeats.
+//! - `state`: what the gateway lends its connections.
+//! - [`auth`]: who may connect: Origin and Host policy, API keys, rate and socket limits.
+//! - `resume`: every client session by id; holding and handing them over.
+//! - `session`: a client session: its upstream sessions, its outbox, frame handling.
+//! - `context`: what client sessions share, a narrow handle.
+//! - `outbox`: a client session's sequenced, bounded outbound frames, kept for replay.
+//! - [`upstream`]: Streamable HTTP exchanges, the SSE parser, upstream sessions.
+//! - [`supervisor`]: mcp-proxy children for stdio servers, restarts, no orphans.
+//! - [`registry`]: each server's lifecycle state and current endpoint.
 //! - [`protocol`]: the `mcpmux.v1` frames, decoded and encoded.
-//! - [`outbox`]: a client session's sequenced, bounded outbound frames, kept for replay.
 //! - [`jsonrpc`]: the small look into JSON-RPC messages the gateway needs.
+//! - [`config`]: the JSON configuration file and its validation.
 //! - [`open_files`]: the open-file limit, raised at start, and the clients it holds.
 //! - [`redact`]: what may be shown of URLs and texts that carry secrets.
-//! - [`registry`]: each server's lifecycle state and current endpoint.
-//! - [`supervisor`]: mcp-proxy children for stdio servers, restarts, no orphans.
-//! - [`upstream`]: Streamable HTTP exchanges, the SSE parser, upstream sessions.
-//! - [`tls`]: serving `wss://` and `https://` with rustls.
+//!
+//! Public modules are what the binary, the tests, the fuzz targets and embedders use;
+//! the rest are the gateway's own.
 #![deny(unsafe_code)]
 
 pub mod auth;
 pub mod config;
-pub mod connection;
+mod connection;
 pub mod console;
+mod context;
 pub mod gateway;
 pub mod jsonrpc;
 pub mod open_files;
-pub mod outbox;
+mod outbox;
 pub mod protocol;
 pub mod redact;
 pub mod registry;
-pub mod resume;
-pub mod session;
+mod resume;
+mod session;
+mod state;
 pub mod supervisor;
 pub mod tls;
 pub mod upstream;

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
 
 use crate::outbox::Unresumable;
 use crate::session::ClientSession;
@@ -111,9 +112,11 @@ pub fn hand_over(session: ClientSession, claim: Claim) -> Handover {
 }
 
 /// Every client session of the gateway, by id, with the key that opened it.
-#[derive(Default)]
 pub struct Sessions {
     slots: DashMap<String, (KeyName, mpsc::Sender<Claim>)>,
+    /// Where the holders of detached sessions run (the gateway's connection tracker, so
+    /// that a shutdown waits for them).
+    holders: TaskTracker,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -125,6 +128,14 @@ impl std::fmt::Debug for Sessions {
 }
 
 impl Sessions {
+    /// An empty registry whose holders run in `holders`.
+    pub fn new(holders: TaskTracker) -> Self {
+        Self {
+            slots: DashMap::new(),
+            holders,
+        }
+    }
+
     /// Registers session `id`, opened by `key` and owned by the caller, who serves the
     /// claims.
     pub fn register(&self, id: &str, key: KeyName) -> Claims {
@@ -148,16 +159,6 @@ impl Sessions {
     pub fn forget(&self, id: &str, claims: &Claims) {
         self.slots
             .remove_if(id, |_, (_, sender)| sender.same_channel(&claims.sender));
-    }
-
-    /// Number of sessions, attached or detached.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// True when there is no session.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
     }
 
     /// Claims session `id` for a new socket of `key` that has every frame up to
@@ -193,24 +194,30 @@ impl Sessions {
 
     /// Holds a session whose socket dropped, for `window`, in a task of its own that
     /// serves its claims.
-    pub fn hold(&self, session: ClientSession, claims: Claims, window: Duration) {
-        let tracker = session.shared().connections.clone();
-        tracker.spawn(run_holder(session, claims, window));
+    pub fn hold(self: &Arc<Self>, session: ClientSession, claims: Claims, window: Duration) {
+        let registry = self.clone();
+        self.holders
+            .spawn(run_holder(registry, session, claims, window));
     }
 }
 
-async fn run_holder(mut session: ClientSession, mut claims: Claims, window: Duration) {
+async fn run_holder(
+    registry: Arc<Sessions>,
+    mut session: ClientSession,
+    mut claims: Claims,
+    window: Duration,
+) {
     session.link.outbox.detach();
     tracing::debug!(session = %session.log_id(), "client session detached; held for resume");
     let outbox = session.link.outbox.clone();
-    let shutdown = session.shared().shutdown.clone();
+    let shutdown = session.context().shutdown.clone();
     let expiry = tokio::time::sleep(window);
     tokio::pin!(expiry);
     let drain = loop {
         tokio::select! {
             _ = &mut expiry => break None,
             _ = outbox.wait_closed() => break None,
-            _ = shutdown.cancelled() => break Some(session.shared().config.shutdown_grace),
+            _ = shutdown.cancelled() => break Some(session.context().config.shutdown_grace),
             event = session.changes.recv() => session.on_status_event(event).await,
             claim = claims.next() => match hand_over(session, claim) {
                 Handover::Done => return,
@@ -220,12 +227,12 @@ async fn run_holder(mut session: ClientSession, mut claims: Claims, window: Dura
                 }
                 Handover::Abandoned(returned) => {
                     session = returned;
-                    session.shared().sessions.reinstate(&session.id, &claims);
+                    registry.reinstate(&session.id, &claims);
                 }
             },
         }
     };
-    session.shared().sessions.forget(&session.id, &claims);
+    registry.forget(&session.id, &claims);
     tracing::debug!(session = %session.log_id(), "held client session ended");
     session.finish(drain).await;
 }

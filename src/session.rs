@@ -16,7 +16,7 @@ use tokio::sync::{Semaphore, broadcast};
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Grant, RateLimited};
-use crate::gateway::{Place, Shared};
+use crate::context::{Place, SessionContext};
 use crate::jsonrpc::{Head, Kind};
 use crate::outbox::{Limits, Outbox};
 use crate::protocol::{
@@ -25,7 +25,7 @@ use crate::protocol::{
 };
 use crate::registry::StatusChange;
 use crate::upstream::link::Link;
-use crate::upstream::session::{End, UpstreamSession};
+use crate::upstream::session::{UpstreamEnd, UpstreamSession};
 
 /// How long a finished session waits for its exchanges to notice the end.
 const TASKS_DRAIN: Duration = Duration::from_secs(2);
@@ -37,7 +37,7 @@ pub type CloseReason = (u16, String);
 pub struct ClientSession {
     /// The session id clients resume with (128 random bits, hex).
     pub id: String,
-    shared: Arc<Shared>,
+    context: Arc<SessionContext>,
     /// What upstream sessions borrow from this session (its outbox among it).
     pub link: Link,
     upstreams: HashMap<String, Arc<UpstreamSession>>,
@@ -53,8 +53,8 @@ pub struct ClientSession {
 impl ClientSession {
     /// A new session with a fresh id, in the place its socket was admitted to, allowed
     /// what `grant` allows.
-    pub fn new(shared: Arc<Shared>, place: Place, grant: Grant) -> Self {
-        let config = &shared.config;
+    pub fn new(context: Arc<SessionContext>, place: Place, grant: Grant) -> Self {
+        let config = &context.config;
         let limits = Limits {
             queue_bytes: config.outbound_queue_bytes,
             keep_frames: config.resume_max_frames,
@@ -62,9 +62,9 @@ impl ClientSession {
         };
         let link = Link {
             outbox: Arc::new(Outbox::new(limits)),
-            http: shared.http.clone(),
+            http: context.http.clone(),
             tasks: TaskTracker::new(),
-            background: shared.background.clone(),
+            background: context.background.clone(),
             inflight: Arc::new(Semaphore::new(config.max_inflight_requests)),
             carrying: Arc::new(Semaphore::new(config.max_inflight_requests)),
             request_timeout: config.request_timeout,
@@ -74,8 +74,8 @@ impl ClientSession {
         let id: u128 = rand::random();
         Self {
             id: format!("{id:032x}"),
-            changes: shared.status_changes.subscribe(),
-            shared,
+            changes: context.status_changes.subscribe(),
+            context,
             link,
             upstreams: HashMap::new(),
             grant,
@@ -88,16 +88,16 @@ impl ClientSession {
         self.id.get(..8).unwrap_or(&self.id)
     }
 
-    /// The gateway shared state.
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// What the session shares with the others.
+    pub fn context(&self) -> &Arc<SessionContext> {
+        &self.context
     }
 
     /// The `welcome` frame for a socket attaching to this session.
     pub fn welcome(&self, resumed: bool) -> String {
-        let config = &self.shared.config;
+        let config = &self.context.config;
         let servers = self
-            .shared
+            .context
             .servers
             .values()
             .filter(|s| self.grant.may_use(&s.name))
@@ -241,7 +241,7 @@ impl ClientSession {
         };
         // A server the key may not use is answered exactly as one that does not exist.
         let visible = self
-            .shared
+            .context
             .servers
             .get(server)
             .filter(|_| self.grant.may_use(server));
@@ -262,9 +262,9 @@ impl ClientSession {
             Some(existing) if !initialize && !existing.is_ended() => existing.clone(),
             _ => {
                 if let Some(previous) = self.upstreams.remove(server) {
-                    previous.end(End::Replaced).await;
+                    previous.end(UpstreamEnd::Replaced).await;
                 }
-                if self.upstreams.len() >= self.shared.config.max_upstream_sessions {
+                if self.upstreams.len() >= self.context.config.max_upstream_sessions {
                     let why = format!(
                         "this connection already holds {} upstream sessions (maxUpstreamSessions); close one first",
                         self.upstreams.len()
@@ -298,14 +298,14 @@ impl ClientSession {
     }
 
     async fn on_close(&mut self, server: &str, reference: Option<&RawValue>) {
-        if !self.shared.servers.contains_key(server) || !self.grant.may_use(server) {
+        if !self.context.servers.contains_key(server) || !self.grant.may_use(server) {
             let why = format!("no server is named {server:?}; the welcome frame lists the servers");
             return self
                 .error_frame(ErrorCode::UnknownServer, &why, Some(server), reference)
                 .await;
         }
         if let Some(upstream) = self.upstreams.remove(server) {
-            upstream.end(End::Closed).await;
+            upstream.end(UpstreamEnd::Closed).await;
         }
         self.link
             .push_session(server, SessionState::Closed, None)
@@ -351,7 +351,9 @@ impl ClientSession {
             .is_some_and(|generation| change.generation != Some(generation));
         if stale {
             if let Some(upstream) = self.upstreams.remove(name) {
-                upstream.end(End::Lost("the server restarted".into())).await;
+                upstream
+                    .end(UpstreamEnd::Lost("the server restarted".into()))
+                    .await;
             }
         }
     }
@@ -359,7 +361,7 @@ impl ClientSession {
     /// After falling behind the status broadcast: sends every server's current state.
     async fn resync_status(&mut self) {
         let changes: Vec<StatusChange> = self
-            .shared
+            .context
             .servers
             .values()
             .map(|s| {
@@ -392,11 +394,11 @@ impl ClientSession {
         // Nobody reads any more: producers must not wait for a socket.
         self.link.outbox.detach();
         if let Some(grace) = drain {
-            let all = u32::try_from(self.shared.config.max_inflight_requests).unwrap_or(u32::MAX);
+            let all = u32::try_from(self.context.config.max_inflight_requests).unwrap_or(u32::MAX);
             let _ = tokio::time::timeout(grace, self.link.inflight.acquire_many(all)).await;
         }
         for (_, upstream) in self.upstreams.drain() {
-            upstream.end(End::ClientSessionEnded).await;
+            upstream.end(UpstreamEnd::ClientSessionEnded).await;
         }
         self.link.outbox.close();
         self.link.tasks.close();

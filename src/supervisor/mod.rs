@@ -61,7 +61,7 @@ pub struct SupervisorConfig {
 
 /// Why an instance ended.
 #[derive(Debug)]
-enum Ended {
+enum InstanceEnd {
     Shutdown,
     Failed(String),
 }
@@ -81,8 +81,8 @@ pub async fn supervise(
         let started = Instant::now();
         let ended = run_instance(&server, &spec, &config, &http, &shutdown, generation).await;
         let reason = match ended {
-            Ended::Shutdown => break,
-            Ended::Failed(reason) => reason,
+            InstanceEnd::Shutdown => break,
+            InstanceEnd::Failed(reason) => reason,
         };
         tracing::warn!(server = %server.name, %reason, "server stopped; restarting");
         if started.elapsed() >= STABLE_RUN {
@@ -135,14 +135,14 @@ async fn run_instance(
     http: &reqwest::Client,
     shutdown: &CancellationToken,
     generation: u64,
-) -> Ended {
+) -> InstanceEnd {
     let port = match free_port() {
         Ok(port) => port,
-        Err(err) => return Ended::Failed(format!("no free port: {err}")),
+        Err(err) => return InstanceEnd::Failed(format!("no free port: {err}")),
     };
     let api_key = random_key();
     let Some((proxy, leading)) = config.mcp_proxy.split_first() else {
-        return Ended::Failed("the mcp-proxy command is empty".into());
+        return InstanceEnd::Failed("the mcp-proxy command is empty".into());
     };
     let (program, mut args) = match &config.guard {
         Some(binary) => {
@@ -175,7 +175,7 @@ async fn run_instance(
     };
     let mut child = match GroupChild::spawn(child_spec).await {
         Ok(child) => child,
-        Err(err) => return Ended::Failed(err.to_string()),
+        Err(err) => return InstanceEnd::Failed(err.to_string()),
     };
     let pid = child.pid();
     server.update(|s| s.pid = Some(pid));
@@ -190,13 +190,13 @@ async fn run_instance(
     };
     if let Err(reason) = ready {
         child.stop(config.stop_grace).await;
-        return reason.map_or(Ended::Shutdown, Ended::Failed);
+        return reason.map_or(InstanceEnd::Shutdown, InstanceEnd::Failed);
     }
     let endpoint = match endpoint(&base, &api_key, generation) {
         Ok(endpoint) => endpoint,
         Err(reason) => {
             child.stop(config.stop_grace).await;
-            return Ended::Failed(reason);
+            return InstanceEnd::Failed(reason);
         }
     };
     server.update(|s| {
@@ -207,7 +207,7 @@ async fn run_instance(
 
     let ended = watch_instance(server, &mut child, shutdown).await;
     // Clients must stop using this instance before it is stopped.
-    if let Ended::Failed(_) = ended {
+    if let InstanceEnd::Failed(_) = ended {
         server.update(|s| {
             s.state = ServerState::Restarting;
             s.endpoint = None;
@@ -224,7 +224,7 @@ async fn watch_instance(
     server: &Server,
     child: &mut GroupChild,
     shutdown: &CancellationToken,
-) -> Ended {
+) -> InstanceEnd {
     let leader = child.pid();
     let watched: Vec<u32> = process::group_members(leader)
         .into_iter()
@@ -233,16 +233,16 @@ async fn watch_instance(
     let mut tick = tokio::time::interval(HEALTH_INTERVAL);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return Ended::Shutdown,
+            _ = shutdown.cancelled() => return InstanceEnd::Shutdown,
             status = child.wait() => {
-                return Ended::Failed(format!("mcp-proxy exited ({})", describe_exit(status)));
+                return InstanceEnd::Failed(format!("mcp-proxy exited ({})", describe_exit(status)));
             }
             _ = tick.tick() => {}
             _ = server.suspected() => {}
         }
         let alive = process::group_members(leader);
         if alive.len() <= 1 || watched.iter().any(|pid| !alive.contains(pid)) {
-            return Ended::Failed("the stdio server under mcp-proxy exited".into());
+            return InstanceEnd::Failed("the stdio server under mcp-proxy exited".into());
         }
     }
 }

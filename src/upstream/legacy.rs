@@ -63,7 +63,7 @@ pub struct LegacySession {
     headers: HeaderMap,
     /// The bound on a POST's reply headers (the `connect_timeout` of [`Self::open`]).
     post_timeout: Duration,
-    shared: Arc<Shared>,
+    shared: Arc<StreamState>,
     _stop: DropGuard,
 }
 
@@ -78,7 +78,7 @@ impl std::fmt::Debug for LegacySession {
 
 /// What the reader task and the session share.
 #[derive(Default)]
-struct Shared {
+struct StreamState {
     waiters: Mutex<Waiters>,
     /// Cancelled when the reader has stopped.
     done: CancellationToken,
@@ -104,7 +104,7 @@ struct Waiters {
     ended: Option<String>,
 }
 
-impl Shared {
+impl StreamState {
     fn lock(&self) -> MutexGuard<'_, Waiters> {
         self.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -206,7 +206,7 @@ impl LegacySession {
         } = limits;
         let stop = cancel.child_token();
         let guard = stop.clone().drop_guard();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(StreamState::default());
         let (endpoint_tx, endpoint_rx) = oneshot::channel();
         let opening = async {
             let request = client
@@ -348,7 +348,7 @@ struct Prober {
 impl Prober {
     /// Sends one probe; its answer is recognised by its id and never delivered. False
     /// when there is nowhere to send it yet.
-    fn send(&self, shared: &Shared) -> bool {
+    fn send(&self, shared: &StreamState) -> bool {
         let Some(url) = self.post_url.clone() else {
             return false;
         };
@@ -372,7 +372,7 @@ impl Prober {
 /// messages and resolves waiters, and notices a dead stream.
 struct Reader {
     parser: SseParser,
-    shared: Arc<Shared>,
+    shared: Arc<StreamState>,
     deliver: Deliver,
     stop: CancellationToken,
     endpoint: Option<oneshot::Sender<Result<reqwest::Url, UpstreamError>>>,
@@ -647,7 +647,7 @@ mod tests {
 
     #[test]
     fn late_responses_to_requests_given_up_on_are_recognised() {
-        let shared = Shared::default();
+        let shared = StreamState::default();
         drop(shared.wait_for("1".into()).unwrap());
         assert!(shared.given_up("1"), "the receiver was dropped: given up");
         assert!(!shared.given_up("1"), "forgotten once recognised");

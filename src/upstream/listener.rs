@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::UpstreamError;
 use super::http::EventStream;
-use super::session::{End, UpstreamSession};
+use super::session::{UpstreamEnd, UpstreamSession};
 
 /// How often a GET stream that keeps failing is retried before the gateway gives up on
 /// it (the session itself stays usable for requests).
@@ -86,7 +86,7 @@ impl Listener {
                 }
                 Err(UpstreamError::SessionGone) => {
                     session
-                        .end(End::Lost(
+                        .end(UpstreamEnd::Lost(
                             "the upstream session expired or was deleted".into(),
                         ))
                         .await;

@@ -39,7 +39,7 @@ async fn connect(gateway: &TestGateway, token: &str) -> Client {
 
 /// Publishes `server` as down, then as it was: two status changes.
 fn flip(gateway: &TestGateway, server: &str) {
-    let server = &gateway.gateway().shared().servers[server];
+    let server = &gateway.gateway().servers()[server];
     let before = server.status();
     let mut down = before.clone();
     down.state = mcpmux::protocol::ServerState::Down;

@@ -258,7 +258,7 @@ async fn a_crash_looping_server_is_down_while_its_neighbour_keeps_answering() {
         json!({"restartBackoffMaxMs": 1000}),
     ))
     .await;
-    let restarts = |name: &str| gateway.gateway().shared().servers[name].status().restarts;
+    let restarts = |name: &str| gateway.gateway().servers()[name].status().restarts;
     let mut client = Client::connect(gateway.addr).await;
     client.initialize("everything").await;
     client

@@ -13,7 +13,7 @@ use crate::harness::{Client, Ended, TestGateway, config, everything, memory};
 /// the leader), leaving mcp-proxy itself running, as happens when a server crashes.
 /// Returns the leader's pid.
 fn kill_stdio_server(gateway: &TestGateway, server: &str) -> u32 {
-    let pid = gateway.gateway().shared().servers[server]
+    let pid = gateway.gateway().servers()[server]
         .status()
         .pid
         .expect("pid");
@@ -76,7 +76,7 @@ async fn killing_the_stdio_server_fails_in_flight_calls_and_recovers() {
         .call("everything", json!("after"), "tools/call", params)
         .await;
     assert_eq!(crate::harness::tool_text(&echo), "Echo: again");
-    let status = gateway.gateway().shared().servers["everything"].status();
+    let status = gateway.gateway().servers()["everything"].status();
     assert_eq!(status.restarts, 1);
     assert_ne!(status.pid, Some(pid));
     gateway.shutdown().await;

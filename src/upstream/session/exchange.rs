@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 
-use super::{Carried, End, UpstreamSession};
+use super::{Carried, UpstreamEnd, UpstreamSession};
 use crate::jsonrpc::{self, Head, Kind};
 use crate::protocol::{ErrorCode, SessionState};
 use crate::upstream::http::{EventStream, Headers, PostOutcome, Reply, announced_body};
@@ -48,13 +48,13 @@ impl UpstreamSession {
         }
         if let Err(error) = outcome {
             if matches!(error, UpstreamError::SessionGone) {
-                self.end(End::Lost(
+                self.end(UpstreamEnd::Lost(
                     "the upstream session expired or was deleted".into(),
                 ))
                 .await;
             }
             let answered = answered.load(Ordering::Acquire);
-            let client_gone = matches!(self.ended.get(), Some(End::ClientSessionEnded));
+            let client_gone = matches!(self.ended.get(), Some(UpstreamEnd::ClientSessionEnded));
             if !(answered || client_gone) {
                 self.report(&carried, error.code(), &error.to_string())
                     .await;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{Carried, End, UpstreamSession};
+use super::{Carried, UpstreamEnd, UpstreamSession};
 use crate::jsonrpc::Kind;
 use crate::protocol::SessionState;
 use crate::upstream::legacy::{Deliver, LegacyLimits, LegacySession};
@@ -107,7 +107,7 @@ impl UpstreamSession {
                 biased;
                 _ = session.cancel.cancelled() => {}
                 _ = watched.closed() => {
-                    session.end(End::Lost("the server closed its SSE stream".into())).await;
+                    session.end(UpstreamEnd::Lost("the server closed its SSE stream".into())).await;
                 }
             }
         });

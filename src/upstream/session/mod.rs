@@ -7,7 +7,7 @@
 //! gets a fresh `UpstreamSession`; until its reply headers bring the `Mcp-Session-Id`,
 //! later messages wait ([`barrier`]). Messages reach the server in the order the client
 //! sent them wherever that order carries meaning ([`order`]). The session ends once, for
-//! one reason ([`End`]); ending cancels its streams, fails its in-flight requests and,
+//! one reason ([`UpstreamEnd`]); ending cancels its streams, fails its in-flight requests and,
 //! unless the upstream already forgot it, deletes it upstream.
 //!
 //! Parts: [`exchange`] carries one message over Streamable HTTP and forwards its
@@ -42,7 +42,7 @@ const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why an upstream session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum End {
+pub enum UpstreamEnd {
     /// The client sent `close`.
     Closed,
     /// The client sent a new `initialize`.
@@ -98,7 +98,7 @@ pub struct UpstreamSession {
     endpoint: OnceCell<Arc<Endpoint>>,
     barrier: Barrier,
     order: Sequencer,
-    ended: OnceLock<End>,
+    ended: OnceLock<UpstreamEnd>,
     cancel: CancellationToken,
     /// Requests in flight, by canonical id, so `notifications/cancelled` can end them.
     inflight: Mutex<HashMap<String, (u64, CancellationToken)>>,
@@ -218,7 +218,7 @@ impl UpstreamSession {
     }
 
     /// Ends the session for `why`. Only the first call counts.
-    pub async fn end(&self, why: End) {
+    pub async fn end(&self, why: UpstreamEnd) {
         if self.ended.set(why.clone()).is_err() {
             return;
         }
@@ -226,12 +226,12 @@ impl UpstreamSession {
         let session_id = self.barrier.end();
         match why {
             // The upstream forgot the session, or its instance is gone.
-            End::Lost(reason) => {
+            UpstreamEnd::Lost(reason) => {
                 self.link
                     .push_session(&self.server.name, SessionState::Lost, Some(&reason))
                     .await;
             }
-            End::Closed | End::Replaced | End::ClientSessionEnded => {
+            UpstreamEnd::Closed | UpstreamEnd::Replaced | UpstreamEnd::ClientSessionEnded => {
                 if let (Some(id), Some(endpoint)) = (session_id, self.endpoint.get()) {
                     self.delete_upstream(endpoint.clone(), id);
                 }
@@ -249,7 +249,7 @@ impl UpstreamSession {
 
     fn end_error(&self) -> UpstreamError {
         match self.ended.get() {
-            Some(End::Lost(reason)) => UpstreamError::SessionLost(reason.clone()),
+            Some(UpstreamEnd::Lost(reason)) => UpstreamError::SessionLost(reason.clone()),
             _ => UpstreamError::SessionClosed,
         }
     }

@@ -1,0 +1,48 @@
+//! What every client session shares with the others: the configuration, the servers and
+//! their status changes, the upstream HTTP client, the shutdown signal, and the tracker
+//! of tasks that may outlive a session; and a session's place among `maxSessions`.
+//!
+//! A narrow handle: it knows nothing of sockets, routes or the resume registry, so that
+//! sessions depend on it and not on the gateway that owns them.
+
+use tokio::sync::{OwnedSemaphorePermit, broadcast};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::GatewayConfig;
+use crate::registry::{Servers, StatusChange};
+use crate::upstream::http::HttpClient;
+
+/// The gateway-wide things a client session uses.
+#[derive(Debug)]
+pub struct SessionContext {
+    /// Limits and timeouts.
+    pub config: GatewayConfig,
+    /// Every configured server.
+    pub servers: Servers,
+    /// Status changes of every server, for `status` frames.
+    pub status_changes: broadcast::Sender<StatusChange>,
+    /// The HTTP client for every upstream exchange.
+    pub http: HttpClient,
+    /// Cancelled when the gateway starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Tasks that may outlive their session (upstream DELETEs, abandoned initializes).
+    pub background: TaskTracker,
+}
+
+/// A socket's place among `maxSessions`, taken when its upgrade is accepted: the socket
+/// holds it until its `hello` is handled, then the session it opened (or resumed into)
+/// holds one until it ends. So concurrent upgrades cannot overshoot the limit, and a
+/// socket that never says hello counts until it is closed.
+#[derive(Debug)]
+pub struct Place {
+    /// Held, never read: dropping it frees the place.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Place {
+    /// The place `permit` stands for.
+    pub fn new(permit: OwnedSemaphorePermit) -> Self {
+        Self { _permit: permit }
+    }
+}
