@@ -427,6 +427,8 @@ pub enum GatewayFrame<'a> {
         resumed: bool,
         resume_window_ms: u64,
         heartbeat_ms: u64,
+        /// Client frames of this session the gateway has read (section 8).
+        received: u64,
         servers: Vec<ServerEntry<'a>>,
     },
     /// A server's lifecycle changed.

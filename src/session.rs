@@ -46,6 +46,9 @@ pub struct ClientSession {
     pub changes: broadcast::Receiver<StatusChange>,
     /// The servers this session may use and see, and its key's rate.
     grant: Grant,
+    /// Client frames read after `hello`, on every socket of the session: a client that
+    /// resumes resends the frames after this count (protocol.md, section 8).
+    received: u64,
     /// This session's place among `maxSessions`, given back when it ends (is dropped).
     _place: Place,
 }
@@ -79,6 +82,7 @@ impl ClientSession {
             link,
             upstreams: HashMap::new(),
             grant,
+            received: 0,
             _place: place,
         }
     }
@@ -112,6 +116,7 @@ impl ClientSession {
             resumed,
             resume_window_ms: millis(config.resume_window),
             heartbeat_ms: millis(config.heartbeat),
+            received: self.received,
             servers,
         }
         .encode()
@@ -120,6 +125,7 @@ impl ClientSession {
     /// Handles one text frame (its bytes, which carried messages are sliced from
     /// without a copy); `Some` closes the connection.
     pub async fn on_text(&mut self, frame: Utf8Bytes) -> Option<CloseReason> {
+        self.received += 1;
         let decoded = decode_client_frame(frame.as_str());
         let reference = decoded.reference;
         match decoded.frame {
@@ -152,6 +158,7 @@ impl ClientSession {
 
     /// Answers a binary message, which the protocol does not have.
     pub async fn on_binary(&mut self) {
+        self.received += 1;
         let message = "binary frames are not part of mcpmux.v1; send each frame as JSON text";
         self.error_frame(ErrorCode::BadFrame, message, None, None)
             .await;

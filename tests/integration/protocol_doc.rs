@@ -68,6 +68,7 @@ fn schema(kind: &str) -> Option<(Fields, Fields)> {
                 ("resumed", Value::is_boolean),
                 ("resume_window_ms", seq),
                 ("heartbeat_ms", seq),
+                ("received", Value::is_u64),
                 ("servers", |v: &Value| {
                     v.as_array().is_some_and(|a| {
                         a.iter().all(|s| {

@@ -96,6 +96,29 @@ async fn acked_frames_and_future_seqs_cannot_be_resumed_and_get_a_fresh_session(
 }
 
 #[tokio::test]
+async fn welcome_says_how_many_client_frames_the_gateway_read() {
+    let addr = shared_gateway();
+    let mut client = Client::connect(addr).await;
+    assert_eq!(client.welcome["received"], 0);
+    let session = client.session_id();
+    for _ in 0..2 {
+        client.send(json!({"type": "ping"})).await;
+        client.wait_for("pong", |f| f["type"] == "pong").await;
+    }
+    client.send(json!({"type": "launch"})).await;
+    let error = client.wait_for("error", |f| f["type"] == "error").await;
+    drop(client);
+    let mut resumed = Client::resume(addr, &session, error["seq"].as_u64().unwrap()).await;
+    assert_eq!(resumed.welcome["resumed"], true);
+    assert_eq!(resumed.welcome["received"], 3, "hello is not counted");
+    resumed.send(json!({"type": "ping"})).await;
+    resumed.wait_for("pong", |f| f["type"] == "pong").await;
+    drop(resumed);
+    let again = Client::resume(addr, &session, error["seq"].as_u64().unwrap()).await;
+    assert_eq!(again.welcome["received"], 4, "counted across sockets");
+}
+
+#[tokio::test]
 async fn a_resume_too_late_is_refused() {
     let gateway = TestGateway::start(&config(
         json!({"everything": everything()}),
