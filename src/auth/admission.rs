@@ -160,37 +160,8 @@ mod tests {
 
     use super::*;
     use crate::auth::Refusal;
-    use crate::config::{
-        ApiKeyConfig, GatewayConfig, KeyMaterial, Rate, RateLimitConfig, Secret, ServerGrant,
-    };
-
-    const KEY: &str = "dashboard-key-0123456789";
-    const OTHER: &str = "ops-key-abcdefghijklmnop";
-
-    fn gateway(max_connections: Option<usize>, rate: Option<Rate>) -> GatewayConfig {
-        let mut config = GatewayConfig::default();
-        config.access.api_keys = vec![
-            ApiKeyConfig {
-                name: "dashboard".into(),
-                key: KeyMaterial::Plain(Secret::new(KEY)),
-                servers: ServerGrant::Only(["everything".to_owned()].into()),
-                rate_limit: rate.map(|r| RateLimitConfig {
-                    overall: Some(r),
-                    servers: Default::default(),
-                }),
-                max_connections,
-            },
-            ApiKeyConfig {
-                name: "ops".into(),
-                key: KeyMaterial::Plain(Secret::new(OTHER)),
-                servers: ServerGrant::All,
-                rate_limit: None,
-                max_connections: None,
-            },
-        ];
-        config.max_pending_per_ip = 2;
-        config
-    }
+    use crate::auth::fixtures::{KEY, OTHER, gateway};
+    use crate::config::{GatewayConfig, Rate};
 
     fn local() -> IpAddr {
         IpAddr::from([127, 0, 0, 1])

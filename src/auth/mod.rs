@@ -235,15 +235,18 @@ impl Access {
     }
 }
 
+/// The keys and configuration the unit tests of this module's parts share.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{ApiKeyConfig, KeyMaterial, Rate, RateLimitConfig, Secret, ServerGrant};
+pub(crate) mod fixtures {
+    use crate::config::{
+        ApiKeyConfig, GatewayConfig, KeyMaterial, Rate, RateLimitConfig, Secret, ServerGrant,
+    };
 
-    const KEY: &str = "dashboard-key-0123456789";
-    const OTHER: &str = "ops-key-abcdefghijklmnop";
+    pub(crate) const KEY: &str = "dashboard-key-0123456789";
+    pub(crate) const OTHER: &str = "ops-key-abcdefghijklmnop";
 
-    fn gateway(max_connections: Option<usize>, rate: Option<Rate>) -> GatewayConfig {
+    /// Two keys: `dashboard` (one server, optional limits) and `ops` (every server).
+    pub(crate) fn gateway(max_connections: Option<usize>, rate: Option<Rate>) -> GatewayConfig {
         let mut config = GatewayConfig::default();
         config.access.api_keys = vec![
             ApiKeyConfig {
@@ -267,6 +270,12 @@ mod tests {
         config.max_pending_per_ip = 2;
         config
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{KEY, gateway};
+    use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> axum::http::HeaderMap {
         pairs
