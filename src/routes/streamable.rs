@@ -1,0 +1,194 @@
+//! Streamable HTTP through mcpmux: `POST`, `GET` and `DELETE` on `/servers/{name}/mcp`,
+//! or on `/mcp` with `X-MCP-Server: NAME`, carried to the server's own endpoint.
+//!
+//! - `POST`: one JSON-RPC message; the answer (`202`, JSON, or an event stream with the
+//!   progress notifications and the response) flows back as it comes.
+//! - `GET`: the standalone event stream of a session, or with `Last-Event-ID` the replay
+//!   of a broken stream; it holds a place among `maxSessions` and one of its key's
+//!   `maxConnections` while open.
+//! - `DELETE`: ends a session.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+
+use super::error::{Refused, RouteError};
+use super::exchange::{self, Expect, Request};
+use super::message::Message;
+use super::{Routes, legacy_only, named_by_header, refused};
+use crate::auth::Caller;
+
+/// `POST /servers/{name}/mcp`.
+pub async fn post(
+    State(routes): State<Arc<Routes>>,
+    Path(name): Path<String>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    carry_message(&routes, &caller, &name, &headers, body)
+        .await
+        .unwrap_or_else(refused)
+}
+
+/// `POST /mcp` with `X-MCP-Server`.
+pub async fn post_by_header(
+    State(routes): State<Arc<Routes>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let carried = match named_by_header(&headers) {
+        Ok(name) => carry_message(&routes, &caller, &name, &headers, body).await,
+        Err(error) => Err(error.into()),
+    };
+    carried.unwrap_or_else(refused)
+}
+
+/// `GET /servers/{name}/mcp`.
+pub async fn get(
+    State(routes): State<Arc<Routes>>,
+    Path(name): Path<String>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
+    open_stream(&routes, &caller, &name, &headers)
+        .await
+        .unwrap_or_else(refused)
+}
+
+/// `GET /mcp` with `X-MCP-Server`.
+pub async fn get_by_header(
+    State(routes): State<Arc<Routes>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
+    let opened = match named_by_header(&headers) {
+        Ok(name) => open_stream(&routes, &caller, &name, &headers).await,
+        Err(error) => Err(error.into()),
+    };
+    opened.unwrap_or_else(refused)
+}
+
+/// `DELETE /servers/{name}/mcp`.
+pub async fn delete(
+    State(routes): State<Arc<Routes>>,
+    Path(name): Path<String>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
+    end_session(&routes, &caller, &name, &headers)
+        .await
+        .unwrap_or_else(refused)
+}
+
+/// `DELETE /mcp` with `X-MCP-Server`.
+pub async fn delete_by_header(
+    State(routes): State<Arc<Routes>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
+    let ended = match named_by_header(&headers) {
+        Ok(name) => end_session(&routes, &caller, &name, &headers).await,
+        Err(error) => Err(error.into()),
+    };
+    ended.unwrap_or_else(refused)
+}
+
+/// Carries one POSTed message and relays its answer.
+async fn carry_message(
+    routes: &Routes,
+    caller: &Caller,
+    name: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Refused> {
+    let about =
+        |error: RouteError, id: Option<&serde_json::value::RawValue>| error.about(Some(name), id);
+    routes.check_running().map_err(|e| about(e, None))?;
+    let limit = routes.context().config.max_frame_bytes;
+    let message = Message::read(body, limit).await.map_err(|mut refused| {
+        refused.server = Some(name.to_owned());
+        refused
+    })?;
+    let id = message.id.as_deref();
+    message.check_rate(caller, name)?;
+    let server = routes.server(caller, name).map_err(|e| about(e, id))?;
+    let endpoint = routes.endpoint(&server).await.map_err(|e| about(e, id))?;
+    if legacy_only(&server, &endpoint) {
+        return Err(about(RouteError::LegacyOnly(name.to_owned()), id));
+    }
+    let request = Request {
+        method: reqwest::Method::POST,
+        url: endpoint.url.clone(),
+        endpoint: &endpoint,
+        client_headers: headers,
+        body: Some(message.body.clone()),
+        expect: Expect::Message,
+    };
+    let answer = exchange::send(&routes.context().http, request)
+        .await
+        .map_err(|e| about(e.into(), id))?;
+    Ok(routes.answer(name, answer, routes.exchange(), routes.message_stop()))
+}
+
+/// Opens (or resumes, with `Last-Event-ID`) an event stream and relays it.
+async fn open_stream(
+    routes: &Routes,
+    caller: &Caller,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<Response, Refused> {
+    let about = |error: RouteError| error.about(Some(name), None);
+    routes.check_running().map_err(about)?;
+    let server = routes.server(caller, name).map_err(about)?;
+    let held = routes.stream(caller).map_err(about)?;
+    let endpoint = routes.endpoint(&server).await.map_err(about)?;
+    if legacy_only(&server, &endpoint) {
+        return Err(about(RouteError::LegacyOnly(name.to_owned())));
+    }
+    let request = Request {
+        method: reqwest::Method::GET,
+        url: endpoint.url.clone(),
+        endpoint: &endpoint,
+        client_headers: headers,
+        body: None,
+        expect: Expect::EventStream,
+    };
+    let answer = exchange::send(&routes.context().http, request)
+        .await
+        .map_err(|e| about(e.into()))?;
+    Ok(routes.answer(name, answer, held, routes.stream_stop()))
+}
+
+/// Ends a session upstream.
+async fn end_session(
+    routes: &Routes,
+    caller: &Caller,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<Response, Refused> {
+    let about = |error: RouteError| error.about(Some(name), None);
+    routes.check_running().map_err(about)?;
+    let server = routes.server(caller, name).map_err(about)?;
+    let endpoint = routes.endpoint(&server).await.map_err(about)?;
+    if legacy_only(&server, &endpoint) {
+        return Err(about(RouteError::LegacyOnly(name.to_owned())));
+    }
+    let request = Request {
+        method: reqwest::Method::DELETE,
+        url: endpoint.url.clone(),
+        endpoint: &endpoint,
+        client_headers: headers,
+        body: None,
+        expect: Expect::Anything,
+    };
+    let answer = exchange::send(&routes.context().http, request)
+        .await
+        .map_err(|e| about(e.into()))?;
+    Ok(routes.answer(name, answer, routes.exchange(), routes.message_stop()))
+}
