@@ -4,23 +4,34 @@
 //! - `POST`: one JSON-RPC message; the answer (`202`, JSON, or an event stream with the
 //!   progress notifications and the response) flows back as it comes.
 //! - `GET`: the standalone event stream of a session, or with `Last-Event-ID` the replay
-//!   of a broken stream; it holds a place among `maxSessions` and one of its key's
+//!   of a broken stream (tried again for a moment while the server still holds the
+//!   broken one); it holds a place among `maxSessions` and one of its key's
 //!   `maxConnections` while open.
 //! - `DELETE`: ends a session.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use tokio::time::Instant;
 
 use super::error::{Refused, RouteError};
-use super::exchange::{self, Expect, Request};
+use super::exchange::{self, Answer, Expect, Request};
 use super::message::Message;
 use super::{Routes, legacy_only, named_by_header, refused};
 use crate::auth::Caller;
+
+/// How long a resumption (`GET` with `Last-Event-ID`) that the server refuses with 409
+/// is tried again. The server refuses while it still holds the broken stream being
+/// resumed; when the client's connection broke, mcpmux closed that stream upstream, but
+/// the server may learn of it a moment after the client's new `GET` arrives.
+const RESUME_CONFLICT_WAIT: Duration = Duration::from_secs(2);
+/// The pause between two such tries.
+const RESUME_CONFLICT_PAUSE: Duration = Duration::from_millis(50);
 
 /// `POST /servers/{name}/mcp`.
 pub async fn post(
@@ -151,18 +162,30 @@ async fn open_stream(
     if legacy_only(&server, &endpoint) {
         return Err(about(RouteError::LegacyOnly(name.to_owned())));
     }
-    let request = Request {
-        method: reqwest::Method::GET,
-        url: endpoint.url.clone(),
-        endpoint: &endpoint,
-        client_headers: headers,
-        body: None,
-        expect: Expect::EventStream,
-    };
-    let answer = exchange::send(&routes.context().http, request)
-        .await
-        .map_err(|e| about(e.into()))?;
-    Ok(routes.answer(name, answer, held, routes.stream_stop()))
+    let resuming = headers.contains_key("last-event-id");
+    let deadline = Instant::now() + RESUME_CONFLICT_WAIT;
+    loop {
+        let request = Request {
+            method: reqwest::Method::GET,
+            url: endpoint.url.clone(),
+            endpoint: &endpoint,
+            client_headers: headers,
+            body: None,
+            expect: Expect::EventStream,
+        };
+        let answer = exchange::send(&routes.context().http, request)
+            .await
+            .map_err(|e| about(e.into()))?;
+        match answer {
+            Answer::Refusal { status, .. }
+                if status == StatusCode::CONFLICT && resuming && Instant::now() < deadline =>
+            {
+                tracing::debug!(server = name, "resumption refused with 409; trying again");
+                tokio::time::sleep(RESUME_CONFLICT_PAUSE).await;
+            }
+            answer => return Ok(routes.answer(name, answer, held, routes.stream_stop())),
+        }
+    }
 }
 
 /// Ends a session upstream.
