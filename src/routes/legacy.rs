@@ -17,13 +17,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Extension;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use rand::Rng;
-use serde::Deserialize;
 
 use super::error::{Refused, RouteError};
 use super::exchange::{self, Answer, Expect, Request};
@@ -185,30 +184,26 @@ async fn open_stream(
     Ok(routes.answer(name, answer, held, routes.stream_stop()))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct MessageQuery {
-    session: Option<String>,
-}
-
 /// `POST /servers/{name}/messages?session=TOKEN`.
 pub async fn message(
     State(routes): State<Arc<Routes>>,
     Path(name): Path<String>,
-    Query(query): Query<MessageQuery>,
+    RawQuery(query): RawQuery,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    carry_message(
-        &routes,
-        &caller,
-        &name,
-        query.session.as_deref(),
-        &headers,
-        body,
-    )
-    .await
-    .unwrap_or_else(refused)
+    let token = query.as_deref().and_then(session_token);
+    carry_message(&routes, &caller, &name, token, &headers, body)
+        .await
+        .unwrap_or_else(refused)
+}
+
+/// The first `session` of a message url's query (tokens are hex: nothing to decode).
+fn session_token(query: &str) -> Option<&str> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("session="))
 }
 
 async fn carry_message(
@@ -422,6 +417,14 @@ mod tests {
             until_endpoint(body).await,
             Err(UpstreamError::Protocol(_))
         ));
+    }
+
+    #[test]
+    fn the_token_is_the_first_session_of_the_query() {
+        assert_eq!(session_token("session=ab12"), Some("ab12"));
+        assert_eq!(session_token("x=1&session=ab&session=cd"), Some("ab"));
+        assert_eq!(session_token("sessions=ab"), None);
+        assert_eq!(session_token(""), None);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 
+use crate::binary::{Binary, Launch};
 use crate::harness::{Client, TestGateway, config};
 use crate::http_client::{End, Events, Http, json_answer};
 
@@ -201,8 +202,9 @@ async fn foreign_endpoint() -> Response {
     ))
 }
 
-async fn gateway_with_fakes() -> (TestGateway, Arc<Fake>) {
-    let (addr, fake) = start_fake().await;
+/// A configuration with a remote server per fake mode, the legacy fakes, and a stdio
+/// server that keeps crashing.
+fn fakes_config(addr: SocketAddr) -> Value {
     let remote = |mode: &str| json!({"url": format!("http://{addr}/{mode}/mcp"), "headers": {"X-Upstream-Key": UPSTREAM_SECRET}});
     let mut servers = serde_json::Map::new();
     for mode in [
@@ -232,7 +234,7 @@ async fn gateway_with_fakes() -> (TestGateway, Arc<Fake>) {
         "crasher".into(),
         json!({"command": "node", "args": ["-e", "process.exit(1)"]}),
     );
-    let gateway = TestGateway::start(&config(
+    config(
         Value::Object(servers),
         json!({
             "apiKeys": [{"name": "ops", "key": OPS, "servers": "*"}],
@@ -240,9 +242,12 @@ async fn gateway_with_fakes() -> (TestGateway, Arc<Fake>) {
             "connectTimeoutMs": 1000,
             "restartBackoffMaxMs": 1000,
         }),
-    ))
-    .await;
-    (gateway, fake)
+    )
+}
+
+async fn gateway_with_fakes() -> (TestGateway, Arc<Fake>) {
+    let (addr, fake) = start_fake().await;
+    (TestGateway::start(&fakes_config(addr)).await, fake)
 }
 
 fn call(id: &str) -> Value {
@@ -479,4 +484,70 @@ async fn a_remote_legacy_server_gets_messages_through_the_gateway() {
             .contains("another origin")
     );
     gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn route_logs_never_show_a_key_at_trace_level() {
+    let (addr, _fake) = start_fake().await;
+    let binary = Binary::launch(
+        &fakes_config(addr),
+        Launch {
+            log_filter: Some("trace"),
+            ..Launch::default()
+        },
+    );
+    let http = Http::new(binary.addr);
+    let bearer = format!("Bearer {OPS}");
+    let key = [("authorization", bearer.as_str())];
+    let wrong = "wrong-key-0123456789abcdefgh";
+    assert_eq!(
+        http.post("/servers/echo/mcp", &key, &call("1"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.post("/servers/status500/mcp", &key, &call("2"))
+            .await
+            .status(),
+        502
+    );
+    assert_eq!(
+        http.post("/servers/gone/mcp", &key, &call("3"))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        http.post("/servers/unauthorized/mcp", &key, &call("4"))
+            .await
+            .status(),
+        502
+    );
+    let wrong_key = [("x-api-key", wrong)];
+    assert_eq!(
+        http.post("/servers/echo/mcp", &wrong_key, &call("5"))
+            .await
+            .status(),
+        401
+    );
+    let mut events = Events::of(
+        http.send(Method::GET, "/servers/legacy/sse", &key, None)
+            .await,
+    );
+    let messages = format!("/servers/legacy/{}", events.next().await.data);
+    assert_eq!(http.post(&messages, &key, &call("6")).await.status(), 202);
+    events.until(|m| m["id"] == "6").await;
+
+    let log = binary.log();
+    assert!(log.contains("MCP route request"), "a trace log was written");
+    use base64::Engine as _;
+    for secret in [OPS, UPSTREAM_SECRET, wrong] {
+        for form in [
+            secret.to_owned(),
+            base64::engine::general_purpose::STANDARD.encode(secret),
+        ] {
+            assert!(!log.contains(&form), "the log shows a secret (as {form:?})");
+        }
+    }
 }
