@@ -68,9 +68,9 @@ pub enum RouteError {
     LegacyOnly(String),
     /// A legacy message POST naming no open SSE stream of this caller and server.
     #[error(
-        "no open SSE stream of this server and key has this session; open GET /servers/NAME/sse again"
+        "no open SSE stream of this server and key has this session; open GET /servers/{0}/sse again"
     )]
-    NoLegacySession,
+    NoLegacySession(String),
     /// The upstream could not be reached, did not answer in time, or answered unusably.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -87,7 +87,7 @@ impl RouteError {
             Self::TooManyStreams { .. } | Self::Full => ErrorCode::TooManySessions,
             Self::ShuttingDown => ErrorCode::ServerUnavailable,
             Self::LegacyOnly(_) => ErrorCode::UpstreamError,
-            Self::NoLegacySession => ErrorCode::SessionLost,
+            Self::NoLegacySession(_) => ErrorCode::SessionLost,
             Self::Upstream(err) => err.code(),
         }
     }
@@ -98,7 +98,7 @@ impl RouteError {
             Self::NoServerNamed | Self::NotJsonRpc(_) | Self::Batch | Self::LegacyOnly(_) => {
                 StatusCode::BAD_REQUEST
             }
-            Self::UnknownServer(_) | Self::NoLegacySession => StatusCode::NOT_FOUND,
+            Self::UnknownServer(_) | Self::NoLegacySession(_) => StatusCode::NOT_FOUND,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } | Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Full | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,

@@ -216,20 +216,13 @@ async fn carry_message(
 ) -> Result<Response, Refused> {
     let about =
         |error: RouteError, id: Option<&serde_json::value::RawValue>| error.about(Some(name), id);
-    routes.check_running().map_err(|e| about(e, None))?;
-    let limit = routes.context().config.max_frame_bytes;
-    let message = Message::read(body, limit).await.map_err(|mut refused| {
-        refused.server = Some(name.to_owned());
-        refused
-    })?;
-    message.check_rate(caller, name)?;
-    let Message { body, id } = message;
+    let Message { body, id } = routes.receive(caller, name, body).await?;
     let id = id.as_deref();
     routes.server(caller, name).map_err(|e| about(e, id))?;
     let key = key_name(caller);
     let target = token
         .and_then(|token| routes.legacy.find(token, name, key.as_ref()))
-        .ok_or_else(|| about(RouteError::NoLegacySession, id))?;
+        .ok_or_else(|| about(RouteError::NoLegacySession(name.to_owned()), id))?;
     let request = Request {
         method: reqwest::Method::POST,
         url: target.post_url.clone(),

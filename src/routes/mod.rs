@@ -37,6 +37,7 @@ use axum::routing::{get, post};
 
 use self::error::{Refused, RouteError};
 use self::exchange::Answer;
+use self::message::Message;
 use self::relay::{Held, Relay};
 use crate::auth::Caller;
 use crate::context::SessionContext;
@@ -99,6 +100,20 @@ impl Routes {
             .filter(|_| caller.may_use(name))
             .cloned()
             .ok_or_else(|| RouteError::UnknownServer(name.to_owned()))
+    }
+
+    /// Takes in a POSTed message for server `name`: refused while shutting down, read and
+    /// looked into ([`Message::read`]), and counted against the caller's rate.
+    async fn receive(&self, caller: &Caller, name: &str, body: Body) -> Result<Message, Refused> {
+        self.check_running()
+            .map_err(|e| e.about(Some(name), None))?;
+        let limit = self.context().config.max_frame_bytes;
+        let message = Message::read(body, limit).await.map_err(|mut refused| {
+            refused.server = Some(name.to_owned());
+            refused
+        })?;
+        message.check_rate(caller, name)?;
+        Ok(message)
     }
 
     /// The server's ready instance, waiting up to `connectTimeoutMs` while it starts or

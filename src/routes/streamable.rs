@@ -120,14 +120,8 @@ async fn carry_message(
 ) -> Result<Response, Refused> {
     let about =
         |error: RouteError, id: Option<&serde_json::value::RawValue>| error.about(Some(name), id);
-    routes.check_running().map_err(|e| about(e, None))?;
-    let limit = routes.context().config.max_frame_bytes;
-    let message = Message::read(body, limit).await.map_err(|mut refused| {
-        refused.server = Some(name.to_owned());
-        refused
-    })?;
-    let id = message.id.as_deref();
-    message.check_rate(caller, name)?;
+    let Message { body, id } = routes.receive(caller, name, body).await?;
+    let id = id.as_deref();
     let server = routes.server(caller, name).map_err(|e| about(e, id))?;
     let endpoint = routes.endpoint(&server).await.map_err(|e| about(e, id))?;
     if legacy_only(&server, &endpoint) {
@@ -138,7 +132,7 @@ async fn carry_message(
         url: endpoint.url.clone(),
         endpoint: &endpoint,
         client_headers: headers,
-        body: Some(message.body.clone()),
+        body: Some(body),
         expect: Expect::Message,
     };
     let answer = exchange::send(&routes.context().http, request)
