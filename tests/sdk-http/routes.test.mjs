@@ -71,9 +71,16 @@ test("Streamable HTTP on /servers/NAME/mcp: tools listed and called, with progre
   assert.equal(toolText(await client.callTool({ name: "echo", arguments: { message: "over http" } })), "Echo: over http");
   assertProgressed(await longOperation(client));
 
-  // DELETE ends the session; the server then answers 404 for it.
+  // DELETE ends the session; the server then answers 404 for it, through the gateway.
+  const sessionId = transport.sessionId;
   await transport.terminateSession();
-  await assert.rejects(streamable("/servers/everything/mcp").send({ jsonrpc: "2.0", method: "ping" }), /./);
+  const stale = streamable("/servers/everything/mcp", { ...auth(KEY), sessionId });
+  await stale.start();
+  await assert.rejects(stale.send({ jsonrpc: "2.0", id: 99, method: "tools/list" }), (error) => {
+    assert.equal(error.code, 404);
+    return true;
+  });
+  await stale.close();
 });
 
 test("Streamable HTTP on /mcp with X-MCP-Server: each header reaches its server", async () => {
