@@ -24,11 +24,11 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use rand::Rng;
 
+use super::Routes;
 use super::error::{Refused, RouteError};
 use super::exchange::{self, Answer, Expect, Request};
 use super::message::Message;
 use super::relay::ByteStream;
-use super::{Routes, refused};
 use crate::auth::Caller;
 use crate::upstream::legacy::post_url;
 use crate::upstream::{Endpoint, Transport, UpstreamError};
@@ -125,7 +125,7 @@ pub async fn open(
 ) -> Response {
     open_stream(&routes, &caller, &name, &headers)
         .await
-        .unwrap_or_else(refused)
+        .unwrap_or_else(|r| routes.refused(r))
 }
 
 async fn open_stream(
@@ -196,7 +196,7 @@ pub async fn message(
     let token = query.as_deref().and_then(session_token);
     carry_message(&routes, &caller, &name, token, &headers, body)
         .await
-        .unwrap_or_else(refused)
+        .unwrap_or_else(|r| routes.refused(r))
 }
 
 /// The first `session` of a message url's query (tokens are hex: nothing to decode).

@@ -176,6 +176,19 @@ impl Routes {
         }
     }
 
+    /// The answer to a refused or failed request, counted.
+    fn refused(&self, refused: Refused) -> Response {
+        let named = refused.server.as_deref().unwrap_or("");
+        let configured = if self.context().servers.contains_key(named) {
+            named
+        } else {
+            ""
+        };
+        record(configured, refused.error.code().as_str());
+        tracing::debug!(server = named, error = %refused.error, "MCP route request refused");
+        refused.into_response()
+    }
+
     /// The client's answer to an upstream's: a success flows on through a [`Relay`]
     /// holding `held` until `stop`; an upstream's own refusal is passed on whole.
     fn answer(
@@ -208,16 +221,9 @@ impl Routes {
     }
 }
 
-/// The answer to a refused or failed request, counted.
-fn refused(refused: Refused) -> Response {
-    let server = refused.server.as_deref().unwrap_or("");
-    record(server, refused.error.code().as_str());
-    tracing::debug!(server, error = %refused.error, "MCP route request refused");
-    refused.into_response()
-}
-
 /// Counts one request on an MCP route by its outcome: `ok`, `refused_by_server` (an
-/// upstream's own 4xx), or the gateway error code.
+/// upstream's own 4xx), or the gateway error code. The server is a configured one or
+/// `""`, never a name a client made up: the labels stay bounded.
 fn record(server: &str, outcome: &'static str) {
     tracing::debug!(server, outcome, "MCP route request");
 }

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use super::error::{Refused, RouteError};
 use super::exchange::{self, Answer, Expect, Request};
 use super::message::Message;
-use super::{Routes, legacy_only, named_by_header, refused};
+use super::{Routes, legacy_only, named_by_header};
 use crate::auth::Caller;
 
 /// How long a resumption (`GET` with `Last-Event-ID`) that the server refuses with 409
@@ -43,7 +43,7 @@ pub async fn post(
 ) -> Response {
     carry_message(&routes, &caller, &name, &headers, body)
         .await
-        .unwrap_or_else(refused)
+        .unwrap_or_else(|r| routes.refused(r))
 }
 
 /// `POST /mcp` with `X-MCP-Server`.
@@ -57,7 +57,7 @@ pub async fn post_by_header(
         Ok(name) => carry_message(&routes, &caller, &name, &headers, body).await,
         Err(error) => Err(error.into()),
     };
-    carried.unwrap_or_else(refused)
+    carried.unwrap_or_else(|r| routes.refused(r))
 }
 
 /// `GET /servers/{name}/mcp`.
@@ -69,7 +69,7 @@ pub async fn get(
 ) -> Response {
     open_stream(&routes, &caller, &name, &headers)
         .await
-        .unwrap_or_else(refused)
+        .unwrap_or_else(|r| routes.refused(r))
 }
 
 /// `GET /mcp` with `X-MCP-Server`.
@@ -82,7 +82,7 @@ pub async fn get_by_header(
         Ok(name) => open_stream(&routes, &caller, &name, &headers).await,
         Err(error) => Err(error.into()),
     };
-    opened.unwrap_or_else(refused)
+    opened.unwrap_or_else(|r| routes.refused(r))
 }
 
 /// `DELETE /servers/{name}/mcp`.
@@ -94,7 +94,7 @@ pub async fn delete(
 ) -> Response {
     end_session(&routes, &caller, &name, &headers)
         .await
-        .unwrap_or_else(refused)
+        .unwrap_or_else(|r| routes.refused(r))
 }
 
 /// `DELETE /mcp` with `X-MCP-Server`.
@@ -107,7 +107,7 @@ pub async fn delete_by_header(
         Ok(name) => end_session(&routes, &caller, &name, &headers).await,
         Err(error) => Err(error.into()),
     };
-    ended.unwrap_or_else(refused)
+    ended.unwrap_or_else(|r| routes.refused(r))
 }
 
 /// Carries one POSTed message and relays its answer.
