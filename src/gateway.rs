@@ -2,7 +2,8 @@
 //!
 //! [`Gateway::start`] takes a bound listener (tests bind port 0), starts a supervisor
 //! per stdio server and serves `GET /ws` (the `mcpmux.v1` WebSocket), `GET /healthz`,
-//! `GET /status` and the web console at `GET /` ([`crate::console`]), over TLS when
+//! `GET /status`, the MCP routes over HTTP (`crate::routes`) and the web console at
+//! `GET /` ([`crate::console`]), over TLS when
 //! configured, behind [`auth::gate`]. [`Gateway::shutdown`] stops accepting, closes every
 //! WebSocket with 1001, ends upstream sessions, then stops every child.
 
@@ -160,6 +161,7 @@ impl Gateway {
             .route("/ws", get(upgrade))
             .route("/healthz", get(|| async { "ok" }))
             .route("/status", get(status_page))
+            .merge(crate::routes::router(state.clone()))
             .merge(crate::console::routes())
             .fallback(|| async { StatusCode::NOT_FOUND })
             .layer(axum::middleware::from_fn_with_state(

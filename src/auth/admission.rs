@@ -137,18 +137,9 @@ impl Grant {
             Err(over) => over,
         };
         let close = self.streak.refused(tokio::time::Instant::now());
-        let (per_second, burst) = over.rate;
-        let scope = match &over.server {
-            Some(server) => format!(" for server \"{server}\""),
-            None => String::new(),
-        };
-        let message = format!(
-            "API key \"{}\" is over its rate limit{scope} ({per_second} per second, burst {burst}); retry in {} ms",
-            key.name, over.retry_after_ms
-        );
         Err(RateLimited {
             retry_after_ms: over.retry_after_ms,
-            message,
+            message: over.message(&key.name),
             close,
         })
     }

@@ -11,8 +11,12 @@
 //!    key given at the upgrade if there was one (else close 4501), and `maxConnections` for a
 //!    key first seen there (close 4029), giving the session's [`Grant`].
 //! 4. [`Grant::check_rate`] for every `rpc` frame; [`Grant::may_use`] for every server name.
+//!
+//! The MCP routes over HTTP (`crate::routes`) take the [`Caller`] from step 1, and check
+//! [`Caller::may_use`], [`ApiKey::check_rate`] and [`ApiKey::open_connection`] themselves.
 
 mod admission;
+mod cors;
 mod gate;
 mod keys;
 mod origin;
@@ -24,6 +28,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 pub use admission::{Admission, Admitted, Grant, RateLimited};
+pub use cors::MCP_PARAM_PREFIX;
 pub use gate::{Route, gate, refuse};
 pub use keys::{ApiKey, ConnectionSlot, KeyRing};
 pub use origin::OriginPolicy;

@@ -324,7 +324,7 @@ impl LegacySession {
 }
 
 /// Resolves the `endpoint` event against the GET url; it must keep the url's origin.
-fn post_url(get_url: &reqwest::Url, data: &str) -> Result<reqwest::Url, UpstreamError> {
+pub(crate) fn post_url(get_url: &reqwest::Url, data: &str) -> Result<reqwest::Url, UpstreamError> {
     let post_url = get_url
         .join(data.trim())
         .map_err(|e| UpstreamError::Protocol(format!("bad endpoint event: {e}")))?;

@@ -4,12 +4,15 @@
 
 mod binary;
 mod harness;
+mod http_client;
 
 mod access;
 mod carrying;
 mod decoder_props;
 mod faults;
 mod frames;
+mod http_route_faults;
+mod http_routes;
 mod legacy_sse;
 mod lifecycle;
 mod limits;
