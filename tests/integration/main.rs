@@ -5,6 +5,7 @@
 mod binary;
 mod harness;
 
+mod bench_smoke;
 mod carrying;
 mod decoder_props;
 mod faults;
