@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, GatewayConfig, RemoteServer, RemoteTransport, ServerConfig};
 use crate::connection;
+use crate::outbox::ResumeBudget;
 use crate::protocol::{self, ServerState};
 use crate::registry::{STATUS_BROADCAST_CAPACITY, Server, ServerStatus, Servers, StatusChange};
 use crate::resume::Sessions;
@@ -68,6 +69,8 @@ pub struct Shared {
     pub background: TaskTracker,
     /// Every client session, attached or held for resume.
     pub sessions: Sessions,
+    /// Bytes of frames kept for resume by all sessions (`resumeBudgetBytes`).
+    pub resume_budget: Arc<ResumeBudget>,
 }
 
 /// How the gateway runs, beyond its configuration.
@@ -142,6 +145,7 @@ impl Gateway {
             servers.insert(name, server);
         }
         supervisors.close();
+        let resume_budget = ResumeBudget::new(gateway.resume_budget_bytes);
         let shared = Arc::new(Shared {
             config: gateway,
             servers,
@@ -151,6 +155,7 @@ impl Gateway {
             connections: TaskTracker::new(),
             background: TaskTracker::new(),
             sessions: Sessions::default(),
+            resume_budget,
         });
         let app = Router::new()
             .route("/ws", get(upgrade))

@@ -55,7 +55,7 @@ impl ClientSession {
             keep_bytes: config.resume_max_bytes,
         };
         let link = Link {
-            outbox: Arc::new(Outbox::new(limits)),
+            outbox: Outbox::with_budget(limits, &shared.resume_budget),
             http: shared.http.clone(),
             tasks: TaskTracker::new(),
             background: shared.background.clone(),

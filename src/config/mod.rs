@@ -153,6 +153,9 @@ pub struct GatewayConfig {
     /// `maxSessions`: client sessions, attached or held for resume, the gateway keeps at
     /// once; more sockets are refused with HTTP 503 (default 10000).
     pub max_sessions: usize,
+    /// `resumeBudgetBytes`: bytes of frames kept for resume by all sessions together;
+    /// past it, attached sessions drop their oldest written frames first (default 256 MiB).
+    pub resume_budget_bytes: usize,
 }
 
 impl Default for GatewayConfig {
@@ -179,6 +182,7 @@ impl Default for GatewayConfig {
             max_upstream_sessions: 64,
             shutdown_grace: Duration::from_millis(5_000),
             max_sessions: 10_000,
+            resume_budget_bytes: 256 << 20,
         }
     }
 }

@@ -124,6 +124,7 @@ gateway_numbers! {
     max_upstream_sessions: "maxUpstreamSessions" => to_usize,
     shutdown_grace: "shutdownGraceMs" => Duration::from_millis,
     max_sessions: "maxSessions" => to_usize,
+    resume_budget_bytes: "resumeBudgetBytes" => to_usize,
 }
 
 fn to_usize(n: u64) -> usize {

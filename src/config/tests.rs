@@ -221,6 +221,7 @@ fn defaults() {
     assert_eq!(g.max_upstream_sessions, 64);
     assert_eq!(g.shutdown_grace, Duration::from_secs(5));
     assert_eq!(g.max_sessions, 10_000);
+    assert_eq!(g.resume_budget_bytes, 256 << 20);
     // Absent and empty gateway sections both mean the defaults; stdio extras default to empty.
     let c = parse(r#"{"mcpServers": {"a": {"command": "x"}}}"#).unwrap();
     assert_eq!(c.gateway, g);
@@ -721,6 +722,7 @@ const NUMBER_KEYS: &[(&str, u64, NumberField)] = &[
     }),
     ("shutdownGraceMs", 28, |g| g.shutdown_grace.as_millis()),
     ("maxSessions", 29, |g| g.max_sessions as u128),
+    ("resumeBudgetBytes", 30, |g| g.resume_budget_bytes as u128),
 ];
 
 #[test]

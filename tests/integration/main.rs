@@ -14,4 +14,5 @@ mod legacy_sse;
 mod lifecycle;
 mod protocol_doc;
 mod resume;
+mod resume_budget;
 mod upstream_faults;
