@@ -22,6 +22,17 @@ use crate::outbox::Outbox;
 use crate::protocol::{ClientFrame, ClientInfo, Resume, close_code, decode_client_frame};
 use crate::session::{ClientSession, CloseReason};
 
+/// The socket's read buffer, allocated for every connection, idle or not: small, since
+/// idle connections are the many. A larger client frame grows it as needed.
+pub const READ_BUFFER_BYTES: usize = 1024;
+/// Frames are written to the socket once this many bytes are buffered, or when the
+/// writer flushes (after each batch): the buffer grows only while a batch is written.
+pub const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// The most frames and bytes the writer feeds before one flush: frames that are ready
+/// together leave in one write instead of one write each.
+const BATCH_FRAMES: usize = 64;
+const BATCH_BYTES: usize = 64 * 1024;
+
 /// How long the writer may take to send a close frame, or to stop after the reader.
 const WRITER_FLUSH: Duration = Duration::from_secs(2);
 /// How long the socket is read (and discarded) after the gateway closed it, waiting for
@@ -241,6 +252,13 @@ async fn send_close(sink: &mut SplitSink<WebSocket, Message>, (code, reason): Cl
     let _ = tokio::time::timeout(WRITER_FLUSH, sink.send(Message::Close(Some(frame)))).await;
 }
 
+fn message_len(message: &Message) -> usize {
+    match message {
+        Message::Text(text) => text.len(),
+        _ => 0,
+    }
+}
+
 /// A close reason must fit in 123 bytes.
 fn truncate_reason(mut reason: String) -> String {
     if reason.len() > 123 {
@@ -273,7 +291,7 @@ async fn write_loop(
         config.heartbeat,
     );
     loop {
-        let message = tokio::select! {
+        let first = tokio::select! {
             biased;
             reason = &mut close => {
                 if let Ok(reason) = reason {
@@ -293,7 +311,24 @@ async fn write_loop(
                 }
             },
         };
-        match tokio::time::timeout(config.write_timeout, sink.send(message)).await {
+        // The frames ready behind the first go with it, then one flush; the deadline
+        // covers the batch.
+        let batch = async {
+            let mut bytes = message_len(&first);
+            sink.feed(first).await?;
+            for _ in 1..BATCH_FRAMES {
+                if bytes >= BATCH_BYTES {
+                    break;
+                }
+                let Some(frame) = outbox.try_next() else {
+                    break;
+                };
+                bytes += frame.text.len();
+                sink.feed(Message::Text(frame.text)).await?;
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(config.write_timeout, batch).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
                 // Nobody will drain the outbox any more: producers must stop waiting.

@@ -290,8 +290,8 @@ async fn upgrade(
     ws.protocols([protocol::SUBPROTOCOL])
         .max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes)
-        .read_buffer_size(8 * 1024)
-        .write_buffer_size(0)
+        .read_buffer_size(connection::READ_BUFFER_BYTES)
+        .write_buffer_size(connection::WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| tracker.track_future(connection::serve(socket, shared)))
 }
 
