@@ -9,13 +9,6 @@ use clap::{Parser, Subcommand};
 use mcpmux::{Config, Gateway, Options};
 use tokio::signal::unix::{SignalKind, signal};
 
-/// mimalloc instead of the system allocator: a carried message is allocated on one
-/// thread and freed on another, in bursts, which glibc's malloc pays for in lock and
-/// consolidation work (about a quarter of the gateway's user time in BENCHMARKS.md's
-/// profiles).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// One WebSocket to every MCP server.
 #[derive(Parser)]
 #[command(version, about)]
