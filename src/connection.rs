@@ -26,12 +26,13 @@ use crate::session::{ClientSession, CloseReason};
 /// idle connections are the many. A larger client frame grows it as needed.
 pub const READ_BUFFER_BYTES: usize = 1024;
 /// Frames are written to the socket once this many bytes are buffered, or when the
-/// writer flushes (after each batch): the buffer grows only while a batch is written.
-pub const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// writer flushes (after each batch). The buffer keeps the capacity it reached (the
+/// largest batch, or the largest frame) for the socket's life: keep it small.
+pub const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// The most frames and bytes the writer feeds before one flush: frames that are ready
 /// together leave in one write instead of one write each.
 const BATCH_FRAMES: usize = 64;
-const BATCH_BYTES: usize = 64 * 1024;
+const BATCH_BYTES: usize = 16 * 1024;
 
 /// How long the writer may take to send a close frame, or to stop after the reader.
 const WRITER_FLUSH: Duration = Duration::from_secs(2);
@@ -117,7 +118,9 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
                     break Ending::Silent;
                 }
             }
-            event = session.changes.recv() => session.on_status_event(event).await,
+            // The handlers' futures are boxed: held inline they would size this task's
+            // state for its rare busy moments, and an idle socket would carry that.
+            event = session.changes.recv() => Box::pin(session.on_status_event(event)).await,
             message = stream.next() => {
                 last_heard = Instant::now();
                 match message {
@@ -128,13 +131,13 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
                         None => break Ending::Dropped,
                     },
                     Some(Ok(Message::Text(text))) => {
-                        if let Some(reason) = session.on_text(text).await {
+                        if let Some(reason) = Box::pin(session.on_text(text)).await {
                             break Ending::Violation(reason);
                         }
                         // Time spent handling the frame is not the client's silence.
                         last_heard = Instant::now();
                     }
-                    Some(Ok(Message::Binary(_))) => session.on_binary().await,
+                    Some(Ok(Message::Binary(_))) => Box::pin(session.on_binary()).await,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 }
             }
@@ -182,14 +185,14 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
         }
         Ending::Shutdown => {
             shared.sessions.forget(&session.id);
-            let drain = session.finish(Some(shared.config.shutdown_grace));
+            let drain = Box::pin(session.finish(Some(shared.config.shutdown_grace)));
             tokio::join!(drain, flush);
         }
         Ending::Evicted | Ending::ClientClosed | Ending::Violation(_) => {
             if !evicted.is_cancelled() {
                 shared.sessions.forget(&session.id);
             }
-            tokio::join!(session.finish(None), flush);
+            tokio::join!(Box::pin(session.finish(None)), flush);
         }
     }
     // Read on briefly after closing, so that a client still sending (a frame over the
@@ -312,8 +315,8 @@ async fn write_loop(
             },
         };
         // The frames ready behind the first go with it, then one flush; the deadline
-        // covers the batch.
-        let batch = async {
+        // covers the batch. (Boxed: an idle writer then holds only its wait.)
+        let batch = Box::pin(async {
             let mut bytes = message_len(&first);
             sink.feed(first).await?;
             for _ in 1..BATCH_FRAMES {
@@ -327,7 +330,7 @@ async fn write_loop(
                 sink.feed(Message::Text(frame.text)).await?;
             }
             sink.flush().await
-        };
+        });
         match tokio::time::timeout(config.write_timeout, batch).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
