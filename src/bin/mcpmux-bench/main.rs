@@ -10,7 +10,8 @@
 //!   subcommand of this binary);
 //! - c: fan-out of upstream notifications to many clients;
 //! - d: idle connections: memory per socket and connections accepted per second;
-//! - e: supergateway's WebSocket mode beside mcpmux on the same stdio server.
+//! - e: supergateway's WebSocket mode beside mcpmux on the same stdio server;
+//! - f: memory kept for resume by clients that never ack (`resumeBudgetBytes`).
 //!
 //! `--smoke` runs every scenario tiny and fast (the test suite does, without looking at
 //! the numbers). Every loop is bounded in time and count and stops by itself.
@@ -78,6 +79,10 @@ pub struct Plan {
     pub idle_sockets: usize,
     /// Sockets of scenario b's many-sockets case.
     pub many_sockets: usize,
+    /// Clients of scenario f (memory kept for resume).
+    pub kept_clients: usize,
+    /// Bytes of frames each client of scenario f receives.
+    pub kept_bytes_per_client: usize,
     /// True for `--smoke`.
     pub smoke: bool,
 }
@@ -93,6 +98,8 @@ impl Plan {
             fanout_rate: 50_000.0,
             idle_sockets: 10_000,
             many_sockets: 100,
+            kept_clients: 2000,
+            kept_bytes_per_client: 1 << 20,
             smoke: false,
         }
     }
@@ -107,6 +114,8 @@ impl Plan {
             fanout_rate: 1000.0,
             idle_sockets: 50,
             many_sockets: 4,
+            kept_clients: 10,
+            kept_bytes_per_client: 64 << 10,
             smoke: true,
         }
     }
@@ -146,7 +155,7 @@ fn main() -> anyhow::Result<()> {
             &'a scenarios::Context,
             &'a mut report::Report,
         ) -> futures::future::BoxFuture<'a, anyhow::Result<()>>;
-        let all: [(&str, Scenario); 5] = [
+        let all: [(&str, Scenario); 6] = [
             ("a", |c, r| {
                 Box::pin(scenarios::a_through_versus_direct(c, r))
             }),
@@ -154,6 +163,7 @@ fn main() -> anyhow::Result<()> {
             ("c", |c, r| Box::pin(scenarios::c_fanout(c, r))),
             ("d", |c, r| Box::pin(scenarios::d_idle(c, r))),
             ("e", |c, r| Box::pin(scenarios::e_peer(c, r))),
+            ("f", |c, r| Box::pin(scenarios::f_kept_for_resume(c, r))),
         ];
         for (name, run) in all {
             if wanted(name) {

@@ -521,15 +521,29 @@ struct Blasted {
     cpu_per_notification: f64,
 }
 
+/// What the upstream sends in one blast.
+#[derive(Clone, Copy)]
+struct Offer {
+    per_client: u64,
+    /// Notifications per second in all; 0 for as fast as they are taken.
+    rate: f64,
+    /// Padding bytes in each notification.
+    pad: usize,
+}
+
 async fn blast(
     client: &reqwest::Client,
     upstream: SocketAddr,
     clients: FanoutClients,
     group: &str,
-    per_client: u64,
-    rate: f64,
+    offer: Offer,
     gateway: &Proc,
 ) -> anyhow::Result<(Blasted, FanoutClients)> {
+    let Offer {
+        per_client,
+        rate,
+        pad,
+    } = offer;
     let count = match &clients {
         FanoutClients::Gateway(s) => s.len(),
         FanoutClients::Direct(s) => s.len(),
@@ -537,7 +551,7 @@ async fn blast(
     let readers = tokio::spawn(clients.read(per_client));
     let cpu_before = gateway.cpu_seconds();
     let start = Instant::now();
-    let request = json!({"group": group, "per_stream": per_client, "rate": rate});
+    let request = json!({"group": group, "per_stream": per_client, "rate": rate, "pad": pad});
     let answer = client
         .post(format!("http://{upstream}/blast"))
         .body(request.to_string())
@@ -604,26 +618,19 @@ pub async fn c_fanout(ctx: &Context, report: &mut Report) -> anyhow::Result<()> 
                     mcpmux_sockets(addr, "fast", plan.fanout_clients, &group).await?,
                 )
             };
-            let (at_full, clients) = blast(
-                &client,
-                upstream_addr,
-                clients,
-                &group,
-                plan.fanout_per_client,
-                0.0,
-                &gateway,
-            )
-            .await?;
-            let (at_rate, clients) = blast(
-                &client,
-                upstream_addr,
-                clients,
-                &group,
-                plan.fanout_per_client,
-                plan.fanout_rate,
-                &gateway,
-            )
-            .await?;
+            let full = Offer {
+                per_client: plan.fanout_per_client,
+                rate: 0.0,
+                pad: 0,
+            };
+            let (at_full, clients) =
+                blast(&client, upstream_addr, clients, &group, full, &gateway).await?;
+            let paced = Offer {
+                rate: plan.fanout_rate,
+                ..full
+            };
+            let (at_rate, clients) =
+                blast(&client, upstream_addr, clients, &group, paced, &gateway).await?;
             drop(clients);
             got[usize::from(side == Side::Gateway)] = Some((at_full, at_rate));
         }
@@ -926,5 +933,70 @@ pub async fn e_peer(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
     }
     report.note("e", "supergateway 4.0.0 skips mcp-proxy by design: its WebSocket mode pipes every socket into one stdio child; mcpmux goes through its supervised mcp-proxy (CPU figures are each gateway process alone)");
     drop((gateway, peer));
+    Ok(())
+}
+
+/// Scenario f: the memory a gateway keeps for resume when clients never ack: many
+/// connected clients each receive some frames; the gateway's RSS with the default
+/// `resumeBudgetBytes`, and with the budget lifted (each session then keeps up to its
+/// own `resumeMaxBytes`).
+pub async fn f_kept_for_resume(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
+    let (upstream, upstream_addr) = procs::start_upstream()?;
+    let url = format!("http://{upstream_addr}/mcp");
+    let client = load::http_client();
+    let plan = &ctx.plan;
+    let (clients, per_client) = (plan.kept_clients, plan.kept_bytes_per_client);
+    // Notifications of about 16 KiB each.
+    let offer = Offer {
+        per_client: (per_client / (16 << 10)).max(1) as u64,
+        rate: 0.0,
+        pad: (16 << 10) - 200,
+    };
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+    for (label, budget) in [
+        ("default resumeBudgetBytes", None),
+        ("budget lifted", Some(u64::from(u32::MAX))),
+    ] {
+        let mut config = remote_config("fast", &url, json!({}));
+        if let Some(budget) = budget {
+            config["gateway"]["resumeBudgetBytes"] = json!(budget);
+        }
+        let (gateway, addr) = procs::start_mcpmux(&ctx.mcpmux, &config)?;
+        let group = format!("bench-f-{}", budget.is_some());
+        let sockets = mcpmux_sockets(addr, "fast", clients, &group).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let connected = gateway.rss_bytes();
+        let (_, sockets) = blast(
+            &client,
+            upstream_addr,
+            FanoutClients::Gateway(sockets),
+            &group,
+            offer,
+            &gateway,
+        )
+        .await?;
+        // Let the allocator return what the burst left free.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = gateway.rss_bytes();
+        let each = per_client >> 10;
+        report.add(
+            "f",
+            format!("{clients} clients, {label}: RSS connected"),
+            "MiB",
+            vec![mib(connected)],
+            None,
+        );
+        report.add(
+            "f",
+            format!("{clients} clients, {label}: RSS after {each} KiB each, never acked"),
+            "MiB",
+            vec![mib(after)],
+            None,
+        );
+        drop(sockets);
+        drop(gateway);
+    }
+    report.note("f", "RSS of the mcpmux process; clients read every frame and never ack; notifications of 16 KiB; default resumeMaxBytes (8 MiB per session)");
+    drop(upstream);
     Ok(())
 }

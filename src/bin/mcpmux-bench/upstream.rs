@@ -10,10 +10,10 @@
 //! - `GET /mcp`: the session's standalone event stream (bounded: a stream whose reader
 //!   is slow makes its sender wait).
 //! - `DELETE /mcp`: ends the session and its stream.
-//! - `POST /blast` `{"group", "per_stream", "rate"}`: sends `per_stream` log
+//! - `POST /blast` `{"group", "per_stream", "rate", "pad"}`: sends `per_stream` log
 //!   notifications on every stream of the group, at `rate` per second in all (0: as
 //!   fast as the streams take them); each carries its send time (`t`, µs since the Unix
-//!   epoch). Answers when all were sent.
+//!   epoch) and `pad` bytes of padding. Answers when all were sent.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -90,6 +90,9 @@ struct Blast {
     per_stream: u64,
     #[serde(default)]
     rate: f64,
+    /// Bytes of padding in each notification.
+    #[serde(default)]
+    pad: usize,
 }
 
 /// Serves until the process is ended; prints `upstream listening on ADDR` first.
@@ -245,9 +248,11 @@ async fn blast(State(state): State<Arc<Upstream>>, body: Bytes) -> Response {
     let interval =
         (blast.rate > 0.0 && count > 0).then(|| Duration::from_secs_f64(count as f64 / blast.rate));
     let start = tokio::time::Instant::now();
+    let pad: Arc<str> = "x".repeat(blast.pad).into();
     let mut tasks = Vec::with_capacity(count);
     for (index, stream) in streams.into_iter().enumerate() {
         let per_stream = blast.per_stream;
+        let pad = pad.clone();
         let offset = interval.map(|i| i.mul_f64(index as f64 / count as f64));
         tasks.push(tokio::spawn(async move {
             let mut sent = 0u64;
@@ -257,7 +262,7 @@ async fn blast(State(state): State<Arc<Upstream>>, body: Bytes) -> Response {
                     tokio::time::sleep_until(due).await;
                 }
                 let event = format!(
-                    "id: {i}\nevent: message\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{{\"level\":\"info\",\"logger\":\"bench\",\"data\":{{\"t\":{},\"i\":{i}}}}}}}\n\n",
+                    "id: {i}\nevent: message\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{{\"level\":\"info\",\"logger\":\"bench\",\"data\":{{\"t\":{},\"i\":{i},\"pad\":\"{pad}\"}}}}}}\n\n",
                     unix_micros()
                 );
                 if stream.send(Bytes::from(event)).await.is_err() {
