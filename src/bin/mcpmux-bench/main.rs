@@ -83,6 +83,8 @@ pub struct Plan {
     pub kept_clients: usize,
     /// Bytes of frames each client of scenario f receives.
     pub kept_bytes_per_client: usize,
+    /// Notifications per second in all in scenario f.
+    pub kept_rate: f64,
     /// True for `--smoke`.
     pub smoke: bool,
 }
@@ -100,6 +102,7 @@ impl Plan {
             many_sockets: 100,
             kept_clients: 2000,
             kept_bytes_per_client: 1 << 20,
+            kept_rate: 20_000.0,
             smoke: false,
         }
     }
@@ -116,6 +119,7 @@ impl Plan {
             many_sockets: 4,
             kept_clients: 10,
             kept_bytes_per_client: 64 << 10,
+            kept_rate: 1000.0,
             smoke: true,
         }
     }
@@ -150,6 +154,7 @@ fn main() -> anyhow::Result<()> {
     let context = scenarios::Context { root, mcpmux, plan };
     let runtime = tokio::runtime::Runtime::new()?;
     let mut report = report::Report::default();
+    let load_before = load_average();
     runtime.block_on(async {
         type Scenario = for<'a> fn(
             &'a scenarios::Context,
@@ -175,9 +180,18 @@ fn main() -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })?;
+    report.note(
+        "all",
+        format!(
+            "load average (1 min) {} before the run, {} after: other work on the machine skews wall-clock figures; CPU per call less",
+            load_before,
+            load_average()
+        ),
+    );
     print!("{}", report.table());
     let json = serde_json::json!({
         "machine": machine(open_files),
+        "load_average": { "before": load_before, "after": load_average() },
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "smoke": context.plan.smoke,
         "rounds": context.plan.rounds,
@@ -189,6 +203,14 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", cli.json.display()))?;
     eprintln!("mcpmux-bench: results written to {}", cli.json.display());
     Ok(())
+}
+
+/// The 1-minute load average, as /proc/loadavg says.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// What the figures were measured on.

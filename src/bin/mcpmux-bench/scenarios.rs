@@ -946,10 +946,11 @@ pub async fn f_kept_for_resume(ctx: &Context, report: &mut Report) -> anyhow::Re
     let client = load::http_client();
     let plan = &ctx.plan;
     let (clients, per_client) = (plan.kept_clients, plan.kept_bytes_per_client);
-    // Notifications of about 16 KiB each.
+    // Notifications of about 16 KiB each, paced so that clients keep up: what stays
+    // is what is kept for resume, not a burst's queues.
     let offer = Offer {
         per_client: (per_client / (16 << 10)).max(1) as u64,
-        rate: 0.0,
+        rate: plan.kept_rate,
         pad: (16 << 10) - 200,
     };
     let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
@@ -996,7 +997,7 @@ pub async fn f_kept_for_resume(ctx: &Context, report: &mut Report) -> anyhow::Re
         drop(sockets);
         drop(gateway);
     }
-    report.note("f", "RSS of the mcpmux process; clients read every frame and never ack; notifications of 16 KiB; default resumeMaxBytes (8 MiB per session)");
+    report.note("f", format!("RSS of the mcpmux process; clients read every frame and never ack; notifications of 16 KiB at {:.0}/s in all; default resumeMaxBytes (8 MiB per session)", plan.kept_rate));
     drop(upstream);
     Ok(())
 }
