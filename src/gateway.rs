@@ -27,6 +27,7 @@ use crate::auth::{self, Access, Caller};
 use crate::config::{Config, RemoteServer, RemoteTransport, ServerConfig};
 use crate::connection;
 use crate::context::{Place, SessionContext};
+use crate::outbox::ResumeBudget;
 use crate::protocol::{self, ServerState};
 use crate::registry::{STATUS_BROADCAST_CAPACITY, Server, ServerStatus, Servers};
 use crate::resume::Sessions;
@@ -143,6 +144,7 @@ impl Gateway {
             gateway.max_sessions.min(Semaphore::MAX_PERMITS),
         ));
         let connections = TaskTracker::new();
+        let resume_budget = ResumeBudget::new(gateway.resume_budget_bytes);
         let state = Arc::new(GatewayState {
             context: Arc::new(SessionContext {
                 config: gateway,
@@ -151,6 +153,7 @@ impl Gateway {
                 http,
                 shutdown: shutdown.clone(),
                 background: TaskTracker::new(),
+                resume_budget,
             }),
             sessions: Arc::new(Sessions::new(connections.clone())),
             connections,
@@ -206,6 +209,12 @@ impl Gateway {
     /// The address the gateway listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Bytes of frames kept for resume by all sessions now (`resumeBudgetBytes` bounds
+    /// it), for embedding and tests.
+    pub fn resume_bytes_kept(&self) -> usize {
+        self.state.context.resume_budget.used()
     }
 
     /// Every configured server, with its status, for embedding and tests.
@@ -340,8 +349,8 @@ async fn upgrade(
     ws.protocols([protocol::SUBPROTOCOL])
         .max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes)
-        .read_buffer_size(8 * 1024)
-        .write_buffer_size(0)
+        .read_buffer_size(connection::READ_BUFFER_BYTES)
+        .write_buffer_size(connection::WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| {
             tracker.track_future(connection::serve(socket, state, place, admission))
         })

@@ -64,7 +64,7 @@ impl ClientSession {
             keep_bytes: config.resume_max_bytes,
         };
         let link = Link {
-            outbox: Arc::new(Outbox::new(limits)),
+            outbox: Outbox::with_budget(limits, &context.resume_budget),
             http: context.http.clone(),
             tasks: TaskTracker::new(),
             background: context.background.clone(),

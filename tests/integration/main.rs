@@ -7,6 +7,7 @@ mod harness;
 mod http_client;
 
 mod access;
+mod bench_smoke;
 mod carrying;
 mod decoder_props;
 mod faults;
@@ -18,6 +19,7 @@ mod lifecycle;
 mod limits;
 mod protocol_doc;
 mod resume;
+mod resume_budget;
 mod secret_urls;
 mod secrets;
 mod security;
