@@ -26,6 +26,7 @@ use crate::auth::{self, Access, Caller};
 use crate::config::{Config, RemoteServer, RemoteTransport, ServerConfig};
 use crate::connection;
 use crate::context::{Place, SessionContext};
+use crate::metrics::{self, Metrics};
 use crate::protocol::{self, ServerState};
 use crate::registry::{STATUS_BROADCAST_CAPACITY, Server, ServerStatus, Servers};
 use crate::resume::Sessions;
@@ -67,6 +68,9 @@ pub struct Options {
     /// outlives mcpmux (see [`crate::supervisor::guard`]). The binary sets it; an
     /// embedding program that is not `mcpmux` leaves it `None`.
     pub guard: Option<std::path::PathBuf>,
+    /// Where the gateway records its metrics; `None`: the process-wide registry that
+    /// [`crate::metrics::render`] shows.
+    pub metrics: Option<Metrics>,
 }
 
 /// A running gateway.
@@ -98,6 +102,7 @@ impl Gateway {
             tracing::warn!(%local_addr, "allowAnonymous: anyone who reaches this address may use every server without a key");
         }
         let tls_acceptor = gateway.tls.as_ref().map(tls::acceptor).transpose()?;
+        let metrics = options.metrics.unwrap_or_else(|| metrics::global().clone());
         let access = Access::new(&gateway);
         let (status_changes, _) = broadcast::channel(STATUS_BROADCAST_CAPACITY);
         let http = HttpClient::new(gateway.connect_timeout, gateway.max_upstream_message_bytes)?;
@@ -150,11 +155,17 @@ impl Gateway {
                 http,
                 shutdown: shutdown.clone(),
                 background: TaskTracker::new(),
+                metrics: metrics.clone(),
             }),
             sessions: Arc::new(Sessions::new(connections.clone())),
             connections,
             access,
             places,
+        });
+        let servers_of = Arc::downgrade(&state.context);
+        metrics.watch_servers(move || {
+            let context = servers_of.upgrade()?;
+            Some(context.servers.values().cloned().collect())
         });
         let app = Router::new()
             .route("/ws", get(upgrade))
@@ -209,6 +220,11 @@ impl Gateway {
     /// Every configured server, with its status, for embedding and tests.
     pub fn servers(&self) -> &Servers {
         &self.state.context.servers
+    }
+
+    /// The registry the gateway records its metrics into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.state.context.metrics
     }
 
     /// Stops gracefully, in order: no new connections; 1001 to every client; in-flight

@@ -18,6 +18,7 @@
 //! - `outbox`: a client session's sequenced, bounded outbound frames, kept for replay.
 //! - [`upstream`]: Streamable HTTP exchanges, the SSE parser, upstream sessions.
 //! - [`supervisor`]: mcp-proxy children for stdio servers, restarts, no orphans.
+//! - [`metrics`]: the gateway's metrics in the Prometheus text format.
 //! - [`registry`]: each server's lifecycle state and current endpoint.
 //! - [`protocol`]: the `mcpmux.v1` frames, decoded and encoded.
 //! - [`jsonrpc`]: the small look into JSON-RPC messages the gateway needs.
@@ -36,6 +37,7 @@ pub mod console;
 mod context;
 pub mod gateway;
 pub mod jsonrpc;
+pub mod metrics;
 pub mod open_files;
 mod outbox;
 pub mod protocol;

@@ -241,6 +241,7 @@ fn run(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()
         // Children run under this binary as their guard, so none can outlive it.
         let options = Options {
             guard: std::env::current_exe().ok(),
+            ..Options::default()
         };
         let gateway = Gateway::start_with(config, listener, options).await?;
         // Lines for people and for scripts that started us on port 0 (they parse the first).
