@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{Grant, RateLimited};
 use crate::context::{Place, SessionContext};
 use crate::jsonrpc::{Head, Kind};
+use crate::metrics::Outcome;
 use crate::outbox::{Limits, Outbox};
 use crate::protocol::{
     self, ClientFrame, ErrorCode, GatewayFrame, ServerEntry, SessionState, close_code,
@@ -70,6 +71,7 @@ impl ClientSession {
             request_timeout: config.request_timeout,
             ready_wait: config.connect_timeout,
             stream_idle_timeout: config.upstream_idle_timeout,
+            metrics: context.metrics.clone(),
         };
         let id: u128 = rand::random();
         Self {
@@ -187,11 +189,19 @@ impl ClientSession {
             close,
         } = limited;
         let head = Head::parse(message.get()).ok();
-        match head
-            .as_ref()
-            .filter(|h| h.kind() == Kind::Request)
-            .and_then(|h| h.id)
+        let request = head.as_ref().filter(|h| h.kind() == Kind::Request);
+        if let Some(key) = self.grant.key_name() {
+            self.context.metrics.rate_limited(key);
+        }
+        // Counted for the server only when it is one the key may use.
+        let target = self.context.servers.get(server);
+        if let (Some(head), Some(target)) = (request, target.filter(|_| self.grant.may_use(server)))
         {
+            let refused = Outcome::Gateway(ErrorCode::RateLimited);
+            let metrics = &self.context.metrics;
+            metrics.request(&target.name, head.method(), refused, None);
+        }
+        match request.and_then(|h| h.id) {
             Some(id) => {
                 let response = protocol::rate_limited_response(id, &why, server, retry_after_ms);
                 self.link.push_rpc(server, &response).await;
@@ -265,6 +275,11 @@ impl ClientSession {
                     previous.end(UpstreamEnd::Replaced).await;
                 }
                 if self.upstreams.len() >= self.context.config.max_upstream_sessions {
+                    if head.kind() == Kind::Request {
+                        let refused = Outcome::Gateway(ErrorCode::TooManySessions);
+                        let metrics = &self.context.metrics;
+                        metrics.request(&target.name, head.method(), refused, None);
+                    }
                     let why = format!(
                         "this connection already holds {} upstream sessions (maxUpstreamSessions); close one first",
                         self.upstreams.len()

@@ -13,6 +13,7 @@ mod frames;
 mod legacy_sse;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod protocol_doc;
 mod resume;
 mod secret_urls;

@@ -34,6 +34,7 @@ use super::legacy::LegacySession;
 use super::link::Link;
 use super::{Endpoint, UpstreamError};
 use crate::jsonrpc::{self, Head, Kind};
+use crate::metrics::{Direction, OpenGuard, Outcome, RequestMeter};
 use crate::protocol::{ErrorCode, SessionState};
 use crate::registry::Server;
 
@@ -76,12 +77,21 @@ struct Carried {
     ticket: Ticket,
     /// Held while the request is in flight.
     permit: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Counts a request once it is answered (only requests have one).
+    meter: Option<RequestMeter>,
 }
 
 impl Carried {
     /// Takes the in-flight permit, for a task that outlives the exchange.
     fn take_permit(&self) -> Option<OwnedSemaphorePermit> {
         self.permit.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Counts the request's end (the first call for a request; nothing otherwise).
+    fn finish(&self, outcome: Outcome) {
+        if let Some(meter) = &self.meter {
+            meter.finish(outcome);
+        }
     }
 
     fn is_initialize(&self) -> bool {
@@ -106,6 +116,8 @@ pub struct UpstreamSession {
     serials: AtomicU64,
     /// The legacy HTTP+SSE session, for legacy servers, once opened.
     legacy: OnceCell<Arc<LegacySession>>,
+    /// Counts the session among those open with its server, from `open` to its end.
+    open: Mutex<Option<OpenGuard>>,
 }
 
 impl std::fmt::Debug for UpstreamSession {
@@ -131,6 +143,7 @@ impl UpstreamSession {
             inflight: Mutex::new(HashMap::new()),
             serials: AtomicU64::new(0),
             legacy: OnceCell::new(),
+            open: Mutex::new(None),
         })
     }
 
@@ -172,11 +185,15 @@ impl UpstreamSession {
             serial: self.serials.fetch_add(1, Ordering::Relaxed),
             ticket: self.order.ticket(kind == Kind::Request),
             permit: Mutex::new(None),
+            meter: None,
         };
+        let metrics = &self.link.metrics;
         if kind == Kind::Request {
             match self.link.inflight.clone().try_acquire_owned() {
                 Ok(permit) => carried.permit = Mutex::new(Some(permit)),
                 Err(_) => {
+                    let refused = Outcome::Gateway(ErrorCode::TooManyRequests);
+                    metrics.request(&self.server.name, &carried.method, refused, None);
                     if carried.is_initialize() {
                         // Nothing will carry it: release the barrier it put up.
                         self.barrier.lower();
@@ -197,6 +214,11 @@ impl UpstreamSession {
                 Ok(permit) => carried.permit = Mutex::new(Some(permit)),
                 Err(_) => return,
             }
+        }
+        let name = &self.server.name;
+        metrics.message(name, Direction::ToServer, carried.body.len());
+        if kind == Kind::Request {
+            carried.meter = Some(RequestMeter::start(metrics, name, &carried.method));
         }
         if carried.method == "notifications/cancelled" {
             if let Some(key) = params.request_id.map(jsonrpc::id_key) {
@@ -223,6 +245,7 @@ impl UpstreamSession {
             return;
         }
         self.cancel.cancel();
+        drop(self.lock_open().take());
         let session_id = self.barrier.end();
         match why {
             // The upstream forgot the session, or its instance is gone.
@@ -237,6 +260,21 @@ impl UpstreamSession {
                 }
             }
         }
+    }
+
+    /// Counts the session as open with its server (it got its upstream session), until
+    /// it ends.
+    fn opened(&self) {
+        let mut open = self.lock_open();
+        // `end` marks the session ended before it takes the guard: an ended session is
+        // never counted again.
+        if !self.is_ended() && open.is_none() {
+            *open = Some(self.link.metrics.upstream_session_opened(&self.server.name));
+        }
+    }
+
+    fn lock_open(&self) -> std::sync::MutexGuard<'_, Option<OpenGuard>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Deletes upstream session `id`, in a task that may outlive this session.
