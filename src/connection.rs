@@ -113,7 +113,12 @@ pub async fn serve(
             }
         }
     };
-    tracing::debug!(session = %session.log_id(), ?client, key = ?key.as_deref(), resumed, "client attached");
+    let span = tracing::Span::current();
+    span.record("session", session.log_id());
+    if let Some(key) = key.as_deref() {
+        span.record("key", key);
+    }
+    tracing::debug!(?client, resumed, "client attached");
     let mut claims = state.sessions.register(&session.id, key);
     let outbox = session.link.outbox.clone();
     // Frames outside the sequence are written first: the welcome precedes any replay.
@@ -182,9 +187,12 @@ pub async fn serve(
         SocketEnd::ClientClosed | SocketEnd::Dropped => None,
     };
     // A writer that ended by itself (a failed or late write) counted its own end.
+    let closed = socket_close(&ending);
     if !writer_done {
-        context.metrics.socket_closed(socket_close(&ending));
+        context.metrics.socket_closed(closed);
     }
+    // Sockets end all the time: an ordinary event, not news.
+    tracing::debug!(end = ?closed, "connection ended");
     // The writer stops taking frames before the session changes hands: the outbox is
     // detached, and the writer, told to stop, checks that before taking another frame.
     outbox.detach();

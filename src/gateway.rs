@@ -120,6 +120,7 @@ impl Gateway {
             backoff_min: gateway.restart_backoff_min,
             backoff_max: gateway.restart_backoff_max,
             guard: options.guard,
+            metrics: metrics.clone(),
         };
         let mut servers = Servers::new();
         for (name, server_config) in config.servers {
@@ -351,13 +352,16 @@ async fn upgrade(
     };
     let config = &state.context.config;
     let tracker = state.connections.clone();
+    // Every line about this socket names it; `session` and `key` are known after hello.
+    let span = tracing::info_span!("connection", %peer, session = tracing::field::Empty, key = tracing::field::Empty);
     ws.protocols([protocol::SUBPROTOCOL])
         .max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes)
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
-            tracker.track_future(connection::serve(socket, state, place, admission))
+            let serve = connection::serve(socket, state, place, admission);
+            tracker.track_future(tracing::Instrument::instrument(serve, span))
         })
 }
 

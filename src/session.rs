@@ -288,7 +288,8 @@ impl ClientSession {
                         .refuse(server, &head, reference, ErrorCode::TooManySessions, &why)
                         .await;
                 }
-                let fresh = UpstreamSession::new(target, self.link.clone(), initialize);
+                let fresh =
+                    UpstreamSession::new(target, self.link.clone(), initialize, self.log_id());
                 self.upstreams.insert(server.to_owned(), fresh.clone());
                 fresh
             }

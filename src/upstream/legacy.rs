@@ -252,7 +252,9 @@ impl LegacySession {
                 },
                 idle_timeout,
             };
-            tasks.spawn(reader.run(response.bytes_stream().boxed()));
+            // The reader's lines belong to the upstream session that opened it.
+            let reader = reader.run(response.bytes_stream().boxed());
+            tasks.spawn(tracing::Instrument::in_current_span(reader));
             endpoint_rx.await.map_err(|_| {
                 let reason = shared.ended().map_or_else(String::new, |e| e.to_string());
                 UpstreamError::Protocol(format!("no endpoint event: {reason}"))

@@ -42,6 +42,8 @@ pub struct Launch<'a> {
     pub log_filter: Option<&'a str>,
     /// A soft open-file limit to start it with (through the shell's `ulimit -Sn`).
     pub soft_open_files: Option<u64>,
+    /// Arguments added to its command line.
+    pub args: &'a [&'a str],
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
@@ -95,6 +97,7 @@ impl Binary {
                 "--listen",
                 "127.0.0.1:0",
             ])
+            .args(launch.args)
             .env("MCPMUX_TEST_MARK", &marker)
             .envs(launch.env.iter().copied());
         let stderr = match launch.log_filter {

@@ -13,6 +13,7 @@ mod frames;
 mod legacy_sse;
 mod lifecycle;
 mod limits;
+mod logs;
 mod metrics;
 mod protocol_doc;
 mod resume;

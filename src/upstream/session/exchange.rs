@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::value::RawValue;
+use tracing::Instrument;
 
 use super::{Carried, UpstreamEnd, UpstreamSession};
 use crate::jsonrpc::{self, Head, Kind};
@@ -170,7 +171,7 @@ impl UpstreamSession {
         // looping initialize cannot pile them up.
         let permit = carried.take_permit();
         let limit = self.link.request_timeout;
-        let posting = self.link.background.spawn(async move {
+        let initialize = async move {
             let post = session.link.http.post(&endpoint, Headers::default(), body);
             let posted = tokio::time::timeout(limit, post)
                 .await
@@ -186,7 +187,9 @@ impl UpstreamSession {
                 }
             }
             posted
-        });
+        };
+        let span = self.span().clone();
+        let posting = self.link.background.spawn(initialize.instrument(span));
         posting.await.unwrap_or_else(|_| {
             Err(UpstreamError::Protocol(
                 "the initialize exchange stopped".into(),
@@ -328,9 +331,10 @@ impl UpstreamSession {
             return;
         }
         let first = self.open_stream(None).await;
+        let listen = Listener::new(self.clone()).run(first);
         self.link
             .tasks
-            .spawn(Listener::new(self.clone()).run(first));
+            .spawn(listen.instrument(self.span().clone()));
     }
 
     /// Opens the standalone GET stream, or with `last_event_id` resumes a broken stream

@@ -116,7 +116,7 @@ impl UpstreamSession {
         .await?;
         let legacy = Arc::new(opened);
         let (session, watched) = (self.clone(), legacy.clone());
-        self.link.tasks.spawn(async move {
+        let watch = async move {
             tokio::select! {
                 biased;
                 _ = session.cancel.cancelled() => {}
@@ -124,7 +124,11 @@ impl UpstreamSession {
                     session.end(UpstreamEnd::Lost("the server closed its SSE stream".into())).await;
                 }
             }
-        });
+        };
+        let span = self.span().clone();
+        self.link
+            .tasks
+            .spawn(tracing::Instrument::instrument(watch, span));
         Ok(legacy)
     }
 }

@@ -27,6 +27,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use self::barrier::Barrier;
 use self::order::{Sequencer, Ticket};
@@ -118,6 +119,8 @@ pub struct UpstreamSession {
     legacy: OnceCell<Arc<LegacySession>>,
     /// Counts the session among those open with its server, from `open` to its end.
     open: Mutex<Option<OpenGuard>>,
+    /// The span of its tasks: every line about it names the server and the session.
+    span: tracing::Span,
 }
 
 impl std::fmt::Debug for UpstreamSession {
@@ -130,8 +133,10 @@ impl std::fmt::Debug for UpstreamSession {
 }
 
 impl UpstreamSession {
-    /// A session that will carry `first` (an initialize puts it behind the barrier at once).
-    pub fn new(server: Arc<Server>, link: Link, initializing: bool) -> Arc<Self> {
+    /// A session that will carry `first` (an initialize puts it behind the barrier at once),
+    /// for the client session whose log id is `session`.
+    pub fn new(server: Arc<Server>, link: Link, initializing: bool, session: &str) -> Arc<Self> {
+        let span = tracing::info_span!(parent: None, "upstream", server = %server.name, session);
         Arc::new(Self {
             server,
             link,
@@ -144,6 +149,7 @@ impl UpstreamSession {
             serials: AtomicU64::new(0),
             legacy: OnceCell::new(),
             open: Mutex::new(None),
+            span,
         })
     }
 
@@ -227,16 +233,22 @@ impl UpstreamSession {
                 let token = self.lock_inflight().remove(&key);
                 if let Some((_, token)) = token {
                     let session = self.clone();
-                    self.link.tasks.spawn(async move {
+                    let exchange = async move {
                         session.exchange_guarded(carried).await;
                         token.cancel();
-                    });
+                    };
+                    self.link
+                        .tasks
+                        .spawn(exchange.instrument(self.span.clone()));
                     return;
                 }
             }
         }
         let session = self.clone();
-        self.link.tasks.spawn(session.exchange_guarded(carried));
+        let exchange = session.exchange_guarded(carried);
+        self.link
+            .tasks
+            .spawn(exchange.instrument(self.span.clone()));
     }
 
     /// Ends the session for `why`. Only the first call counts.
@@ -246,6 +258,7 @@ impl UpstreamSession {
         }
         self.cancel.cancel();
         drop(self.lock_open().take());
+        tracing::debug!(parent: &self.span, end = ?why, "upstream session ended");
         let session_id = self.barrier.end();
         match why {
             // The upstream forgot the session, or its instance is gone.
@@ -270,6 +283,7 @@ impl UpstreamSession {
         // never counted again.
         if !self.is_ended() && open.is_none() {
             *open = Some(self.link.metrics.upstream_session_opened(&self.server.name));
+            tracing::debug!(parent: &self.span, "upstream session open");
         }
     }
 
@@ -280,9 +294,12 @@ impl UpstreamSession {
     /// Deletes upstream session `id`, in a task that may outlive this session.
     fn delete_upstream(&self, endpoint: Arc<Endpoint>, id: String) {
         let http = self.link.http.clone();
-        self.link.background.spawn(async move {
+        let delete = async move {
             let _ = tokio::time::timeout(DELETE_TIMEOUT, http.delete(&endpoint, &id)).await;
-        });
+        };
+        self.link
+            .background
+            .spawn(delete.instrument(self.span.clone()));
     }
 
     fn end_error(&self) -> UpstreamError {
@@ -304,6 +321,11 @@ impl UpstreamSession {
     /// Resolves when the session has ended.
     pub(super) async fn ended(&self) {
         self.cancel.cancelled().await;
+    }
+
+    /// The span of the session's tasks.
+    pub(super) fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     /// The server's name.
