@@ -8,8 +8,8 @@
 //! a queue of [`QUEUE_LINES`] lines of at most [`MAX_LINE`] bytes (a longer line is cut
 //! there, marked, and the rest of it skipped). When the queue is full (the log is
 //! slower than the child) the line is dropped and counted: in
-//! `mcpmux_child_log_lines_dropped_total`, and in a warning that the logger writes
-//! when it catches up. So a child flooding its output costs at most about 1 MiB per
+//! `mcpmux_child_log_lines_dropped_total`, and in a warning that the logger writes at
+//! most once per [`REPORT_INTERVAL`]. So a child flooding its output costs at most about 1 MiB per
 //! stream, and never blocks on a full pipe.
 
 use std::sync::Arc;
@@ -26,6 +26,8 @@ pub const MAX_LINE: usize = 8 * 1024;
 pub const QUEUE_LINES: usize = 128;
 /// How much is read from the pipe at once.
 const READ_CHUNK: usize = 8 * 1024;
+/// How often, at most, dropped lines are reported in the log.
+pub const REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Passes `pipe` (the child's `stream`, `"stdout"` or `"stderr"`) to the log, in two
 /// tasks that end at the end of the pipe.
@@ -131,7 +133,8 @@ fn printable(line: &[u8]) -> String {
         .collect()
 }
 
-/// Logs the queued lines until the reader is done, and reports the lines dropped.
+/// Logs the queued lines until the reader is done, and reports the lines dropped
+/// (every [`REPORT_INTERVAL`] while there are any, and at the end).
 async fn log_lines(
     mut queue: mpsc::Receiver<String>,
     dropped: Arc<AtomicU64>,
@@ -144,9 +147,16 @@ async fn log_lines(
             tracing::warn!(target: "mcpmux::child", server = %server, stream, dropped = lost, "{lost} lines of the child's {stream} were dropped: the log could not keep up");
         }
     };
-    while let Some(line) = queue.recv().await {
-        report();
-        tracing::info!(target: "mcpmux::child", server = %server, stream, "{line}");
+    let mut reports = tokio::time::interval(REPORT_INTERVAL);
+    reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            line = queue.recv() => match line {
+                Some(line) => tracing::info!(target: "mcpmux::child", server = %server, stream, "{line}"),
+                None => break,
+            },
+            _ = reports.tick() => report(),
+        }
     }
     report();
 }

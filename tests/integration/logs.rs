@@ -135,3 +135,79 @@ async fn json_lines_carry_timestamp_level_message_and_span_fields() {
             .all(|l| !Value::Object(l.clone()).to_string().contains(&session))
     );
 }
+
+#[tokio::test]
+async fn a_child_flooding_stderr_is_neither_blocked_nor_buffered() {
+    // 200000 lines of about 500 bytes (100 MB) before the server even starts: if
+    // mcpmux stopped reading, the child would block and never become ready; if it
+    // kept every line, its memory would grow by far more than 100 MB.
+    const LINES: u64 = 200_000;
+    let line = format!("flood-{}", "x".repeat(500));
+    let script = format!("yes {line} | head -n {LINES} >&2; exec \"$@\"");
+    let everything = everything();
+    let mut args = vec![
+        json!("-c"),
+        json!(script),
+        json!("sh"),
+        everything["command"].clone(),
+    ];
+    args.extend(everything["args"].as_array().expect("args").iter().cloned());
+    let binary = Binary::launch(
+        &config(json!({"flood": {"command": "sh", "args": args}}), json!({})),
+        Launch {
+            log_filter: Some("info"),
+            args: &["--log-format", "json"],
+            ..Launch::default()
+        },
+    );
+    let mut client = Client::connect(binary.addr).await;
+    client.initialize("flood").await;
+
+    // Every line is in the log or counted as dropped (reported within a second).
+    let deadline = Instant::now() + FRAME_WAIT;
+    let (logged, dropped) = loop {
+        let log = binary.log();
+        let complete = log.rsplit_once('\n').map_or("", |(done, _)| done);
+        let logged = complete.matches("\"message\":\"flood-").count() as u64;
+        let dropped: u64 = json_lines(
+            &complete
+                .lines()
+                .filter(|l| l.contains("\"dropped\":"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+        .iter()
+        .filter_map(|l| l["dropped"].as_u64())
+        .sum();
+        if logged + dropped >= LINES {
+            break (logged, dropped);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{logged} lines logged and {dropped} reported dropped of {LINES}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(logged + dropped, LINES, "each line once, logged or dropped");
+    let peak_mib = binary.peak_rss_kib() / 1024;
+    assert!(peak_mib < 64, "mcpmux peaked at {peak_mib} MiB");
+
+    let log = binary.log();
+    let lines = json_lines(log.rsplit_once('\n').map_or("", |(done, _)| done));
+    let flooded = lines
+        .iter()
+        .find(|l| l["message"] == line.as_str())
+        .expect("a line of the flood in the log");
+    assert_eq!(flooded["server"], "flood");
+    assert_eq!(flooded["stream"], "stderr");
+    assert_eq!(flooded["level"], "INFO");
+    for report in lines.iter().filter(|l| l.contains_key("dropped")) {
+        assert_eq!(report["server"], "flood", "{report:?}");
+        assert_eq!(report["level"], "WARN", "{report:?}");
+    }
+    // Still serving.
+    let params = json!({"name": "echo", "arguments": {"message": "after the flood"}});
+    let echo = client.call("flood", json!(2), "tools/call", params).await;
+    assert!(echo["message"]["result"].is_object(), "{echo}");
+    client.close().await;
+}
