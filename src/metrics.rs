@@ -997,4 +997,38 @@ mod tests {
         let limited = sample(&text, "mcpmux_rate_limited_total", &[("key", "dashboard")]);
         assert_eq!(limited, Some(1.0));
     }
+
+    #[test]
+    fn the_readme_lists_every_metric() {
+        let metrics = Metrics::new();
+        let name: Arc<str> = Arc::from("s");
+        metrics.request(&name, "ping", Outcome::Ok, Some(Duration::from_millis(1)));
+        metrics.message(&name, Direction::ToServer, 1);
+        metrics.child_lines_dropped(&name, "stderr", 1);
+        metrics.socket_closed(SocketClose::Client);
+        metrics.resume(true);
+        metrics.rate_limited(&name);
+        metrics.http_route_request("s", "ok");
+        let _open = (
+            metrics.upstream_session_opened(&name),
+            metrics.connection_opened(),
+        );
+        let servers = Arc::new(vec![server("s", ServerState::Ready, 0)]);
+        let weak = Arc::downgrade(&servers);
+        metrics.watch_servers(move || weak.upgrade().map(|s| s.to_vec()));
+        let readme = include_str!("../README.md");
+        let text = metrics.render();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        assert_eq!(names.len(), 13, "{text}");
+        for name in names {
+            assert!(
+                readme.contains(&format!("| `{name}` |")),
+                "README lacks {name}"
+            );
+        }
+    }
 }
