@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::auth::Admission;
 use crate::context::Place;
+use crate::metrics::{Metrics, SocketClose};
 use crate::outbox::Outbox;
 use crate::protocol::{ClientFrame, ClientInfo, Resume, Token, close_code, decode_client_frame};
 use crate::resume::{Claim, Handover, hand_over};
@@ -69,6 +70,7 @@ pub async fn serve(
     admission: Admission,
 ) {
     let context = state.context.clone();
+    let _open = context.metrics.connection_opened();
     let (mut sink, mut stream) = socket.split();
     let hello = tokio::select! {
         _ = context.shutdown.cancelled() => Err((close_code::GOING_AWAY, "mcpmux is shutting down".to_owned())),
@@ -111,15 +113,24 @@ pub async fn serve(
                 .await
             {
                 // The resumed session holds its own place.
-                Ok(session) => (session, true),
+                Ok(session) => {
+                    context.metrics.resume(true);
+                    (session, true)
+                }
                 Err(refusal) => {
+                    context.metrics.resume(false);
                     tracing::debug!(%refusal, "resume refused; starting a fresh session");
                     (ClientSession::new(context.clone(), place, grant), false)
                 }
             }
         }
     };
-    tracing::debug!(session = %session.log_id(), ?client, key = ?key.as_deref(), resumed, "client attached");
+    let span = tracing::Span::current();
+    span.record("session", session.log_id());
+    if let Some(key) = key.as_deref() {
+        span.record("key", key);
+    }
+    tracing::debug!(?client, resumed, "client attached");
     let mut claims = state.sessions.register(&session.id, key);
     let outbox = session.link.outbox.clone();
     // Frames outside the sequence are written first: the welcome precedes any replay.
@@ -129,6 +140,7 @@ pub async fn serve(
         attachment: outbox.attachment(),
         write_timeout: context.config.write_timeout,
         heartbeat: context.config.heartbeat,
+        metrics: context.metrics.clone(),
     };
     let mut writer = tokio::spawn(write_loop(sink, outbox.clone(), close_rx, writer_config));
     let silence_limit = context.config.heartbeat * 2;
@@ -188,6 +200,13 @@ pub async fn serve(
         )),
         SocketEnd::ClientClosed | SocketEnd::Dropped => None,
     };
+    // A writer that ended by itself (a failed or late write) counted its own end.
+    let closed = socket_close(&ending);
+    if !writer_done {
+        context.metrics.socket_closed(closed);
+    }
+    // Sockets end all the time: an ordinary event, not news.
+    tracing::debug!(end = ?closed, "connection ended");
     // The writer stops taking frames before the session changes hands: the outbox is
     // detached, and the writer, told to stop, checks that before taking another frame.
     outbox.detach();
@@ -327,12 +346,26 @@ fn truncate_reason(mut reason: String) -> String {
     reason
 }
 
-#[derive(Clone, Copy)]
+/// How a socket's end is counted.
+fn socket_close(ending: &SocketEnd) -> SocketClose {
+    match ending {
+        SocketEnd::Shutdown => SocketClose::Shutdown,
+        SocketEnd::Claimed(_) => SocketClose::TakenOver,
+        SocketEnd::ClientClosed => SocketClose::Client,
+        SocketEnd::Violation((close_code::RATE_LIMITED, _)) => SocketClose::RateLimited,
+        SocketEnd::Violation(_) => SocketClose::Violation,
+        SocketEnd::Silent => SocketClose::Heartbeat,
+        SocketEnd::Dropped => SocketClose::Dropped,
+    }
+}
+
 struct WriterConfig {
     /// The outbox attachment this writer serves.
     attachment: u64,
     write_timeout: Duration,
     heartbeat: Duration,
+    /// Counts the writer's own ends (slow client, failed write).
+    metrics: Metrics,
 }
 
 /// Drains the outbox into the socket and pings on the heartbeat interval. Returns when
@@ -389,12 +422,14 @@ async fn write_loop(
         match tokio::time::timeout(config.write_timeout, batch).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
+                config.metrics.socket_closed(SocketClose::Dropped);
                 // Nobody will drain the outbox any more: producers must stop waiting.
                 outbox.detach_attachment(config.attachment);
                 return;
             }
             Err(_) => {
                 outbox.detach_attachment(config.attachment);
+                config.metrics.socket_closed(SocketClose::SlowConsumer);
                 tracing::debug!("client too slow: a write missed its deadline");
                 let reason = (
                     close_code::SLOW_CONSUMER,

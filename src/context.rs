@@ -1,6 +1,7 @@
 //! What every client session shares with the others: the configuration, the servers and
-//! their status changes, the upstream HTTP client, the shutdown signal, and the tracker
-//! of tasks that may outlive a session; and a session's place among `maxSessions`.
+//! their status changes, the upstream HTTP client, the shutdown signal, the tracker
+//! of tasks that may outlive a session and the metrics; and a session's place among
+//! `maxSessions`.
 //!
 //! A narrow handle: it knows nothing of sockets, routes or the resume registry, so that
 //! sessions depend on it and not on the gateway that owns them.
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::GatewayConfig;
+use crate::metrics::Metrics;
 use crate::outbox::ResumeBudget;
 use crate::registry::{Servers, StatusChange};
 use crate::upstream::http::HttpClient;
@@ -33,6 +35,8 @@ pub struct SessionContext {
     pub background: TaskTracker,
     /// Bytes of frames kept for resume by all sessions (`resumeBudgetBytes`).
     pub resume_budget: Arc<ResumeBudget>,
+    /// Where the gateway's metrics are recorded.
+    pub metrics: Metrics,
 }
 
 /// A socket's place among `maxSessions`, taken when its upgrade is accepted: the socket

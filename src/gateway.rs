@@ -27,6 +27,7 @@ use crate::auth::{self, Access, Caller};
 use crate::config::{Config, RemoteServer, RemoteTransport, ServerConfig};
 use crate::connection;
 use crate::context::{Place, SessionContext};
+use crate::metrics::{self, Metrics};
 use crate::outbox::ResumeBudget;
 use crate::protocol::{self, ServerState};
 use crate::registry::{STATUS_BROADCAST_CAPACITY, Server, ServerStatus, Servers};
@@ -69,6 +70,9 @@ pub struct Options {
     /// outlives mcpmux (see [`crate::supervisor::guard`]). The binary sets it; an
     /// embedding program that is not `mcpmux` leaves it `None`.
     pub guard: Option<std::path::PathBuf>,
+    /// Where the gateway records its metrics; `None`: the process-wide registry that
+    /// [`crate::metrics::render`] shows.
+    pub metrics: Option<Metrics>,
 }
 
 /// A running gateway.
@@ -100,6 +104,7 @@ impl Gateway {
             tracing::warn!(%local_addr, "allowAnonymous: anyone who reaches this address may use every server without a key");
         }
         let tls_acceptor = gateway.tls.as_ref().map(tls::acceptor).transpose()?;
+        let metrics = options.metrics.unwrap_or_else(|| metrics::global().clone());
         let access = Access::new(&gateway);
         let (status_changes, _) = broadcast::channel(STATUS_BROADCAST_CAPACITY);
         let http = HttpClient::new(gateway.connect_timeout, gateway.max_upstream_message_bytes)?;
@@ -117,6 +122,7 @@ impl Gateway {
             backoff_min: gateway.restart_backoff_min,
             backoff_max: gateway.restart_backoff_max,
             guard: options.guard,
+            metrics: metrics.clone(),
         };
         let mut servers = Servers::new();
         for (name, server_config) in config.servers {
@@ -154,11 +160,17 @@ impl Gateway {
                 shutdown: shutdown.clone(),
                 background: TaskTracker::new(),
                 resume_budget,
+                metrics: metrics.clone(),
             }),
             sessions: Arc::new(Sessions::new(connections.clone())),
             connections,
             access,
             places,
+        });
+        let servers_of = Arc::downgrade(&state.context);
+        metrics.watch_servers(move || {
+            let context = servers_of.upgrade()?;
+            Some(context.servers.values().cloned().collect())
         });
         let app = Router::new()
             .route("/ws", get(upgrade))
@@ -220,6 +232,11 @@ impl Gateway {
     /// Every configured server, with its status, for embedding and tests.
     pub fn servers(&self) -> &Servers {
         &self.state.context.servers
+    }
+
+    /// The registry the gateway records its metrics into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.state.context.metrics
     }
 
     /// Stops gracefully, in order: no new connections; 1001 to every client; in-flight
@@ -346,13 +363,16 @@ async fn upgrade(
     };
     let config = &state.context.config;
     let tracker = state.connections.clone();
+    // Every line about this socket names it; `session` and `key` are known after hello.
+    let span = tracing::info_span!("connection", %peer, session = tracing::field::Empty, key = tracing::field::Empty);
     ws.protocols([protocol::SUBPROTOCOL])
         .max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes)
         .read_buffer_size(connection::READ_BUFFER_BYTES)
         .write_buffer_size(connection::WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| {
-            tracker.track_future(connection::serve(socket, state, place, admission))
+            let serve = connection::serve(socket, state, place, admission);
+            tracker.track_future(tracing::Instrument::instrument(serve, span))
         })
 }
 

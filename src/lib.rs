@@ -20,6 +20,8 @@
 //! - `outbox`: a client session's sequenced, bounded outbound frames, kept for replay.
 //! - [`upstream`]: Streamable HTTP exchanges, the SSE parser, upstream sessions.
 //! - [`supervisor`]: mcp-proxy children for stdio servers, restarts, no orphans.
+//! - [`metrics`]: the gateway's metrics in the Prometheus text format.
+//! - [`logging`]: the log's two formats (text, JSON lines) and its filter.
 //! - [`registry`]: each server's lifecycle state and current endpoint.
 //! - [`protocol`]: the `mcpmux.v1` frames, decoded and encoded.
 //! - [`jsonrpc`]: the small look into JSON-RPC messages the gateway needs.
@@ -38,6 +40,8 @@ pub mod console;
 mod context;
 pub mod gateway;
 pub mod jsonrpc;
+pub mod logging;
+pub mod metrics;
 pub mod open_files;
 mod outbox;
 pub mod protocol;

@@ -20,8 +20,20 @@ struct Cli {
     /// Listen on this address instead of the configured one (port 0 picks a free port).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// How log lines are written to standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// The `--log-format` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -53,7 +65,10 @@ fn main() -> ExitCode {
         let code = mcpmux::supervisor::guard::run(program, args, grace);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
-    init_logging();
+    mcpmux::logging::init(match cli.log_format {
+        LogFormat::Text => mcpmux::logging::LogFormat::Text,
+        LogFormat::Json => mcpmux::logging::LogFormat::Json,
+    });
     let result = match cli.command {
         Some(Command::Guard { .. }) => Ok(()),
         Some(Command::CheckConfig { file }) => check_config(&file),
@@ -66,18 +81,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging() {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("MCPMUX_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only for a terminal, not for files and log collectors.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
 
 /// Raises the open-file limit as far as allowed and logs how many clients it holds:
@@ -241,6 +244,7 @@ fn run(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()
         // Children run under this binary as their guard, so none can outlive it.
         let options = Options {
             guard: std::env::current_exe().ok(),
+            ..Options::default()
         };
         let gateway = Gateway::start_with(config, listener, options).await?;
         // Lines for people and for scripts that started us on port 0 (they parse the first).

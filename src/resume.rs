@@ -196,8 +196,10 @@ impl Sessions {
     /// serves its claims.
     pub fn hold(self: &Arc<Self>, session: ClientSession, claims: Claims, window: Duration) {
         let registry = self.clone();
+        let span = tracing::info_span!(parent: None, "held", session = %session.log_id());
+        let holder = run_holder(registry, session, claims, window);
         self.holders
-            .spawn(run_holder(registry, session, claims, window));
+            .spawn(tracing::Instrument::instrument(holder, span));
     }
 }
 

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{Grant, RateLimited};
 use crate::context::{Place, SessionContext};
 use crate::jsonrpc::{Head, Kind};
+use crate::metrics::Outcome;
 use crate::outbox::{Limits, Outbox};
 use crate::protocol::{
     self, ClientFrame, ErrorCode, GatewayFrame, ServerEntry, SessionState, close_code,
@@ -73,6 +74,7 @@ impl ClientSession {
             request_timeout: config.request_timeout,
             ready_wait: config.connect_timeout,
             stream_idle_timeout: config.upstream_idle_timeout,
+            metrics: context.metrics.clone(),
         };
         let id: u128 = rand::random();
         Self {
@@ -194,11 +196,19 @@ impl ClientSession {
             close,
         } = limited;
         let head = Head::parse(message.get()).ok();
-        match head
-            .as_ref()
-            .filter(|h| h.kind() == Kind::Request)
-            .and_then(|h| h.id)
+        let request = head.as_ref().filter(|h| h.kind() == Kind::Request);
+        if let Some(key) = self.grant.key_name() {
+            self.context.metrics.rate_limited(key);
+        }
+        // Counted for the server only when it is one the key may use.
+        let target = self.context.servers.get(server);
+        if let (Some(head), Some(target)) = (request, target.filter(|_| self.grant.may_use(server)))
         {
+            let refused = Outcome::Gateway(ErrorCode::RateLimited);
+            let metrics = &self.context.metrics;
+            metrics.request(&target.name, head.method(), refused, None);
+        }
+        match request.and_then(|h| h.id) {
             Some(id) => {
                 let response = protocol::rate_limited_response(id, &why, server, retry_after_ms);
                 self.link.push_rpc(server, &response).await;
@@ -272,6 +282,11 @@ impl ClientSession {
                     previous.end(UpstreamEnd::Replaced).await;
                 }
                 if self.upstreams.len() >= self.context.config.max_upstream_sessions {
+                    if head.kind() == Kind::Request {
+                        let refused = Outcome::Gateway(ErrorCode::TooManySessions);
+                        let metrics = &self.context.metrics;
+                        metrics.request(&target.name, head.method(), refused, None);
+                    }
                     let why = format!(
                         "this connection already holds {} upstream sessions (maxUpstreamSessions); close one first",
                         self.upstreams.len()
@@ -280,7 +295,8 @@ impl ClientSession {
                         .refuse(server, &head, reference, ErrorCode::TooManySessions, &why)
                         .await;
                 }
-                let fresh = UpstreamSession::new(target, self.link.clone(), initialize);
+                let fresh =
+                    UpstreamSession::new(target, self.link.clone(), initialize, self.log_id());
                 self.upstreams.insert(server.to_owned(), fresh.clone());
                 fresh
             }

@@ -184,7 +184,7 @@ impl Routes {
         } else {
             ""
         };
-        record(configured, refused.error.code().as_str());
+        self.record(configured, refused.error.code().as_str());
         tracing::debug!(server = named, error = %refused.error, "MCP route request refused");
         refused.into_response()
     }
@@ -213,19 +213,20 @@ impl Routes {
                 body,
             } => (status, headers, Body::from(body), "refused_by_server"),
         };
-        record(server, outcome);
+        self.record(server, outcome);
         let mut response = Response::new(body);
         *response.status_mut() = status;
         *response.headers_mut() = headers;
         response
     }
-}
 
-/// Counts one request on an MCP route by its outcome: `ok`, `refused_by_server` (an
-/// upstream's own 4xx), or the gateway error code. The server is a configured one or
-/// `""`, never a name a client made up: the labels stay bounded.
-fn record(server: &str, outcome: &'static str) {
-    tracing::debug!(server, outcome, "MCP route request");
+    /// Counts one request on an MCP route by its outcome: `ok`, `refused_by_server` (an
+    /// upstream's own 4xx), or the gateway error code. The server is a configured one or
+    /// `""`, never a name a client made up: the labels stay bounded.
+    fn record(&self, server: &str, outcome: &'static str) {
+        tracing::debug!(server, outcome, "MCP route request");
+        self.context().metrics.http_route_request(server, outcome);
+    }
 }
 
 /// True when the server can be reached only through the legacy HTTP+SSE transport.

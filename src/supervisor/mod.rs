@@ -15,6 +15,7 @@
 
 pub mod environment;
 pub mod guard;
+pub mod output;
 pub mod process;
 
 use std::sync::Arc;
@@ -22,11 +23,10 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue};
-use tokio::io::AsyncRead;
-use tokio_util::codec::{FramedRead, LinesCodec};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StdioServer;
+use crate::metrics::Metrics;
 use crate::protocol::ServerState;
 use crate::registry::Server;
 use crate::upstream::{Endpoint, Transport};
@@ -38,8 +38,6 @@ pub const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 const READY_POLL: Duration = Duration::from_millis(50);
 /// A run shorter than this counts as a failed start for the backoff.
 const STABLE_RUN: Duration = Duration::from_secs(10);
-/// The longest child log line passed to the log; longer ones are cut.
-const MAX_LOG_LINE: usize = 8 * 1024;
 
 /// Settings of one supervisor.
 #[derive(Debug, Clone)]
@@ -57,6 +55,8 @@ pub struct SupervisorConfig {
     /// The `mcpmux` binary, to run each child under its guard ([`guard`]); `None` runs
     /// mcp-proxy directly (when mcpmux is embedded as a library).
     pub guard: Option<std::path::PathBuf>,
+    /// Where the child's output lines dropped are counted.
+    pub metrics: Metrics,
 }
 
 /// Why an instance ended.
@@ -179,8 +179,8 @@ async fn run_instance(
     };
     let pid = child.pid();
     server.update(|s| s.pid = Some(pid));
-    forward_logs(&server.name, child.take_stdout());
-    forward_logs(&server.name, child.take_stderr());
+    output::capture(&server.name, "stdout", child.take_stdout(), &config.metrics);
+    output::capture(&server.name, "stderr", child.take_stderr(), &config.metrics);
 
     let base = format!("http://127.0.0.1:{port}");
     let ready = tokio::select! {
@@ -296,25 +296,6 @@ fn describe_exit(status: std::io::Result<std::process::ExitStatus>) -> String {
     }
 }
 
-/// Passes the child's output to the log, one bounded line at a time.
-fn forward_logs(server: &Arc<str>, pipe: Option<impl AsyncRead + Unpin + Send + 'static>) {
-    let Some(pipe) = pipe else { return };
-    let server = server.clone();
-    tokio::spawn(async move {
-        use futures::StreamExt;
-        let mut lines = FramedRead::new(pipe, LinesCodec::new_with_max_length(MAX_LOG_LINE));
-        while let Some(line) = lines.next().await {
-            match line {
-                Ok(line) => tracing::info!(target: "mcpmux::child", server = %server, "{line}"),
-                Err(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded) => {
-                    tracing::info!(target: "mcpmux::child", server = %server, "(a line longer than {MAX_LOG_LINE} bytes was cut)");
-                }
-                Err(_) => break,
-            }
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,6 +309,7 @@ mod tests {
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             guard: None,
+            metrics: Metrics::new(),
         };
         let first = backoff(&config, 1);
         assert!(first >= Duration::from_millis(375) && first <= Duration::from_millis(625));

@@ -42,7 +42,14 @@ pub type Deliver = Arc<dyn Fn(String) -> BoxFuture<'static, bool> + Send + Sync>
 
 /// Resolves once the response to a request has been delivered, or with the reason the
 /// stream ended before it.
-pub type Answered = oneshot::Receiver<Result<(), UpstreamError>>;
+pub type Answered = oneshot::Receiver<Result<Delivered, UpstreamError>>;
+
+/// A response delivered to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// True when it is a JSON-RPC error response.
+    pub is_error: bool,
+}
 
 /// The bounds of one legacy session.
 #[derive(Debug, Clone, Copy)]
@@ -96,7 +103,7 @@ const ABANDONED_KEPT: usize = 1024;
 /// are resolved when the stream ends.
 #[derive(Default)]
 struct Waiters {
-    by_id: HashMap<String, oneshot::Sender<Result<(), UpstreamError>>>,
+    by_id: HashMap<String, oneshot::Sender<Result<Delivered, UpstreamError>>>,
     /// Ids of requests given up on (timed out, cancelled), newest last, at most
     /// [`ABANDONED_KEPT`]: their late responses must not reach the client a second time.
     abandoned: VecDeque<String>,
@@ -165,9 +172,9 @@ impl StreamState {
         waiters.abandoned.push_back(key);
     }
 
-    fn answered(&self, key: &str) {
+    fn answered(&self, key: &str, delivered: Delivered) {
         if let Some(tx) = self.lock().by_id.remove(key) {
-            let _ = tx.send(Ok(()));
+            let _ = tx.send(Ok(delivered));
         }
     }
 
@@ -245,7 +252,9 @@ impl LegacySession {
                 },
                 idle_timeout,
             };
-            tasks.spawn(reader.run(response.bytes_stream().boxed()));
+            // The reader's lines belong to the upstream session that opened it.
+            let reader = reader.run(response.bytes_stream().boxed());
+            tasks.spawn(tracing::Instrument::in_current_span(reader));
             endpoint_rx.await.map_err(|_| {
                 let reason = shared.ended().map_or_else(String::new, |e| e.to_string());
                 UpstreamError::Protocol(format!("no endpoint event: {reason}"))
@@ -437,7 +446,10 @@ impl Reader {
             _ => return true,
         }
         let answers = match Head::parse(&event.data) {
-            Ok(head) if head.kind() == Kind::Response => head.id.map(jsonrpc::id_key),
+            Ok(head) if head.kind() == Kind::Response => head.id.map(|id| {
+                let is_error = head.error.is_some();
+                (jsonrpc::id_key(id), Delivered { is_error })
+            }),
             Ok(_) => None,
             Err(err) => {
                 self.shared.invalid.fetch_add(1, Ordering::Relaxed);
@@ -446,8 +458,8 @@ impl Reader {
             }
         };
         if answers
-            .as_deref()
-            .is_some_and(|key| self.shared.given_up(key))
+            .as_ref()
+            .is_some_and(|(key, _)| self.shared.given_up(key))
         {
             // The client already had its answer (a timeout) or asked for none (cancel).
             tracing::debug!("dropping a legacy response to a request given up on");
@@ -457,8 +469,8 @@ impl Reader {
             _ = self.stop.cancelled() => false,
             delivered = (self.deliver)(event.data) => delivered,
         };
-        if let (true, Some(key)) = (delivered, answers) {
-            self.shared.answered(&key);
+        if let (true, Some((key, response))) = (delivered, answers) {
+            self.shared.answered(&key, response);
         }
         delivered
     }
@@ -651,7 +663,7 @@ mod tests {
         assert!(!shared.given_up("3"), "still awaited");
     }
 
-    async fn answered(rx: Answered) -> Result<(), UpstreamError> {
+    async fn answered(rx: Answered) -> Result<Delivered, UpstreamError> {
         tokio::time::timeout(WAIT, rx)
             .await
             .expect("resolves, not hangs")

@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use super::http::HttpClient;
 use crate::jsonrpc;
+use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::protocol::{self, ErrorCode, GatewayFrame, SessionState};
 
@@ -37,6 +38,8 @@ pub struct Link {
     pub ready_wait: Duration,
     /// How long a long-lived upstream stream may stay silent before it counts as broken.
     pub stream_idle_timeout: Duration,
+    /// Where requests, messages and upstream sessions are counted.
+    pub metrics: Metrics,
 }
 
 impl Link {

@@ -42,6 +42,8 @@ pub struct Launch<'a> {
     pub log_filter: Option<&'a str>,
     /// A soft open-file limit to start it with (through the shell's `ulimit -Sn`).
     pub soft_open_files: Option<u64>,
+    /// Arguments added to its command line.
+    pub args: &'a [&'a str],
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
@@ -95,6 +97,7 @@ impl Binary {
                 "--listen",
                 "127.0.0.1:0",
             ])
+            .args(launch.args)
             .env("MCPMUX_TEST_MARK", &marker)
             .envs(launch.env.iter().copied());
         let stderr = match launch.log_filter {
@@ -200,12 +203,21 @@ fn rand_u64() -> u64 {
 impl Binary {
     /// The resident set size of the mcpmux process, in KiB.
     pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The largest resident set size the mcpmux process has had, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .expect("mcpmux is running");
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/PID/status")
+            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
     }
 }

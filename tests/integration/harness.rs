@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use mcpmux::{Config, Gateway};
+use mcpmux::{Config, Gateway, Options};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -86,13 +86,18 @@ pub struct TestGateway {
 impl TestGateway {
     /// Starts a gateway for `config` on 127.0.0.1:0.
     pub async fn start(config: &Value) -> Self {
+        Self::start_with(config, Options::default()).await
+    }
+
+    /// Starts a gateway for `config` on 127.0.0.1:0, with `options`.
+    pub async fn start_with(config: &Value, options: Options) -> Self {
         init_logs();
         let config = Config::parse(&config.to_string(), "test config", &|_| None)
             .unwrap_or_else(|e| panic!("test config rejected: {e}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let gateway = Gateway::start(config, listener)
+        let gateway = Gateway::start_with(config, listener, options)
             .await
             .expect("gateway starts");
         let addr = gateway.local_addr();

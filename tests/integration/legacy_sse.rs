@@ -13,14 +13,15 @@ use crate::harness::{Client, TestGateway, config, root, tool_text};
 
 /// A standalone mcp-proxy serving `/sse` and `/messages`, stopped (with its stdio
 /// server, which shares its process group) when dropped.
-struct LegacyProxy {
+pub struct LegacyProxy {
     child: Child,
-    port: u16,
+    /// Where it listens.
+    pub port: u16,
 }
 
 impl LegacyProxy {
     /// Starts mcp-proxy on a free port and waits until `/ping` answers.
-    async fn start() -> Self {
+    pub async fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")

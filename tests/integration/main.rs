@@ -17,6 +17,8 @@ mod http_routes;
 mod legacy_sse;
 mod lifecycle;
 mod limits;
+mod logs;
+mod metrics;
 mod protocol_doc;
 mod resume;
 mod resume_budget;

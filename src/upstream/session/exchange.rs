@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::value::RawValue;
+use tracing::Instrument;
 
 use super::{Carried, UpstreamEnd, UpstreamSession};
 use crate::jsonrpc::{self, Head, Kind};
+use crate::metrics::{Direction, Outcome};
 use crate::protocol::{ErrorCode, SessionState};
 use crate::upstream::http::{EventStream, Headers, PostOutcome, Reply, announced_body};
 use crate::upstream::listener::Listener;
@@ -46,6 +48,11 @@ impl UpstreamSession {
         if carried.is_initialize() {
             self.barrier.lower();
         }
+        // A request answered by the server was counted then; this counts the others.
+        carried.finish(match &outcome {
+            Ok(()) => Outcome::Cancelled,
+            Err(error) => Outcome::Gateway(error.code()),
+        });
         if let Err(error) = outcome {
             if matches!(error, UpstreamError::SessionGone) {
                 self.end(UpstreamEnd::Lost(
@@ -118,6 +125,7 @@ impl UpstreamSession {
         // Accepted: later messages need not wait for this one any more.
         carried.ticket.release();
         if carried.is_initialize() {
+            self.opened();
             self.link
                 .push_session(&self.server.name, SessionState::Open, None)
                 .await;
@@ -163,7 +171,7 @@ impl UpstreamSession {
         // looping initialize cannot pile them up.
         let permit = carried.take_permit();
         let limit = self.link.request_timeout;
-        let posting = self.link.background.spawn(async move {
+        let initialize = async move {
             let post = session.link.http.post(&endpoint, Headers::default(), body);
             let posted = tokio::time::timeout(limit, post)
                 .await
@@ -179,7 +187,9 @@ impl UpstreamSession {
                 }
             }
             posted
-        });
+        };
+        let span = self.span().clone();
+        let posting = self.link.background.spawn(initialize.instrument(span));
         posting.await.unwrap_or_else(|_| {
             Err(UpstreamError::Protocol(
                 "the initialize exchange stopped".into(),
@@ -271,9 +281,16 @@ impl UpstreamSession {
         if !self.link.push_rpc(&self.server.name, text).await {
             return Err(UpstreamError::SessionClosed);
         }
+        let metrics = &self.link.metrics;
+        metrics.message(&self.server.name, Direction::ToClient, text.len());
         // Only once queued: an exchange cut off while waiting for room must still be
         // answered with an error.
         if answers {
+            carried.finish(if head.error.is_some() {
+                Outcome::Error
+            } else {
+                Outcome::Ok
+            });
             answered.store(true, Ordering::Release);
         }
         Ok(())
@@ -288,7 +305,12 @@ impl UpstreamSession {
                 if head.says_stdio_server_gone() {
                     self.server.suspect();
                 }
-                self.link.push_rpc(name, text).await
+                let pushed = self.link.push_rpc(name, text).await;
+                if pushed {
+                    let metrics = &self.link.metrics;
+                    metrics.message(name, Direction::ToClient, text.len());
+                }
+                pushed
             }
             Err(err) => {
                 let message = format!("the server sent invalid JSON on its event stream: {err}");
@@ -309,9 +331,10 @@ impl UpstreamSession {
             return;
         }
         let first = self.open_stream(None).await;
+        let listen = Listener::new(self.clone()).run(first);
         self.link
             .tasks
-            .spawn(Listener::new(self.clone()).run(first));
+            .spawn(listen.instrument(self.span().clone()));
     }
 
     /// Opens the standalone GET stream, or with `last_event_id` resumes a broken stream

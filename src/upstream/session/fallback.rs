@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::{Carried, UpstreamEnd, UpstreamSession};
 use crate::jsonrpc::Kind;
+use crate::metrics::{Direction, Outcome};
 use crate::protocol::SessionState;
 use crate::upstream::legacy::{Deliver, LegacyLimits, LegacySession};
 use crate::upstream::{Endpoint, UpstreamError};
@@ -53,6 +54,7 @@ impl UpstreamSession {
         if carried.is_initialize() {
             // The session exists once its stream is open; the initialize result may
             // arrive on it before the POST's own reply, so `open` goes first.
+            self.opened();
             self.link
                 .push_session(&self.server.name, SessionState::Open, None)
                 .await;
@@ -63,14 +65,20 @@ impl UpstreamSession {
             self.barrier.open(None);
         }
         carried.ticket.release();
-        match posted? {
-            Some(answered) => answered.await.unwrap_or_else(|_| {
-                Err(UpstreamError::StreamCut(
-                    "the legacy session was dropped".into(),
-                ))
-            }),
-            None => Ok(()),
-        }
+        let Some(answered) = posted? else {
+            return Ok(());
+        };
+        let delivered = answered.await.unwrap_or_else(|_| {
+            Err(UpstreamError::StreamCut(
+                "the legacy session was dropped".into(),
+            ))
+        })?;
+        carried.finish(if delivered.is_error {
+            Outcome::Error
+        } else {
+            Outcome::Ok
+        });
+        Ok(())
     }
 
     /// Opens the legacy session: every message on its stream goes to the client, and
@@ -83,7 +91,13 @@ impl UpstreamSession {
         let (link, name) = (self.link.clone(), self.server.name.clone());
         let deliver: Deliver = Arc::new(move |text: String| {
             let (link, name) = (link.clone(), name.clone());
-            Box::pin(async move { link.push_rpc(&name, &text).await })
+            Box::pin(async move {
+                let pushed = link.push_rpc(&name, &text).await;
+                if pushed {
+                    link.metrics.message(&name, Direction::ToClient, text.len());
+                }
+                pushed
+            })
         });
         let http = &self.link.http;
         let limits = LegacyLimits {
@@ -102,7 +116,7 @@ impl UpstreamSession {
         .await?;
         let legacy = Arc::new(opened);
         let (session, watched) = (self.clone(), legacy.clone());
-        self.link.tasks.spawn(async move {
+        let watch = async move {
             tokio::select! {
                 biased;
                 _ = session.cancel.cancelled() => {}
@@ -110,7 +124,11 @@ impl UpstreamSession {
                     session.end(UpstreamEnd::Lost("the server closed its SSE stream".into())).await;
                 }
             }
-        });
+        };
+        let span = self.span().clone();
+        self.link
+            .tasks
+            .spawn(tracing::Instrument::instrument(watch, span));
         Ok(legacy)
     }
 }

@@ -27,6 +27,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use self::barrier::Barrier;
 use self::order::{Sequencer, Ticket};
@@ -34,6 +35,7 @@ use super::legacy::LegacySession;
 use super::link::Link;
 use super::{Endpoint, UpstreamError};
 use crate::jsonrpc::{self, Head, Kind};
+use crate::metrics::{Direction, OpenGuard, Outcome, RequestMeter};
 use crate::protocol::{ErrorCode, SessionState};
 use crate::registry::Server;
 
@@ -76,12 +78,21 @@ struct Carried {
     ticket: Ticket,
     /// Held while the request is in flight.
     permit: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Counts a request once it is answered (only requests have one).
+    meter: Option<RequestMeter>,
 }
 
 impl Carried {
     /// Takes the in-flight permit, for a task that outlives the exchange.
     fn take_permit(&self) -> Option<OwnedSemaphorePermit> {
         self.permit.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Counts the request's end (the first call for a request; nothing otherwise).
+    fn finish(&self, outcome: Outcome) {
+        if let Some(meter) = &self.meter {
+            meter.finish(outcome);
+        }
     }
 
     fn is_initialize(&self) -> bool {
@@ -106,6 +117,10 @@ pub struct UpstreamSession {
     serials: AtomicU64,
     /// The legacy HTTP+SSE session, for legacy servers, once opened.
     legacy: OnceCell<Arc<LegacySession>>,
+    /// Counts the session among those open with its server, from `open` to its end.
+    open: Mutex<Option<OpenGuard>>,
+    /// The span of its tasks: every line about it names the server and the session.
+    span: tracing::Span,
 }
 
 impl std::fmt::Debug for UpstreamSession {
@@ -118,8 +133,10 @@ impl std::fmt::Debug for UpstreamSession {
 }
 
 impl UpstreamSession {
-    /// A session that will carry `first` (an initialize puts it behind the barrier at once).
-    pub fn new(server: Arc<Server>, link: Link, initializing: bool) -> Arc<Self> {
+    /// A session that will carry `first` (an initialize puts it behind the barrier at once),
+    /// for the client session whose log id is `session`.
+    pub fn new(server: Arc<Server>, link: Link, initializing: bool, session: &str) -> Arc<Self> {
+        let span = tracing::info_span!(parent: None, "upstream", server = %server.name, session);
         Arc::new(Self {
             server,
             link,
@@ -131,6 +148,8 @@ impl UpstreamSession {
             inflight: Mutex::new(HashMap::new()),
             serials: AtomicU64::new(0),
             legacy: OnceCell::new(),
+            open: Mutex::new(None),
+            span,
         })
     }
 
@@ -172,11 +191,15 @@ impl UpstreamSession {
             serial: self.serials.fetch_add(1, Ordering::Relaxed),
             ticket: self.order.ticket(kind == Kind::Request),
             permit: Mutex::new(None),
+            meter: None,
         };
+        let metrics = &self.link.metrics;
         if kind == Kind::Request {
             match self.link.inflight.clone().try_acquire_owned() {
                 Ok(permit) => carried.permit = Mutex::new(Some(permit)),
                 Err(_) => {
+                    let refused = Outcome::Gateway(ErrorCode::TooManyRequests);
+                    metrics.request(&self.server.name, &carried.method, refused, None);
                     if carried.is_initialize() {
                         // Nothing will carry it: release the barrier it put up.
                         self.barrier.lower();
@@ -198,6 +221,11 @@ impl UpstreamSession {
                 Err(_) => return,
             }
         }
+        let name = &self.server.name;
+        metrics.message(name, Direction::ToServer, carried.body.len());
+        if kind == Kind::Request {
+            carried.meter = Some(RequestMeter::start(metrics, name, &carried.method));
+        }
         if carried.method == "notifications/cancelled" {
             if let Some(key) = params.request_id.map(jsonrpc::id_key) {
                 // After the notification is carried, stop reading the cancelled request's
@@ -205,16 +233,22 @@ impl UpstreamSession {
                 let token = self.lock_inflight().remove(&key);
                 if let Some((_, token)) = token {
                     let session = self.clone();
-                    self.link.tasks.spawn(async move {
+                    let exchange = async move {
                         session.exchange_guarded(carried).await;
                         token.cancel();
-                    });
+                    };
+                    self.link
+                        .tasks
+                        .spawn(exchange.instrument(self.span.clone()));
                     return;
                 }
             }
         }
         let session = self.clone();
-        self.link.tasks.spawn(session.exchange_guarded(carried));
+        let exchange = session.exchange_guarded(carried);
+        self.link
+            .tasks
+            .spawn(exchange.instrument(self.span.clone()));
     }
 
     /// Ends the session for `why`. Only the first call counts.
@@ -223,6 +257,8 @@ impl UpstreamSession {
             return;
         }
         self.cancel.cancel();
+        drop(self.lock_open().take());
+        tracing::debug!(parent: &self.span, end = ?why, "upstream session ended");
         let session_id = self.barrier.end();
         match why {
             // The upstream forgot the session, or its instance is gone.
@@ -239,12 +275,31 @@ impl UpstreamSession {
         }
     }
 
+    /// Counts the session as open with its server (it got its upstream session), until
+    /// it ends.
+    fn opened(&self) {
+        let mut open = self.lock_open();
+        // `end` marks the session ended before it takes the guard: an ended session is
+        // never counted again.
+        if !self.is_ended() && open.is_none() {
+            *open = Some(self.link.metrics.upstream_session_opened(&self.server.name));
+            tracing::debug!(parent: &self.span, "upstream session open");
+        }
+    }
+
+    fn lock_open(&self) -> std::sync::MutexGuard<'_, Option<OpenGuard>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Deletes upstream session `id`, in a task that may outlive this session.
     fn delete_upstream(&self, endpoint: Arc<Endpoint>, id: String) {
         let http = self.link.http.clone();
-        self.link.background.spawn(async move {
+        let delete = async move {
             let _ = tokio::time::timeout(DELETE_TIMEOUT, http.delete(&endpoint, &id)).await;
-        });
+        };
+        self.link
+            .background
+            .spawn(delete.instrument(self.span.clone()));
     }
 
     fn end_error(&self) -> UpstreamError {
@@ -266,6 +321,11 @@ impl UpstreamSession {
     /// Resolves when the session has ended.
     pub(super) async fn ended(&self) {
         self.cancel.cancelled().await;
+    }
+
+    /// The span of the session's tasks.
+    pub(super) fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     /// The server's name.
