@@ -1,8 +1,10 @@
 //! TLS for `wss://` and `https://`: the certificate chain and key of `gateway.tls`, and a
 //! listener that hands the HTTP server finished TLS streams.
 //!
-//! Handshakes run in tasks of their own (at most [`MAX_HANDSHAKES`] at once, each within
-//! [`HANDSHAKE_TIMEOUT`]), so a client that stalls its handshake holds up nobody else.
+//! Handshakes run in tasks of their own (at most [`MAX_HANDSHAKES`] at once, at most
+//! [`MAX_HANDSHAKES_PER_IP`] from one address, each within [`HANDSHAKE_TIMEOUT`] and its
+//! first bytes within [`FIRST_BYTES_TIMEOUT`]), so a client that stalls its handshakes
+//! holds up nobody else, and idle connections from one place cannot fill the slots.
 //! Each connection counts against its address (`maxConnectionsPerIp`) from its TCP
 //! accept. Both listeners, plain and TLS, report the client's address as a [`PeerAddr`].
 
@@ -19,12 +21,17 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::auth::PendingSlot;
+use crate::auth::{PendingPerIp, PendingSlot};
 use crate::config::TlsConfig;
 use crate::serve::{Accept, ConnectionsPerIp, pause_after, refuse};
 
 /// Handshakes under way at once; more connections wait in the kernel's backlog.
 pub const MAX_HANDSHAKES: usize = 1024;
+/// Handshakes under way at once from one client address (IPv6: one /64); one more
+/// connection from it is closed at once.
+pub const MAX_HANDSHAKES_PER_IP: usize = 16;
+/// The time a client has to send the first bytes of its handshake.
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(3);
 /// The time a client has to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Finished handshakes waiting for the HTTP server to take them.
@@ -143,6 +150,7 @@ async fn accept_loop(
     ready: mpsc::Sender<Handshaken>,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let handshakes_per_ip = PendingPerIp::new(MAX_HANDSHAKES_PER_IP);
     loop {
         let Ok(permit) = handshakes.clone().acquire_owned().await else {
             return;
@@ -158,10 +166,23 @@ async fn accept_loop(
             refuse(peer, per_ip.limit());
             continue;
         };
+        let Some(under_way) = handshakes_per_ip.enter(peer.ip()) else {
+            tracing::debug!(%peer, "connection closed: its address has {MAX_HANDSHAKES_PER_IP} TLS handshakes under way");
+            continue;
+        };
         let (acceptor, ready) = (acceptor.clone(), ready.clone());
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-            drop(permit);
+            let handshake = async {
+                // A client that sends nothing gives its slot back soon.
+                match tokio::time::timeout(FIRST_BYTES_TIMEOUT, tcp.readable()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => return Ok(Err(err)),
+                    Err(elapsed) => return Err(elapsed),
+                }
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            };
+            let handshake = handshake.await;
+            drop((permit, under_way));
             match handshake {
                 Ok(Ok(stream)) => {
                     let _ = ready.send((stream, peer, slot)).await;
