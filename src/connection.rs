@@ -18,7 +18,7 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::oneshot;
 
-use crate::auth::Admission;
+use crate::auth::{Admission, Eviction};
 use crate::context::Place;
 use crate::metrics::{Metrics, SocketClose};
 use crate::outbox::Outbox;
@@ -44,6 +44,10 @@ const WRITER_FLUSH: Duration = Duration::from_secs(2);
 /// How long the socket is read (and discarded) after the gateway closed it, waiting for
 /// the client's close reply; a client that answers ends it sooner.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// How long a socket whose session is held waits for the key's evicted held sessions
+/// to end (they end promptly; this only bounds it).
+const EVICTION_WAIT: Duration = Duration::from_secs(10);
 
 /// How the socket's life ended, which decides the session's fate.
 enum SocketEnd {
@@ -95,7 +99,7 @@ pub async fn serve(
     };
     // The key: the one given at the upgrade, or the hello's token. The socket's place
     // among its key's connections is held until this function returns.
-    let (grant, _connection) = match admission.after_hello(token.as_ref().map(Token::expose)) {
+    let (grant, connection) = match admission.after_hello(token.as_ref().map(Token::expose)) {
         Ok(admitted) => (admitted.grant, admitted.connection),
         Err(reason) => {
             tracing::debug!(code = reason.0, reason = %reason.1, "hello refused");
@@ -229,18 +233,29 @@ pub async fn serve(
         }
     };
     let window = context.config.resume_window;
+    // A key with maxConnections holds that many sessions at most: holding this one may
+    // end the key's oldest, and the socket counts against its key until that one ended
+    // (so a new socket of the key finds its place among maxSessions free).
+    let own_key = connection.as_ref().map(|slot| slot.key().clone());
+    let held = || own_key.as_ref().and_then(|key| key.hold_session()).unzip();
+    let evicted = |evictions: Option<Vec<Eviction>>| async move {
+        let ended = futures::future::join_all(evictions.into_iter().flatten().map(Eviction::ended));
+        let _ = tokio::time::timeout(EVICTION_WAIT, ended).await;
+    };
     match ending {
         SocketEnd::Silent | SocketEnd::Dropped => {
-            state.sessions.hold(session, claims, window);
-            flush.await;
+            let (slot, evictions) = held();
+            state.sessions.hold(session, claims, window, slot);
+            tokio::join!(flush, evicted(evictions));
         }
         SocketEnd::Claimed(claim) => match hand_over(session, claim) {
             Handover::Done => flush.await,
             Handover::Abandoned(session) => {
                 // The new socket left before taking it: keep the session for resume.
                 state.sessions.reinstate(&session.id, &claims);
-                state.sessions.hold(session, claims, window);
-                flush.await;
+                let (slot, evictions) = held();
+                state.sessions.hold(session, claims, window, slot);
+                tokio::join!(flush, evicted(evictions));
             }
             Handover::Refused(session) => {
                 state.sessions.forget(&session.id, &claims);

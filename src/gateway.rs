@@ -32,6 +32,7 @@ use crate::outbox::ResumeBudget;
 use crate::protocol::{self, ServerState};
 use crate::registry::{STATUS_BROADCAST_CAPACITY, Server, ServerStatus, Servers};
 use crate::resume::Sessions;
+use crate::serve::{self, ConnectionsPerIp, PlainAccept};
 use crate::state::GatewayState;
 use crate::supervisor::{self, SupervisorConfig};
 use crate::tls::{self, PeerAddr, TlsError, TlsListener};
@@ -183,29 +184,18 @@ impl Gateway {
                 state.access.clone(),
                 auth::gate,
             ))
-            .with_state(state.clone())
-            .into_make_service_with_connect_info::<PeerAddr>();
-        let stop_accepting = shutdown.clone();
-        let stopped = async move { stop_accepting.cancelled().await };
+            .with_state(state.clone());
+        let per_ip = ConnectionsPerIp::new(state.context.config.max_connections_per_ip);
+        let header_timeout = state.context.config.header_timeout;
+        let stop = shutdown.clone();
         let server_task = match tls_acceptor {
-            None => tokio::spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(stopped)
-                    .await;
-                if let Err(err) = served {
-                    tracing::error!(%err, "HTTP server failed");
-                }
-            }),
+            None => {
+                let incoming = PlainAccept::new(listener, per_ip);
+                tokio::spawn(serve::serve(incoming, app, header_timeout, stop))
+            }
             Some(acceptor) => {
-                let listener = TlsListener::new(listener, acceptor)?;
-                tokio::spawn(async move {
-                    let served = axum::serve(listener, app)
-                        .with_graceful_shutdown(stopped)
-                        .await;
-                    if let Err(err) = served {
-                        tracing::error!(%err, "HTTPS server failed");
-                    }
-                })
+                let incoming = TlsListener::new(listener, acceptor, per_ip);
+                tokio::spawn(serve::serve(incoming, app, header_timeout, stop))
             }
         };
         tracing::info!(%local_addr, "mcpmux listening");

@@ -8,6 +8,7 @@
 //! Map of the crate, from the top down (each module uses only those below it):
 //! - [`gateway`]: start-up, HTTP routes, graceful shutdown.
 //! - [`console`]: the web console at `/`, its assets compiled into the binary.
+//! - `serve`: the HTTP/1.1 connections: per-address cap, header timeout, graceful stop.
 //! - [`tls`]: serving `wss://` and `https://` with rustls.
 //! - `routes`: the MCP routes over HTTP (Streamable HTTP, legacy SSE), a streaming
 //!   reverse proxy to the servers.
@@ -49,6 +50,7 @@ pub mod redact;
 pub mod registry;
 mod resume;
 mod routes;
+mod serve;
 mod session;
 mod state;
 pub mod supervisor;

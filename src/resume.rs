@@ -14,7 +14,9 @@
 //!
 //! A detached session's holder keeps it working: upstream calls go on, status changes
 //! are applied, and every frame produced is kept in the outbox (bounded by
-//! `resumeMaxFrames`/`resumeMaxBytes`).
+//! `resumeMaxFrames`/`resumeMaxBytes`). A key with `maxConnections` has at most that
+//! many sessions held: holding one more ends its oldest held session (see
+//! [`ApiKey::hold_session`](crate::auth::ApiKey::hold_session)).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +25,7 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
+use crate::auth::HeldSlot;
 use crate::outbox::Unresumable;
 use crate::session::ClientSession;
 
@@ -193,13 +196,28 @@ impl Sessions {
     }
 
     /// Holds a session whose socket dropped, for `window`, in a task of its own that
-    /// serves its claims.
-    pub fn hold(self: &Arc<Self>, session: ClientSession, claims: Claims, window: Duration) {
+    /// serves its claims; `held` is its place among its key's held sessions, if the key
+    /// limits them: the session ends when a newer one takes that place.
+    pub fn hold(
+        self: &Arc<Self>,
+        session: ClientSession,
+        claims: Claims,
+        window: Duration,
+        held: Option<HeldSlot>,
+    ) {
         let registry = self.clone();
         let span = tracing::info_span!(parent: None, "held", session = %session.log_id());
-        let holder = run_holder(registry, session, claims, window);
+        let holder = run_holder(registry, session, claims, window, held);
         self.holders
             .spawn(tracing::Instrument::instrument(holder, span));
+    }
+}
+
+/// Resolves when `held` was evicted; never without a slot.
+async fn evicted(held: Option<&HeldSlot>) {
+    match held {
+        Some(slot) => slot.evicted().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -208,6 +226,7 @@ async fn run_holder(
     mut session: ClientSession,
     mut claims: Claims,
     window: Duration,
+    held: Option<HeldSlot>,
 ) {
     session.link.outbox.detach();
     tracing::debug!(session = %session.log_id(), "client session detached; held for resume");
@@ -219,6 +238,10 @@ async fn run_holder(
         tokio::select! {
             _ = &mut expiry => break None,
             _ = outbox.wait_closed() => break None,
+            _ = evicted(held.as_ref()) => {
+                tracing::debug!(session = %session.log_id(), "held client session ended: its key holds maxConnections newer ones");
+                break None;
+            }
             _ = shutdown.cancelled() => break Some(session.context().config.shutdown_grace),
             event = session.changes.recv() => session.on_status_event(event).await,
             claim = claims.next() => match hand_over(session, claim) {
@@ -237,4 +260,6 @@ async fn run_holder(
     registry.forget(&session.id, &claims);
     tracing::debug!(session = %session.log_id(), "held client session ended");
     session.finish(drain).await;
+    // Only now is the session's place free: an eviction waits for this.
+    drop(held);
 }

@@ -1,9 +1,12 @@
 //! TLS for `wss://` and `https://`: the certificate chain and key of `gateway.tls`, and a
 //! listener that hands the HTTP server finished TLS streams.
 //!
-//! Handshakes run in tasks of their own (at most [`MAX_HANDSHAKES`] at once, each within
-//! [`HANDSHAKE_TIMEOUT`]), so a client that stalls its handshake holds up nobody else.
-//! Both listeners, plain and TLS, report the client's address as a [`PeerAddr`].
+//! Handshakes run in tasks of their own (at most [`MAX_HANDSHAKES`] at once, at most
+//! [`MAX_HANDSHAKES_PER_IP`] from one address, each within [`HANDSHAKE_TIMEOUT`] and its
+//! first bytes within [`FIRST_BYTES_TIMEOUT`]), so a client that stalls its handshakes
+//! holds up nobody else, and idle connections from one place cannot fill the slots.
+//! Each connection counts against its address (`maxConnectionsPerIp`) from its TCP
+//! accept. Both listeners, plain and TLS, report the client's address as a [`PeerAddr`].
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,8 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
@@ -20,10 +21,17 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::auth::{PendingPerIp, PendingSlot};
 use crate::config::TlsConfig;
+use crate::serve::{Accept, ConnectionsPerIp, pause_after, refuse};
 
 /// Handshakes under way at once; more connections wait in the kernel's backlog.
 pub const MAX_HANDSHAKES: usize = 1024;
+/// Handshakes under way at once from one client address (IPv6: one /64); one more
+/// connection from it is closed at once.
+pub const MAX_HANDSHAKES_PER_IP: usize = 16;
+/// The time a client has to send the first bytes of its handshake.
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(3);
 /// The time a client has to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Finished handshakes waiting for the HTTP server to take them.
@@ -56,18 +64,6 @@ pub enum TlsError {
 /// The client's address, as the HTTP handlers see it over either listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
-
-impl Connected<IncomingStream<'_, TcpListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
 
 /// Reads the certificate chain and key of `config` into a TLS acceptor (HTTP/1.1).
 pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
@@ -104,55 +100,57 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 /// A listener whose connections have finished their TLS handshake.
 pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local_addr: SocketAddr,
+    ready: mpsc::Receiver<Handshaken>,
     acceptor_task: tokio::task::JoinHandle<()>,
 }
 
+/// A connection whose handshake is done, with its place among its address's
+/// connections.
+type Handshaken = (TlsStream<TcpStream>, SocketAddr, PendingSlot);
+
 impl TlsListener {
-    /// Accepts on `listener` and runs each handshake with `acceptor`.
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> io::Result<Self> {
-        let local_addr = listener.local_addr()?;
+    /// Accepts on `listener` and runs each handshake with `acceptor`; each connection
+    /// counts against its address in `per_ip` from its TCP accept.
+    pub fn new(
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        per_ip: Arc<ConnectionsPerIp>,
+    ) -> Self {
         let (sender, ready) = mpsc::channel(READY_QUEUE);
-        let acceptor_task = tokio::spawn(accept_loop(listener, acceptor, sender));
-        Ok(Self {
+        let acceptor_task = tokio::spawn(accept_loop(listener, acceptor, per_ip, sender));
+        Self {
             ready,
-            local_addr,
             acceptor_task,
-        })
+        }
     }
 }
 
 impl Drop for TlsListener {
     fn drop(&mut self) {
-        // Stops accepting: the TCP listener closes with the task.
         self.acceptor_task.abort();
     }
 }
 
-impl axum::serve::Listener for TlsListener {
+impl Accept for TlsListener {
     type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+    async fn next(&mut self) -> Handshaken {
         match self.ready.recv().await {
             Some(connection) => connection,
-            // The accept loop only ends with the listener: nothing more will come.
+            // The acceptor task ended (it does not, short of a panic): accept nothing.
             None => std::future::pending().await,
         }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local_addr)
     }
 }
 
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    per_ip: Arc<ConnectionsPerIp>,
+    ready: mpsc::Sender<Handshaken>,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let handshakes_per_ip = PendingPerIp::new(MAX_HANDSHAKES_PER_IP);
     loop {
         let Ok(permit) = handshakes.clone().acquire_owned().await else {
             return;
@@ -164,33 +162,36 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Some(slot) = per_ip.enter(peer.ip()) else {
+            refuse(peer, per_ip.limit());
+            continue;
+        };
+        let Some(under_way) = handshakes_per_ip.enter(peer.ip()) else {
+            tracing::debug!(%peer, "connection closed: its address has {MAX_HANDSHAKES_PER_IP} TLS handshakes under way");
+            continue;
+        };
         let (acceptor, ready) = (acceptor.clone(), ready.clone());
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-            drop(permit);
+            let handshake = async {
+                // A client that sends nothing gives its slot back soon.
+                match tokio::time::timeout(FIRST_BYTES_TIMEOUT, tcp.readable()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => return Ok(Err(err)),
+                    Err(elapsed) => return Err(elapsed),
+                }
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            };
+            let handshake = handshake.await;
+            drop((permit, under_way));
             match handshake {
                 Ok(Ok(stream)) => {
-                    let _ = ready.send((stream, peer)).await;
+                    let _ = ready.send((stream, peer, slot)).await;
                 }
                 Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
     }
-}
-
-/// After a failed accept: at once for a connection that went away, else (out of file
-/// descriptors, say) after a pause, as axum does.
-async fn pause_after(err: &io::Error) {
-    use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-    if matches!(
-        err.kind(),
-        ConnectionRefused | ConnectionAborted | ConnectionReset
-    ) {
-        return;
-    }
-    tracing::error!(%err, "accepting a connection failed");
-    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 #[cfg(test)]

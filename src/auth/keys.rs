@@ -5,12 +5,19 @@
 //! in constant time, going through all of them whatever matches, so neither the time taken
 //! nor which entry matched tells anything about the keys. Only a key's `name` is ever
 //! shown (logs, errors, `Debug`).
+//!
+//! A key with `maxConnections` also bounds its sessions held for resume: at most
+//! `maxConnections` of them at once. Holding one more ends the key's oldest held session,
+//! so that a key cannot keep places among `maxSessions` by dropping its sockets.
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use subtle::{ConditionallySelectable, ConstantTimeEq};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use super::rate::{KeyLimits, OverLimit};
 use crate::config::{ApiKeyConfig, ServerGrant, sha256};
@@ -26,6 +33,19 @@ pub struct ApiKey {
     max_connections: Option<usize>,
     /// Open sockets presenting this key, from the moment it was accepted until they close.
     open: AtomicUsize,
+    /// This key's sessions held for resume, oldest first; at most `maxConnections`.
+    held: Mutex<VecDeque<HeldEntry>>,
+    /// Numbers the held sessions, to find each one's entry.
+    held_count: AtomicU64,
+}
+
+/// One held session in its key's queue.
+struct HeldEntry {
+    number: u64,
+    /// Cancelled to end the held session.
+    evict: CancellationToken,
+    /// Closed when the holder of the session has ended it.
+    ended: oneshot::Receiver<()>,
 }
 
 impl fmt::Debug for ApiKey {
@@ -48,6 +68,8 @@ impl ApiKey {
             limits: KeyLimits::new(config.rate_limit.as_ref()),
             max_connections: config.max_connections,
             open: AtomicUsize::new(0),
+            held: Mutex::new(VecDeque::new()),
+            held_count: AtomicU64::new(0),
         }
     }
 
@@ -80,6 +102,87 @@ impl ApiKey {
     /// Open sockets of this key.
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::Acquire)
+    }
+
+    /// Counts one more session of this key held for resume. `None` when the key has no
+    /// `maxConnections` (its held sessions are not limited). When the key holds
+    /// `maxConnections` sessions already, the oldest are told to end: the returned
+    /// evictions say when they have.
+    pub fn hold_session(self: &Arc<Self>) -> Option<(HeldSlot, Vec<Eviction>)> {
+        let limit = self.max_connections?.max(1);
+        let number = self.held_count.fetch_add(1, Ordering::Relaxed);
+        let evict = CancellationToken::new();
+        let (ended_tx, ended) = oneshot::channel();
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut evictions = Vec::new();
+        while held.len() >= limit {
+            let Some(oldest) = held.pop_front() else {
+                break;
+            };
+            oldest.evict.cancel();
+            evictions.push(Eviction {
+                ended: oldest.ended,
+            });
+        }
+        held.push_back(HeldEntry {
+            number,
+            evict: evict.clone(),
+            ended,
+        });
+        let slot = HeldSlot {
+            key: self.clone(),
+            number,
+            evict,
+            _ended: ended_tx,
+        };
+        Some((slot, evictions))
+    }
+
+    /// Sessions of this key held for resume.
+    pub fn held_sessions(&self) -> usize {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+/// A session of a key held for resume. Dropping it (when the session is resumed or
+/// ends) frees its place among the key's held sessions.
+#[derive(Debug)]
+pub struct HeldSlot {
+    key: Arc<ApiKey>,
+    number: u64,
+    evict: CancellationToken,
+    /// Dropped with the slot, after the holder ended the session: tells an eviction.
+    _ended: oneshot::Sender<()>,
+}
+
+impl HeldSlot {
+    /// Resolves when a newer held session of the key took this one's place: the held
+    /// session must end.
+    pub async fn evicted(&self) {
+        self.evict.cancelled().await;
+    }
+}
+
+impl Drop for HeldSlot {
+    fn drop(&mut self) {
+        let mut held = self.key.held.lock().unwrap_or_else(PoisonError::into_inner);
+        held.retain(|entry| entry.number != self.number);
+    }
+}
+
+/// A held session told to end because its key holds too many.
+#[derive(Debug)]
+pub struct Eviction {
+    ended: oneshot::Receiver<()>,
+}
+
+impl Eviction {
+    /// Resolves once the session's holder has ended it (and freed its place).
+    pub async fn ended(self) {
+        let _ = self.ended.await;
     }
 }
 
@@ -231,6 +334,33 @@ mod tests {
         assert_eq!(third.key().name, key.name);
         drop((second, third));
         assert_eq!(key.open_connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_key_holds_at_most_max_connections_sessions_the_oldest_goes() {
+        let mut limited = config(
+            "a",
+            KeyMaterial::Plain(Secret::new("aaaaaaaaaaaaaaaaaaaa")),
+            ServerGrant::All,
+        );
+        limited.max_connections = Some(2);
+        let key = Arc::new(ApiKey::new(&limited));
+        let (first, none) = key.hold_session().unwrap();
+        let (second, none_either) = key.hold_session().unwrap();
+        assert!(none.is_empty() && none_either.is_empty());
+        let (third, mut evicted) = key.hold_session().unwrap();
+        assert_eq!((evicted.len(), key.held_sessions()), (1, 2));
+        // The oldest was told to end; its eviction resolves once its slot is dropped.
+        first.evicted().await;
+        drop(first);
+        evicted.pop().unwrap().ended().await;
+        drop(second);
+        assert_eq!(key.held_sessions(), 1);
+        drop(third);
+        assert_eq!(key.held_sessions(), 0);
+        // A key without maxConnections does not count its held sessions.
+        limited.max_connections = None;
+        assert!(Arc::new(ApiKey::new(&limited)).hold_session().is_none());
     }
 
     #[tokio::test(start_paused = true)]

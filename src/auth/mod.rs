@@ -30,7 +30,7 @@ use std::sync::Arc;
 pub use admission::{Admission, Admitted, Grant, RateLimited};
 pub use cors::MCP_PARAM_PREFIX;
 pub use gate::{Route, gate, refuse};
-pub use keys::{ApiKey, ConnectionSlot, KeyRing};
+pub use keys::{ApiKey, ConnectionSlot, Eviction, HeldSlot, KeyRing};
 pub use origin::OriginPolicy;
 pub use pending::{PendingPerIp, PendingSlot};
 pub use presented::{

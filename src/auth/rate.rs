@@ -80,9 +80,15 @@ pub struct KeyLimits {
     servers: BTreeMap<String, (Rate, Bucket)>,
 }
 
+/// The longest refill period: one frame per 1e6 s (`perSecond` 1e-6).
+const MAX_PERIOD: Duration = Duration::from_secs(1_000_000);
+
 fn bucket(rate: Rate, clock: TokioClock) -> Bucket {
-    // The configuration bounds perSecond to (0, 1e6], so the period is at least 1 µs.
-    let period = Duration::from_secs_f64(1.0 / rate.per_second).max(Duration::from_nanos(1));
+    // The configuration bounds perSecond to [1e-6, 1e6], so the period is from 1 µs to
+    // 1e6 s; any other value is clamped there, never a panic.
+    let period = Duration::try_from_secs_f64(1.0 / rate.per_second)
+        .unwrap_or(MAX_PERIOD)
+        .clamp(Duration::from_micros(1), MAX_PERIOD);
     let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
     let quota = Quota::with_period(period)
         .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))

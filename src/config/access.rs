@@ -26,6 +26,8 @@ pub const MIN_KEY_CHARS: usize = 16;
 pub const MAX_KEY_CHARS: usize = 1024;
 /// Highest `perSecond` and `burst` accepted.
 const MAX_RATE: f64 = 1_000_000.0;
+/// Lowest `perSecond` accepted (one frame in about 11.6 days).
+pub const MIN_RATE: f64 = 1e-6;
 
 /// Who may connect and from where.
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -421,9 +423,9 @@ impl Parser<'_> {
                     "has \"burst\" without \"perSecond\"; add \"perSecond\"",
                 );
             }
-            (Some(p), _) if p > 0.0 && p <= MAX_RATE => p,
+            (Some(p), _) if (MIN_RATE..=MAX_RATE).contains(&p) => p,
             (Some(p), _) => {
-                let msg = format!("is {p}; use a number above 0 and at most {MAX_RATE}");
+                let msg = format!("is {p}; use a number from {MIN_RATE} to {MAX_RATE}");
                 return self.fail(&join(path, "perSecond"), msg);
             }
         };
@@ -659,6 +661,10 @@ mod tests {
             (
                 r#"{"apiKeys": [{"name": "a", "key": "${DASH_KEY}", "servers": "*", "rateLimit": {"perSecond": 0}}]}"#,
                 "gateway.apiKeys[0].rateLimit.perSecond: is 0",
+            ),
+            (
+                r#"{"apiKeys": [{"name": "a", "key": "${DASH_KEY}", "servers": "*", "rateLimit": {"perSecond": 1e-30}}]}"#,
+                "; use a number from 0.000001 to 1000000",
             ),
             (
                 r#"{"apiKeys": [{"name": "a", "key": "${DASH_KEY}", "servers": "*", "rateLimit": {"perSecond": 1, "burst": 0}}]}"#,

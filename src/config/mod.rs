@@ -189,6 +189,14 @@ pub struct GatewayConfig {
     /// `resumeBudgetBytes`: bytes of frames kept for resume by all sessions together;
     /// past it, attached sessions drop their oldest written frames first (default 256 MiB).
     pub resume_budget_bytes: usize,
+    /// `maxConnectionsPerIp`: open TCP connections from one client address (IPv6: one
+    /// /64), WebSockets included; one more is closed at once, before anything is read
+    /// (default 1024).
+    pub max_connections_per_ip: usize,
+    /// `headerTimeoutMs`: how long a connection may take to send a request's headers,
+    /// and how long a kept-alive connection may wait idle for its next request; then it
+    /// is closed (default 10 s).
+    pub header_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -220,6 +228,8 @@ impl Default for GatewayConfig {
             access: AccessConfig::default(),
             tls: None,
             resume_budget_bytes: 256 << 20,
+            max_connections_per_ip: 1024,
+            header_timeout: Duration::from_secs(10),
         }
     }
 }

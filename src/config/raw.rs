@@ -142,6 +142,8 @@ gateway_numbers! {
     upstream_idle_timeout: "upstreamIdleTimeoutMs" => Duration::from_millis,
     max_pending_per_ip: "maxPendingPerIp" => to_usize,
     resume_budget_bytes: "resumeBudgetBytes" => to_usize,
+    max_connections_per_ip: "maxConnectionsPerIp" => to_usize,
+    header_timeout: "headerTimeoutMs" => Duration::from_millis,
 }
 
 fn to_usize(n: u64) -> usize {

@@ -781,6 +781,10 @@ const NUMBER_KEYS: &[(&str, u64, NumberField)] = &[
     }),
     ("maxPendingPerIp", 31, |g| g.max_pending_per_ip as u128),
     ("resumeBudgetBytes", 32, |g| g.resume_budget_bytes as u128),
+    ("maxConnectionsPerIp", 33, |g| {
+        g.max_connections_per_ip as u128
+    }),
+    ("headerTimeoutMs", 34, |g| g.header_timeout.as_millis()),
 ];
 
 #[test]

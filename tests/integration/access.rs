@@ -1,7 +1,7 @@
 //! Access rules inside a running gateway: status frames only for the servers a key may
 //! use, resumes only with the session's own key, rate refusals for every kind of frame
-//! and per server, the 4029 close after sustained flooding, and the limit on sockets
-//! that have not said hello.
+//! and per server, the 4029 close after sustained flooding, the limit on sockets
+//! that have not said hello, and the bound on a key's sessions held for resume.
 
 use serde_json::{Value, json};
 
@@ -218,6 +218,57 @@ async fn a_connection_that_keeps_sending_while_limited_is_closed_4029() {
     assert!(refusals >= 10, "closed after only {refusals} refusals");
     // The key may reconnect.
     connect(&gateway, ONE).await;
+    gateway.shutdown().await;
+}
+
+/// Opens a socket with `key` in a header. Until the gateway has noticed that the key's
+/// last socket dropped, that socket still counts (429): the upgrade is tried again.
+async fn open_keyed(gateway: &TestGateway, key: &str) -> Result<Socket, (u16, String)> {
+    let bearer = format!("Bearer {key}");
+    loop {
+        match Client::open_with(gateway.addr, &[("authorization", &bearer)]).await {
+            Err((429, _)) => tokio::task::yield_now().await,
+            other => return other.map(|(ws, _)| ws),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_key_holds_at_most_max_connections_sessions_for_resume() {
+    let gateway = TestGateway::start(&remote_config(json!({
+        "maxSessions": 6,
+        "apiKeys": [
+            {"name": "all", "key": ALL, "servers": "*"},
+            {"name": "one", "key": ONE, "servers": "*", "maxConnections": 1},
+        ],
+    })))
+    .await;
+    // Six sessions of one key, each dropped without a close frame: held for resume.
+    let mut sessions = Vec::new();
+    for _ in 0..6 {
+        let ws = open_keyed(&gateway, ONE).await.expect("upgrade");
+        let client = Client::greet(ws, hello(ONE)).await.expect("welcome");
+        sessions.push(client.session_id());
+        drop(client);
+    }
+    // The key holds only its newest: its next socket and another key's get places.
+    let ws = open_keyed(&gateway, ONE)
+        .await
+        .expect("a place among maxSessions for the key's next socket");
+    let newest = sessions.last().expect("six sessions");
+    let resume =
+        json!({"type": "hello", "token": ONE, "resume": {"session": newest, "last_seq": 0}});
+    let resumed = Client::greet(ws, resume).await.expect("welcome");
+    assert_eq!(resumed.welcome["resumed"], true, "{}", resumed.welcome);
+    let other = connect(&gateway, ALL).await;
+    // The older ones ended.
+    resumed.close().await;
+    let ws = open_keyed(&gateway, ONE).await.expect("upgrade");
+    let resume =
+        json!({"type": "hello", "token": ONE, "resume": {"session": sessions[4], "last_seq": 0}});
+    let fresh = Client::greet(ws, resume).await.expect("welcome");
+    assert_eq!(fresh.welcome["resumed"], false, "{}", fresh.welcome);
+    drop((fresh, other));
     gateway.shutdown().await;
 }
 

@@ -1,6 +1,8 @@
 //! Limits that hold: the open-file limit is raised at start, so that it does not cap
 //! the gateway far below `maxSessions`, while children keep the one mcpmux was given;
-//! and `maxSessions` counts every socket from its upgrade, hello or not.
+//! `maxSessions` counts every socket from its upgrade, hello or not; a request must send
+//! its headers within `headerTimeoutMs`; and one address holds at most
+//! `maxConnectionsPerIp` connections.
 
 use std::time::Duration;
 
@@ -8,8 +10,84 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
 use crate::binary::{Binary, Launch};
-use crate::harness::{Client, TestGateway, config, everything};
+use crate::harness::{Client, FRAME_WAIT, TestGateway, config, everything};
+
+/// Reads what the gateway sends until it closes the connection; fails the test if it
+/// stays open past FRAME_WAIT.
+async fn read_until_closed(tcp: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(FRAME_WAIT, tcp.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the gateway kept the connection open");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn a_half_sent_request_is_closed_after_the_header_timeout() {
+    let gateway = TestGateway::start(&config(
+        json!({"remote": {"url": "http://127.0.0.1:9/mcp"}}),
+        json!({"headerTimeoutMs": 300}),
+    ))
+    .await;
+    let mut half = TcpStream::connect(gateway.addr).await.expect("connect");
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        .await
+        .expect("write");
+    let answer = read_until_closed(&mut half).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    // A kept-alive connection idle after its request is closed the same way.
+    let mut idle = TcpStream::connect(gateway.addr).await.expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_until_closed(&mut idle).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Sockets still work.
+    Client::connect(gateway.addr).await.close().await;
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_address_holds_at_most_max_connections_per_ip() {
+    let gateway = TestGateway::start(&config(
+        json!({"remote": {"url": "http://127.0.0.1:9/mcp"}}),
+        json!({"maxConnectionsPerIp": 2}),
+    ))
+    .await;
+    let addr = gateway.addr;
+    // A WebSocket and an idle connection hold the address's two places.
+    let client = Client::connect(addr).await;
+    let idle = TcpStream::connect(addr).await.expect("connect");
+    let mut third = TcpStream::connect(addr).await.expect("connect");
+    let _ = third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await;
+    assert_eq!(read_until_closed(&mut third).await, "", "closed unanswered");
+    // Once they close, their places are free again (as soon as the gateway has seen it).
+    client.close().await;
+    drop(idle);
+    let answered = async {
+        loop {
+            let mut tcp = TcpStream::connect(addr).await.expect("connect");
+            let request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+            let _ = tcp.write_all(request).await;
+            if read_until_closed(&mut tcp)
+                .await
+                .starts_with("HTTP/1.1 200")
+            {
+                break;
+            }
+        }
+    };
+    assert!(tokio::time::timeout(FRAME_WAIT, answered).await.is_ok());
+    gateway.shutdown().await;
+}
 
 /// (soft, hard) "Max open files" of `pid`, from /proc/PID/limits.
 fn open_file_limits(pid: u32) -> (u64, u64) {

@@ -667,7 +667,39 @@ async fn tls_serves_wss_and_https_with_a_certificate_the_test_made() {
     // Plain ws:// to the TLS port gets no WebSocket.
     let plain = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws")).await;
     assert!(plain.is_err(), "plain WebSocket on the TLS port");
+    idle_connections_from_one_address_cannot_starve_handshakes(binary.addr, &cert).await;
     assert_no_key_in(&binary.log(), &[DASHBOARD]);
+}
+
+/// One address (127.0.0.2) opens connections and never says anything: past
+/// MAX_HANDSHAKES_PER_IP they are closed at once, while the first still wait for their
+/// first bytes; a client from another address completes its handshake meanwhile.
+async fn idle_connections_from_one_address_cannot_starve_handshakes(addr: SocketAddr, cert: &[u8]) {
+    use tokio::io::AsyncReadExt;
+    let from_other_address = || async {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 2], 0)))
+            .expect("bind 127.0.0.2");
+        socket.connect(addr).await.expect("connect")
+    };
+    let mut idle = Vec::new();
+    for _ in 0..mcpmux::tls::MAX_HANDSHAKES_PER_IP {
+        idle.push(from_other_address().await);
+    }
+    let mut extra = from_other_address().await;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(crate::harness::FRAME_WAIT, extra.read_to_end(&mut buf));
+    assert_eq!(read.await.expect("closed").expect("read"), 0);
+    for tcp in &idle {
+        let mut byte = [0u8; 1];
+        assert!(
+            matches!(tcp.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "the first connections still wait for their handshakes"
+        );
+    }
+    drop(wss_connect(addr.port(), cert).await);
+    drop(idle);
 }
 
 async fn wss_connect(

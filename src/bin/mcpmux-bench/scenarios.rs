@@ -82,7 +82,7 @@ impl Context {
 fn remote_config(name: &str, url: &str, headers: serde_json::Value) -> serde_json::Value {
     json!({
         "mcpServers": { name: { "url": url, "headers": headers } },
-        "gateway": { "maxSessions": 30000 }
+        "gateway": { "maxSessions": 30000, "maxConnectionsPerIp": 30000 }
     })
 }
 
