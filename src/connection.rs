@@ -26,6 +26,18 @@ use crate::resume::{Claim, Handover, hand_over};
 use crate::session::{ClientSession, CloseReason};
 use crate::state::GatewayState;
 
+/// The socket's read buffer, allocated for every connection, idle or not: small, since
+/// idle connections are the many. A larger client frame grows it as needed.
+pub const READ_BUFFER_BYTES: usize = 1024;
+/// Frames are written to the socket once this many bytes are buffered, or when the
+/// writer flushes (after each batch). The buffer keeps the capacity it reached (the
+/// largest batch, or the largest frame) for the socket's life: keep it small.
+pub const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+/// The most frames and bytes the writer feeds before one flush: frames that are ready
+/// together leave in one write instead of one write each.
+const BATCH_FRAMES: usize = 64;
+const BATCH_BYTES: usize = 16 * 1024;
+
 /// How long the writer may take to send a close frame, or to stop after the reader.
 const WRITER_FLUSH: Duration = Duration::from_secs(2);
 /// How long the socket is read (and discarded) after the gateway closed it, waiting for
@@ -149,7 +161,9 @@ pub async fn serve(
                     break SocketEnd::Silent;
                 }
             }
-            event = session.changes.recv() => session.on_status_event(event).await,
+            // The handlers' futures are boxed: held inline they would size this task's
+            // state for its rare busy moments, and an idle socket would carry that.
+            event = session.changes.recv() => Box::pin(session.on_status_event(event)).await,
             message = stream.next() => {
                 last_heard = Instant::now();
                 match message {
@@ -160,13 +174,13 @@ pub async fn serve(
                         None => break SocketEnd::Dropped,
                     },
                     Some(Ok(Message::Text(text))) => {
-                        if let Some(reason) = session.on_text(text).await {
+                        if let Some(reason) = Box::pin(session.on_text(text)).await {
                             break SocketEnd::Violation(reason);
                         }
                         // Time spent handling the frame is not the client's silence.
                         last_heard = Instant::now();
                     }
-                    Some(Ok(Message::Binary(_))) => session.on_binary().await,
+                    Some(Ok(Message::Binary(_))) => Box::pin(session.on_binary()).await,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 }
             }
@@ -230,20 +244,20 @@ pub async fn serve(
             Handover::Refused(session) => {
                 state.sessions.forget(&session.id, &claims);
                 drop(claims);
-                tokio::join!(session.finish(None), flush);
+                tokio::join!(Box::pin(session.finish(None)), flush);
             }
         },
         SocketEnd::Shutdown => {
             state.sessions.forget(&session.id, &claims);
             // A claim already queued is refused at once, not after the drain.
             drop(claims);
-            let drain = session.finish(Some(context.config.shutdown_grace));
+            let drain = Box::pin(session.finish(Some(context.config.shutdown_grace)));
             tokio::join!(drain, flush);
         }
         SocketEnd::ClientClosed | SocketEnd::Violation(_) => {
             state.sessions.forget(&session.id, &claims);
             drop(claims);
-            tokio::join!(session.finish(None), flush);
+            tokio::join!(Box::pin(session.finish(None)), flush);
         }
     }
     // Read on briefly after closing, so that a client still sending (a frame over the
@@ -313,6 +327,13 @@ async fn send_close(sink: &mut SplitSink<WebSocket, Message>, (code, reason): Cl
     let _ = tokio::time::timeout(WRITER_FLUSH, sink.send(Message::Close(Some(frame)))).await;
 }
 
+fn message_len(message: &Message) -> usize {
+    match message {
+        Message::Text(text) => text.len(),
+        _ => 0,
+    }
+}
+
 /// A close reason must fit in 123 bytes.
 fn truncate_reason(mut reason: String) -> String {
     if reason.len() > 123 {
@@ -361,7 +382,7 @@ async fn write_loop(
         config.heartbeat,
     );
     loop {
-        let message = tokio::select! {
+        let first = tokio::select! {
             biased;
             reason = &mut close => {
                 if let Ok(reason) = reason {
@@ -381,7 +402,24 @@ async fn write_loop(
                 }
             },
         };
-        match tokio::time::timeout(config.write_timeout, sink.send(message)).await {
+        // The frames ready behind the first go with it, then one flush; the deadline
+        // covers the batch. (Boxed: an idle writer then holds only its wait.)
+        let batch = Box::pin(async {
+            let mut bytes = message_len(&first);
+            sink.feed(first).await?;
+            for _ in 1..BATCH_FRAMES {
+                if bytes >= BATCH_BYTES {
+                    break;
+                }
+                let Some(frame) = outbox.try_next(config.attachment) else {
+                    break;
+                };
+                bytes += frame.text.len();
+                sink.feed(Message::Text(frame.text)).await?;
+            }
+            sink.flush().await
+        });
+        match tokio::time::timeout(config.write_timeout, batch).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
                 config.metrics.socket_closed(SocketClose::Dropped);

@@ -6,12 +6,15 @@
 //! A narrow handle: it knows nothing of sockets, routes or the resume registry, so that
 //! sessions depend on it and not on the gateway that owns them.
 
+use std::sync::Arc;
+
 use tokio::sync::{OwnedSemaphorePermit, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
+use crate::outbox::ResumeBudget;
 use crate::registry::{Servers, StatusChange};
 use crate::upstream::http::HttpClient;
 
@@ -30,6 +33,8 @@ pub struct SessionContext {
     pub shutdown: CancellationToken,
     /// Tasks that may outlive their session (upstream DELETEs, abandoned initializes).
     pub background: TaskTracker,
+    /// Bytes of frames kept for resume by all sessions (`resumeBudgetBytes`).
+    pub resume_budget: Arc<ResumeBudget>,
     /// Where the gateway's metrics are recorded.
     pub metrics: Metrics,
 }

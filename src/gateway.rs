@@ -2,7 +2,8 @@
 //!
 //! [`Gateway::start`] takes a bound listener (tests bind port 0), starts a supervisor
 //! per stdio server and serves `GET /ws` (the `mcpmux.v1` WebSocket), `GET /healthz`,
-//! `GET /status` and the web console at `GET /` ([`crate::console`]), over TLS when
+//! `GET /status`, the MCP routes over HTTP (`crate::routes`) and the web console at
+//! `GET /` ([`crate::console`]), over TLS when
 //! configured, behind [`auth::gate`]. [`Gateway::shutdown`] stops accepting, closes every
 //! WebSocket with 1001, ends upstream sessions, then stops every child.
 
@@ -27,6 +28,7 @@ use crate::config::{Config, RemoteServer, RemoteTransport, ServerConfig};
 use crate::connection;
 use crate::context::{Place, SessionContext};
 use crate::metrics::{self, Metrics};
+use crate::outbox::ResumeBudget;
 use crate::protocol::{self, ServerState};
 use crate::registry::{STATUS_BROADCAST_CAPACITY, Server, ServerStatus, Servers};
 use crate::resume::Sessions;
@@ -148,6 +150,7 @@ impl Gateway {
             gateway.max_sessions.min(Semaphore::MAX_PERMITS),
         ));
         let connections = TaskTracker::new();
+        let resume_budget = ResumeBudget::new(gateway.resume_budget_bytes);
         let state = Arc::new(GatewayState {
             context: Arc::new(SessionContext {
                 config: gateway,
@@ -157,6 +160,7 @@ impl Gateway {
                 shutdown: shutdown.clone(),
                 background: TaskTracker::new(),
                 metrics: metrics.clone(),
+                resume_budget,
             }),
             sessions: Arc::new(Sessions::new(connections.clone())),
             connections,
@@ -172,6 +176,7 @@ impl Gateway {
             .route("/ws", get(upgrade))
             .route("/healthz", get(|| async { "ok" }))
             .route("/status", get(status_page))
+            .merge(crate::routes::router(state.clone()))
             .merge(crate::console::routes())
             .fallback(|| async { StatusCode::NOT_FOUND })
             .layer(axum::middleware::from_fn_with_state(
@@ -216,6 +221,12 @@ impl Gateway {
     /// The address the gateway listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Bytes of frames kept for resume by all sessions now (`resumeBudgetBytes` bounds
+    /// it), for embedding and tests.
+    pub fn resume_bytes_kept(&self) -> usize {
+        self.state.context.resume_budget.used()
     }
 
     /// Every configured server, with its status, for embedding and tests.
@@ -357,8 +368,8 @@ async fn upgrade(
     ws.protocols([protocol::SUBPROTOCOL])
         .max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes)
-        .read_buffer_size(8 * 1024)
-        .write_buffer_size(0)
+        .read_buffer_size(connection::READ_BUFFER_BYTES)
+        .write_buffer_size(connection::WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| {
             let serve = connection::serve(socket, state, place, admission);
             tracker.track_future(tracing::Instrument::instrument(serve, span))

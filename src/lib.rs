@@ -9,6 +9,8 @@
 //! - [`gateway`]: start-up, HTTP routes, graceful shutdown.
 //! - [`console`]: the web console at `/`, its assets compiled into the binary.
 //! - [`tls`]: serving `wss://` and `https://` with rustls.
+//! - `routes`: the MCP routes over HTTP (Streamable HTTP, legacy SSE), a streaming
+//!   reverse proxy to the servers.
 //! - `connection`: one WebSocket: handshake, frame reader, writer task, heartbeats.
 //! - `state`: what the gateway lends its connections.
 //! - [`auth`]: who may connect: Origin and Host policy, API keys, rate and socket limits.
@@ -46,6 +48,7 @@ pub mod protocol;
 pub mod redact;
 pub mod registry;
 mod resume;
+mod routes;
 mod session;
 mod state;
 pub mod supervisor;

@@ -2,27 +2,36 @@
 //! replay until the client acknowledges them.
 //!
 //! Every producer (upstream streams, status changes, the reader's error answers) pushes
-//! through [`Outbox::push`]; the socket's writer takes frames with [`Outbox::next`],
-//! which advances a cursor but keeps the frame. `seq` is assigned under the same lock that
-//! appends, so seq order is queue order.
+//! through [`Outbox::push`]; the socket's writer takes frames with [`Outbox::next`] (and
+//! [`Outbox::try_next`] for the frames ready behind it), which advances a cursor but
+//! keeps the frame. `seq` is assigned under the same lock that appends, so seq order is
+//! queue order; the frame itself is built outside the lock, in the slot reserved for it.
 //!
 //! Limits:
 //! - **Unsent bytes** (`outboundQueueBytes`): while a socket is attached and this many
-//!   bytes wait to be written, producers wait. An upstream stream is then read no faster
-//!   than the client drains it; nothing is dropped. A frame larger than the limit still
-//!   passes when nothing else is waiting.
+//!   bytes wait to be written, producers wait, in turn (each frame written wakes one
+//!   waiting producer, which wakes the next while room remains). An upstream stream is
+//!   then read no faster than the client drains it; nothing is dropped. A frame larger
+//!   than the limit still passes when nothing else is waiting. A frame counts once it is
+//!   built; nothing is awaited between its slot's reservation and that, so at most one
+//!   frame per runtime thread can be in between.
 //! - **Kept frames** (`resumeMaxFrames`, `resumeMaxBytes`): frames already written are
 //!   kept for a resume until acknowledged (`ack`, or `last_seq` in a resume), the oldest
 //!   going first when over the limits (a resume from before them is then refused).
 //!   While no socket is attached producers do not wait; if the frames not yet written
 //!   alone exceed the limits, the outbox **overflows**: it closes, and the session can no
 //!   longer be resumed.
+//! - **Gateway-wide budget** (`resumeBudgetBytes`, [`ResumeBudget`]): every kept frame
+//!   of every session counts. When the total passes the budget, attached sessions drop
+//!   their oldest frames already written, in turn, until it is 1/8 under the budget;
+//!   only if that is not enough does a detached session that produces more overflow.
 //!
 //! Frames outside the sequence (`pong`) are written first and never kept; a `pong`
 //! requested while another is still queued is not queued twice.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
@@ -66,23 +75,93 @@ pub struct Limits {
     pub keep_bytes: usize,
 }
 
+/// The gateway-wide budget of bytes kept for resume (`resumeBudgetBytes`), shared by
+/// every outbox made with [`Outbox::with_budget`].
+#[derive(Debug)]
+pub struct ResumeBudget {
+    limit: usize,
+    /// Bytes of every kept frame of every registered outbox.
+    used: AtomicUsize,
+    /// Every registered outbox, by registration number.
+    outboxes: Mutex<HashMap<u64, Weak<Outbox>>>,
+    next_id: AtomicU64,
+    /// Held by the one task reclaiming at a time; the number is where the next sweep
+    /// starts, so that sessions take turns.
+    reclaiming: Mutex<usize>,
+}
+
+impl ResumeBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit: limit.max(1),
+            used: AtomicUsize::new(0),
+            outboxes: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            reclaiming: Mutex::new(0),
+        })
+    }
+
+    /// Bytes kept now, gateway-wide.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn over(&self) -> bool {
+        self.used() > self.limit
+    }
+
+    /// Attached sessions drop their oldest written frames, in turn, until the total is
+    /// 1/8 under the budget. One task reclaims at a time; others go on.
+    fn reclaim(&self) {
+        let Ok(mut start) = self.reclaiming.try_lock() else {
+            return;
+        };
+        let target = self.limit - self.limit / 8;
+        let outboxes: Vec<Arc<Outbox>> = {
+            let registered = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
+            registered.values().filter_map(Weak::upgrade).collect()
+        };
+        let count = outboxes.len();
+        for turn in 0..count {
+            if self.used() <= target {
+                break;
+            }
+            let outbox = &outboxes[(*start + turn) % count];
+            let excess = self.used().saturating_sub(target);
+            outbox.drop_written(excess);
+        }
+        *start = start.wrapping_add(1);
+    }
+}
+
+/// An outbox's place in a [`ResumeBudget`].
+#[derive(Debug)]
+struct Membership {
+    budget: Arc<ResumeBudget>,
+    id: u64,
+}
+
 /// A bounded, sequenced frame queue with many producers and one writer.
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
     /// Woken when a frame is queued or the outbox closes (the writer waits on it).
     readable: Notify,
-    /// Woken when frames are written, the socket detaches, or the outbox closes.
+    /// Woken, one producer at a time, when there is room; all at once when the socket
+    /// detaches or the outbox closes.
     writable: Notify,
     /// Woken when the outbox closes (by overflow or by its owner).
     closed: Notify,
     limits: Limits,
+    budget: Option<Membership>,
 }
 
 #[derive(Debug)]
 struct State {
-    /// Kept frames, oldest first: written but unacknowledged, then unwritten.
-    frames: VecDeque<(u64, Utf8Bytes)>,
+    /// Kept frames, oldest first: written but unacknowledged, then unwritten. `None`
+    /// while a producer builds the frame of that seq.
+    frames: VecDeque<(u64, Option<Utf8Bytes>)>,
     /// Bytes of all kept frames.
     kept_bytes: usize,
     /// Seq of the next frame to write.
@@ -100,11 +179,43 @@ struct State {
     attachment: u64,
     closed: bool,
     overflowed: bool,
+    /// A producer failed while building its frame: its slot stays empty, and the writer
+    /// stops there.
+    broken: bool,
+}
+
+/// What the writer finds at the cursor.
+enum Next {
+    Frame(Outgoing),
+    /// Nothing yet: wait.
+    Wait,
+    /// Nothing more will come.
+    End,
 }
 
 impl Outbox {
-    /// An empty, attached outbox whose first frame gets seq 1.
+    /// An empty, attached outbox whose first frame gets seq 1, outside any budget.
     pub fn new(limits: Limits) -> Self {
+        Self::build(limits, None)
+    }
+
+    /// An outbox whose kept frames count against `budget`.
+    pub fn with_budget(limits: Limits, budget: &Arc<ResumeBudget>) -> Arc<Self> {
+        let id = budget.next_id.fetch_add(1, Ordering::Relaxed);
+        let membership = Membership {
+            budget: budget.clone(),
+            id,
+        };
+        let outbox = Arc::new(Self::build(limits, Some(membership)));
+        budget
+            .outboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Arc::downgrade(&outbox));
+        outbox
+    }
+
+    fn build(limits: Limits, budget: Option<Membership>) -> Self {
         Self {
             state: Mutex::new(State {
                 frames: VecDeque::new(),
@@ -117,6 +228,7 @@ impl Outbox {
                 attachment: 1,
                 closed: false,
                 overflowed: false,
+                broken: false,
             }),
             readable: Notify::new(),
             writable: Notify::new(),
@@ -126,13 +238,15 @@ impl Outbox {
                 keep_frames: limits.keep_frames.max(1),
                 keep_bytes: limits.keep_bytes.max(1),
             },
+            budget,
         }
     }
 
-    /// Queues the frame `build(seq)` writes, waiting while an attached socket's queue is full.
+    /// Queues the frame `build(seq)` writes, waiting while an attached socket's queue is
+    /// full. The seq and the frame's place are taken under the lock; the frame is built
+    /// outside it.
     pub async fn push(&self, build: impl FnOnce(u64) -> String) -> Result<u64, Closed> {
-        let mut build = Some(build);
-        loop {
+        let seq = loop {
             let notified = self.writable.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -141,27 +255,79 @@ impl Outbox {
                 if state.closed {
                     return Err(Closed);
                 }
-                let room = state.detached
-                    || state.unsent_bytes < self.limits.queue_bytes
-                    || state.unsent_bytes == 0;
-                if room {
+                if state.detached || state.unsent_bytes < self.limits.queue_bytes {
                     let seq = state.next_seq;
-                    let text = Utf8Bytes::from(build.take().map(|b| b(seq)).unwrap_or_default());
                     state.next_seq += 1;
-                    state.kept_bytes += text.len();
-                    state.unsent_bytes += text.len();
-                    state.frames.push_back((seq, text));
-                    let overflowed = self.trim(&mut state);
-                    drop(state);
-                    if overflowed {
-                        self.wake_all();
-                        return Err(Closed);
-                    }
-                    self.readable.notify_one();
-                    return Ok(seq);
+                    state.frames.push_back((seq, None));
+                    break seq;
                 }
             }
             notified.await;
+        };
+        // Nothing is awaited from here until the frame is in its slot.
+        let mut slot = Reserved {
+            outbox: self,
+            seq,
+            filled: false,
+        };
+        let text = Utf8Bytes::from(build(seq));
+        slot.filled = true;
+        self.fill(seq, text)
+    }
+
+    /// Puts a built frame in its reserved slot and counts it.
+    fn fill(&self, seq: u64, text: Utf8Bytes) -> Result<u64, Closed> {
+        let mut state = self.lock();
+        let front = state.frames.front().map_or(seq, |(front, _)| *front);
+        let index = seq.checked_sub(front).and_then(|i| usize::try_from(i).ok());
+        let Some(slot) = index.and_then(|i| state.frames.get_mut(i)) else {
+            // The outbox overflowed, or a resume from past this seq dropped the slot.
+            return if state.closed { Err(Closed) } else { Ok(seq) };
+        };
+        let len = text.len();
+        slot.1 = Some(text);
+        state.unsent_bytes += len;
+        self.keep(&mut state, len);
+        let overflowed = self.trim(&mut state);
+        let room = !state.detached && state.unsent_bytes < self.limits.queue_bytes;
+        let detached = state.detached;
+        drop(state);
+        if overflowed {
+            self.wake_all();
+            return Err(Closed);
+        }
+        self.readable.notify_one();
+        if room {
+            // Pass the turn on: the next waiting producer may fit too.
+            self.writable.notify_one();
+        }
+        if let Some(membership) = &self.budget {
+            if membership.budget.over() {
+                membership.budget.reclaim();
+                if detached && membership.budget.over() && self.overflow_if_detached() {
+                    return Err(Closed);
+                }
+            }
+        }
+        Ok(seq)
+    }
+
+    /// Counts `len` more kept bytes, here and in the budget.
+    fn keep(&self, state: &mut State, len: usize) {
+        state.kept_bytes += len;
+        if let Some(membership) = &self.budget {
+            membership.budget.used.fetch_add(len, Ordering::Relaxed);
+        }
+    }
+
+    /// Forgets the oldest kept frame, which must be written (or the outbox be detached).
+    fn pop_front(&self, state: &mut State) {
+        if let Some((_, text)) = state.frames.pop_front() {
+            let len = text.map_or(0, |t| t.len());
+            state.kept_bytes -= len;
+            if let Some(membership) = &self.budget {
+                membership.budget.used.fetch_sub(len, Ordering::Relaxed);
+            }
         }
     }
 
@@ -171,22 +337,59 @@ impl Outbox {
         let over = |s: &State| {
             s.frames.len() > self.limits.keep_frames || s.kept_bytes > self.limits.keep_bytes
         };
-        while over(state) {
-            match state.frames.front() {
-                Some((seq, _)) if *seq < state.cursor => {
-                    if let Some((_, text)) = state.frames.pop_front() {
-                        state.kept_bytes -= text.len();
-                    }
-                }
-                _ => break,
-            }
+        while over(state)
+            && state
+                .frames
+                .front()
+                .is_some_and(|(seq, _)| *seq < state.cursor)
+        {
+            self.pop_front(state);
         }
         if over(state) && state.detached {
-            state.overflowed = true;
-            state.closed = true;
+            self.overflow(state);
             return true;
         }
         false
+    }
+
+    /// The session can no longer be resumed: close, and free every kept frame.
+    fn overflow(&self, state: &mut State) {
+        state.overflowed = true;
+        state.closed = true;
+        while !state.frames.is_empty() {
+            self.pop_front(state);
+        }
+        state.unsent_bytes = 0;
+    }
+
+    /// Over the gateway-wide budget with nothing left to reclaim: a detached session
+    /// that produces more overflows.
+    fn overflow_if_detached(&self) -> bool {
+        let mut state = self.lock();
+        if !state.detached || state.closed {
+            return false;
+        }
+        self.overflow(&mut state);
+        drop(state);
+        self.wake_all();
+        true
+    }
+
+    /// For the budget: drops up to `excess` bytes of written frames, oldest first, if a
+    /// socket is attached.
+    fn drop_written(&self, excess: usize) {
+        let mut state = self.lock();
+        if state.detached {
+            return;
+        }
+        let mut dropped = 0;
+        while dropped < excess {
+            match state.frames.front() {
+                Some((seq, Some(text))) if *seq < state.cursor => dropped += text.len(),
+                _ => break,
+            }
+            self.pop_front(&mut state);
+        }
     }
 
     /// Queues a frame outside the sequence (`pong`, `welcome`) without waiting; an
@@ -221,51 +424,70 @@ impl Outbox {
             let notified = self.readable.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut state = self.lock();
-                if state.attachment != attachment {
-                    return None;
-                }
-                if let Some(text) = state.control.pop_front() {
-                    return Some(Outgoing { seq: None, text });
-                }
-                if state.detached {
-                    return None;
-                }
-                // Kept frames have consecutive seqs, so the cursor's frame is found by index.
-                let cursor = state.cursor;
-                let next = state.frames.front().and_then(|(front, _)| {
-                    let index = usize::try_from(cursor.checked_sub(*front)?).ok()?;
-                    state.frames.get(index).map(|(_, text)| text.clone())
-                });
-                if let Some(text) = next {
-                    state.cursor += 1;
-                    state.unsent_bytes -= text.len();
-                    drop(state);
-                    self.writable.notify_waiters();
-                    return Some(Outgoing {
-                        seq: Some(cursor),
-                        text,
-                    });
-                }
-                if state.closed {
-                    return None;
-                }
+            match self.take(attachment) {
+                Next::Frame(frame) => return Some(frame),
+                Next::End => return None,
+                Next::Wait => {}
             }
             notified.await;
+        }
+    }
+
+    /// The next frame to write for `attachment` if one is ready now (the writer batches
+    /// them).
+    pub fn try_next(&self, attachment: u64) -> Option<Outgoing> {
+        match self.take(attachment) {
+            Next::Frame(frame) => Some(frame),
+            Next::Wait | Next::End => None,
+        }
+    }
+
+    fn take(&self, attachment: u64) -> Next {
+        let mut state = self.lock();
+        if state.attachment != attachment {
+            return Next::End;
+        }
+        if let Some(text) = state.control.pop_front() {
+            return Next::Frame(Outgoing { seq: None, text });
+        }
+        if state.detached {
+            return Next::End;
+        }
+        // Kept frames have consecutive seqs, so the cursor's frame is found by index.
+        let cursor = state.cursor;
+        let slot = state.frames.front().and_then(|(front, _)| {
+            let index = usize::try_from(cursor.checked_sub(*front)?).ok()?;
+            state.frames.get(index).map(|(_, text)| text.clone())
+        });
+        match slot {
+            Some(Some(text)) => {
+                state.cursor += 1;
+                state.unsent_bytes -= text.len();
+                drop(state);
+                // One waiting producer's turn; it passes the turn on while room remains.
+                self.writable.notify_one();
+                Next::Frame(Outgoing {
+                    seq: Some(cursor),
+                    text,
+                })
+            }
+            // Being built: it comes, unless its producer failed.
+            Some(None) if !state.broken => Next::Wait,
+            Some(None) => Next::End,
+            None if state.closed => Next::End,
+            None => Next::Wait,
         }
     }
 
     /// The client has every frame up to `seq`: they need not be kept.
     pub fn ack(&self, seq: u64) {
         let mut state = self.lock();
-        while let Some((front, _)) = state.frames.front() {
-            if *front > seq || *front >= state.cursor {
-                break;
-            }
-            if let Some((_, text)) = state.frames.pop_front() {
-                state.kept_bytes -= text.len();
-            }
+        while state
+            .frames
+            .front()
+            .is_some_and(|(front, _)| *front <= seq && *front < state.cursor)
+        {
+            self.pop_front(&mut state);
         }
     }
 
@@ -304,9 +526,7 @@ impl Outbox {
             .front()
             .is_some_and(|(seq, _)| *seq <= last_seq)
         {
-            if let Some((_, text)) = state.frames.pop_front() {
-                state.kept_bytes -= text.len();
-            }
+            self.pop_front(&mut state);
         }
         state.cursor = last_seq + 1;
         state.unsent_bytes = state.kept_bytes;
@@ -364,6 +584,45 @@ impl Outbox {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if let Some(membership) = &self.budget {
+            let kept = self.lock().kept_bytes;
+            membership.budget.used.fetch_sub(kept, Ordering::Relaxed);
+            membership
+                .budget
+                .outboxes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&membership.id);
+        }
+    }
+}
+
+/// A slot reserved for a frame being built; if the build fails (panics), the outbox is
+/// broken: its writer stops at the empty slot and producers get [`Closed`].
+struct Reserved<'a> {
+    outbox: &'a Outbox,
+    seq: u64,
+    filled: bool,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if !self.filled {
+            let mut state = self.outbox.lock();
+            state.broken = true;
+            state.closed = true;
+            drop(state);
+            tracing::error!(
+                seq = self.seq,
+                "a frame could not be built; the session ends"
+            );
+            self.outbox.wake_all();
+        }
     }
 }
 
@@ -494,6 +753,120 @@ mod tests {
         assert!(outbox.is_closed());
         outbox.wait_closed().await;
         assert_eq!(outbox.attach(0), Err(Unresumable::Overflowed));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_waiting_producers_all_get_through_in_seq_order() {
+        let outbox = Arc::new(Outbox::new(limits(64, 10_000, 1 << 20)));
+        let producers: Vec<_> = (0..50u32)
+            .map(|p| {
+                let outbox = outbox.clone();
+                tokio::spawn(async move {
+                    for i in 0..20u32 {
+                        outbox.push(|_| format!("{p:04}:{i:04}")).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut last = vec![None; 50];
+        for expected_seq in 1..=1000u64 {
+            let frame = outbox.next(outbox.attachment()).await.unwrap();
+            assert_eq!(frame.seq, Some(expected_seq), "no gap, no reordering");
+            let (p, i) = frame.text.as_str().split_once(':').unwrap();
+            let (p, i): (usize, u32) = (p.parse().unwrap(), i.parse().unwrap());
+            assert_eq!(
+                last[p].map_or(0, |l: u32| l + 1),
+                i,
+                "each producer's order kept"
+            );
+            last[p] = Some(i);
+            assert!(
+                outbox.unsent_bytes() <= 64 + 2 * 9,
+                "bounded while producers wait"
+            );
+        }
+        for producer in producers {
+            producer.await.unwrap();
+        }
+    }
+
+    fn written(outbox: &Outbox, frames: usize, len: usize) {
+        for _ in 0..frames {
+            outbox_push_now(outbox, len);
+            outbox
+                .try_next(outbox.attachment())
+                .expect("a frame to write");
+        }
+    }
+
+    fn outbox_push_now(outbox: &Outbox, len: usize) {
+        let pushed = futures::FutureExt::now_or_never(outbox.push(|_| "x".repeat(len)));
+        assert!(matches!(pushed, Some(Ok(_))), "{pushed:?}");
+    }
+
+    #[test]
+    fn over_the_budget_attached_sessions_drop_their_oldest_written_frames_first() {
+        let budget = ResumeBudget::new(100);
+        let wide = limits(1 << 20, 10_000, 1 << 20);
+        let reader = Outbox::with_budget(wide, &budget);
+        written(&reader, 10, 10);
+        assert_eq!(budget.used(), 100);
+        let away = Outbox::with_budget(wide, &budget);
+        away.detach();
+        for _ in 0..3 {
+            outbox_push_now(&away, 10);
+        }
+        // At 110 > 100 the attached session's oldest written frames went, down to 7/8.
+        assert_eq!(reader.kept_bytes(), 70);
+        assert_eq!(budget.used(), 100);
+        assert_eq!(
+            away.kept_bytes(),
+            30,
+            "the detached session keeps all of its frames"
+        );
+        assert_eq!(reader.attach(0), Err(Unresumable::Incomplete(0)));
+        assert_eq!(away.attach(0), Ok(()));
+    }
+
+    #[test]
+    fn a_detached_session_overflows_when_nothing_written_is_left_to_drop() {
+        let budget = ResumeBudget::new(50);
+        let wide = limits(1 << 20, 10_000, 1 << 20);
+        let reader = Outbox::with_budget(wide, &budget);
+        written(&reader, 2, 10);
+        let away = Outbox::with_budget(wide, &budget);
+        away.detach();
+        for _ in 0..4 {
+            outbox_push_now(&away, 10);
+        }
+        assert_eq!(reader.kept_bytes(), 0, "written frames went first");
+        assert_eq!(away.kept_bytes(), 40);
+        outbox_push_now(&away, 10);
+        let over = futures::FutureExt::now_or_never(away.push(|_| "x".repeat(10)));
+        assert_eq!(over, Some(Err(Closed)));
+        assert_eq!(away.attach(0), Err(Unresumable::Overflowed));
+        assert_eq!(
+            budget.used(),
+            0,
+            "an overflowed session frees its frames at once"
+        );
+    }
+
+    #[test]
+    fn unwritten_frames_of_attached_sessions_are_never_dropped_for_the_budget() {
+        let budget = ResumeBudget::new(10);
+        let outbox = Outbox::with_budget(limits(1 << 20, 10_000, 1 << 20), &budget);
+        for _ in 0..5 {
+            outbox_push_now(&outbox, 10);
+        }
+        assert_eq!(outbox.kept_bytes(), 50);
+        for seq in 1..=5 {
+            assert_eq!(outbox.try_next(outbox.attachment()).unwrap().seq, Some(seq));
+        }
+        outbox_push_now(&outbox, 10);
+        assert!(budget.used() <= 10, "{}", budget.used());
+        drop(outbox);
+        assert_eq!(budget.used(), 0, "a dropped outbox gives its bytes back");
     }
 
     #[tokio::test]

@@ -427,6 +427,8 @@ pub enum GatewayFrame<'a> {
         resumed: bool,
         resume_window_ms: u64,
         heartbeat_ms: u64,
+        /// Client frames of this session the gateway has read (section 8).
+        received: u64,
         servers: Vec<ServerEntry<'a>>,
     },
     /// A server's lifecycle changed.
@@ -477,13 +479,30 @@ impl GatewayFrame<'_> {
     }
 }
 
+/// The bytes of an `rpc` frame besides its server name, message and seq digits.
+const RPC_FRAME_OVERHEAD: usize = r#"{"type":"rpc","server":"","seq":,"message":}"#.len();
+
 /// Writes an `rpc` frame around an upstream message that is already valid JSON, copying
-/// it once and touching none of its bytes.
+/// it once and touching none of its bytes. The frame is allocated at its exact length,
+/// so a kept frame costs what `resumeMaxBytes` counts for it.
 pub fn rpc_frame(server: &str, seq: u64, message: &str) -> String {
-    let mut out = String::with_capacity(message.len() + server.len() + 48);
-    out.push_str(r#"{"type":"rpc","server":"#);
-    push_json_string(&mut out, server);
-    out.push_str(r#","seq":"#);
+    let plain = server
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    let quoted;
+    let server = if plain {
+        server
+    } else {
+        // Names are validated to [A-Za-z0-9_.-] at configuration time, but escape anyway
+        // so the frame is valid JSON whatever reaches here.
+        quoted = serde_json::to_string(server).unwrap_or_default();
+        quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or("")
+    };
+    let mut out =
+        String::with_capacity(RPC_FRAME_OVERHEAD + server.len() + decimal_len(seq) + message.len());
+    out.push_str(r#"{"type":"rpc","server":""#);
+    out.push_str(server);
+    out.push_str(r#"","seq":"#);
     // Writing to a String cannot fail.
     let _ = write!(out, "{seq}");
     out.push_str(r#","message":"#);
@@ -509,13 +528,9 @@ pub fn rate_limited_response(
     format!(r#"{{"jsonrpc":"2.0","id":{},"error":{}}}"#, id.get(), body)
 }
 
-fn push_json_string(out: &mut String, s: &str) {
-    // Names are validated to [A-Za-z0-9_.-] at configuration time, but escape anyway so
-    // the frame is valid JSON whatever reaches here.
-    match serde_json::to_string(s) {
-        Ok(quoted) => out.push_str(&quoted),
-        Err(_) => out.push_str("\"\""),
-    }
+/// The number of decimal digits of `n`.
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |digits| digits as usize + 1)
 }
 
 #[cfg(test)]
@@ -647,6 +662,24 @@ mod tests {
         assert_eq!(value["error"]["data"]["gateway"], "rate_limited");
         assert_eq!(value["error"]["data"]["retry_after_ms"], 250);
         assert_eq!(value["error"]["data"]["server"], "a");
+    }
+
+    #[test]
+    fn rpc_frames_are_allocated_at_their_exact_length() {
+        let message = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{}}"#;
+        for seq in [0, 7, 10, 9_999, 10_000, 123_456_789, u64::MAX] {
+            for server in ["a", "everything", "odd\"name"] {
+                let frame = rpc_frame(server, seq, message);
+                assert_eq!(
+                    frame.capacity(),
+                    frame.len(),
+                    "seq {seq}, server {server:?}"
+                );
+                let value: serde_json::Value = serde_json::from_str(&frame).unwrap();
+                assert_eq!(value["seq"], seq);
+                assert_eq!(value["server"], server);
+            }
+        }
     }
 
     #[test]

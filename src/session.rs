@@ -47,6 +47,9 @@ pub struct ClientSession {
     pub changes: broadcast::Receiver<StatusChange>,
     /// The servers this session may use and see, and its key's rate.
     grant: Grant,
+    /// Client frames read after `hello`, on every socket of the session: a client that
+    /// resumes resends the frames after this count (protocol.md, section 8).
+    received: u64,
     /// This session's place among `maxSessions`, given back when it ends (is dropped).
     _place: Place,
 }
@@ -62,7 +65,7 @@ impl ClientSession {
             keep_bytes: config.resume_max_bytes,
         };
         let link = Link {
-            outbox: Arc::new(Outbox::new(limits)),
+            outbox: Outbox::with_budget(limits, &context.resume_budget),
             http: context.http.clone(),
             tasks: TaskTracker::new(),
             background: context.background.clone(),
@@ -81,6 +84,7 @@ impl ClientSession {
             link,
             upstreams: HashMap::new(),
             grant,
+            received: 0,
             _place: place,
         }
     }
@@ -114,6 +118,7 @@ impl ClientSession {
             resumed,
             resume_window_ms: millis(config.resume_window),
             heartbeat_ms: millis(config.heartbeat),
+            received: self.received,
             servers,
         }
         .encode()
@@ -122,6 +127,7 @@ impl ClientSession {
     /// Handles one text frame (its bytes, which carried messages are sliced from
     /// without a copy); `Some` closes the connection.
     pub async fn on_text(&mut self, frame: Utf8Bytes) -> Option<CloseReason> {
+        self.received += 1;
         let decoded = decode_client_frame(frame.as_str());
         let reference = decoded.reference;
         match decoded.frame {
@@ -154,6 +160,7 @@ impl ClientSession {
 
     /// Answers a binary message, which the protocol does not have.
     pub async fn on_binary(&mut self) {
+        self.received += 1;
         let message = "binary frames are not part of mcpmux.v1; send each frame as JSON text";
         self.error_frame(ErrorCode::BadFrame, message, None, None)
             .await;

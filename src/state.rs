@@ -18,7 +18,8 @@ pub struct GatewayState {
     pub context: Arc<SessionContext>,
     /// Every client session, attached or held for resume.
     pub sessions: Arc<Sessions>,
-    /// One task per WebSocket connection (and per session held for resume).
+    /// One task per WebSocket connection (and per session held for resume), and one token
+    /// per exchange in flight on the MCP routes: a shutdown waits for them all.
     pub connections: TaskTracker,
     /// Who may connect: origins, API keys, limits.
     pub access: Arc<Access>,

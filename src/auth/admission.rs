@@ -137,18 +137,9 @@ impl Grant {
             Err(over) => over,
         };
         let close = self.streak.refused(tokio::time::Instant::now());
-        let (per_second, burst) = over.rate;
-        let scope = match &over.server {
-            Some(server) => format!(" for server \"{server}\""),
-            None => String::new(),
-        };
-        let message = format!(
-            "API key \"{}\" is over its rate limit{scope} ({per_second} per second, burst {burst}); retry in {} ms",
-            key.name, over.retry_after_ms
-        );
         Err(RateLimited {
             retry_after_ms: over.retry_after_ms,
-            message,
+            message: over.message(&key.name),
             close,
         })
     }
@@ -160,37 +151,8 @@ mod tests {
 
     use super::*;
     use crate::auth::Refusal;
-    use crate::config::{
-        ApiKeyConfig, GatewayConfig, KeyMaterial, Rate, RateLimitConfig, Secret, ServerGrant,
-    };
-
-    const KEY: &str = "dashboard-key-0123456789";
-    const OTHER: &str = "ops-key-abcdefghijklmnop";
-
-    fn gateway(max_connections: Option<usize>, rate: Option<Rate>) -> GatewayConfig {
-        let mut config = GatewayConfig::default();
-        config.access.api_keys = vec![
-            ApiKeyConfig {
-                name: "dashboard".into(),
-                key: KeyMaterial::Plain(Secret::new(KEY)),
-                servers: ServerGrant::Only(["everything".to_owned()].into()),
-                rate_limit: rate.map(|r| RateLimitConfig {
-                    overall: Some(r),
-                    servers: Default::default(),
-                }),
-                max_connections,
-            },
-            ApiKeyConfig {
-                name: "ops".into(),
-                key: KeyMaterial::Plain(Secret::new(OTHER)),
-                servers: ServerGrant::All,
-                rate_limit: None,
-                max_connections: None,
-            },
-        ];
-        config.max_pending_per_ip = 2;
-        config
-    }
+    use crate::auth::fixtures::{KEY, OTHER, gateway};
+    use crate::config::{GatewayConfig, Rate};
 
     fn local() -> IpAddr {
         IpAddr::from([127, 0, 0, 1])

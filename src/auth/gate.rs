@@ -2,7 +2,8 @@
 //! key (401), then the route; CORS headers on the way back.
 //!
 //! Which check a path gets is decided here, in [`Route::of`], so that a route added later
-//! is protected unless it is listed as an exception.
+//! is protected unless it is listed as an exception. The MCP routes get the CORS of a
+//! reverse proxy for MCP clients ([`super::cors`]).
 
 use std::sync::Arc;
 
@@ -15,10 +16,10 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::{Access, Refusal};
+use super::{Access, Refusal, cors};
 
 /// How long a browser may keep a preflight answer.
-const PREFLIGHT_MAX_AGE_SECS: &str = "600";
+pub(super) const PREFLIGHT_MAX_AGE_SECS: &str = "600";
 
 /// What a path requires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,9 @@ pub enum Route {
     /// The web console's page and assets (`/`, `/console/...`): Origin and Host, but no
     /// key: they hold no data, and the page asks for the key itself, over `/ws`.
     Public,
+    /// The MCP routes (`/mcp`, `/servers/{name}/...`): like [`Route::Protected`], and CORS
+    /// that lets pages POST, DELETE, send the MCP headers and read `Mcp-Session-Id`.
+    Mcp,
     /// Every other route: Origin and Host, and a key in the headers.
     Protected,
 }
@@ -43,6 +47,8 @@ impl Route {
             "/ws" => Self::WebSocket,
             "/" => Self::Public,
             console if console.starts_with("/console/") => Self::Public,
+            "/mcp" => Self::Mcp,
+            server if server.starts_with("/servers/") => Self::Mcp,
             _ => Self::Protected,
         }
     }
@@ -64,7 +70,10 @@ pub async fn gate(State(access): State<Arc<Access>>, mut request: Request, next:
             .headers()
             .contains_key(ACCESS_CONTROL_REQUEST_METHOD);
     if let (true, Some(origin)) = (preflight, &origin) {
-        return preflight_answer(origin);
+        return match route {
+            Route::Mcp => cors::mcp_preflight(origin, request.headers()),
+            _ => preflight_answer(origin),
+        };
     }
     if route == Route::Public {
         let mut response = next.run(request).await;
@@ -79,6 +88,9 @@ pub async fn gate(State(access): State<Arc<Access>>, mut request: Request, next:
     let mut response = next.run(request).await;
     if route != Route::WebSocket {
         allow_origin(&mut response, origin.as_ref());
+    }
+    if let (Route::Mcp, Some(_)) = (route, &origin) {
+        cors::expose_mcp_headers(&mut response);
     }
     response
 }
@@ -99,7 +111,7 @@ pub fn refuse(refusal: &Refusal, origin: Option<&HeaderValue>) -> Response {
 }
 
 /// CORS for an allowed origin: echoed (never `*`), with `Vary: Origin` on every answer.
-fn allow_origin(response: &mut Response, origin: Option<&HeaderValue>) {
+pub(super) fn allow_origin(response: &mut Response, origin: Option<&HeaderValue>) {
     let headers = response.headers_mut();
     headers.append(VARY, HeaderValue::from_static("Origin"));
     if let Some(origin) = origin {
@@ -137,7 +149,18 @@ mod tests {
         assert_eq!(Route::of("/ws"), Route::WebSocket);
         assert_eq!(Route::of("/"), Route::Public);
         assert_eq!(Route::of("/console/app.js"), Route::Public);
-        for path in ["/status", "/anything", "/healthz/", "/ws/", "/console"] {
+        assert_eq!(Route::of("/mcp"), Route::Mcp);
+        assert_eq!(Route::of("/servers/everything/mcp"), Route::Mcp);
+        assert_eq!(Route::of("/servers/everything/sse"), Route::Mcp);
+        for path in [
+            "/status",
+            "/anything",
+            "/healthz/",
+            "/ws/",
+            "/console",
+            "/servers",
+            "/mcp/",
+        ] {
             assert_eq!(Route::of(path), Route::Protected, "{path}");
         }
     }

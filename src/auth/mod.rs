@@ -11,8 +11,12 @@
 //!    key given at the upgrade if there was one (else close 4501), and `maxConnections` for a
 //!    key first seen there (close 4029), giving the session's [`Grant`].
 //! 4. [`Grant::check_rate`] for every `rpc` frame; [`Grant::may_use`] for every server name.
+//!
+//! The MCP routes over HTTP (`crate::routes`) take the [`Caller`] from step 1, and check
+//! [`Caller::may_use`], [`ApiKey::check_rate`] and [`ApiKey::open_connection`] themselves.
 
 mod admission;
+mod cors;
 mod gate;
 mod keys;
 mod origin;
@@ -24,6 +28,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 pub use admission::{Admission, Admitted, Grant, RateLimited};
+pub use cors::MCP_PARAM_PREFIX;
 pub use gate::{Route, gate, refuse};
 pub use keys::{ApiKey, ConnectionSlot, KeyRing};
 pub use origin::OriginPolicy;
@@ -235,15 +240,18 @@ impl Access {
     }
 }
 
+/// The keys and configuration the unit tests of this module's parts share.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{ApiKeyConfig, KeyMaterial, Rate, RateLimitConfig, Secret, ServerGrant};
+pub(crate) mod fixtures {
+    use crate::config::{
+        ApiKeyConfig, GatewayConfig, KeyMaterial, Rate, RateLimitConfig, Secret, ServerGrant,
+    };
 
-    const KEY: &str = "dashboard-key-0123456789";
-    const OTHER: &str = "ops-key-abcdefghijklmnop";
+    pub(crate) const KEY: &str = "dashboard-key-0123456789";
+    pub(crate) const OTHER: &str = "ops-key-abcdefghijklmnop";
 
-    fn gateway(max_connections: Option<usize>, rate: Option<Rate>) -> GatewayConfig {
+    /// Two keys: `dashboard` (one server, optional limits) and `ops` (every server).
+    pub(crate) fn gateway(max_connections: Option<usize>, rate: Option<Rate>) -> GatewayConfig {
         let mut config = GatewayConfig::default();
         config.access.api_keys = vec![
             ApiKeyConfig {
@@ -267,6 +275,12 @@ mod tests {
         config.max_pending_per_ip = 2;
         config
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{KEY, gateway};
+    use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> axum::http::HeaderMap {
         pairs

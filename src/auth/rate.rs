@@ -56,6 +56,21 @@ pub struct OverLimit {
     pub retry_after_ms: u64,
 }
 
+impl OverLimit {
+    /// The sentence a client sees, naming the key by its `name` (never the key).
+    pub fn message(&self, key: &str) -> String {
+        let (per_second, burst) = self.rate;
+        let scope = match &self.server {
+            Some(server) => format!(" for server \"{server}\""),
+            None => String::new(),
+        };
+        format!(
+            "API key \"{key}\" is over its rate limit{scope} ({per_second} per second, burst {burst}); retry in {} ms",
+            self.retry_after_ms
+        )
+    }
+}
+
 /// The buckets of one API key.
 #[derive(Debug, Default)]
 pub struct KeyLimits {

@@ -186,6 +186,9 @@ pub struct GatewayConfig {
     pub access: AccessConfig,
     /// `tls`: serve `wss://` and `https://` (paths made absolute by [`Config::load`]).
     pub tls: Option<TlsConfig>,
+    /// `resumeBudgetBytes`: bytes of frames kept for resume by all sessions together;
+    /// past it, attached sessions drop their oldest written frames first (default 256 MiB).
+    pub resume_budget_bytes: usize,
 }
 
 impl Default for GatewayConfig {
@@ -216,6 +219,7 @@ impl Default for GatewayConfig {
             max_pending_per_ip: 64,
             access: AccessConfig::default(),
             tls: None,
+            resume_budget_bytes: 256 << 20,
         }
     }
 }

@@ -141,6 +141,7 @@ gateway_numbers! {
     max_sessions: "maxSessions" => to_usize,
     upstream_idle_timeout: "upstreamIdleTimeoutMs" => Duration::from_millis,
     max_pending_per_ip: "maxPendingPerIp" => to_usize,
+    resume_budget_bytes: "resumeBudgetBytes" => to_usize,
 }
 
 fn to_usize(n: u64) -> usize {

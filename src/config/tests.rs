@@ -223,6 +223,7 @@ fn defaults() {
     assert_eq!(g.max_upstream_sessions, 64);
     assert_eq!(g.shutdown_grace, Duration::from_secs(5));
     assert_eq!(g.max_sessions, 10_000);
+    assert_eq!(g.resume_budget_bytes, 256 << 20);
     // Absent and empty gateway sections both mean the defaults; stdio extras default to empty.
     let c = parse(r#"{"mcpServers": {"a": {"command": "x"}}}"#).unwrap();
     assert_eq!(c.gateway, g);
@@ -779,6 +780,7 @@ const NUMBER_KEYS: &[(&str, u64, NumberField)] = &[
         g.upstream_idle_timeout.as_millis()
     }),
     ("maxPendingPerIp", 31, |g| g.max_pending_per_ip as u128),
+    ("resumeBudgetBytes", 32, |g| g.resume_budget_bytes as u128),
 ];
 
 #[test]

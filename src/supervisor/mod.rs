@@ -161,8 +161,8 @@ async fn run_instance(
         "127.0.0.1".into(),
         "--port".into(),
         port.to_string(),
-        "--server".into(),
-        "stream".into(),
+        // Both transports (mcp-proxy's default): Streamable HTTP on /mcp for the gateway
+        // and its HTTP route, the legacy HTTP+SSE on /sse for `GET /servers/{name}/sse`.
         "--".into(),
         spec.command.clone(),
     ]);

@@ -404,7 +404,7 @@ async fn read_bounded(mut body: ByteStream, limit: usize) -> Result<Bytes, Upstr
 }
 
 /// Classifies a failed request: no connection, a timeout, or a broken exchange.
-pub(super) fn send_error(err: reqwest::Error, timeout: Duration) -> UpstreamError {
+pub(crate) fn send_error(err: reqwest::Error, timeout: Duration) -> UpstreamError {
     if err.is_connect() {
         UpstreamError::Connect(describe(err))
     } else if err.is_timeout() {
@@ -421,7 +421,7 @@ fn scrubber(endpoint: &Endpoint) -> Scrubber {
 
 /// An error status, with the start of its body quoted for the client, `secrets` masked.
 /// A 404 on a request that carried a session id means the upstream forgot the session.
-pub(super) async fn error_status(
+pub(crate) async fn error_status(
     response: reqwest::Response,
     had_session: bool,
     secrets: &Scrubber,

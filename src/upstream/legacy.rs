@@ -333,7 +333,7 @@ impl LegacySession {
 }
 
 /// Resolves the `endpoint` event against the GET url; it must keep the url's origin.
-fn post_url(get_url: &reqwest::Url, data: &str) -> Result<reqwest::Url, UpstreamError> {
+pub(crate) fn post_url(get_url: &reqwest::Url, data: &str) -> Result<reqwest::Url, UpstreamError> {
     let post_url = get_url
         .join(data.trim())
         .map_err(|e| UpstreamError::Protocol(format!("bad endpoint event: {e}")))?;
@@ -576,33 +576,27 @@ mod tests {
         timeout: Duration,
         cancel: CancellationToken,
     ) -> Result<LegacySession, UpstreamError> {
-        let client = reqwest::Client::new();
-        let tasks = TaskTracker::new();
-        let limits = LegacyLimits {
-            connect_timeout: timeout,
-            max_message_bytes: 4096,
-            idle_timeout: Duration::from_secs(60),
-        };
-        LegacySession::open(
-            &client,
-            &h.endpoint,
-            h.deliver.clone(),
-            limits,
-            cancel,
-            &tasks,
-        )
-        .await
+        open_with(h, timeout, Duration::from_secs(60), cancel).await
     }
 
     async fn open_idle(h: &Harness, idle_timeout: Duration) -> LegacySession {
+        open_with(h, WAIT, idle_timeout, CancellationToken::new())
+            .await
+            .unwrap()
+    }
+
+    async fn open_with(
+        h: &Harness,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        cancel: CancellationToken,
+    ) -> Result<LegacySession, UpstreamError> {
         let limits = LegacyLimits {
-            connect_timeout: WAIT,
+            connect_timeout,
             max_message_bytes: 4096,
             idle_timeout,
         };
-        let tasks = TaskTracker::new();
-        let client = reqwest::Client::new();
-        let cancel = CancellationToken::new();
+        let (client, tasks) = (reqwest::Client::new(), TaskTracker::new());
         LegacySession::open(
             &client,
             &h.endpoint,
@@ -612,7 +606,6 @@ mod tests {
             &tasks,
         )
         .await
-        .unwrap()
     }
 
     #[tokio::test]

@@ -273,11 +273,7 @@ async fn recording_upstream() -> (std::net::SocketAddr, Received) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = crate::harness::serve(app).await;
     (addr, received)
 }
 

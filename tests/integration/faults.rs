@@ -465,11 +465,7 @@ async fn fake_upstream(mode: &'static str) -> (String, Arc<Fake>) {
     let app = Router::new()
         .route("/mcp", post(fake_post).get(fake_get))
         .with_state(fake.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = crate::harness::serve(app).await;
     (format!("http://{addr}/mcp"), fake)
 }
 

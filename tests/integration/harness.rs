@@ -56,6 +56,16 @@ pub fn config(servers: Value, gateway: Value) -> Value {
     json!({ "mcpServers": servers, "gateway": gateway_section })
 }
 
+/// Serves `app` on 127.0.0.1:0 in the background, for fake upstreams; returns where.
+pub async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
 /// Test logs: `MCPMUX_LOG=debug cargo test ...` shows the gateway's log.
 fn init_logs() {
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("MCPMUX_LOG") {

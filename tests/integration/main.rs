@@ -4,12 +4,16 @@
 
 mod binary;
 mod harness;
+mod http_client;
 
 mod access;
+mod bench_smoke;
 mod carrying;
 mod decoder_props;
 mod faults;
 mod frames;
+mod http_route_faults;
+mod http_routes;
 mod legacy_sse;
 mod lifecycle;
 mod limits;
@@ -17,6 +21,7 @@ mod logs;
 mod metrics;
 mod protocol_doc;
 mod resume;
+mod resume_budget;
 mod secret_urls;
 mod secrets;
 mod security;

@@ -68,6 +68,7 @@ fn schema(kind: &str) -> Option<(Fields, Fields)> {
                 ("resumed", Value::is_boolean),
                 ("resume_window_ms", seq),
                 ("heartbeat_ms", seq),
+                ("received", Value::is_u64),
                 ("servers", |v: &Value| {
                     v.as_array().is_some_and(|a| {
                         a.iter().all(|s| {
@@ -265,4 +266,104 @@ fn the_matcher_itself_is_strict() {
     assert!(matches(&json!({"a": "..."}), &json!({"a": [1]}), "x").is_ok());
     assert!(matches(&json!([1, 2]), &json!([1]), "x").is_err());
     assert!(check_gateway_frame(&json!({"type": "pong", "seq": 1})).is_err());
+}
+
+/// One `http request` block: method, path, headers and body.
+fn http_request(block: &str) -> (reqwest::Method, String, Vec<(String, String)>, String) {
+    let (head, body) = block.split_once("\n\n").unwrap_or((block, ""));
+    let mut lines = head.lines();
+    let start = lines.next().expect("a request line");
+    let mut parts = start.split(' ');
+    let method = parts.next().expect("method").parse().expect("a method");
+    let path = parts.next().expect("a path").to_owned();
+    let headers = lines
+        .map(|line| {
+            let (name, value) = line.split_once(':').expect("Name: value");
+            (name.trim().to_owned(), value.trim().to_owned())
+        })
+        .collect();
+    (method, path, headers, body.trim().to_owned())
+}
+
+/// Checks a response against an `http response` block: its status, every header it
+/// lists (`...` matches any value; a media type matches with parameters), and its JSON
+/// body if it shows one.
+async fn check_http_response(block: &str, response: reqwest::Response) -> Result<(), String> {
+    let (head, body) = block.split_once("\n\n").unwrap_or((block, ""));
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("HTTP/1.1 STATUS REASON");
+    if response.status().as_u16() != status {
+        return Err(format!("status {} instead of {status}", response.status()));
+    }
+    for line in lines {
+        let (name, expected) = line.split_once(':').expect("Name: value");
+        let expected = expected.trim();
+        let actual = response
+            .headers()
+            .get(name.trim())
+            .ok_or(format!("no {name} header"))?
+            .to_str()
+            .unwrap_or_default();
+        let media_type =
+            name.eq_ignore_ascii_case("content-type") && actual.split(';').next() == Some(expected);
+        if expected != "..." && actual != expected && !media_type {
+            return Err(format!("{name}: {actual:?} instead of {expected:?}"));
+        }
+    }
+    if !body.trim().is_empty() {
+        let expected: Value = serde_json::from_str(body.trim()).expect("a JSON body");
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        let actual: Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+        matches(&expected, &actual, "body")?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn http_exchanges_replay_against_a_live_gateway() {
+    let requests = blocks("http request");
+    let responses = blocks("http response");
+    assert!(requests.len() >= 3 && requests.len() == responses.len());
+    let gateway = TestGateway::start(&config(json!({"everything": everything()}), json!({}))).await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    for (request, expected) in requests.iter().zip(&responses) {
+        let (method, path, headers, body) = http_request(request);
+        let mut sent = http.request(method, format!("http://{}{path}", gateway.addr));
+        for (name, value) in headers {
+            sent = sent.header(name, value);
+        }
+        let response = tokio::time::timeout(crate::harness::FRAME_WAIT, sent.body(body).send())
+            .await
+            .expect("an answer in time")
+            .expect("HTTP");
+        check_http_response(expected, response)
+            .await
+            .unwrap_or_else(|e| panic!("{request}\n{e}"));
+    }
+    gateway.shutdown().await;
+}
+
+#[test]
+fn http_error_examples_are_gateway_errors() {
+    let examples = blocks("json http");
+    assert!(!examples.is_empty());
+    for example in examples {
+        let body: Value =
+            serde_json::from_str(&example).unwrap_or_else(|e| panic!("{example}: {e}"));
+        let code = body["error"]["data"]["gateway"]
+            .as_str()
+            .unwrap_or_default();
+        let known = ErrorCode::ALL.iter().find(|c| c.as_str() == code);
+        let known = known.unwrap_or_else(|| panic!("{example}: unknown code {code:?}"));
+        assert_eq!(body["error"]["code"], known.jsonrpc_code(), "{example}");
+        assert_eq!(body["jsonrpc"], "2.0");
+        assert!(body.get("id").is_some() && body["error"]["message"].is_string());
+    }
 }

@@ -40,12 +40,7 @@ fn assert_no_secret(what: &str, text: &str) {
 /// A fake upstream; the first path segment picks how it fails.
 async fn fake_upstream() -> SocketAddr {
     let app = Router::new().route("/{mode}/mcp", post(fake_post).get(fake_get));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
+    crate::harness::serve(app).await
 }
 
 async fn fake_get() -> Response {
@@ -234,11 +229,7 @@ async fn counting_server() -> (SocketAddr, Arc<AtomicUsize>) {
             StatusCode::OK
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = crate::harness::serve(app).await;
     (addr, hits)
 }
 
@@ -257,11 +248,7 @@ async fn redirects_are_not_followed_and_name_their_status() {
         }
     };
     let app = Router::new().fallback(redirect);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = crate::harness::serve(app).await;
     let server =
         json!({"url": format!("http://{addr}/mcp"), "headers": {"X-Api-Key": HEADER_SECRET}});
     let gateway = TestGateway::start(&config(json!({"moved": server}), json!({}))).await;

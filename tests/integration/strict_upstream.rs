@@ -77,11 +77,7 @@ async fn strict_upstream() -> (SocketAddr, Arc<Strict>) {
             post(strict_post).get(strict_get).delete(strict_delete),
         )
         .with_state(strict.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = crate::harness::serve(app).await;
     (addr, strict)
 }
 

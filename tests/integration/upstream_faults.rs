@@ -20,12 +20,7 @@ use crate::harness::{Client, TestGateway, config};
 /// A fake upstream; the first path segment picks its behaviour.
 async fn fake_upstream() -> SocketAddr {
     let app = Router::new().route("/{mode}/mcp", post(fake_post).get(fake_get));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
+    crate::harness::serve(app).await
 }
 
 /// GET: only mode `gap` has a standalone stream. Its first stream carries one event and
