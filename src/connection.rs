@@ -3,8 +3,9 @@
 //! ends.
 //!
 //! The connection task reads frames and owns the client session while the socket is
-//! attached; a writer task owns the sink, drains the session's outbox, pings on the
-//! heartbeat interval and gives each write `writeTimeoutMs`. When the socket drops
+//! attached; a writer task owns the sink, drains the session's outbox (the frames ready
+//! together in one write), pings on the heartbeat interval and gives each write
+//! `writeTimeoutMs`. When the socket drops
 //! without a close frame (or the client is too slow, or silent), the session is handed
 //! to a holder for resume; when the client closes, breaks the protocol, or the gateway
 //! shuts down, the session ends.

@@ -82,14 +82,6 @@ impl Routes {
         &self.gateway.context
     }
 
-    /// Counts one request on an MCP route by its outcome: `ok`, `refused_by_server` (an
-    /// upstream's own 4xx), or the gateway error code. The server is a configured one or
-    /// `""`, never a name a client made up: the labels stay bounded.
-    fn record(&self, server: &str, outcome: &'static str) {
-        tracing::debug!(server, outcome, "MCP route request");
-        self.context().metrics.http_route_request(server, outcome);
-    }
-
     /// Refuses new exchanges once the gateway is shutting down.
     fn check_running(&self) -> Result<(), RouteError> {
         if self.context().shutdown.is_cancelled() {
@@ -226,6 +218,14 @@ impl Routes {
         *response.status_mut() = status;
         *response.headers_mut() = headers;
         response
+    }
+
+    /// Counts one request on an MCP route by its outcome: `ok`, `refused_by_server` (an
+    /// upstream's own 4xx), or the gateway error code. The server is a configured one or
+    /// `""`, never a name a client made up: the labels stay bounded.
+    fn record(&self, server: &str, outcome: &'static str) {
+        tracing::debug!(server, outcome, "MCP route request");
+        self.context().metrics.http_route_request(server, outcome);
     }
 }
 

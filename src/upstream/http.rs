@@ -84,10 +84,12 @@ pub struct HttpClient {
 type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
 impl HttpClient {
-    /// A client with a connection pool sized for many concurrent streams.
+    /// A client with a connection pool sized for many concurrent streams: mcp-proxy
+    /// speaks HTTP/1.1 only, so every call in flight holds a connection, and a pool
+    /// smaller than the calls in flight closes and reopens one per call.
     pub fn new(header_timeout: Duration, max_message_bytes: usize) -> Result<Self, UpstreamError> {
         let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(4096)
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
             .tcp_keepalive(TCP_KEEPALIVE_IDLE)
