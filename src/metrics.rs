@@ -162,10 +162,11 @@ impl SocketClose {
 
 /// The outcomes an HTTP-route request is counted under; any other value counts as
 /// `other`.
-pub const HTTP_OUTCOMES: [&str; 20] = [
+pub const HTTP_OUTCOMES: [&str; 21] = [
     "ok",
     "error",
     "cancelled",
+    "refused_by_server",
     "bad_frame",
     "unknown_type",
     "unknown_server",

@@ -10,6 +10,7 @@ use mcpmux::metrics::Metrics;
 use serde_json::{Value, json};
 
 use crate::harness::{Client, Ended, FRAME_WAIT, TestGateway, config, everything};
+use crate::http_client::{Events, Http, json_answer};
 use crate::legacy_sse::LegacyProxy;
 
 /// The value of the sample `name{labels}` in `text` (all its labels given, any order).
@@ -402,6 +403,46 @@ async fn answers_over_the_legacy_transport_are_counted_by_outcome() {
     assert_eq!(sessions, Some(1.0));
     let up = [("server", "legacy"), ("direction", "to_server")];
     assert_eq!(sample(&text, "mcpmux_messages_total", &up), Some(4.0));
+    client.close().await;
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_route_requests_are_counted_under_configured_names_only() {
+    let (gateway, metrics) = gateway(json!({"everything": everything()}), json!({})).await;
+    let mut client = Client::connect(gateway.addr).await;
+    client.ready("everything").await;
+    let http = Http::new(gateway.addr);
+    let init = request(
+        1,
+        "initialize",
+        json!({"protocolVersion": "2025-11-25", "capabilities": {},
+               "clientInfo": {"name": "metrics-test", "version": "1"}}),
+    );
+    let response = http.post("/servers/everything/mcp", &[], &init).await;
+    assert_eq!(response.status(), 200);
+    let answer = Events::of(response).until(|m| m["id"] == 1).await;
+    assert!(answer.json()["result"].is_object(), "{answer:?}");
+    for name in ["no-such-server", "another-made-up-one"] {
+        let response = http.post(&format!("/servers/{name}/mcp"), &[], &init).await;
+        let (status, _, _) = json_answer(response).await;
+        assert_eq!(status, 404);
+    }
+
+    let text = metrics.render();
+    let routed = |server, outcome| {
+        sample(
+            &text,
+            "mcpmux_http_requests_total",
+            &[("server", server), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(routed("everything", "ok"), Some(1.0), "{text}");
+    assert_eq!(routed("", "unknown_server"), Some(2.0), "{text}");
+    assert!(
+        !text.contains("made-up") && !text.contains("no-such"),
+        "{text}"
+    );
     client.close().await;
     gateway.shutdown().await;
 }
