@@ -78,6 +78,8 @@ pub async fn serve(
             return;
         }
     };
+    // Subscribed before the key is judged, so that rules replaced meanwhile are seen.
+    let changes = context.servers.subscribe();
     // The key: the one given at the upgrade, or the hello's token. The socket's place
     // among its key's connections is held until this function returns.
     let (grant, _connection) = match admission.after_hello(token.as_ref().map(Token::expose)) {
@@ -91,7 +93,10 @@ pub async fn serve(
     };
     let key = grant.key_name().cloned();
     let (mut session, resumed) = match resume {
-        None => (ClientSession::new(context.clone(), place, grant), false),
+        None => (
+            ClientSession::new(context.clone(), place, grant, changes),
+            false,
+        ),
         Some(Resume { session, last_seq }) => {
             match state
                 .sessions
@@ -102,7 +107,8 @@ pub async fn serve(
                 Ok(session) => (session, true),
                 Err(refusal) => {
                     tracing::debug!(%refusal, "resume refused; starting a fresh session");
-                    (ClientSession::new(context.clone(), place, grant), false)
+                    let fresh = ClientSession::new(context.clone(), place, grant, changes);
+                    (fresh, false)
                 }
             }
         }
@@ -137,7 +143,11 @@ pub async fn serve(
                     break SocketEnd::Silent;
                 }
             }
-            event = session.changes.recv() => session.on_status_event(event).await,
+            event = session.changes.recv() => {
+                if let Some(reason) = session.on_status_event(event).await {
+                    break SocketEnd::Violation(reason);
+                }
+            }
             message = stream.next() => {
                 last_heard = Instant::now();
                 match message {

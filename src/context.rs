@@ -1,16 +1,18 @@
 //! What every client session shares with the others: the configuration, the servers and
-//! their status changes, the upstream HTTP client, the shutdown signal, and the tracker
-//! of tasks that may outlive a session; and a session's place among `maxSessions`.
+//! their changes, the upstream HTTP client, the shutdown signal, and the tracker of
+//! tasks that may outlive a session; and a session's place among `maxSessions`.
 //!
 //! A narrow handle: it knows nothing of sockets, routes or the resume registry, so that
 //! sessions depend on it and not on the gateway that owns them.
 
-use tokio::sync::{OwnedSemaphorePermit, broadcast};
+use std::sync::Arc;
+
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::GatewayConfig;
-use crate::registry::{Servers, StatusChange};
+use crate::registry::Registry;
 use crate::upstream::http::HttpClient;
 
 /// The gateway-wide things a client session uses.
@@ -18,10 +20,8 @@ use crate::upstream::http::HttpClient;
 pub struct SessionContext {
     /// Limits and timeouts.
     pub config: GatewayConfig,
-    /// Every configured server.
-    pub servers: Servers,
-    /// Status changes of every server, for `status` frames.
-    pub status_changes: broadcast::Sender<StatusChange>,
+    /// Every configured server, as it is now, and the broadcast of their changes.
+    pub servers: Arc<Registry>,
     /// The HTTP client for every upstream exchange.
     pub http: HttpClient,
     /// Cancelled when the gateway starts shutting down.

@@ -46,7 +46,11 @@ impl UpstreamSession {
         if carried.is_initialize() {
             self.barrier.lower();
         }
-        if let Err(error) = outcome {
+        if let Err(mut error) = outcome {
+            if self.server.is_removed() {
+                // Whatever the removal made fail is answered as for an unknown server.
+                error = UpstreamError::UnknownServer(self.server.name.to_string());
+            }
             if matches!(error, UpstreamError::SessionGone) {
                 self.end(UpstreamEnd::Lost(
                     "the upstream session expired or was deleted".into(),

@@ -27,6 +27,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use self::barrier::Barrier;
 use self::order::{Sequencer, Ticket};
@@ -52,6 +53,9 @@ pub enum UpstreamEnd {
     ClientSessionEnded,
     /// The upstream forgot it (404) or its server restarted; the reason says which.
     Lost(String),
+    /// The server was removed from the configuration, or the client's key may no longer
+    /// use it: its requests in flight are answered as for an unknown server.
+    Removed,
 }
 
 /// A client message on its way upstream.
@@ -106,6 +110,9 @@ pub struct UpstreamSession {
     serials: AtomicU64,
     /// The legacy HTTP+SSE session, for legacy servers, once opened.
     legacy: OnceCell<Arc<LegacySession>>,
+    /// This session's message exchanges (they also count among the client session's
+    /// tasks), so that its end can wait for their answers.
+    exchanges: TaskTracker,
 }
 
 impl std::fmt::Debug for UpstreamSession {
@@ -131,7 +138,20 @@ impl UpstreamSession {
             inflight: Mutex::new(HashMap::new()),
             serials: AtomicU64::new(0),
             legacy: OnceCell::new(),
+            exchanges: TaskTracker::new(),
         })
+    }
+
+    /// The server this session is with.
+    pub fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
+
+    /// Waits (up to `limit`) until every exchange of this ended session has finished,
+    /// each request in flight answered.
+    pub async fn settled(&self, limit: Duration) {
+        self.exchanges.close();
+        let _ = tokio::time::timeout(limit, self.exchanges.wait()).await;
     }
 
     /// True once the session has ended; a new message then needs a new session.
@@ -205,16 +225,20 @@ impl UpstreamSession {
                 let token = self.lock_inflight().remove(&key);
                 if let Some((_, token)) = token {
                     let session = self.clone();
-                    self.link.tasks.spawn(async move {
+                    let exchange = self.exchanges.track_future(async move {
                         session.exchange_guarded(carried).await;
                         token.cancel();
                     });
+                    self.link.tasks.spawn(exchange);
                     return;
                 }
             }
         }
         let session = self.clone();
-        self.link.tasks.spawn(session.exchange_guarded(carried));
+        let exchange = self
+            .exchanges
+            .track_future(session.exchange_guarded(carried));
+        self.link.tasks.spawn(exchange);
     }
 
     /// Ends the session for `why`. Only the first call counts.
@@ -231,7 +255,10 @@ impl UpstreamSession {
                     .push_session(&self.server.name, SessionState::Lost, Some(&reason))
                     .await;
             }
-            UpstreamEnd::Closed | UpstreamEnd::Replaced | UpstreamEnd::ClientSessionEnded => {
+            UpstreamEnd::Closed
+            | UpstreamEnd::Replaced
+            | UpstreamEnd::ClientSessionEnded
+            | UpstreamEnd::Removed => {
                 if let (Some(id), Some(endpoint)) = (session_id, self.endpoint.get()) {
                     self.delete_upstream(endpoint.clone(), id);
                 }
@@ -250,6 +277,9 @@ impl UpstreamSession {
     fn end_error(&self) -> UpstreamError {
         match self.ended.get() {
             Some(UpstreamEnd::Lost(reason)) => UpstreamError::SessionLost(reason.clone()),
+            Some(UpstreamEnd::Removed) => {
+                UpstreamError::UnknownServer(self.server.name.to_string())
+            }
             _ => UpstreamError::SessionClosed,
         }
     }
