@@ -39,7 +39,8 @@ enum SocketEnd {
     Claimed(Claim),
     /// The client sent a close frame: end the session.
     ClientClosed,
-    /// The client broke the protocol: close with this reason, end the session.
+    /// The session must end with this close: the client broke the protocol, or its key
+    /// was revoked (4503).
     Violation(CloseReason),
     /// The client did not answer pings: close 4001, keep the session for resume.
     Silent,

@@ -239,6 +239,11 @@ fn run(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
+        // Watched before anything is announced: a SIGHUP sent as soon as the first line
+        // is out must reload, not end the process.
+        let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+        let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
         // Children run under this binary as their guard, so none can outlive it.
         let options = Options {
             guard: std::env::current_exe().ok(),
@@ -265,9 +270,6 @@ fn run(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()
             .write_all(started.as_bytes())
             .and_then(|()| stdout.flush());
         drop(stdout);
-        let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-        let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-        let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
         loop {
             tokio::select! {
                 _ = terminate.recv() => break,
