@@ -6,6 +6,7 @@ mod binary;
 mod harness;
 
 mod access;
+mod admin;
 mod carrying;
 mod decoder_props;
 mod faults;
@@ -14,6 +15,7 @@ mod legacy_sse;
 mod lifecycle;
 mod limits;
 mod protocol_doc;
+mod reload;
 mod resume;
 mod secret_urls;
 mod secrets;
