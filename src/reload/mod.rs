@@ -198,6 +198,7 @@ impl Reloader {
         match self.reload().await {
             Ok(outcome) if outcome.is_empty() => {}
             Ok(outcome) => tracing::info!("{why}; configuration applied: {}", outcome.summary()),
+            Err(err @ ReloadError::NoFile) => tracing::warn!("{why}: {err}"),
             Err(err) => tracing::error!(
                 "{why}, but the new configuration was rejected; the running configuration stays: {err}"
             ),
