@@ -197,6 +197,12 @@ fn print_access(gateway: &mcpmux::config::GatewayConfig) {
             key.name, key.key
         );
     }
+    if let Some(admin) = &gateway.admin {
+        println!("admin API: {}, {:?}", admin.listen, admin.key);
+    }
+    if !gateway.watch_config {
+        println!("watchConfig: false (reload with SIGHUP or POST /admin/reload)");
+    }
     for origin in &access.allowed_origins {
         println!("allowed origin: {origin}");
     }
