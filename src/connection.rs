@@ -57,7 +57,8 @@ enum SocketEnd {
     Claimed(Claim),
     /// The client sent a close frame: end the session.
     ClientClosed,
-    /// The client broke the protocol: close with this reason, end the session.
+    /// The session must end with this close: the client broke the protocol, or its key
+    /// was revoked (4503).
     Violation(CloseReason),
     /// The client did not answer pings: close 4001, keep the session for resume.
     Silent,
@@ -97,6 +98,8 @@ pub async fn serve(
             return;
         }
     };
+    // Subscribed before the key is judged, so that rules replaced meanwhile are seen.
+    let changes = context.servers.subscribe();
     // The key: the one given at the upgrade, or the hello's token. The socket's place
     // among its key's connections is held until this function returns.
     let (grant, connection) = match admission.after_hello(token.as_ref().map(Token::expose)) {
@@ -110,7 +113,10 @@ pub async fn serve(
     };
     let key = grant.key_name().cloned();
     let (mut session, resumed) = match resume {
-        None => (ClientSession::new(context.clone(), place, grant), false),
+        None => (
+            ClientSession::new(context.clone(), place, grant, changes),
+            false,
+        ),
         Some(Resume { session, last_seq }) => {
             match state
                 .sessions
@@ -125,7 +131,8 @@ pub async fn serve(
                 Err(refusal) => {
                     context.metrics.resume(false);
                     tracing::debug!(%refusal, "resume refused; starting a fresh session");
-                    (ClientSession::new(context.clone(), place, grant), false)
+                    let fresh = ClientSession::new(context.clone(), place, grant, changes);
+                    (fresh, false)
                 }
             }
         }
@@ -168,7 +175,11 @@ pub async fn serve(
             }
             // The handlers' futures are boxed: held inline they would size this task's
             // state for its rare busy moments, and an idle socket would carry that.
-            event = session.changes.recv() => Box::pin(session.on_status_event(event)).await,
+            event = session.changes.recv() => {
+                if let Some(reason) = Box::pin(session.on_status_event(event)).await {
+                    break SocketEnd::Violation(reason);
+                }
+            }
             message = stream.next() => {
                 last_heard = Instant::now();
                 match message {

@@ -1,6 +1,6 @@
 //! What every client session shares with the others: the configuration, the servers and
-//! their status changes, the upstream HTTP client, the shutdown signal, the tracker
-//! of tasks that may outlive a session and the metrics; and a session's place among
+//! their changes, the upstream HTTP client, the shutdown signal, the tracker of tasks
+//! that may outlive a session and the metrics; and a session's place among
 //! `maxSessions`.
 //!
 //! A narrow handle: it knows nothing of sockets, routes or the resume registry, so that
@@ -8,14 +8,14 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, broadcast};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
 use crate::outbox::ResumeBudget;
-use crate::registry::{Servers, StatusChange};
+use crate::registry::Registry;
 use crate::upstream::http::HttpClient;
 
 /// The gateway-wide things a client session uses.
@@ -23,10 +23,8 @@ use crate::upstream::http::HttpClient;
 pub struct SessionContext {
     /// Limits and timeouts.
     pub config: GatewayConfig,
-    /// Every configured server.
-    pub servers: Servers,
-    /// Status changes of every server, for `status` frames.
-    pub status_changes: broadcast::Sender<StatusChange>,
+    /// Every configured server, as it is now, and the broadcast of their changes.
+    pub servers: Arc<Registry>,
     /// The HTTP client for every upstream exchange.
     pub http: HttpClient,
     /// Cancelled when the gateway starts shutting down.

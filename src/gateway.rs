@@ -1,13 +1,17 @@
-//! The running gateway: start-up, HTTP routes and graceful shutdown.
+//! The running gateway: start-up, HTTP routes, live configuration changes and graceful
+//! shutdown.
 //!
-//! [`Gateway::start`] takes a bound listener (tests bind port 0), starts a supervisor
-//! per stdio server and serves `GET /ws` (the `mcpmux.v1` WebSocket), `GET /healthz`,
-//! `GET /status`, the MCP routes over HTTP (`crate::routes`) and the web console at
+//! [`Gateway::start`] takes a bound listener (tests bind port 0), starts every server
+//! ([`crate::fleet`]) and serves `GET /ws` (the `mcpmux.v1` WebSocket), the status routes
+//! ([`crate::status`]), the MCP routes over HTTP (`crate::routes`) and the web console at
 //! `GET /` ([`crate::console`]), over TLS when
-//! configured, behind [`auth::gate`]. [`Gateway::shutdown`] stops accepting, closes every
-//! WebSocket with 1001, ends upstream sessions, then stops every child.
+//! configured, behind [`auth::gate`]; and, with `gateway.admin`, the admin API on its
+//! own listener ([`crate::admin`]). The configuration file is watched and re-read on
+//! [`Gateway::reload`] ([`crate::reload`]). [`Gateway::shutdown`] stops accepting, closes
+//! every WebSocket with 1001, ends upstream sessions, then stops every child.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,27 +21,29 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
-use reqwest::header::{HeaderName, HeaderValue};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{self, Access, Caller};
-use crate::config::{Config, RemoteServer, RemoteTransport, ServerConfig};
+use crate::admin::{self, AdminState};
+use crate::auth::{self, Access, AdminKey, Caller};
+use crate::config::Config;
 use crate::connection;
 use crate::context::{Place, SessionContext};
+use crate::fleet::{Fleet, FleetError};
 use crate::metrics::{self, Metrics};
 use crate::outbox::ResumeBudget;
-use crate::protocol::{self, ServerState};
-use crate::registry::{STATUS_BROADCAST_CAPACITY, Server, ServerStatus, Servers};
+use crate::protocol;
+use crate::registry::{Registry, Servers};
+use crate::reload::{self, Reloader, Source};
 use crate::resume::Sessions;
 use crate::serve::{self, ConnectionsPerIp, PlainAccept};
 use crate::state::GatewayState;
-use crate::supervisor::{self, SupervisorConfig};
+use crate::supervisor::SupervisorConfig;
 use crate::tls::{self, PeerAddr, TlsError, TlsListener};
+use crate::upstream::UpstreamError;
 use crate::upstream::http::HttpClient;
-use crate::upstream::{Endpoint, Transport, UpstreamError};
 
 /// Errors of starting the gateway.
 #[derive(Debug, thiserror::Error)]
@@ -45,14 +51,9 @@ pub enum GatewayError {
     /// The listener could not be used.
     #[error("cannot serve on the listener: {0}")]
     Listener(#[from] std::io::Error),
-    /// A remote server's URL or headers are not usable.
-    #[error("server {server:?}: {message}")]
-    Server {
-        /// The server's name.
-        server: String,
-        /// What is wrong.
-        message: String,
-    },
+    /// A server could not be served (a remote server's URL or headers are not usable).
+    #[error(transparent)]
+    Server(#[from] FleetError),
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] UpstreamError),
@@ -62,6 +63,14 @@ pub enum GatewayError {
     /// The TLS certificate or key is not usable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The admin API's listener could not be bound.
+    #[error("cannot listen on {addr} for the admin API: {source}")]
+    AdminListener {
+        /// `gateway.admin.listen`.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// How the gateway runs, beyond its configuration.
@@ -74,15 +83,23 @@ pub struct Options {
     /// Where the gateway records its metrics; `None`: the process-wide registry that
     /// [`crate::metrics::render`] shows.
     pub metrics: Option<Metrics>,
+    /// The file the configuration was read from: watched (unless `watchConfig` is
+    /// false), re-read by [`Gateway::reload`], edited by the admin API. `None`: the
+    /// configuration cannot change while the gateway runs.
+    pub config_path: Option<PathBuf>,
+    /// True when the listen address was set on the command line: the file's is then
+    /// not a change that needs a restart.
+    pub listen_from_command_line: bool,
 }
 
 /// A running gateway.
 pub struct Gateway {
     state: Arc<GatewayState>,
     local_addr: SocketAddr,
-    supervisors: TaskTracker,
-    /// Cancelled last in a shutdown, once client sessions have ended.
-    stop_children: CancellationToken,
+    reloader: Arc<Reloader>,
+    admin: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    /// Watches the configuration file while it lives.
+    _watcher: Option<notify::RecommendedWatcher>,
     server_task: tokio::task::JoinHandle<()>,
 }
 
@@ -105,14 +122,14 @@ impl Gateway {
             tracing::warn!(%local_addr, "allowAnonymous: anyone who reaches this address may use every server without a key");
         }
         let tls_acceptor = gateway.tls.as_ref().map(tls::acceptor).transpose()?;
-        let metrics = options.metrics.unwrap_or_else(|| metrics::global().clone());
+        let metrics = options
+            .metrics
+            .clone()
+            .unwrap_or_else(|| metrics::global().clone());
         let access = Access::new(&gateway);
-        let (status_changes, _) = broadcast::channel(STATUS_BROADCAST_CAPACITY);
         let http = HttpClient::new(gateway.connect_timeout, gateway.max_upstream_message_bytes)?;
         let shutdown = CancellationToken::new();
-        let supervisors = TaskTracker::new();
-        let stop_children = CancellationToken::new();
-        let supervisor_config = SupervisorConfig {
+        let supervision = SupervisorConfig {
             mcp_proxy: crate::config::resolve_mcp_proxy(
                 gateway.mcp_proxy.as_deref(),
                 std::path::Path::new("node_modules"),
@@ -122,61 +139,102 @@ impl Gateway {
             stop_grace: gateway.stop_grace,
             backoff_min: gateway.restart_backoff_min,
             backoff_max: gateway.restart_backoff_max,
-            guard: options.guard,
+            guard: options.guard.clone(),
             metrics: metrics.clone(),
         };
-        let mut servers = Servers::new();
-        for (name, server_config) in config.servers {
-            let initial = match &server_config {
-                ServerConfig::Stdio(_) => status(ServerState::Starting, None),
-                ServerConfig::Remote(remote) => {
-                    let endpoint = remote_endpoint(&name, remote, http.raw())?;
-                    status(ServerState::Ready, Some(Arc::new(endpoint)))
-                }
-            };
-            let server = Arc::new(Server::new(&name, initial, status_changes.clone()));
-            if let ServerConfig::Stdio(spec) = server_config {
-                supervisors.spawn(supervisor::supervise(
-                    server.clone(),
-                    spec,
-                    supervisor_config.clone(),
-                    http.raw().clone(),
-                    stop_children.clone(),
-                ));
-            }
-            servers.insert(name, server);
+        let registry = Arc::new(Registry::new());
+        let mut fleet = Fleet::new(registry.clone(), supervision, http.raw().clone());
+        for (name, entry) in &config.servers {
+            fleet.check(name, entry)?;
         }
-        supervisors.close();
+        for (name, entry) in &config.servers {
+            fleet.add(name, entry.clone())?;
+        }
+        let admin_key = gateway
+            .admin
+            .as_ref()
+            .map(|admin| Arc::new(AdminKey::new(&admin.key)));
+        let admin_listener = match &gateway.admin {
+            None => None,
+            Some(admin) => Some(admin::bind(admin.listen).await.map_err(|source| {
+                GatewayError::AdminListener {
+                    addr: admin.listen,
+                    source,
+                }
+            })?),
+        };
+        let source = Source {
+            path: options.config_path.clone(),
+            local_addr,
+            listen_fixed: options.listen_from_command_line,
+        };
+        let watch_config = gateway.watch_config;
+        let reloader = Arc::new(Reloader::new(
+            config,
+            fleet,
+            access.clone(),
+            admin_key.clone(),
+            registry.clone(),
+            source,
+        ));
         let places = Arc::new(Semaphore::new(
             gateway.max_sessions.min(Semaphore::MAX_PERMITS),
         ));
         let connections = TaskTracker::new();
-        let resume_budget = ResumeBudget::new(gateway.resume_budget_bytes);
+        let start_wait = gateway.start_timeout + Duration::from_secs(10);
+        let resume_budget_bytes = gateway.resume_budget_bytes;
         let state = Arc::new(GatewayState {
             context: Arc::new(SessionContext {
                 config: gateway,
-                servers,
-                status_changes,
+                servers: registry.clone(),
                 http,
                 shutdown: shutdown.clone(),
                 background: TaskTracker::new(),
-                resume_budget,
+                resume_budget: ResumeBudget::new(resume_budget_bytes),
                 metrics: metrics.clone(),
             }),
             sessions: Arc::new(Sessions::new(connections.clone())),
             connections,
             access,
             places,
+            readiness: Default::default(),
         });
+        let admin = match (admin_listener, admin_key) {
+            (Some(listener), Some(key)) => {
+                let addr = listener.local_addr()?;
+                let admin_state = Arc::new(AdminState {
+                    key,
+                    reloader: reloader.clone(),
+                    registry,
+                    start_wait,
+                    shutdown: shutdown.clone(),
+                });
+                let task = admin::serve(listener, tls_acceptor.clone(), admin_state)?;
+                tracing::info!(%addr, "admin API listening");
+                Some((addr, task))
+            }
+            _ => None,
+        };
+        let watcher = match (&options.config_path, watch_config) {
+            (Some(path), true) => {
+                match reload::watch(path, Arc::downgrade(&reloader), shutdown.clone()) {
+                    Ok(watcher) => Some(watcher),
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot watch the configuration file; reload it with SIGHUP");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let servers_of = Arc::downgrade(&state.context);
         metrics.watch_servers(move || {
             let context = servers_of.upgrade()?;
-            Some(context.servers.values().cloned().collect())
+            Some(context.servers.snapshot().values().cloned().collect())
         });
         let app = Router::new()
             .route("/ws", get(upgrade))
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/status", get(status_page))
+            .merge(crate::status::routes())
             .merge(crate::routes::router(state.clone()))
             .merge(crate::console::routes())
             .fallback(|| async { StatusCode::NOT_FOUND })
@@ -202,8 +260,9 @@ impl Gateway {
         Ok(Self {
             state,
             local_addr,
-            supervisors,
-            stop_children,
+            reloader,
+            admin,
+            _watcher: watcher,
             server_task,
         })
     }
@@ -213,20 +272,33 @@ impl Gateway {
         self.local_addr
     }
 
+    /// The address of the admin API, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(addr, _)| *addr)
+    }
+
     /// Bytes of frames kept for resume by all sessions now (`resumeBudgetBytes` bounds
     /// it), for embedding and tests.
     pub fn resume_bytes_kept(&self) -> usize {
         self.state.context.resume_budget.used()
     }
 
-    /// Every configured server, with its status, for embedding and tests.
-    pub fn servers(&self) -> &Servers {
-        &self.state.context.servers
-    }
-
     /// The registry the gateway records its metrics into.
     pub fn metrics(&self) -> &Metrics {
         &self.state.context.metrics
+    }
+
+    /// Every configured server now, with its status, for embedding and tests.
+    pub fn servers(&self) -> Arc<Servers> {
+        self.state.context.servers.snapshot()
+    }
+
+    /// Reads the configuration file again and applies what changed (SIGHUP); an invalid
+    /// file is rejected with one log line, and the running configuration stays.
+    pub async fn reload(&self) {
+        self.reloader
+            .reload_logged("reloading the configuration")
+            .await;
     }
 
     /// Stops gracefully, in order: no new connections; 1001 to every client; in-flight
@@ -246,72 +318,14 @@ impl Gateway {
         }
         context.background.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), context.background.wait()).await;
-        self.stop_children.cancel();
-        let stop = config.stop_grace + Duration::from_secs(2);
-        if tokio::time::timeout(stop, self.supervisors.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("some servers did not stop within the grace period");
+        self.reloader
+            .shutdown(config.stop_grace + Duration::from_secs(2))
+            .await;
+        if let Some((_, task)) = self.admin {
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.server_task).await;
     }
-}
-
-fn status(state: ServerState, endpoint: Option<Arc<Endpoint>>) -> ServerStatus {
-    ServerStatus {
-        state,
-        endpoint,
-        pid: None,
-        restarts: 0,
-        last_error: None,
-    }
-}
-
-/// A remote server's endpoint. Credentials in its URL (`user:pass@`) become a
-/// `Basic` `Authorization` header here, as reqwest would make one for every request,
-/// unless the entry sets that header itself: so the URL carries none, and the header is
-/// marked sensitive and masked in error texts like every configured one.
-fn remote_endpoint(
-    name: &str,
-    remote: &RemoteServer,
-    http: &reqwest::Client,
-) -> Result<Endpoint, GatewayError> {
-    let invalid = |message: String| GatewayError::Server {
-        server: name.to_owned(),
-        message,
-    };
-    let url = reqwest::Url::parse(&remote.url).map_err(|e| invalid(format!("bad url: {e}")))?;
-    // reqwest moves userinfo into the header when a request is built.
-    let probe = http
-        .get(url)
-        .build()
-        .map_err(|e| invalid(format!("bad url: {}", e.without_url())))?;
-    let url = probe.url().clone();
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(basic) = probe.headers().get(reqwest::header::AUTHORIZATION) {
-        let mut basic = basic.clone();
-        basic.set_sensitive(true);
-        headers.insert(reqwest::header::AUTHORIZATION, basic);
-    }
-    for (key, value) in &remote.headers {
-        let key = HeaderName::from_bytes(key.as_bytes())
-            .map_err(|e| invalid(format!("header {key:?}: {e}")))?;
-        let mut value = HeaderValue::from_str(value.expose())
-            .map_err(|e| invalid(format!("header {key}: {e}")))?;
-        value.set_sensitive(true);
-        headers.insert(key, value);
-    }
-    let transport = match remote.transport {
-        RemoteTransport::StreamableHttp => Transport::Detect,
-        RemoteTransport::Sse => Transport::LegacySse,
-    };
-    Ok(Endpoint {
-        url,
-        headers,
-        generation: 1,
-        transport,
-    })
 }
 
 /// `GET /ws`: the subprotocol check, the socket limits, then the WebSocket.
@@ -364,65 +378,4 @@ async fn upgrade(
             let serve = connection::serve(socket, state, place, admission);
             tracker.track_future(tracing::Instrument::instrument(serve, span))
         })
-}
-
-/// `GET /status`: the state of every server the caller may use, for operators and probes.
-async fn status_page(
-    State(state): State<Arc<GatewayState>>,
-    Extension(caller): Extension<Caller>,
-) -> Response {
-    let servers: Vec<_> = state
-        .context
-        .servers
-        .values()
-        .filter(|server| caller.may_use(&server.name))
-        .map(|server| {
-            let status = server.status();
-            serde_json::json!({
-                "name": &*server.name,
-                "state": status.state,
-                "pid": status.pid,
-                "restarts": status.restarts,
-                "lastError": status.last_error,
-            })
-        })
-        .collect();
-    axum::Json(serde_json::json!({ "servers": servers })).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Secret;
-
-    fn remote(url: &str, headers: &[(&str, &str)]) -> RemoteServer {
-        RemoteServer {
-            url: url.into(),
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), Secret::new(*v)))
-                .collect(),
-            transport: RemoteTransport::StreamableHttp,
-        }
-    }
-
-    #[test]
-    fn url_credentials_become_a_sensitive_header() {
-        let http = reqwest::Client::new();
-        let server = remote("http://alice:pw%21@h:1/mcp?k=v", &[]);
-        let endpoint = remote_endpoint("s", &server, &http).unwrap();
-        assert_eq!(endpoint.url.as_str(), "http://h:1/mcp?k=v");
-        let basic = &endpoint.headers[reqwest::header::AUTHORIZATION];
-        assert_eq!(basic, "Basic YWxpY2U6cHch"); // alice:pw!
-        assert!(basic.is_sensitive());
-
-        let server = remote("http://alice:pw@h/", &[("Authorization", "Bearer t0k")]);
-        let endpoint = remote_endpoint("s", &server, &http).unwrap();
-        assert_eq!(endpoint.url.as_str(), "http://h/");
-        assert_eq!(
-            endpoint.headers[reqwest::header::AUTHORIZATION],
-            "Bearer t0k"
-        );
-        assert!(endpoint.headers.values().all(HeaderValue::is_sensitive));
-    }
 }

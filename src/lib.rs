@@ -7,6 +7,8 @@
 //!
 //! Map of the crate, from the top down (each module uses only those below it):
 //! - [`gateway`]: start-up, HTTP routes, graceful shutdown.
+//! - [`admin`]: the admin API on its own listener: servers changed at run time, metrics.
+//! - [`status`]: `/healthz`, `/readyz`, `/status` and `/servers`.
 //! - [`console`]: the web console at `/`, its assets compiled into the binary.
 //! - `serve`: the HTTP/1.1 connections: per-address cap, header timeout, graceful stop.
 //! - [`tls`]: serving `wss://` and `https://` with rustls.
@@ -14,6 +16,10 @@
 //!   reverse proxy to the servers.
 //! - `connection`: one WebSocket: handshake, frame reader, writer task, heartbeats.
 //! - `state`: what the gateway lends its connections.
+//! - [`reload`]: configuration changes at run time: validated, then applied; the file
+//!   watched and edited.
+//! - [`fleet`]: every server's supervisor or endpoint, added, replaced and removed.
+//! - [`metrics`]: the Prometheus text format of the gateway's metrics.
 //! - [`auth`]: who may connect: Origin and Host policy, API keys, rate and socket limits.
 //! - `resume`: every client session by id; holding and handing them over.
 //! - `session`: a client session: its upstream sessions, its outbox, frame handling.
@@ -23,7 +29,8 @@
 //! - [`supervisor`]: mcp-proxy children for stdio servers, restarts, no orphans.
 //! - [`metrics`]: the gateway's metrics in the Prometheus text format.
 //! - [`logging`]: the log's two formats (text, JSON lines) and its filter.
-//! - [`registry`]: each server's lifecycle state and current endpoint.
+//! - [`registry`]: the servers by name (changing at run time), each with its lifecycle
+//!   state and current endpoint.
 //! - [`protocol`]: the `mcpmux.v1` frames, decoded and encoded.
 //! - [`jsonrpc`]: the small look into JSON-RPC messages the gateway needs.
 //! - [`config`]: the JSON configuration file and its validation.
@@ -34,11 +41,13 @@
 //! the rest are the gateway's own.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 mod connection;
 pub mod console;
 mod context;
+pub mod fleet;
 pub mod gateway;
 pub mod jsonrpc;
 pub mod logging;
@@ -48,11 +57,13 @@ mod outbox;
 pub mod protocol;
 pub mod redact;
 pub mod registry;
+pub mod reload;
 mod resume;
 mod routes;
 mod serve;
 mod session;
 mod state;
+pub mod status;
 pub mod supervisor;
 pub mod tls;
 pub mod upstream;

@@ -200,6 +200,12 @@ fn print_access(gateway: &mcpmux::config::GatewayConfig) {
             key.name, key.key
         );
     }
+    if let Some(admin) = &gateway.admin {
+        println!("admin API: {}, {:?}", admin.listen, admin.key);
+    }
+    if !gateway.watch_config {
+        println!("watchConfig: false (reload with SIGHUP or POST /admin/reload)");
+    }
     for origin in &access.allowed_origins {
         println!("allowed origin: {origin}");
     }
@@ -208,22 +214,23 @@ fn print_access(gateway: &mcpmux::config::GatewayConfig) {
     }
 }
 
-fn load(config: Option<PathBuf>) -> anyhow::Result<Config> {
+/// The configuration, and the file it came from (none for the demo).
+fn load(config: Option<PathBuf>) -> anyhow::Result<(Config, Option<PathBuf>)> {
     let default = Path::new("mcpmux.json");
     match config {
-        Some(path) => Ok(Config::load(&path)?),
-        None if default.exists() => Ok(Config::load(default)?),
+        Some(path) => Ok((Config::load(&path)?, Some(path))),
+        None if default.exists() => Ok((Config::load(default)?, Some(default.to_path_buf()))),
         None => {
             eprintln!(
                 "mcpmux: no --config and no ./mcpmux.json: running the built-in demo (server-everything)"
             );
-            Ok(Config::demo(Path::new("node_modules")))
+            Ok((Config::demo(Path::new("node_modules")), None))
         }
     }
 }
 
 fn run(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()> {
-    let mut config = load(config)?;
+    let (mut config, config_path) = load(config)?;
     if let Some(listen) = listen {
         config.gateway.listen = listen;
     }
@@ -241,9 +248,16 @@ fn run(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
+        // Watched before anything is announced: a SIGHUP sent as soon as the first line
+        // is out must reload, not end the process.
+        let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+        let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
         // Children run under this binary as their guard, so none can outlive it.
         let options = Options {
             guard: std::env::current_exe().ok(),
+            config_path,
+            listen_from_command_line: listen.is_some(),
             ..Options::default()
         };
         let gateway = Gateway::start_with(config, listener, options).await?;
@@ -251,20 +265,28 @@ fn run(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()
         // One write, so that a reader that stops after the first line cannot make the
         // second fail; and a closed stdout is no reason to stop serving.
         let addr = gateway.local_addr();
-        let started = format!(
+        let mut started = format!(
             "mcpmux listening on {scheme}://{addr}/ws\nmcpmux console: {} (open it in a browser)\n",
             mcpmux::console::url(addr, scheme == "wss")
         );
+        if let Some(admin) = gateway.admin_addr() {
+            let scheme = if scheme == "wss" { "https" } else { "http" };
+            started.push_str(&format!(
+                "mcpmux admin API: {scheme}://{admin}/admin/servers\n"
+            ));
+        }
         let mut stdout = std::io::stdout().lock();
         let _ = stdout
             .write_all(started.as_bytes())
             .and_then(|()| stdout.flush());
         drop(stdout);
-        let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-        let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+                // Re-read the configuration file.
+                _ = hangup.recv() => gateway.reload().await,
+            }
         }
         tracing::info!("shutting down");
         gateway.shutdown().await;

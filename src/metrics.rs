@@ -700,6 +700,7 @@ fn state_label(state: ServerState) -> &'static str {
         ServerState::Ready => "ready",
         ServerState::Restarting => "restarting",
         ServerState::Down => "down",
+        ServerState::Removed => "removed",
     }
 }
 
@@ -752,11 +753,8 @@ mod tests {
 
     fn server(name: &str, state: ServerState, restarts: u64) -> Arc<Server> {
         let status = ServerStatus {
-            state,
-            endpoint: None,
-            pid: None,
             restarts,
-            last_error: None,
+            ..ServerStatus::new(state)
         };
         let (changes, _) = tokio::sync::broadcast::channel(1);
         Arc::new(Server::new(name, status, changes))

@@ -31,6 +31,9 @@ pub mod close_code {
     pub const RATE_LIMITED: u16 = 4029;
     /// No valid API key in `hello`, or one that differs from the upgrade's.
     pub const UNAUTHORIZED: u16 = 4501;
+    /// The API key the connection presented was removed from the configuration (or the
+    /// gateway, which took no keys, now does).
+    pub const KEY_REVOKED: u16 = 4503;
     /// A frame was larger than the configured limit.
     pub const TOO_BIG: u16 = 1009;
     /// The first frame was not `hello`, or a second `hello` arrived.
@@ -393,6 +396,8 @@ pub enum ServerState {
     Restarting,
     /// Not available: waiting out a restart backoff, or stopped.
     Down,
+    /// Taken out of the configuration: no further frame names it.
+    Removed,
 }
 
 /// The state of one client's upstream session with one server.

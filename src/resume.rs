@@ -243,7 +243,12 @@ async fn run_holder(
                 break None;
             }
             _ = shutdown.cancelled() => break Some(session.context().config.shutdown_grace),
-            event = session.changes.recv() => session.on_status_event(event).await,
+            event = session.changes.recv() => {
+                if session.on_status_event(event).await.is_some() {
+                    // Its key was revoked: nobody may resume it.
+                    break None;
+                }
+            }
             claim = claims.next() => match hand_over(session, claim) {
                 Handover::Done => return,
                 Handover::Refused(refused) => {

@@ -4,8 +4,13 @@
 //!
 //! A session is owned by exactly one task at a time: the connection task while a socket
 //! is attached, a holder task ([`crate::resume`]) while it waits for a resume.
+//!
+//! The servers change while it lives: it keeps the set of servers it has shown its
+//! client (in `welcome` and `status` frames), so that a server removed from the
+//! configuration, or one its key may no longer use, is reported `removed` exactly once,
+//! after the requests in flight to it have been answered as for an unknown server.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,16 +25,21 @@ use crate::context::{Place, SessionContext};
 use crate::jsonrpc::{Head, Kind};
 use crate::metrics::Outcome;
 use crate::outbox::{Limits, Outbox};
+use crate::protocol::ServerState;
 use crate::protocol::{
     self, ClientFrame, ErrorCode, GatewayFrame, ServerEntry, SessionState, close_code,
     decode_client_frame,
 };
-use crate::registry::StatusChange;
+use crate::registry::{Change, Server, StatusChange};
+use crate::upstream::UpstreamError;
 use crate::upstream::link::Link;
 use crate::upstream::session::{UpstreamEnd, UpstreamSession};
 
 /// How long a finished session waits for its exchanges to notice the end.
 const TASKS_DRAIN: Duration = Duration::from_secs(2);
+/// How long the requests in flight to a removed server may take to be answered before
+/// `removed` is sent.
+const REMOVAL_DRAIN: Duration = Duration::from_secs(2);
 
 /// A reason to close the socket: a close code and a sentence.
 pub type CloseReason = (u16, String);
@@ -42,22 +52,31 @@ pub struct ClientSession {
     /// What upstream sessions borrow from this session (its outbox among it).
     pub link: Link,
     upstreams: HashMap<String, Arc<UpstreamSession>>,
-    /// Status changes of every server; kept with the session so none is missed while
-    /// it moves between tasks.
-    pub changes: broadcast::Receiver<StatusChange>,
+    /// Status changes of every server and replaced access rules; kept with the session
+    /// so none is missed while it moves between tasks.
+    pub changes: broadcast::Receiver<Change>,
     /// The servers this session may use and see, and its key's rate.
     grant: Grant,
     /// Client frames read after `hello`, on every socket of the session: a client that
     /// resumes resends the frames after this count (protocol.md, section 8).
     received: u64,
+    /// The servers its client has been shown (in `welcome` or a `status` frame) and not
+    /// told `removed` since.
+    shown: BTreeSet<Arc<str>>,
     /// This session's place among `maxSessions`, given back when it ends (is dropped).
     _place: Place,
 }
 
 impl ClientSession {
     /// A new session with a fresh id, in the place its socket was admitted to, allowed
-    /// what `grant` allows.
-    pub fn new(context: Arc<SessionContext>, place: Place, grant: Grant) -> Self {
+    /// what `grant` allows. `changes` must have been subscribed before `grant` was
+    /// decided, so that no replacement of the access rules goes unseen.
+    pub fn new(
+        context: Arc<SessionContext>,
+        place: Place,
+        grant: Grant,
+        changes: broadcast::Receiver<Change>,
+    ) -> Self {
         let config = &context.config;
         let limits = Limits {
             queue_bytes: config.outbound_queue_bytes,
@@ -79,12 +98,13 @@ impl ClientSession {
         let id: u128 = rand::random();
         Self {
             id: format!("{id:032x}"),
-            changes: context.status_changes.subscribe(),
+            changes,
             context,
             link,
             upstreams: HashMap::new(),
             grant,
             received: 0,
+            shown: BTreeSet::new(),
             _place: place,
         }
     }
@@ -99,14 +119,18 @@ impl ClientSession {
         &self.context
     }
 
-    /// The `welcome` frame for a socket attaching to this session.
-    pub fn welcome(&self, resumed: bool) -> String {
+    /// The `welcome` frame for a socket attaching to this session; the servers it lists
+    /// count as shown.
+    pub fn welcome(&mut self, resumed: bool) -> String {
         let config = &self.context.config;
-        let servers = self
-            .context
-            .servers
+        let snapshot = self.context.servers.snapshot();
+        let visible: Vec<&Arc<Server>> = snapshot
             .values()
             .filter(|s| self.grant.may_use(&s.name))
+            .collect();
+        self.shown.extend(visible.iter().map(|s| s.name.clone()));
+        let servers = visible
+            .iter()
             .map(|s| ServerEntry {
                 name: &s.name,
                 state: s.state(),
@@ -262,8 +286,8 @@ impl ClientSession {
             .servers
             .get(server)
             .filter(|_| self.grant.may_use(server));
-        let Some(target) = visible.cloned() else {
-            let why = format!("no server is named {server:?}; the welcome frame lists the servers");
+        let Some(target) = visible else {
+            let why = UpstreamError::UnknownServer(server.to_owned()).to_string();
             return self
                 .refuse(server, &head, reference, ErrorCode::UnknownServer, &why)
                 .await;
@@ -276,10 +300,22 @@ impl ClientSession {
                 .and_then(|m| m.protocol_version)
                 .is_none();
         let upstream = match self.upstreams.get(server) {
-            Some(existing) if !initialize && !existing.is_ended() => existing.clone(),
+            Some(existing)
+                if !initialize
+                    && !existing.is_ended()
+                    && Arc::ptr_eq(existing.server(), &target) =>
+            {
+                existing.clone()
+            }
             _ => {
                 if let Some(previous) = self.upstreams.remove(server) {
-                    previous.end(UpstreamEnd::Replaced).await;
+                    // A session on a server of that name that was removed and added again
+                    // is over, as for the removal.
+                    let why = match previous.server().is_removed() {
+                        true => UpstreamEnd::Removed,
+                        false => UpstreamEnd::Replaced,
+                    };
+                    previous.end(why).await;
                 }
                 if self.upstreams.len() >= self.context.config.max_upstream_sessions {
                     if head.kind() == Kind::Request {
@@ -321,8 +357,8 @@ impl ClientSession {
     }
 
     async fn on_close(&mut self, server: &str, reference: Option<&RawValue>) {
-        if !self.context.servers.contains_key(server) || !self.grant.may_use(server) {
-            let why = format!("no server is named {server:?}; the welcome frame lists the servers");
+        if self.context.servers.get(server).is_none() || !self.grant.may_use(server) {
+            let why = UpstreamError::UnknownServer(server.to_owned()).to_string();
             return self
                 .error_frame(ErrorCode::UnknownServer, &why, Some(server), reference)
                 .await;
@@ -335,45 +371,40 @@ impl ClientSession {
             .await;
     }
 
-    /// Handles what the status broadcast delivered.
+    /// Handles what the change broadcast delivered; `Some` closes the connection (its
+    /// key was revoked, 4503).
     pub async fn on_status_event(
         &mut self,
-        event: Result<StatusChange, broadcast::error::RecvError>,
-    ) {
+        event: Result<Change, broadcast::error::RecvError>,
+    ) -> Option<CloseReason> {
         match event {
-            Ok(change) => self.on_status(change).await,
-            Err(broadcast::error::RecvError::Lagged(_)) => self.resync_status().await,
+            Ok(Change::Status(change)) => self.on_status(change).await,
+            Ok(Change::Access) => return self.on_access().await,
+            Err(broadcast::error::RecvError::Lagged(_)) => return self.resync().await,
             Err(broadcast::error::RecvError::Closed) => {}
         }
+        None
     }
 
     /// Forwards a status change, and ends upstream sessions on a replaced instance.
     /// Servers the session may not use stay unseen.
     async fn on_status(&mut self, change: StatusChange) {
-        let name = &*change.server;
+        let name = &change.server;
+        if change.state == ServerState::Removed {
+            return self.forget_server(name).await;
+        }
         if !self.grant.may_use(name) {
             return;
         }
-        let state = change.state;
-        let _ = self
-            .link
-            .outbox
-            .push(|seq| {
-                GatewayFrame::Status {
-                    server: name,
-                    seq,
-                    state,
-                }
-                .encode()
-            })
-            .await;
+        self.shown.insert(name.clone());
+        self.push_status(name, change.state).await;
         let stale = self
             .upstreams
-            .get(name)
+            .get(&**name)
             .and_then(|u| u.generation())
             .is_some_and(|generation| change.generation != Some(generation));
         if stale {
-            if let Some(upstream) = self.upstreams.remove(name) {
+            if let Some(upstream) = self.upstreams.remove(&**name) {
                 upstream
                     .end(UpstreamEnd::Lost("the server restarted".into()))
                     .await;
@@ -381,24 +412,91 @@ impl ClientSession {
         }
     }
 
-    /// After falling behind the status broadcast: sends every server's current state.
-    async fn resync_status(&mut self) {
-        let changes: Vec<StatusChange> = self
+    async fn push_status(&self, server: &str, state: ServerState) {
+        let _ = self
+            .link
+            .outbox
+            .push(|seq| GatewayFrame::Status { server, seq, state }.encode())
+            .await;
+    }
+
+    /// A server the client was shown is gone for it (removed from the configuration,
+    /// or no longer allowed to its key): the requests in flight to it are answered as
+    /// for an unknown server, then `removed` is sent, and nothing more about it.
+    async fn forget_server(&mut self, name: &Arc<str>) {
+        if !self.shown.remove(name) {
+            return;
+        }
+        // The upstream session under that name may already be one with a server added
+        // again under it: that one stays.
+        let over = self
+            .upstreams
+            .get(&**name)
+            .is_some_and(|u| u.server().is_removed() || !self.grant.may_use(name));
+        if let Some(upstream) = over.then(|| self.upstreams.remove(&**name)).flatten() {
+            upstream.end(UpstreamEnd::Removed).await;
+            upstream.settled(REMOVAL_DRAIN).await;
+        }
+        self.push_status(name, ServerState::Removed).await;
+    }
+
+    /// The access rules were replaced: the key goes on with what it may use now (servers
+    /// it lost are `removed`, servers it gained are shown), or is revoked.
+    async fn on_access(&mut self) -> Option<CloseReason> {
+        if let Err(revoked) = self.grant.refresh() {
+            tracing::info!(session = %self.log_id(), key = ?self.grant.key_name(), "API key revoked; closing its connection");
+            return Some(revoked.close_reason());
+        }
+        let lost: Vec<Arc<str>> = self
+            .shown
+            .iter()
+            .filter(|name| !self.grant.may_use(name))
+            .cloned()
+            .collect();
+        for name in lost {
+            self.forget_server(&name).await;
+        }
+        let gained: Vec<(Arc<str>, ServerState)> = self
             .context
             .servers
+            .snapshot()
             .values()
-            .map(|s| {
-                let status = s.status();
-                StatusChange {
-                    server: s.name.clone(),
-                    state: status.state,
-                    generation: status.endpoint.map(|e| e.generation),
-                }
-            })
+            .filter(|s| self.grant.may_use(&s.name) && !self.shown.contains(&s.name))
+            .map(|s| (s.name.clone(), s.state()))
             .collect();
-        for change in changes {
+        for (name, state) in gained {
+            self.shown.insert(name.clone());
+            self.push_status(&name, state).await;
+        }
+        None
+    }
+
+    /// After falling behind the change broadcast: checks the key again, reports servers
+    /// that are gone, and sends every server's current state.
+    async fn resync(&mut self) -> Option<CloseReason> {
+        if let Some(close) = self.on_access().await {
+            return Some(close);
+        }
+        let snapshot = self.context.servers.snapshot();
+        let gone: Vec<Arc<str>> = self
+            .shown
+            .iter()
+            .filter(|name| snapshot.get(&***name).is_none())
+            .cloned()
+            .collect();
+        for name in gone {
+            self.forget_server(&name).await;
+        }
+        for server in snapshot.values() {
+            let status = server.status();
+            let change = StatusChange {
+                server: server.name.clone(),
+                state: status.state,
+                generation: status.endpoint.map(|e| e.generation),
+            };
             self.on_status(change).await;
         }
+        None
     }
 
     async fn error_frame(

@@ -1,8 +1,10 @@
-//! The state of a running gateway that its connections use: what sessions share
-//! ([`SessionContext`]), the resume registry, who may connect, and the places among
-//! `maxSessions`. Owned by [`crate::gateway::Gateway`], lent to every connection.
+//! The state of a running gateway that its connections and routes use: what sessions
+//! share ([`SessionContext`]), the resume registry, who may connect, the places among
+//! `maxSessions`, and readiness. Owned by [`crate::gateway::Gateway`], lent to every
+//! connection.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
@@ -25,4 +27,25 @@ pub struct GatewayState {
     pub access: Arc<Access>,
     /// `maxSessions` places, one taken by each socket from its upgrade.
     pub places: Arc<Semaphore>,
+    /// Whether every server's first start has ended (`/readyz`).
+    pub readiness: Readiness,
+}
+
+/// Whether every server's first start attempt has ended (`/readyz`); once it has, it
+/// stays so.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    started: AtomicBool,
+}
+
+impl Readiness {
+    /// True once every server's first start attempt had ended.
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// Records that every server's first start attempt has ended.
+    pub fn mark_started(&self) {
+        self.started.store(true, Ordering::Release);
+    }
 }

@@ -1,6 +1,9 @@
 //! A socket between its upgrade and its `hello`, and what its session is granted after:
 //! the key (from the upgrade, or the `token` in `hello`), its place among the key's
 //! connections, the servers it may use, and its rate with the 4029 rule.
+//!
+//! The key is judged by the rules in force when `hello` arrives, and again whenever
+//! they are replaced ([`Grant::refresh`]): a key removed meanwhile is revoked (4503).
 
 use std::sync::Arc;
 
@@ -49,8 +52,19 @@ impl Admission {
     /// Decides on the `hello` `token`: a close code and reason when the socket must go.
     pub fn after_hello(self, token: Option<&str>) -> Result<Admitted, (u16, String)> {
         let unauthorized = |why: &str| (close_code::UNAUTHORIZED, why.to_owned());
-        let found = token.map(|t| self.access.keys().find(t.as_bytes()));
-        let (key, connection) = match (self.caller, found) {
+        let keys = self.access.keys();
+        // The rules may have been replaced since the upgrade.
+        let caller = match self.caller {
+            Caller::Key(key) => match keys.same(&key) {
+                Some(key) => Caller::Key(key),
+                None => return Err(Revoked.close_reason()),
+            },
+            Caller::Anonymous if !keys.is_empty() => Caller::Unverified,
+            Caller::Unverified if keys.is_empty() => Caller::Anonymous,
+            caller => caller,
+        };
+        let found = token.map(|t| keys.find(t.as_bytes()));
+        let (key, connection) = match (caller, found) {
             (Caller::Anonymous, _) => (None, None),
             (Caller::Key(key), None) => (Some(key), self.connection),
             (Caller::Key(key), Some(Some(same))) if Arc::ptr_eq(&key, &same) => {
@@ -85,6 +99,7 @@ impl Admission {
             grant: Grant {
                 key,
                 streak: Streak::default(),
+                access: Some(self.access),
             },
             connection,
         })
@@ -98,6 +113,21 @@ pub struct Grant {
     key: Option<Arc<ApiKey>>,
     /// Rate refusals of the session, for the 4029 rule.
     streak: Streak,
+    /// The gateway's rules, to check the key again when they are replaced.
+    access: Option<Arc<Access>>,
+}
+
+/// The key a session was opened with is no longer configured (or the gateway, which
+/// took no keys, now does): its connections are closed with 4503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the API key of this connection was revoked")]
+pub struct Revoked;
+
+impl Revoked {
+    /// The close code and reason of a revoked connection.
+    pub fn close_reason(self) -> (u16, String) {
+        (close_code::KEY_REVOKED, self.to_string())
+    }
 }
 
 /// An `rpc` frame refused for rate.
@@ -127,6 +157,25 @@ impl Grant {
         self.key.as_ref().is_none_or(|k| k.may_use(server))
     }
 
+    /// Checks the grant against the rules in force after they were replaced: the key
+    /// continues as its new entry (with its new servers and limits), or it is revoked
+    /// when it is gone. A session without a key is revoked once the gateway takes keys;
+    /// one with a key, once its key is no longer configured.
+    pub fn refresh(&mut self) -> Result<(), Revoked> {
+        let Some(access) = &self.access else {
+            return Ok(());
+        };
+        let keys = access.keys();
+        match &self.key {
+            None if keys.is_empty() => Ok(()),
+            None => Err(Revoked),
+            Some(key) => {
+                self.key = Some(keys.same(key).ok_or(Revoked)?);
+                Ok(())
+            }
+        }
+    }
+
     /// Takes a token for one `rpc` frame naming `server` from the key's buckets.
     pub fn check_rate(&mut self, server: &str) -> Result<(), RateLimited> {
         let Some(key) = &self.key else {
@@ -152,7 +201,7 @@ mod tests {
     use super::*;
     use crate::auth::Refusal;
     use crate::auth::fixtures::{KEY, OTHER, gateway};
-    use crate::config::{GatewayConfig, Rate};
+    use crate::config::{GatewayConfig, Rate, ServerGrant};
 
     fn local() -> IpAddr {
         IpAddr::from([127, 0, 0, 1])
@@ -161,7 +210,7 @@ mod tests {
     #[test]
     fn hello_tokens_must_match_the_upgrade() {
         let access = Access::new(&gateway(None, None));
-        let key = access.keys.find(KEY.as_bytes()).unwrap();
+        let key = access.keys().find(KEY.as_bytes()).unwrap();
         let admit = |caller: Caller| access.admit_upgrade(caller, local()).unwrap();
         let same = admit(Caller::Key(key.clone()))
             .after_hello(Some(KEY))
@@ -201,7 +250,7 @@ mod tests {
     #[test]
     fn max_connections_hold_at_the_upgrade_and_at_hello() {
         let access = Access::new(&gateway(Some(1), None));
-        let key = access.keys.find(KEY.as_bytes()).unwrap();
+        let key = access.keys().find(KEY.as_bytes()).unwrap();
         let first = access
             .admit_upgrade(Caller::Key(key.clone()), local())
             .unwrap()
@@ -238,6 +287,42 @@ mod tests {
         );
         let _done = a.after_hello(Some(KEY)).unwrap();
         assert!(access.admit_upgrade(Caller::Unverified, local()).is_ok());
+    }
+
+    #[test]
+    fn a_reload_revokes_removed_keys_and_narrows_the_others() {
+        let mut config = gateway(None, None);
+        let access = Access::new(&config);
+        let admit = |token| {
+            access
+                .admit_upgrade(Caller::Unverified, local())
+                .unwrap()
+                .after_hello(Some(token))
+                .unwrap()
+                .grant
+        };
+        let (mut dashboard, mut ops) = (admit(KEY), admit(OTHER));
+        // A key at the upgrade that is gone by hello: 4503.
+        let ops_key = access.keys().find(OTHER.as_bytes()).unwrap();
+        let early = access.admit_upgrade(Caller::Key(ops_key), local()).unwrap();
+        config.access.api_keys.remove(1);
+        config.access.api_keys[0].servers = ServerGrant::Only(["memory".to_owned()].into());
+        access.replace(&config);
+        assert_eq!(early.after_hello(None).err().map(|e| e.0), Some(4503));
+        assert_eq!(ops.refresh(), Err(Revoked));
+        assert_eq!(dashboard.refresh(), Ok(()));
+        assert!(dashboard.may_use("memory") && !dashboard.may_use("everything"));
+        // Keys configured where there were none: anonymous sessions are revoked.
+        let open = Access::new(&GatewayConfig::default());
+        let mut anonymous = open
+            .admit_upgrade(Caller::Anonymous, local())
+            .unwrap()
+            .after_hello(None)
+            .unwrap()
+            .grant;
+        assert_eq!(anonymous.refresh(), Ok(()));
+        open.replace(&config);
+        assert_eq!(anonymous.refresh(), Err(Revoked));
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,11 +9,17 @@
 //! A key with `maxConnections` also bounds its sessions held for resume: at most
 //! `maxConnections` of them at once. Holding one more ends the key's oldest held session,
 //! so that a key cannot keep places among `maxSessions` by dropping its sockets.
+//!
+//! When the configuration is reloaded, a key with the same name and the same key is the
+//! same key ([`KeyRing::after`]): it keeps its count of open connections, and its rate
+//! buckets unless its `rateLimit` changed. Any other key is a new one.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::config::RateLimitConfig;
 
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use tokio::sync::oneshot;
@@ -28,11 +34,14 @@ pub struct ApiKey {
     pub name: Arc<str>,
     digest: [u8; 32],
     servers: ServerGrant,
-    limits: KeyLimits,
+    /// `rateLimit` as configured, to tell whether a reload changed it.
+    rate: Option<RateLimitConfig>,
+    limits: Arc<KeyLimits>,
     /// `maxConnections`, if limited.
     max_connections: Option<usize>,
-    /// Open sockets presenting this key, from the moment it was accepted until they close.
-    open: AtomicUsize,
+    /// Open sockets presenting this key, from the moment it was accepted until they close;
+    /// shared with the same key after a reload.
+    open: Arc<AtomicUsize>,
     /// This key's sessions held for resume, oldest first; at most `maxConnections`.
     held: Mutex<VecDeque<HeldEntry>>,
     /// Numbers the held sessions, to find each one's entry.
@@ -65,12 +74,29 @@ impl ApiKey {
             name: Arc::from(config.name.as_str()),
             digest: config.key.digest(),
             servers: config.servers.clone(),
-            limits: KeyLimits::new(config.rate_limit.as_ref()),
+            rate: config.rate_limit.clone(),
+            limits: Arc::new(KeyLimits::new(config.rate_limit.as_ref())),
             max_connections: config.max_connections,
-            open: AtomicUsize::new(0),
+            open: Arc::new(AtomicUsize::new(0)),
             held: Mutex::new(VecDeque::new()),
             held_count: AtomicU64::new(0),
         }
+    }
+
+    /// The key as configured now, continuing `previous` (the same key before a reload):
+    /// its open connections, and its buckets if its rate limit is unchanged.
+    fn continuing(config: &ApiKeyConfig, previous: &ApiKey) -> Self {
+        let mut key = Self::new(config);
+        key.open = previous.open.clone();
+        if key.rate == previous.rate {
+            key.limits = previous.limits.clone();
+        }
+        key
+    }
+
+    /// True when `other` is this key: the same name and the same key.
+    pub fn is_same_key(&self, other: &ApiKey) -> bool {
+        self.name == other.name && bool::from(self.digest.ct_eq(&other.digest))
     }
 
     /// True when this key may use `server`.
@@ -219,6 +245,34 @@ impl KeyRing {
         }
     }
 
+    /// The ring of `configs` after a reload from `previous`: a key that is the same
+    /// (name and key) continues its counts ([`ApiKey`]).
+    pub fn after(configs: &[ApiKeyConfig], previous: &KeyRing) -> Self {
+        let keys = configs
+            .iter()
+            .map(|config| {
+                let fresh = ApiKey::new(config);
+                let key = match previous.same(&fresh) {
+                    Some(old) => ApiKey::continuing(config, &old),
+                    None => fresh,
+                };
+                Arc::new(key)
+            })
+            .collect();
+        Self { keys }
+    }
+
+    /// This ring's entry for `key` (a key of this ring or of an earlier one): the one
+    /// with the same name and key; `None` when it was removed or changed.
+    pub fn same(&self, key: &ApiKey) -> Option<Arc<ApiKey>> {
+        self.keys.iter().find(|k| k.is_same_key(key)).cloned()
+    }
+
+    /// The names of the keys.
+    pub fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.keys.iter().map(|k| &k.name)
+    }
+
     /// True when no key is configured.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
@@ -361,6 +415,51 @@ mod tests {
         // A key without maxConnections does not count its held sessions.
         limited.max_connections = None;
         assert!(Arc::new(ApiKey::new(&limited)).hold_session().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reloaded_key_keeps_its_counts_unless_it_changed() {
+        let mut limited = config(
+            "a",
+            KeyMaterial::Plain(Secret::new("aaaaaaaaaaaaaaaaaaaa")),
+            ServerGrant::All,
+        );
+        limited.rate_limit = Some(RateLimitConfig {
+            overall: Some(Rate {
+                per_second: 1.0,
+                burst: 1,
+            }),
+            servers: Default::default(),
+        });
+        let before = KeyRing::new(std::slice::from_ref(&limited));
+        let key = before.find(b"aaaaaaaaaaaaaaaaaaaa").unwrap();
+        let slot = key.open_connection().unwrap();
+        assert!(key.check_rate("x").is_ok());
+
+        // Same name and key, other servers: the same key, counts and bucket kept.
+        let mut narrowed = limited.clone();
+        narrowed.servers = ServerGrant::Only(["x".to_owned()].into());
+        let after = KeyRing::after(std::slice::from_ref(&narrowed), &before);
+        let same = after.same(&key).expect("still configured");
+        assert!(!same.may_use("y") && same.may_use("x"));
+        assert_eq!(same.open_connections(), 1);
+        assert!(same.check_rate("x").is_err(), "the bucket went on");
+        drop(slot);
+        assert_eq!(same.open_connections(), 0);
+
+        // A new rate: a fresh bucket.
+        let mut faster = narrowed.clone();
+        faster.rate_limit = None;
+        let after = KeyRing::after(&[faster], &after);
+        assert!(after.same(&key).unwrap().check_rate("x").is_ok());
+
+        // Another key under the same name, or the key under another name: not the same.
+        let mut rekeyed = narrowed.clone();
+        rekeyed.key = KeyMaterial::Plain(Secret::new("bbbbbbbbbbbbbbbbbbbb"));
+        let mut renamed = narrowed.clone();
+        renamed.name = "b".into();
+        let after = KeyRing::after(&[rekeyed, renamed], &before);
+        assert!(after.same(&key).is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,7 +14,15 @@
 //!
 //! The MCP routes over HTTP (`crate::routes`) take the [`Caller`] from step 1, and check
 //! [`Caller::may_use`], [`ApiKey::check_rate`] and [`ApiKey::open_connection`] themselves.
+//!
+//! The admin API has a key of its own ([`AdminKey`]) and no other check.
+//!
+//! The keys and the Origin and Host policy are replaced as a whole when the
+//! configuration is reloaded ([`Access::replace`]); every check reads the rules in force.
+//! A session's grant is then checked again ([`Grant::refresh`]): a key that is gone
+//! closes its connections with 4503.
 
+mod admin_key;
 mod admission;
 mod cors;
 mod gate;
@@ -25,9 +33,10 @@ mod presented;
 mod rate;
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
-pub use admission::{Admission, Admitted, Grant, RateLimited};
+pub use admin_key::AdminKey;
+pub use admission::{Admission, Admitted, Grant, RateLimited, Revoked};
 pub use cors::MCP_PARAM_PREFIX;
 pub use gate::{Route, gate, refuse};
 pub use keys::{ApiKey, ConnectionSlot, Eviction, HeldSlot, KeyRing};
@@ -158,37 +167,65 @@ impl Caller {
     }
 }
 
-/// The access rules of one gateway, shared by every request.
+/// The rules in force: the keys and the Origin and Host policy.
+#[derive(Debug)]
+struct Rules {
+    keys: Arc<KeyRing>,
+    origins: Arc<OriginPolicy>,
+}
+
+/// The access rules of one gateway, shared by every request; replaced as a whole when
+/// the configuration is reloaded.
 #[derive(Debug)]
 pub struct Access {
-    keys: KeyRing,
-    origins: OriginPolicy,
+    rules: RwLock<Rules>,
+    /// Serves HTTPS: the gateway's own origin is `https`. Fixed for the process.
+    tls: bool,
     pending: Arc<PendingPerIp>,
 }
 
 impl Access {
     /// The rules of `config`.
     pub fn new(config: &GatewayConfig) -> Arc<Self> {
+        let tls = config.tls.is_some();
         Arc::new(Self {
-            keys: KeyRing::new(&config.access.api_keys),
-            origins: OriginPolicy::new(&config.access, config.tls.is_some()),
+            rules: RwLock::new(Rules {
+                keys: Arc::new(KeyRing::new(&config.access.api_keys)),
+                origins: Arc::new(OriginPolicy::new(&config.access, tls)),
+            }),
+            tls,
             pending: PendingPerIp::new(config.max_pending_per_ip),
         })
     }
 
+    /// Puts the access rules of `config` in force at once: its keys (a key that is
+    /// the same as before keeps its counts, [`KeyRing::after`]), origins and hosts.
+    pub fn replace(&self, config: &GatewayConfig) {
+        let mut rules = self.rules.write().unwrap_or_else(|p| p.into_inner());
+        let keys = KeyRing::after(&config.access.api_keys, &rules.keys);
+        *rules = Rules {
+            keys: Arc::new(keys),
+            origins: Arc::new(OriginPolicy::new(&config.access, self.tls)),
+        };
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Rules> {
+        self.rules.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The configured keys.
-    pub fn keys(&self) -> &KeyRing {
-        &self.keys
+    pub fn keys(&self) -> Arc<KeyRing> {
+        self.read().keys.clone()
     }
 
     /// True when API keys are configured.
     pub fn takes_keys(&self) -> bool {
-        !self.keys.is_empty()
+        !self.read().keys.is_empty()
     }
 
     /// The Origin and Host policy.
-    pub fn origins(&self) -> &OriginPolicy {
-        &self.origins
+    pub fn origins(&self) -> Arc<OriginPolicy> {
+        self.read().origins.clone()
     }
 
     /// The caller a request's presented key (if any) makes it. `websocket`: the request is
@@ -198,13 +235,13 @@ impl Access {
         headers: &axum::http::HeaderMap,
         websocket: bool,
     ) -> Result<Caller, Refusal> {
-        if self.keys.is_empty() {
+        let keys = self.keys();
+        if keys.is_empty() {
             // A key presented to a gateway without keys is ignored.
             return Ok(Caller::Anonymous);
         }
         match presented_key(headers, websocket)? {
-            Some(presented) => self
-                .keys
+            Some(presented) => keys
                 .find(presented.bytes())
                 .map(Caller::Key)
                 .ok_or(Refusal::WrongKey),

@@ -458,7 +458,7 @@ impl Parser<'_> {
 }
 
 /// Why a key is not acceptable; never quotes it.
-fn check_key(key: &str) -> Result<(), String> {
+pub(super) fn check_key(key: &str) -> Result<(), String> {
     let chars = key.chars().count();
     if chars < MIN_KEY_CHARS {
         return Err(format!(
@@ -477,7 +477,7 @@ fn check_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+pub(super) fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
     let bytes = hex.as_bytes();
     if bytes.len() != 64 {
         return None;

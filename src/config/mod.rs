@@ -14,8 +14,10 @@
 //! - `access`: the keys about who may connect (`apiKeys`, `allowedOrigins`, `allowedHosts`,
 //!   `allowAnonymous`) and `tls`: their types and rules.
 //! - `origins`: the form of origins and host names.
+//! - `admin`: the admin API's listener and key (`gateway.admin`).
 
 mod access;
+mod admin;
 mod expand;
 mod origins;
 mod raw;
@@ -33,6 +35,7 @@ use std::time::Duration;
 pub use access::{
     AccessConfig, ApiKeyConfig, KeyMaterial, Rate, RateLimitConfig, ServerGrant, TlsConfig, sha256,
 };
+pub use admin::{AdminConfig, DEFAULT_ADMIN_LISTEN};
 pub use origins::{normalize_origin, split_host_port};
 
 /// The pinned `mcp-proxy` npm version launched when no local or configured copy is found.
@@ -197,6 +200,11 @@ pub struct GatewayConfig {
     /// and how long a kept-alive connection may wait idle for its next request; then it
     /// is closed (default 10 s).
     pub header_timeout: Duration,
+    /// `admin`: the admin API's listener and key; none without it.
+    pub admin: Option<AdminConfig>,
+    /// `watchConfig`: re-read the configuration file when it changes (default true;
+    /// SIGHUP and the admin API's reload work either way).
+    pub watch_config: bool,
 }
 
 impl Default for GatewayConfig {
@@ -230,7 +238,31 @@ impl Default for GatewayConfig {
             resume_budget_bytes: 256 << 20,
             max_connections_per_ip: 1024,
             header_timeout: Duration::from_secs(10),
+            admin: None,
+            watch_config: true,
         }
+    }
+}
+
+impl GatewayConfig {
+    /// The settings (as `gateway.<key>`) that differ from `other` and take effect only
+    /// when mcpmux starts: everything but who may connect (`apiKeys`, `allowedOrigins`,
+    /// `allowedHosts`, `allowAnonymous`) and the admin key, which apply at once.
+    pub fn changes_needing_restart(&self, other: &GatewayConfig) -> Vec<String> {
+        let mut changed: Vec<&str> = Vec::new();
+        let listed = [
+            ("listen", self.listen != other.listen),
+            ("tls", self.tls != other.tls),
+            ("mcpProxy", self.mcp_proxy != other.mcp_proxy),
+            ("watchConfig", self.watch_config != other.watch_config),
+            (
+                "admin.listen",
+                self.admin.as_ref().map(|a| a.listen) != other.admin.as_ref().map(|a| a.listen),
+            ),
+        ];
+        changed.extend(listed.iter().filter(|(_, c)| *c).map(|(key, _)| *key));
+        changed.extend(raw::changed_numbers(self, other));
+        changed.iter().map(|key| format!("gateway.{key}")).collect()
     }
 }
 
@@ -291,12 +323,17 @@ impl Config {
     /// Reads and parses the file at `path`, expanding `${NAME}` from the process environment.
     /// Relative file paths in it (`gateway.tls`) are made relative to its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let source_name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            source_name: source_name.clone(),
+            source_name: path.display().to_string(),
             source,
         })?;
-        let mut config = Config::parse(&text, &source_name, &|name| std::env::var(name).ok())?;
+        Config::from_file_text(&text, path)
+    }
+
+    /// Parses `text` as the contents of the file at `path`, as [`Config::load`] does.
+    pub fn from_file_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let source_name = path.display().to_string();
+        let mut config = Config::parse(text, &source_name, &|name| std::env::var(name).ok())?;
         if let Some(tls) = &mut config.gateway.tls {
             tls.relative_to(path.parent().unwrap_or(Path::new(".")));
         }

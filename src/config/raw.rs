@@ -87,6 +87,9 @@ macro_rules! gateway_numbers {
             #[serde(rename = "allowAnonymous")]
             pub allow_anonymous: Option<bool>,
             pub tls: Option<Value>,
+            pub admin: Option<Value>,
+            #[serde(rename = "watchConfig")]
+            pub watch_config: Option<bool>,
             $(
                 #[serde(rename = $key)]
                 $field: Option<u64>,
@@ -96,7 +99,8 @@ macro_rules! gateway_numbers {
         impl Raw for RawGateway {
             const KEYS: Keys = &[
                 "listen", "mcpProxy", $($key,)*
-                "apiKeys", "allowedOrigins", "allowedHosts", "allowAnonymous", "tls",
+                "apiKeys", "allowedOrigins", "allowedHosts", "allowAnonymous", "tls", "admin",
+                "watchConfig",
             ];
         }
 
@@ -115,6 +119,17 @@ macro_rules! gateway_numbers {
                 )*
                 Ok(())
             }
+        }
+
+        /// The numeric keys whose values differ between `a` and `b`.
+        pub(super) fn changed_numbers(a: &GatewayConfig, b: &GatewayConfig) -> Vec<&'static str> {
+            let mut changed = Vec::new();
+            $(
+                if a.$field != b.$field {
+                    changed.push($key);
+                }
+            )*
+            changed
         }
     };
 }

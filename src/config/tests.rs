@@ -800,7 +800,9 @@ fn each_gateway_number_is_read_into_its_field() {
             "allowedOrigins",
             "allowedHosts",
             "allowAnonymous",
-            "tls"
+            "tls",
+            "admin",
+            "watchConfig"
         ]
     );
     for &(key, n, field) in NUMBER_KEYS {
@@ -813,6 +815,10 @@ fn each_gateway_number_is_read_into_its_field() {
         for &(other, _, other_field) in NUMBER_KEYS.iter().filter(|k| k.0 != key) {
             assert_eq!(other_field(&g), other_field(&default), "{key} set {other}");
         }
+        assert_eq!(
+            g.changes_needing_restart(&default),
+            [format!("gateway.{key}")]
+        );
         // The same bounds for every key.
         invalid_at(
             &gateway(&format!(r#"{{"{key}": 0}}"#)),
@@ -825,6 +831,58 @@ fn each_gateway_number_is_read_into_its_field() {
             "is 4294967296; use a whole number from 1 to 4294967295",
         );
     }
+}
+
+#[test]
+fn admin_takes_a_listener_and_always_a_key() {
+    let g = parse(&gateway(r#"{"admin": {"key": "${TOKEN}-and-some-more"}}"#))
+        .unwrap()
+        .gateway;
+    let admin = g.admin.expect("admin");
+    assert_eq!(admin.listen, DEFAULT_ADMIN_LISTEN);
+    assert_eq!(format!("{:?}", admin.key), "key ***");
+    assert_eq!(
+        admin.key.digest(),
+        sha256(b"s3cret-and-some-more"),
+        "${{VAR}} expanded"
+    );
+    let hashed = format!(
+        r#"{{"admin": {{"listen": "127.0.0.1:0", "keySha256": "{}"}}, "watchConfig": false}}"#,
+        "ab".repeat(32)
+    );
+    let g = parse(&gateway(&hashed)).unwrap().gateway;
+    assert_eq!(g.admin.as_ref().map(|a| a.listen.port()), Some(0));
+    assert!(!g.watch_config && GatewayConfig::default().watch_config);
+    assert_eq!(
+        g.changes_needing_restart(&GatewayConfig::default()),
+        ["gateway.watchConfig", "gateway.admin.listen"]
+    );
+    invalid_gateways(&[
+        (r#"{"admin": {}}"#, "admin", "needs \"key\""),
+        (r#"{"admin": {"key": "short"}}"#, "admin.key", "too short"),
+        (
+            r#"{"admin": {"key": "0123456789abcdef", "keySha256": "x"}}"#,
+            "admin",
+            "keep one",
+        ),
+        (
+            r#"{"admin": {"keySha256": "x"}}"#,
+            "admin.keySha256",
+            "64 hexadecimal",
+        ),
+        (
+            r#"{"admin": {"key": "0123456789abcdef", "listen": "nowhere"}}"#,
+            "admin.listen",
+            "not an \"ip:port\"",
+        ),
+        (
+            r#"{"admin": {"key": "${NOPE}"}}"#,
+            "admin.key",
+            "NOPE is not set",
+        ),
+        (r#"{"admin": {"port": 1}}"#, "admin.port", "unknown key"),
+        (r#"{"watchConfig": 1}"#, "watchConfig", "invalid type"),
+    ]);
 }
 
 #[test]

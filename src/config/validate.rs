@@ -291,6 +291,12 @@ impl Parser<'_> {
             tls: r.tls.take(),
         };
         (g.access, g.tls) = self.access(access, servers)?;
+        if let Some(admin) = r.admin.take() {
+            g.admin = Some(self.admin(&admin)?);
+        }
+        if let Some(watch) = r.watch_config.take() {
+            g.watch_config = watch;
+        }
         r.numbers(&mut g, |key, n| {
             if n == 0 || n > MAX_NUMBER {
                 let msg = format!(

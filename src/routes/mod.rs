@@ -98,7 +98,6 @@ impl Routes {
             .servers
             .get(name)
             .filter(|_| caller.may_use(name))
-            .cloned()
             .ok_or_else(|| RouteError::UnknownServer(name.to_owned()))
     }
 
@@ -179,7 +178,7 @@ impl Routes {
     /// The answer to a refused or failed request, counted.
     fn refused(&self, refused: Refused) -> Response {
         let named = refused.server.as_deref().unwrap_or("");
-        let configured = if self.context().servers.contains_key(named) {
+        let configured = if self.context().servers.get(named).is_some() {
             named
         } else {
             ""

@@ -11,7 +11,8 @@
 //! server dying (mcp-proxy then stays up and answers every call with "Not connected", so
 //! the process group is checked every [`HEALTH_INTERVAL`], and at once when a reply
 //! says so). On any end: stop the group, back off (jittered, exponential, capped) and
-//! start again. Shutdown stops the group: SIGTERM, then SIGKILL after the grace period.
+//! start again. Stopping the supervisor (shutdown, or its server removed or replaced)
+//! stops the group: SIGTERM, then SIGKILL after the grace period.
 
 pub mod environment;
 pub mod guard;
@@ -62,59 +63,73 @@ pub struct SupervisorConfig {
 /// Why an instance ended.
 #[derive(Debug)]
 enum InstanceEnd {
-    Shutdown,
-    Failed(String),
+    Stopped,
+    Failed {
+        reason: String,
+        /// The instance had become ready before it failed.
+        was_ready: bool,
+    },
 }
 
-/// Runs one stdio server until `shutdown` is cancelled.
+/// Runs one stdio server, as `owner` of its status ([`Server::take_over`]), until `stop`
+/// is cancelled. Whoever stops it decides the state that follows: `down` on shutdown,
+/// `removed`, or a new owner's `restarting`.
 pub async fn supervise(
     server: Arc<Server>,
     spec: StdioServer,
     config: SupervisorConfig,
     http: reqwest::Client,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
+    owner: u64,
 ) {
-    let mut generation = 0u64;
     let mut consecutive_failures = 0u32;
+    let instance = Instance {
+        server: &server,
+        owner,
+        spec: &spec,
+        config: &config,
+        http: &http,
+        stop: &stop,
+    };
     loop {
-        generation += 1;
         let started = Instant::now();
-        let ended = run_instance(&server, &spec, &config, &http, &shutdown, generation).await;
-        let reason = match ended {
-            InstanceEnd::Shutdown => break,
-            InstanceEnd::Failed(reason) => reason,
+        let (reason, was_ready) = match instance.run().await {
+            InstanceEnd::Stopped => break,
+            InstanceEnd::Failed { reason, was_ready } => (reason, was_ready),
         };
         tracing::warn!(server = %server.name, %reason, "server stopped; restarting");
         if started.elapsed() >= STABLE_RUN {
             consecutive_failures = 0;
         }
         consecutive_failures += 1;
-        // The first failure after a good run restarts at once (state `restarting`);
-        // repeated failures wait out a growing backoff in state `down`.
-        let state = if consecutive_failures <= 1 {
+        // The first failure after a good run restarts at once (state `restarting`); a
+        // start that fails, and repeated failures, wait out a growing backoff in state
+        // `down`.
+        let state = if was_ready && consecutive_failures <= 1 {
             ServerState::Restarting
         } else {
             ServerState::Down
         };
-        server.update(|s| {
+        let owned = server.update_as(owner, |s| {
             s.state = state;
             s.endpoint = None;
             s.pid = None;
             s.restarts += 1;
             s.last_error = Some(reason);
+            if !was_ready {
+                s.starts += 1;
+            }
         });
+        if !owned {
+            break;
+        }
         let delay = backoff(&config, consecutive_failures);
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}
         }
-        server.update(|s| s.state = ServerState::Restarting);
+        server.update_as(owner, |s| s.state = ServerState::Restarting);
     }
-    server.update(|s| {
-        s.state = ServerState::Down;
-        s.endpoint = None;
-        s.pid = None;
-    });
 }
 
 /// The delay before restart number `failures` (1-based): min·2^(n-1), capped, with
@@ -128,22 +143,87 @@ fn backoff(config: &SupervisorConfig, failures: u32) -> Duration {
     exp.mul_f64(jitter).min(config.backoff_max)
 }
 
-async fn run_instance(
-    server: &Arc<Server>,
+/// One supervisor's view of its server, for running instances of it.
+struct Instance<'a> {
+    server: &'a Arc<Server>,
+    owner: u64,
+    spec: &'a StdioServer,
+    config: &'a SupervisorConfig,
+    http: &'a reqwest::Client,
+    stop: &'a CancellationToken,
+}
+
+impl Instance<'_> {
+    /// Starts one instance and runs it until it fails or is stopped.
+    async fn run(&self) -> InstanceEnd {
+        let failed = |reason: String| InstanceEnd::Failed {
+            reason,
+            was_ready: false,
+        };
+        let (server, config) = (self.server, self.config);
+        let port = match free_port() {
+            Ok(port) => port,
+            Err(err) => return failed(format!("no free port: {err}")),
+        };
+        let api_key = random_key();
+        let Some(child_spec) = child_spec(self.spec, config, port, &api_key) else {
+            return failed("the mcp-proxy command is empty".into());
+        };
+        let mut child = match GroupChild::spawn(child_spec).await {
+            Ok(child) => child,
+            Err(err) => return failed(err.to_string()),
+        };
+        let pid = child.pid();
+        server.update_as(self.owner, |s| s.pid = Some(pid));
+        output::capture(&server.name, "stdout", child.take_stdout(), &config.metrics);
+        output::capture(&server.name, "stderr", child.take_stderr(), &config.metrics);
+
+        let base = format!("http://127.0.0.1:{port}");
+        let ready = tokio::select! {
+            _ = self.stop.cancelled() => Err(None),
+            ready = wait_ready(self.http, &base, config.start_timeout) => ready.map_err(Some),
+            status = child.wait() => Err(Some(format!("mcp-proxy exited during start-up ({})", describe_exit(status)))),
+        };
+        if let Err(reason) = ready {
+            child.stop(config.stop_grace).await;
+            return reason.map_or(InstanceEnd::Stopped, failed);
+        }
+        let endpoint = match endpoint(&base, &api_key, server.next_generation()) {
+            Ok(endpoint) => endpoint,
+            Err(reason) => {
+                child.stop(config.stop_grace).await;
+                return failed(reason);
+            }
+        };
+        server.update_as(self.owner, |s| {
+            s.state = ServerState::Ready;
+            s.endpoint = Some(Arc::new(endpoint));
+            s.pid = Some(pid);
+            s.starts += 1;
+        });
+
+        let ended = watch_instance(server, &mut child, self.stop).await;
+        // Clients must stop using this instance before it is stopped.
+        if let InstanceEnd::Failed { .. } = ended {
+            server.update_as(self.owner, |s| {
+                s.state = ServerState::Restarting;
+                s.endpoint = None;
+            });
+        }
+        child.stop(config.stop_grace).await;
+        ended
+    }
+}
+
+/// The command line and environment of one instance: mcp-proxy (under the guard, when
+/// there is one) on `port`, in front of the server. `None` for an empty mcp-proxy command.
+fn child_spec(
     spec: &StdioServer,
     config: &SupervisorConfig,
-    http: &reqwest::Client,
-    shutdown: &CancellationToken,
-    generation: u64,
-) -> InstanceEnd {
-    let port = match free_port() {
-        Ok(port) => port,
-        Err(err) => return InstanceEnd::Failed(format!("no free port: {err}")),
-    };
-    let api_key = random_key();
-    let Some((proxy, leading)) = config.mcp_proxy.split_first() else {
-        return InstanceEnd::Failed("the mcp-proxy command is empty".into());
-    };
+    port: u16,
+    api_key: &str,
+) -> Option<ChildSpec> {
+    let (proxy, leading) = config.mcp_proxy.split_first()?;
     let (program, mut args) = match &config.guard {
         Some(binary) => {
             let grace = config.stop_grace.as_millis().to_string();
@@ -167,54 +247,12 @@ async fn run_instance(
         spec.command.clone(),
     ]);
     args.extend(spec.args.iter().cloned());
-    let child_spec = ChildSpec {
+    Some(ChildSpec {
         program,
         args,
-        env: environment::for_server(spec, &api_key, |name| std::env::var_os(name)),
+        env: environment::for_server(spec, api_key, |name| std::env::var_os(name)),
         cwd: spec.cwd.clone(),
-    };
-    let mut child = match GroupChild::spawn(child_spec).await {
-        Ok(child) => child,
-        Err(err) => return InstanceEnd::Failed(err.to_string()),
-    };
-    let pid = child.pid();
-    server.update(|s| s.pid = Some(pid));
-    output::capture(&server.name, "stdout", child.take_stdout(), &config.metrics);
-    output::capture(&server.name, "stderr", child.take_stderr(), &config.metrics);
-
-    let base = format!("http://127.0.0.1:{port}");
-    let ready = tokio::select! {
-        _ = shutdown.cancelled() => Err(None),
-        ready = wait_ready(http, &base, config.start_timeout) => ready.map_err(Some),
-        status = child.wait() => Err(Some(format!("mcp-proxy exited during start-up ({})", describe_exit(status)))),
-    };
-    if let Err(reason) = ready {
-        child.stop(config.stop_grace).await;
-        return reason.map_or(InstanceEnd::Shutdown, InstanceEnd::Failed);
-    }
-    let endpoint = match endpoint(&base, &api_key, generation) {
-        Ok(endpoint) => endpoint,
-        Err(reason) => {
-            child.stop(config.stop_grace).await;
-            return InstanceEnd::Failed(reason);
-        }
-    };
-    server.update(|s| {
-        s.state = ServerState::Ready;
-        s.endpoint = Some(Arc::new(endpoint));
-        s.pid = Some(pid);
-    });
-
-    let ended = watch_instance(server, &mut child, shutdown).await;
-    // Clients must stop using this instance before it is stopped.
-    if let InstanceEnd::Failed(_) = ended {
-        server.update(|s| {
-            s.state = ServerState::Restarting;
-            s.endpoint = None;
-        });
-    }
-    child.stop(config.stop_grace).await;
-    ended
+    })
 }
 
 /// Watches a ready instance until it ends. Every process of its group at the time it
@@ -223,26 +261,30 @@ async fn run_instance(
 async fn watch_instance(
     server: &Server,
     child: &mut GroupChild,
-    shutdown: &CancellationToken,
+    stop: &CancellationToken,
 ) -> InstanceEnd {
     let leader = child.pid();
     let watched: Vec<u32> = process::group_members(leader)
         .into_iter()
         .filter(|pid| *pid != leader)
         .collect();
+    let failed = |reason: String| InstanceEnd::Failed {
+        reason,
+        was_ready: true,
+    };
     let mut tick = tokio::time::interval(HEALTH_INTERVAL);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return InstanceEnd::Shutdown,
+            _ = stop.cancelled() => return InstanceEnd::Stopped,
             status = child.wait() => {
-                return InstanceEnd::Failed(format!("mcp-proxy exited ({})", describe_exit(status)));
+                return failed(format!("mcp-proxy exited ({})", describe_exit(status)));
             }
             _ = tick.tick() => {}
             _ = server.suspected() => {}
         }
         let alive = process::group_members(leader);
         if alive.len() <= 1 || watched.iter().any(|pid| !alive.contains(pid)) {
-            return InstanceEnd::Failed("the stdio server under mcp-proxy exited".into());
+            return failed("the stdio server under mcp-proxy exited".into());
         }
     }
 }

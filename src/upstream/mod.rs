@@ -84,6 +84,9 @@ pub enum UpstreamError {
     /// The upstream session was lost (expired, or the server restarted).
     #[error("the upstream session was lost: {0}")]
     SessionLost(String),
+    /// No server has this name (any more): the same answer as for one never configured.
+    #[error("no server is named {0:?}; the welcome frame lists the servers")]
+    UnknownServer(String),
 }
 
 impl UpstreamError {
@@ -94,6 +97,7 @@ impl UpstreamError {
             Self::Timeout(_) => ErrorCode::Timeout,
             Self::SessionGone | Self::SessionLost(_) => ErrorCode::SessionLost,
             Self::SessionClosed => ErrorCode::SessionClosed,
+            Self::UnknownServer(_) => ErrorCode::UnknownServer,
             Self::Status { .. }
             | Self::Protocol(_)
             | Self::StreamCut(_)

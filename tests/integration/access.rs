@@ -39,12 +39,11 @@ async fn connect(gateway: &TestGateway, token: &str) -> Client {
 
 /// Publishes `server` as down, then as it was: two status changes.
 fn flip(gateway: &TestGateway, server: &str) {
-    let server = &gateway.gateway().servers()[server];
+    let servers = gateway.gateway().servers();
+    let server = &servers[server];
     let before = server.status();
-    let mut down = before.clone();
-    down.state = mcpmux::protocol::ServerState::Down;
-    server.publish(down);
-    server.publish(before);
+    server.update(|s| s.state = mcpmux::protocol::ServerState::Down);
+    server.update(|s| *s = before);
 }
 
 #[tokio::test]

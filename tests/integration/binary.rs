@@ -27,6 +27,8 @@ pub struct Binary {
     pub child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its admin API listens, when configured.
+    pub admin: Option<SocketAddr>,
     marker: String,
     dir: TempDir,
 }
@@ -113,8 +115,20 @@ impl Binary {
             .spawn()
             .expect("mcpmux starts");
         let stdout = child.stdout.take().expect("stdout");
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("a line");
+        reader.read_line(&mut line).expect("a line");
+        // The start-up lines come in one write: whatever followed the first is buffered.
+        let mut admin = None;
+        while !reader.buffer().is_empty() {
+            let mut next = String::new();
+            reader.read_line(&mut next).expect("a line");
+            if let Some(rest) = next.trim().strip_prefix("mcpmux admin API: http://") {
+                admin = rest
+                    .strip_suffix("/admin/servers")
+                    .and_then(|a| a.parse().ok());
+            }
+        }
         let addr = line
             .trim()
             .strip_prefix("mcpmux listening on ")
@@ -125,8 +139,39 @@ impl Binary {
         Self {
             child,
             addr,
+            admin,
             marker,
             dir,
+        }
+    }
+
+    /// The configuration file it runs with.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.0.join("mcpmux.json")
+    }
+
+    /// Replaces its configuration file with `config` in one step (written beside it,
+    /// then renamed over it), its stdio servers marked as at the start.
+    pub fn write_config(&self, config: &Value) {
+        let temporary = self.dir.0.join(".mcpmux.json.test");
+        std::fs::write(&temporary, marked(config).to_string()).expect("write config");
+        std::fs::rename(&temporary, self.config_path()).expect("rename config");
+    }
+
+    /// Waits until its log (with [`Launch::log_filter`]) holds a line containing every
+    /// one of `needles`, and returns that line; fails after `within`.
+    pub async fn log_line(&self, needles: &[&str], within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let log = self.log();
+            if let Some(line) = log.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return line.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needles:?} within {within:?}; log:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -185,14 +230,24 @@ fn marked(config: &Value) -> Value {
     let mut config = config.clone();
     if let Some(servers) = config["mcpServers"].as_object_mut() {
         for entry in servers.values_mut() {
-            if entry.get("command").is_some() {
-                let mut inherit = entry["inheritEnv"].as_array().cloned().unwrap_or_default();
-                inherit.push(Value::from("MCPMUX_TEST_MARK"));
-                entry["inheritEnv"] = Value::Array(inherit);
-            }
+            *entry = marked_entry(entry);
         }
     }
     config
+}
+
+/// A server entry that, if it is a stdio server, asks to inherit the marker, so that
+/// its processes are found (and cleaned up) like those of the configuration's.
+pub fn marked_entry(entry: &Value) -> Value {
+    let mut entry = entry.clone();
+    if entry.get("command").is_some() {
+        let mut inherit = entry["inheritEnv"].as_array().cloned().unwrap_or_default();
+        if !inherit.contains(&Value::from("MCPMUX_TEST_MARK")) {
+            inherit.push(Value::from("MCPMUX_TEST_MARK"));
+        }
+        entry["inheritEnv"] = Value::Array(inherit);
+    }
+    entry
 }
 
 fn rand_u64() -> u64 {

@@ -265,7 +265,7 @@ async fn a_crash_looping_server_is_down_while_its_neighbour_keeps_answering() {
         .wait_for("crasher down", |f| is_status(f, "crasher", "down"))
         .await;
     let first = restarts("crasher");
-    assert!(first >= 2, "down comes after repeated failures: {first}");
+    assert!(first >= 1, "down comes after a failed start: {first}");
 
     let reply = client
         .call("crasher", json!("to-crasher"), "tools/list", json!({}))

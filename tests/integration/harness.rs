@@ -107,6 +107,28 @@ impl TestGateway {
         }
     }
 
+    /// Starts a gateway for the configuration file at `path` on 127.0.0.1:0: the file
+    /// can then be changed and reloaded ([`Gateway::reload`], or its watch).
+    pub async fn start_from_file(path: &std::path::Path) -> Self {
+        init_logs();
+        let config = Config::load(path).unwrap_or_else(|e| panic!("test config rejected: {e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let options = mcpmux::Options {
+            config_path: Some(path.to_path_buf()),
+            ..mcpmux::Options::default()
+        };
+        let gateway = Gateway::start_with(config, listener, options)
+            .await
+            .expect("gateway starts");
+        let addr = gateway.local_addr();
+        Self {
+            gateway: Some(gateway),
+            addr,
+        }
+    }
+
     /// Shuts the gateway down gracefully.
     pub async fn shutdown(mut self) {
         if let Some(gateway) = self.gateway.take() {

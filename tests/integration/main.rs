@@ -7,6 +7,7 @@ mod harness;
 mod http_client;
 
 mod access;
+mod admin;
 mod bench_smoke;
 mod carrying;
 mod decoder_props;
@@ -20,6 +21,7 @@ mod limits;
 mod logs;
 mod metrics;
 mod protocol_doc;
+mod reload;
 mod resume;
 mod resume_budget;
 mod secret_urls;

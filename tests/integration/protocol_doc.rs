@@ -53,7 +53,7 @@ fn schema(kind: &str) -> Option<(Fields, Fields)> {
     let server_state: fn(&Value) -> bool = |v| {
         matches!(
             v.as_str(),
-            Some("starting" | "ready" | "restarting" | "down")
+            Some("starting" | "ready" | "restarting" | "down" | "removed")
         )
     };
     let code: fn(&Value) -> bool = |v| {

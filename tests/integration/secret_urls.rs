@@ -207,6 +207,18 @@ fn check_config_shows_no_url_secret_or_header_value() {
     assert!(text.contains("headers: X-Api-Key"), "{text}");
     assert_no_secret("check-config", &text);
 
+    // Nor the admin key.
+    let admin_key = "admin-secret-key-0123456789";
+    let mut with_admin = good.clone();
+    with_admin["gateway"] = json!({"admin": {"key": admin_key}});
+    let (ok, text) = check_config(&with_admin);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("admin API: 127.0.0.1:7301, key ***"),
+        "{text}"
+    );
+    assert!(!text.contains(admin_key), "{text}");
+
     for bad in [
         format!("ftp://{USER}:{PASSWORD}@h/?k={query}"),
         format!("http://{USER}:{PASSWORD}@h:port/?k={query}"),

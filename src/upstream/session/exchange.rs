@@ -53,7 +53,11 @@ impl UpstreamSession {
             Ok(()) => Outcome::Cancelled,
             Err(error) => Outcome::Gateway(error.code()),
         });
-        if let Err(error) = outcome {
+        if let Err(mut error) = outcome {
+            if self.server.is_removed() {
+                // Whatever the removal made fail is answered as for an unknown server.
+                error = UpstreamError::UnknownServer(self.server.name.to_string());
+            }
             if matches!(error, UpstreamError::SessionGone) {
                 self.end(UpstreamEnd::Lost(
                     "the upstream session expired or was deleted".into(),

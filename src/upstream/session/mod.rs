@@ -27,6 +27,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use self::barrier::Barrier;
@@ -54,6 +55,9 @@ pub enum UpstreamEnd {
     ClientSessionEnded,
     /// The upstream forgot it (404) or its server restarted; the reason says which.
     Lost(String),
+    /// The server was removed from the configuration, or the client's key may no longer
+    /// use it: its requests in flight are answered as for an unknown server.
+    Removed,
 }
 
 /// A client message on its way upstream.
@@ -121,6 +125,9 @@ pub struct UpstreamSession {
     open: Mutex<Option<OpenGuard>>,
     /// The span of its tasks: every line about it names the server and the session.
     span: tracing::Span,
+    /// This session's message exchanges (they also count among the client session's
+    /// tasks), so that its end can wait for their answers.
+    exchanges: TaskTracker,
 }
 
 impl std::fmt::Debug for UpstreamSession {
@@ -150,7 +157,20 @@ impl UpstreamSession {
             legacy: OnceCell::new(),
             open: Mutex::new(None),
             span,
+            exchanges: TaskTracker::new(),
         })
+    }
+
+    /// The server this session is with.
+    pub fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
+
+    /// Waits (up to `limit`) until every exchange of this ended session has finished,
+    /// each request in flight answered.
+    pub async fn settled(&self, limit: Duration) {
+        self.exchanges.close();
+        let _ = tokio::time::timeout(limit, self.exchanges.wait()).await;
     }
 
     /// True once the session has ended; a new message then needs a new session.
@@ -233,10 +253,10 @@ impl UpstreamSession {
                 let token = self.lock_inflight().remove(&key);
                 if let Some((_, token)) = token {
                     let session = self.clone();
-                    let exchange = async move {
+                    let exchange = self.exchanges.track_future(async move {
                         session.exchange_guarded(carried).await;
                         token.cancel();
-                    };
+                    });
                     self.link
                         .tasks
                         .spawn(exchange.instrument(self.span.clone()));
@@ -245,7 +265,9 @@ impl UpstreamSession {
             }
         }
         let session = self.clone();
-        let exchange = session.exchange_guarded(carried);
+        let exchange = self
+            .exchanges
+            .track_future(session.exchange_guarded(carried));
         self.link
             .tasks
             .spawn(exchange.instrument(self.span.clone()));
@@ -267,7 +289,10 @@ impl UpstreamSession {
                     .push_session(&self.server.name, SessionState::Lost, Some(&reason))
                     .await;
             }
-            UpstreamEnd::Closed | UpstreamEnd::Replaced | UpstreamEnd::ClientSessionEnded => {
+            UpstreamEnd::Closed
+            | UpstreamEnd::Replaced
+            | UpstreamEnd::ClientSessionEnded
+            | UpstreamEnd::Removed => {
                 if let (Some(id), Some(endpoint)) = (session_id, self.endpoint.get()) {
                     self.delete_upstream(endpoint.clone(), id);
                 }
@@ -305,6 +330,9 @@ impl UpstreamSession {
     fn end_error(&self) -> UpstreamError {
         match self.ended.get() {
             Some(UpstreamEnd::Lost(reason)) => UpstreamError::SessionLost(reason.clone()),
+            Some(UpstreamEnd::Removed) => {
+                UpstreamError::UnknownServer(self.server.name.to_string())
+            }
             _ => UpstreamError::SessionClosed,
         }
     }

@@ -1,0 +1,369 @@
+//! Changing the configuration while the gateway runs: validate first, then apply.
+//!
+//! A new configuration (the file re-read when it changes or on SIGHUP, or the file as
+//! the admin API edits it) is checked as a whole before anything changes: it must
+//! parse, must not leave the gateway without keys on an exposed address, and every
+//! remote entry must be usable. An invalid one is rejected (one log line naming the
+//! problem) and the running configuration stays. A valid one is applied in this order:
+//! the access rules (keys, what each may use, origins, hosts; a connection whose key is
+//! gone is closed with 4503), the admin key, then removed servers (stopped, `removed`),
+//! changed servers (restarted: `restarting`, `ready`), added servers (`starting`,
+//! `ready`). Unchanged servers are not touched. Settings read only at start (the listen
+//! address, TLS, timeouts and limits) are logged as needing a restart.
+//!
+//! Changes are applied one at a time, under one lock; the starts and stops they cause
+//! are waited for by the caller, outside it.
+
+mod edit;
+mod watch;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+pub use edit::EditError;
+pub use watch::{DEBOUNCE, watch};
+
+use crate::auth::{self, Access, AdminKey};
+use crate::config::{Config, ConfigError};
+use crate::fleet::{Fleet, FleetError, Starting, Stopping};
+use crate::registry::Registry;
+
+/// Why a configuration was not applied; the running one stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new configuration is not valid (the message names the file, the key and
+    /// the fix).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// It would serve without keys on an address other than loopback.
+    #[error(transparent)]
+    Exposed(#[from] auth::Exposed),
+    /// A server in it could not be served.
+    #[error(transparent)]
+    Server(#[from] FleetError),
+    /// mcpmux runs without a configuration file.
+    #[error(
+        "mcpmux runs without a configuration file (it was started without --config and without ./mcpmux.json), so there is none to re-read or edit"
+    )]
+    NoFile,
+    /// The file as it is now is not valid, so it cannot be edited.
+    #[error(
+        "the configuration file is not valid as it is, so it cannot be edited; fix it first: {0}"
+    )]
+    FileInvalid(ConfigError),
+    /// The file could not be read or written.
+    #[error(transparent)]
+    Edit(#[from] EditError),
+}
+
+/// What a reload changed, and what it started and stopped.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Servers added.
+    pub added: Vec<String>,
+    /// Servers removed.
+    pub removed: Vec<String>,
+    /// Servers whose entry changed (restarted).
+    pub changed: Vec<String>,
+    /// True when the access rules were replaced.
+    pub access_changed: bool,
+    /// Settings that changed but take effect only when mcpmux restarts (`gateway.<key>`).
+    pub restart_needed: Vec<String>,
+    /// The start attempts under way, by server.
+    pub starting: Vec<(String, Starting)>,
+    /// The servers being stopped.
+    pub stopping: Vec<(String, Stopping)>,
+}
+
+impl Outcome {
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.changed.is_empty()
+            && !self.access_changed
+            && self.restart_needed.is_empty()
+    }
+
+    /// One line for the log.
+    fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        for (what, names) in [
+            ("added", &self.added),
+            ("removed", &self.removed),
+            ("changed", &self.changed),
+        ] {
+            if !names.is_empty() {
+                parts.push(format!("{what} {}", names.join(", ")));
+            }
+        }
+        if self.access_changed {
+            parts.push("access rules replaced".into());
+        }
+        if parts.is_empty() {
+            parts.push("no server changed".into());
+        }
+        parts.join("; ")
+    }
+}
+
+/// How the configuration may change.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The configuration file; `None` when mcpmux runs without one (the demo, or an
+    /// embedding program's configuration).
+    pub path: Option<PathBuf>,
+    /// Where the gateway listens: a configuration without keys must still not expose it.
+    pub local_addr: SocketAddr,
+    /// True when the listen address came from the command line, so that the file's is
+    /// not a change.
+    pub listen_fixed: bool,
+}
+
+/// The configuration in force and what runs it.
+#[derive(Debug)]
+struct Current {
+    config: Config,
+    /// The file's text it was read from, to tell a change from a touch.
+    text: Option<String>,
+    fleet: Fleet,
+}
+
+/// Applies configuration changes, one at a time.
+#[derive(Debug)]
+pub struct Reloader {
+    current: Mutex<Current>,
+    access: Arc<Access>,
+    admin_key: Option<Arc<AdminKey>>,
+    registry: Arc<Registry>,
+    source: Source,
+}
+
+impl Reloader {
+    /// In force: `config`, run by `fleet`, read from `source`.
+    pub fn new(
+        config: Config,
+        fleet: Fleet,
+        access: Arc<Access>,
+        admin_key: Option<Arc<AdminKey>>,
+        registry: Arc<Registry>,
+        source: Source,
+    ) -> Self {
+        let text = source
+            .path
+            .as_deref()
+            .and_then(|path| std::fs::read_to_string(path).ok());
+        Self {
+            current: Mutex::new(Current {
+                config,
+                text,
+                fleet,
+            }),
+            access,
+            admin_key,
+            registry,
+            source,
+        }
+    }
+
+    /// The configuration file, if there is one.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.source.path.as_deref()
+    }
+
+    /// The configuration in force.
+    pub async fn config(&self) -> Config {
+        self.current.lock().await.config.clone()
+    }
+
+    /// Reads the file again and applies it if it changed.
+    pub async fn reload(&self) -> Result<Outcome, ReloadError> {
+        let path = self.source.path.as_deref().ok_or(ReloadError::NoFile)?;
+        let mut current = self.current.lock().await;
+        let text = edit::read(path)?;
+        if current.text.as_deref() == Some(text.as_str()) {
+            return Ok(Outcome::default());
+        }
+        let config = Config::from_file_text(&text, path)?;
+        self.apply(&mut current, config, text)
+    }
+
+    /// [`Reloader::reload`], logged: one line for what changed, one for a rejection.
+    pub async fn reload_logged(&self, why: &str) {
+        match self.reload().await {
+            Ok(outcome) if outcome.is_empty() => {}
+            Ok(outcome) => tracing::info!("{why}; configuration applied: {}", outcome.summary()),
+            Err(err @ ReloadError::NoFile) => tracing::warn!("{why}: {err}"),
+            Err(err) => tracing::error!(
+                "{why}, but the new configuration was rejected; the running configuration stays: {err}"
+            ),
+        }
+    }
+
+    /// Puts `entry` (a configuration entry as written, `${VAR}` and all) in the file as
+    /// server `name`, or takes it out (`None`), and applies the result. The file is
+    /// written only once the result is known to be valid.
+    pub async fn edit_server(
+        &self,
+        name: &str,
+        entry: Option<Value>,
+    ) -> Result<Outcome, ReloadError> {
+        let path = self.source.path.as_deref().ok_or(ReloadError::NoFile)?;
+        let mut current = self.current.lock().await;
+        let text = edit::read(path)?;
+        Config::from_file_text(&text, path).map_err(ReloadError::FileInvalid)?;
+        let edited = edit::with_server(&text, name, entry)?;
+        let config = Config::from_file_text(&edited, path)?;
+        let plan = self.plan(&current, config)?;
+        edit::write_atomically(path, &edited)?;
+        let outcome = self.execute(&mut current, plan, Some(edited));
+        tracing::info!(server = %name, "the admin API changed the configuration: {}", outcome.summary());
+        Ok(outcome)
+    }
+
+    /// Restarts server `name` with its current entry.
+    pub async fn restart(&self, name: &str) -> Result<Starting, FleetError> {
+        let mut current = self.current.lock().await;
+        let starting = current.fleet.restart(name)?;
+        tracing::info!(server = %name, "restarting at the admin API's request");
+        Ok(starting)
+    }
+
+    /// Stops every server (waiting up to `wait`); nothing changes after this.
+    pub async fn shutdown(&self, wait: Duration) {
+        self.current.lock().await.fleet.shutdown(wait).await;
+    }
+
+    fn apply(
+        &self,
+        current: &mut Current,
+        config: Config,
+        text: String,
+    ) -> Result<Outcome, ReloadError> {
+        let plan = self.plan(current, config)?;
+        Ok(self.execute(current, plan, Some(text)))
+    }
+
+    /// Checks `new` against the configuration in force; changes nothing.
+    fn plan(&self, current: &Current, new: Config) -> Result<Plan, ReloadError> {
+        let old = &current.config;
+        auth::check_exposure(&new.gateway, self.source.local_addr)?;
+        for (name, entry) in &new.servers {
+            if old.servers.get(name) != Some(entry) {
+                current.fleet.check(name, entry)?;
+            }
+        }
+        let mut restart_needed = old.gateway.changes_needing_restart(&new.gateway);
+        if self.source.listen_fixed {
+            restart_needed.retain(|key| key != "gateway.listen");
+        }
+        Ok(Plan {
+            added: new
+                .servers
+                .keys()
+                .filter(|name| !old.servers.contains_key(*name))
+                .cloned()
+                .collect(),
+            removed: old
+                .servers
+                .keys()
+                .filter(|name| !new.servers.contains_key(*name))
+                .cloned()
+                .collect(),
+            changed: new
+                .servers
+                .iter()
+                .filter(|(name, entry)| old.servers.get(*name).is_some_and(|e| e != *entry))
+                .map(|(name, _)| name.clone())
+                .collect(),
+            access_changed: old.gateway.access != new.gateway.access,
+            admin_key_changed: old.gateway.admin.as_ref().map(|a| &a.key)
+                != new.gateway.admin.as_ref().map(|a| &a.key),
+            restart_needed,
+            config: new,
+        })
+    }
+
+    /// Applies a checked plan.
+    fn execute(&self, current: &mut Current, plan: Plan, text: Option<String>) -> Outcome {
+        let Plan {
+            added,
+            removed,
+            changed,
+            access_changed,
+            admin_key_changed,
+            restart_needed,
+            config,
+        } = plan;
+        if access_changed {
+            self.access.replace(&config.gateway);
+            self.registry.announce_access();
+        }
+        if let (true, Some(admin_key), Some(admin)) =
+            (admin_key_changed, &self.admin_key, &config.gateway.admin)
+        {
+            admin_key.replace(&admin.key);
+        }
+        let fleet = &mut current.fleet;
+        let mut outcome = Outcome {
+            access_changed,
+            ..Outcome::default()
+        };
+        for name in removed {
+            match fleet.remove(&name) {
+                Ok(stopping) => outcome.stopping.push((name.clone(), stopping)),
+                Err(err) => tracing::warn!(server = %name, %err, "cannot remove the server"),
+            }
+            outcome.removed.push(name);
+        }
+        let entries = changed
+            .into_iter()
+            .map(|name| (name, true))
+            .chain(added.into_iter().map(|name| (name, false)));
+        for (name, was_there) in entries {
+            let Some(entry) = config.servers.get(&name).cloned() else {
+                continue;
+            };
+            let started = match was_there {
+                true => fleet.replace(&name, entry),
+                false => fleet.add(&name, entry),
+            };
+            match started {
+                Ok(starting) => outcome.starting.push((name.clone(), starting)),
+                Err(err) => tracing::warn!(server = %name, %err, "cannot start the server"),
+            }
+            match was_there {
+                true => outcome.changed.push(name),
+                false => outcome.added.push(name),
+            }
+        }
+        for key in &restart_needed {
+            tracing::warn!(
+                "{key} changed in the configuration; it takes effect when mcpmux restarts"
+            );
+        }
+        outcome.restart_needed = restart_needed;
+        current.config = config;
+        if text.is_some() {
+            current.text = text;
+        }
+        outcome
+    }
+}
+
+/// A checked change from one configuration to another.
+#[derive(Debug)]
+struct Plan {
+    added: Vec<String>,
+    removed: Vec<String>,
+    changed: Vec<String>,
+    access_changed: bool,
+    admin_key_changed: bool,
+    restart_needed: Vec<String>,
+    config: Config,
+}
