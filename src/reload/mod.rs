@@ -171,11 +171,6 @@ impl Reloader {
         }
     }
 
-    /// The configuration file, if there is one.
-    pub fn path(&self) -> Option<&std::path::Path> {
-        self.source.path.as_deref()
-    }
-
     /// The configuration in force.
     pub async fn config(&self) -> Config {
         self.current.lock().await.config.clone()
