@@ -51,11 +51,6 @@ pub struct Starting {
 }
 
 impl Starting {
-    /// The server being started.
-    pub fn server(&self) -> &Arc<Server> {
-        &self.server
-    }
-
     /// The status once the attempt has ended: ready, or failed (`down`), or `removed`
     /// if it was removed meanwhile.
     pub async fn outcome(&self) -> ServerStatus {

@@ -268,11 +268,6 @@ impl KeyRing {
         self.keys.iter().find(|k| k.is_same_key(key)).cloned()
     }
 
-    /// The names of the keys.
-    pub fn names(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.keys.iter().map(|k| &k.name)
-    }
-
     /// True when no key is configured.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()

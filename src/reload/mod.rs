@@ -171,11 +171,6 @@ impl Reloader {
         }
     }
 
-    /// The configuration file, if there is one.
-    pub fn path(&self) -> Option<&std::path::Path> {
-        self.source.path.as_deref()
-    }
-
     /// The configuration in force.
     pub async fn config(&self) -> Config {
         self.current.lock().await.config.clone()
@@ -366,4 +361,200 @@ struct Plan {
     admin_key_changed: bool,
     restart_needed: Vec<String>,
     config: Config,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::SupervisorConfig;
+
+    const KEY: &str = "dashboard-key-0123456789";
+
+    /// A folder with a configuration file of remote servers (nothing to spawn).
+    struct Setup {
+        dir: PathBuf,
+        path: PathBuf,
+        reloader: Reloader,
+        registry: Arc<Registry>,
+    }
+
+    impl Drop for Setup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn remote(port: u16) -> Value {
+        serde_json::json!({"url": format!("http://127.0.0.1:{port}/mcp")})
+    }
+
+    fn setup(name: &str, text: &str, local_addr: &str) -> Setup {
+        let dir = std::env::temp_dir().join(format!("mcpmux-reload-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mcpmux.json");
+        std::fs::write(&path, text).unwrap();
+        let config = Config::load(&path).unwrap();
+        let registry = Arc::new(Registry::new());
+        let supervision = SupervisorConfig {
+            mcp_proxy: vec!["true".into()],
+            start_timeout: Duration::from_secs(1),
+            stop_grace: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            guard: None,
+        };
+        let mut fleet = Fleet::new(registry.clone(), supervision, reqwest::Client::new());
+        for (name, entry) in &config.servers {
+            fleet.add(name, entry.clone()).unwrap();
+        }
+        let access = Access::new(&config.gateway);
+        let source = Source {
+            path: Some(path.clone()),
+            local_addr: local_addr.parse().unwrap(),
+            listen_fixed: false,
+        };
+        let reloader = Reloader::new(config, fleet, access, None, registry.clone(), source);
+        Setup {
+            dir,
+            path,
+            reloader,
+            registry,
+        }
+    }
+
+    fn file(servers: Value, gateway: Value) -> String {
+        serde_json::json!({"mcpServers": servers, "gateway": gateway}).to_string()
+    }
+
+    #[tokio::test]
+    async fn only_what_changed_changes_and_start_only_settings_are_named() {
+        let text = file(
+            serde_json::json!({"a": remote(1), "b": remote(2)}),
+            serde_json::json!({}),
+        );
+        let s = setup("diff", &text, "127.0.0.1:7300");
+        let a = s.registry.get("a").unwrap();
+        assert!(
+            s.reloader.reload().await.unwrap().is_empty(),
+            "untouched file"
+        );
+        let text = file(
+            serde_json::json!({"a": remote(1), "b": remote(3), "c": remote(4)}),
+            serde_json::json!({"listen": "127.0.0.1:7400", "helloTimeoutMs": 500}),
+        );
+        std::fs::write(&s.path, text).unwrap();
+        let outcome = s.reloader.reload().await.unwrap();
+        assert_eq!(
+            (
+                outcome.added.clone(),
+                outcome.changed.clone(),
+                outcome.removed.clone()
+            ),
+            (vec!["c".to_owned()], vec!["b".to_owned()], vec![])
+        );
+        assert!(!outcome.access_changed);
+        assert_eq!(
+            outcome.restart_needed,
+            ["gateway.listen", "gateway.helloTimeoutMs"]
+        );
+        assert!(
+            Arc::ptr_eq(&s.registry.get("a").unwrap(), &a),
+            "a untouched"
+        );
+        assert_eq!(a.status().restarts, 0);
+        assert_eq!(s.registry.get("b").unwrap().status().restarts, 1);
+        let text = file(serde_json::json!({"c": remote(4)}), serde_json::json!({}));
+        std::fs::write(&s.path, text).unwrap();
+        let outcome = s.reloader.reload().await.unwrap();
+        assert_eq!(outcome.removed, ["a", "b"]);
+        assert!(a.is_removed());
+    }
+
+    #[tokio::test]
+    async fn an_invalid_or_exposing_configuration_changes_nothing() {
+        let keys = serde_json::json!({"apiKeys": [{"name": "d", "key": KEY, "servers": "*"}]});
+        let text = file(serde_json::json!({"a": remote(1)}), keys.clone());
+        let s = setup("invalid", &text, "0.0.0.0:7300");
+        std::fs::write(&s.path, "{").unwrap();
+        assert!(matches!(
+            s.reloader.reload().await,
+            Err(ReloadError::Config(ConfigError::Syntax { .. }))
+        ));
+        // Without keys on 0.0.0.0: refused.
+        let open = file(
+            serde_json::json!({"a": remote(1), "b": remote(2)}),
+            serde_json::json!({}),
+        );
+        std::fs::write(&s.path, open).unwrap();
+        assert!(matches!(
+            s.reloader.reload().await,
+            Err(ReloadError::Exposed(_))
+        ));
+        assert!(s.registry.get("b").is_none());
+        let config = s.reloader.config().await;
+        assert_eq!(config.gateway.access.api_keys.len(), 1);
+        // An edit that would leave a key naming a removed server is refused, file untouched.
+        let narrow = serde_json::json!({"apiKeys": [{"name": "d", "key": KEY, "servers": ["a"]}]});
+        std::fs::write(
+            &s.path,
+            file(serde_json::json!({"a": remote(1), "b": remote(2)}), narrow),
+        )
+        .unwrap();
+        s.reloader.reload().await.unwrap();
+        let before = std::fs::read_to_string(&s.path).unwrap();
+        let refused = s.reloader.edit_server("a", None).await;
+        assert!(
+            matches!(refused, Err(ReloadError::Config(_))),
+            "{refused:?}"
+        );
+        assert_eq!(std::fs::read_to_string(&s.path).unwrap(), before);
+        assert!(s.registry.get("a").is_some());
+    }
+
+    #[tokio::test]
+    async fn edits_write_the_file_then_a_reload_of_it_is_no_change() {
+        let text = file(serde_json::json!({"a": remote(1)}), serde_json::json!({}));
+        let s = setup("edit", &text, "127.0.0.1:7300");
+        let outcome = s.reloader.edit_server("b", Some(remote(2))).await.unwrap();
+        assert_eq!(outcome.added, ["b"]);
+        let (_, starting) = &outcome.starting[0];
+        assert_eq!(
+            starting.outcome().await.state,
+            crate::protocol::ServerState::Ready
+        );
+        assert!(s.reloader.reload().await.unwrap().is_empty());
+        let written: Value =
+            serde_json::from_str(&std::fs::read_to_string(&s.path).unwrap()).unwrap();
+        assert_eq!(written["mcpServers"]["b"], remote(2));
+        let outcome = s.reloader.edit_server("a", None).await.unwrap();
+        assert_eq!(outcome.removed, ["a"]);
+        let no_file = Reloader::new(
+            s.reloader.config().await,
+            Fleet::new(
+                s.registry.clone(),
+                SupervisorConfig {
+                    mcp_proxy: vec![],
+                    start_timeout: Duration::from_secs(1),
+                    stop_grace: Duration::from_secs(1),
+                    backoff_min: Duration::from_secs(1),
+                    backoff_max: Duration::from_secs(1),
+                    guard: None,
+                },
+                reqwest::Client::new(),
+            ),
+            Access::new(&Default::default()),
+            None,
+            s.registry.clone(),
+            Source {
+                path: None,
+                local_addr: "127.0.0.1:1".parse().unwrap(),
+                listen_fixed: false,
+            },
+        );
+        assert!(matches!(no_file.reload().await, Err(ReloadError::NoFile)));
+        assert!(matches!(
+            no_file.edit_server("x", None).await,
+            Err(ReloadError::NoFile)
+        ));
+    }
 }

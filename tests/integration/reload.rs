@@ -382,7 +382,7 @@ async fn an_invalid_file_is_rejected_and_the_old_configuration_keeps_serving() {
 async fn sighup_rereads_the_file() {
     let unwatched = json!({"watchConfig": false});
     let binary = Binary::launch(
-        &config(json!({"everything": everything()}), unwatched.clone()),
+        &config(json!({"everything": everything()}), unwatched),
         Launch {
             log_filter: Some("info"),
             ..Launch::default()
@@ -390,7 +390,8 @@ async fn sighup_rereads_the_file() {
     );
     let mut client = Client::connect(binary.addr).await;
     let with_memory = json!({"everything": everything(), "memory": memory()});
-    binary.write_config(&config(with_memory, unwatched));
+    let slower_hello = json!({"watchConfig": false, "helloTimeoutMs": 20000});
+    binary.write_config(&config(with_memory, slower_hello));
     kill(binary.child.id(), libc::SIGHUP);
     client
         .wait_for("memory starting", |f| is_status(f, "memory", "starting"))
@@ -405,6 +406,15 @@ async fn sighup_rereads_the_file() {
         )
         .await;
     assert!(line.contains("reloading the configuration"), "{line}");
+    binary
+        .log_line(
+            &[
+                "gateway.helloTimeoutMs changed",
+                "takes effect when mcpmux restarts",
+            ],
+            Duration::from_secs(20),
+        )
+        .await;
     client.initialize("memory").await;
 }
 
