@@ -402,6 +402,7 @@ mod tests {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(1),
             guard: None,
+            metrics: crate::metrics::Metrics::new(),
         };
         let mut fleet = Fleet::new(registry.clone(), supervision, reqwest::Client::new());
         for (name, entry) in &config.servers {
@@ -539,6 +540,7 @@ mod tests {
                     backoff_min: Duration::from_secs(1),
                     backoff_max: Duration::from_secs(1),
                     guard: None,
+                    metrics: crate::metrics::Metrics::new(),
                 },
                 reqwest::Client::new(),
             ),
