@@ -15,9 +15,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::auth::Caller;
+use crate::registry::ServerStatus;
 use crate::state::GatewayState;
 
 /// The routes of this module.
@@ -56,24 +57,7 @@ async fn status_page(
     State(state): State<Arc<GatewayState>>,
     Extension(caller): Extension<Caller>,
 ) -> Response {
-    let servers: Vec<_> = state
-        .context
-        .servers
-        .snapshot()
-        .values()
-        .filter(|server| caller.may_use(&server.name))
-        .map(|server| {
-            let status = server.status();
-            json!({
-                "name": &*server.name,
-                "state": status.state,
-                "pid": status.pid,
-                "restarts": status.restarts,
-                "lastError": status.last_error,
-            })
-        })
-        .collect();
-    Json(json!({ "servers": servers })).into_response()
+    server_list(&state, &caller, |status| ("pid", json!(status.pid)))
 }
 
 /// `GET /servers`: the servers the caller may use, with state, uptime, restarts and
@@ -81,6 +65,18 @@ async fn status_page(
 async fn servers_page(
     State(state): State<Arc<GatewayState>>,
     Extension(caller): Extension<Caller>,
+) -> Response {
+    server_list(&state, &caller, |status| {
+        ("uptimeMs", json!(status.uptime_ms()))
+    })
+}
+
+/// `{"servers": [...]}`: each server the caller may use with its `name`, `state`,
+/// `restarts`, `lastError`, and the one field `extra` adds.
+fn server_list(
+    state: &GatewayState,
+    caller: &Caller,
+    extra: impl Fn(&ServerStatus) -> (&'static str, Value),
 ) -> Response {
     let servers: Vec<_> = state
         .context
@@ -90,13 +86,15 @@ async fn servers_page(
         .filter(|server| caller.may_use(&server.name))
         .map(|server| {
             let status = server.status();
-            json!({
+            let (key, value) = extra(&status);
+            let mut entry = json!({
                 "name": &*server.name,
                 "state": status.state,
-                "uptimeMs": status.uptime_ms(),
                 "restarts": status.restarts,
                 "lastError": status.last_error,
-            })
+            });
+            entry[key] = value;
+            entry
         })
         .collect();
     Json(json!({ "servers": servers })).into_response()
