@@ -23,6 +23,10 @@ use crate::registry::{Registry, Server, ServerStatus};
 use crate::supervisor::{self, SupervisorConfig};
 use crate::upstream::{Endpoint, Transport};
 
+/// How long a removed server's metrics outlive it: past the drain its sessions give the
+/// requests in flight on it.
+const METRICS_LINGER: Duration = Duration::from_secs(5);
+
 /// Why a server could not be added, changed or found.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FleetError {
@@ -211,10 +215,26 @@ impl Fleet {
             .remove(name)
             .ok_or_else(|| FleetError::Unknown(name.to_owned()))?;
         self.registry.remove(name);
+        self.forget_metrics_later(name);
         Ok(Stopping(running.supervisor.map(|supervisor| {
             supervisor.stop.cancel();
             supervisor.task
         })))
+    }
+
+    /// Drops the metric series of removed server `name` once its requests in flight
+    /// have been answered (sessions give them [`METRICS_LINGER`] at most), unless a
+    /// server of that name was added again meanwhile: label sets stay bounded by the
+    /// servers configured now.
+    fn forget_metrics_later(&self, name: &str) {
+        let (metrics, registry) = (self.supervision.metrics.clone(), self.registry.clone());
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(METRICS_LINGER).await;
+            if registry.get(&name).is_none() {
+                metrics.forget_server(&name);
+            }
+        });
     }
 
     /// Stops every child (SIGTERM, SIGKILL after `stopGraceMs`), waiting up to `wait`,
@@ -384,6 +404,30 @@ mod tests {
         };
         let fleet = Fleet::new(registry.clone(), supervision, reqwest::Client::new());
         (registry, fleet)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removed_servers_metrics_go_once_its_requests_are_answered() {
+        let (registry, mut fleet) = fleet();
+        let metrics = fleet.supervision.metrics.clone();
+        let watched = registry.clone();
+        metrics.watch_servers(move || Some(watched.snapshot().values().cloned().collect()));
+        let entry = ServerConfig::Remote(remote("http://127.0.0.1:9/mcp", &[]));
+        fleet
+            .add("gone", entry.clone())
+            .expect("added")
+            .outcome()
+            .await;
+        fleet.add("kept", entry).expect("added").outcome().await;
+        metrics.http_route_request("gone", "ok");
+        metrics.http_route_request("kept", "ok");
+        assert!(metrics.render().contains(r#"server="gone""#));
+        fleet.remove("gone").expect("removed").done().await;
+        assert!(registry.get("gone").is_none());
+        tokio::time::sleep(METRICS_LINGER + Duration::from_secs(1)).await;
+        let text = metrics.render();
+        assert!(!text.contains(r#"server="gone""#), "{text}");
+        assert!(text.contains(r#"server="kept""#), "{text}");
     }
 
     #[tokio::test]
