@@ -2,8 +2,10 @@
  * One logical connection to the gateway across any number of sockets: the handshake
  * (`hello`/`welcome`, the key in `hello` or in a subprotocol), reconnection with
  * full-jitter backoff and resume (`last_seq`, `?session=`), the close-code rules, acks,
- * application-level pings, the queue of frames written while no socket is open, and the
- * in-order, one-per-task delivery of gateway frames to its owner.
+ * application-level pings, the queue of frames written while no socket is open, the
+ * frames written but not yet known to be read (resent after a resume, from
+ * `welcome.received`), and the in-order, one-per-task delivery of gateway frames to its
+ * owner.
  * @module
  */
 import { MuxError } from "./errors.js";
@@ -59,9 +61,23 @@ export interface ConnectionSink {
     connection(event: ConnectionEvent): void;
     /** The connection ended for good; nothing more will be delivered. */
     ended(error: MuxError): void;
+    /**
+     * A frame written but not yet known to be read was given up to keep the resend buffer
+     * bounded: if the socket it went on was already dead, it is lost.
+     */
+    unconfirmed(frame: ClientFrame, error: MuxError): void;
 }
 /** Frames written while no socket is open wait here, at most this many (`queue_full`). */
 export declare const MAX_QUEUED_FRAMES = 1024;
+/** ... and at most this many bytes of them (`queue_full`). */
+export declare const MAX_QUEUED_BYTES: number;
+/**
+ * Frames written but not yet known to be read are kept for a resend, at most this many;
+ * beyond it the oldest is given up (its request rejects with `resend_overflow`).
+ */
+export declare const MAX_UNCONFIRMED_FRAMES = 1024;
+/** ... and at most this many bytes of them. */
+export declare const MAX_UNCONFIRMED_BYTES: number;
 export declare class Connection {
     #private;
     constructor(url: string, options: ConnectOptions, sink: ConnectionSink);

@@ -2,8 +2,10 @@
  * One logical connection to the gateway across any number of sockets: the handshake
  * (`hello`/`welcome`, the key in `hello` or in a subprotocol), reconnection with
  * full-jitter backoff and resume (`last_seq`, `?session=`), the close-code rules, acks,
- * application-level pings, the queue of frames written while no socket is open, and the
- * in-order, one-per-task delivery of gateway frames to its owner.
+ * application-level pings, the queue of frames written while no socket is open, the
+ * frames written but not yet known to be read (resent after a resume, from
+ * `welcome.received`), and the in-order, one-per-task delivery of gateway frames to its
+ * owner.
  * @module
  */
 import { MuxError } from "./errors.js";
@@ -12,6 +14,21 @@ import { BEARER_PREFIX, CLIENT_VERSION, SUBPROTOCOL, base64url, describeUrl, mes
 const OPEN = 1;
 /** Frames written while no socket is open wait here, at most this many (`queue_full`). */
 export const MAX_QUEUED_FRAMES = 1024;
+/** ... and at most this many bytes of them (`queue_full`). */
+export const MAX_QUEUED_BYTES = 8 * 1024 * 1024;
+/**
+ * Frames written but not yet known to be read are kept for a resend, at most this many;
+ * beyond it the oldest is given up (its request rejects with `resend_overflow`).
+ */
+export const MAX_UNCONFIRMED_FRAMES = 1024;
+/** ... and at most this many bytes of them. */
+export const MAX_UNCONFIRMED_BYTES = 8 * 1024 * 1024;
+/**
+ * When this many frames (or bytes) are unconfirmed, a `ping` asks the gateway to confirm
+ * them: its `pong` says that every frame before the `ping` was read.
+ */
+const CONFIRM_AFTER_FRAMES = 32;
+const CONFIRM_AFTER_BYTES = 256 * 1024;
 /** A socket that has not delivered `welcome` this long after it was created is given up. */
 const WELCOME_TIMEOUT_MS = 15_000;
 /** Ping interval until the gateway's `welcome` says its own. */
@@ -42,6 +59,14 @@ export class Connection {
     #endError;
     /** Frames written while no socket was open. */
     #outbox = [];
+    #outboxBytes = 0;
+    /** Frames written after `hello` in this client session (the gateway's `received`). */
+    #written = 0;
+    /** Frames written but not known to be read, oldest first. */
+    #unconfirmed = [];
+    #unconfirmedBytes = 0;
+    /** The number of the `ping` whose `pong` is awaited; its pong confirms every frame up to it. */
+    #probe;
     /** Received frames (as tasks) not yet handed to the sink. */
     #inbox = [];
     #inboxHead = 0;
@@ -99,13 +124,15 @@ export class Connection {
     send(frame) {
         if (this.#state === "closed")
             return Promise.reject(this.#closedError());
-        if (this.#state === "open" && this.#write(frame))
+        const text = JSON.stringify(frame);
+        if (this.#transmit(frame, text))
             return Promise.resolve();
-        if (this.#outbox.length >= MAX_QUEUED_FRAMES) {
-            return Promise.reject(new MuxError("queue_full", `${MAX_QUEUED_FRAMES} frames are already waiting for the connection to come back`));
+        if (this.#outbox.length >= MAX_QUEUED_FRAMES || this.#outboxBytes + text.length > MAX_QUEUED_BYTES) {
+            return Promise.reject(new MuxError("queue_full", `${this.#outbox.length} frames (${this.#outboxBytes} bytes) are already waiting for the connection to come back`));
         }
         return new Promise((resolve, reject) => {
-            this.#outbox.push({ frame, resolve, reject });
+            this.#outbox.push({ frame, text, resolve, reject });
+            this.#outboxBytes += text.length;
         });
     }
     /** Ends the connection with close code 1000 (the gateway ends the session). */
@@ -149,7 +176,7 @@ export class Connection {
         this.#welcomed = false;
         socket.onopen = () => {
             if (socket === this.#socket)
-                this.#write(this.#hello());
+                this.#writeHello(socket);
         };
         socket.onmessage = (event) => {
             if (socket === this.#socket)
@@ -170,20 +197,92 @@ export class Connection {
         }
         return hello;
     }
-    /** Writes `frame` on the current socket if it is open; false when it is not. */
-    #write(frame) {
+    /** Writes `hello`, which the gateway does not count among the session's frames. */
+    #writeHello(socket) {
+        const hello = this.#hello();
+        try {
+            socket.send(JSON.stringify(hello));
+        }
+        catch {
+            return; // the close event follows
+        }
+        this.#sink.wire("out", hello.type === "hello" && hello.token !== undefined ? { ...hello, token: "(hidden)" } : hello);
+    }
+    /**
+     * Writes `frame` on the current socket once it has its `welcome`; false when there is
+     * none. The frame is numbered and kept until the gateway is known to have read it.
+     */
+    #transmit(frame, text = JSON.stringify(frame)) {
         const socket = this.#socket;
-        if (!socket || socket.readyState !== OPEN)
+        if (!this.#welcomed || !socket || socket.readyState !== OPEN)
             return false;
         try {
-            socket.send(JSON.stringify(frame));
+            socket.send(text);
         }
         catch {
             return false;
         }
-        const shown = frame.type === "hello" && frame.token !== undefined ? { ...frame, token: "(hidden)" } : frame;
-        this.#sink.wire("out", shown);
+        this.#written++;
+        this.#keep({ n: this.#written, frame, text });
+        this.#sink.wire("out", frame);
+        if (frame.type === "ping") {
+            this.#probe = this.#written;
+        }
+        else if (this.#probe === undefined &&
+            (this.#unconfirmed.length >= CONFIRM_AFTER_FRAMES || this.#unconfirmedBytes >= CONFIRM_AFTER_BYTES)) {
+            this.#transmit({ type: "ping" });
+        }
         return true;
+    }
+    /** Keeps a written frame for a resend, giving up the oldest beyond the bounds. */
+    #keep(entry) {
+        this.#unconfirmed.push(entry);
+        this.#unconfirmedBytes += entry.text.length;
+        while (this.#unconfirmed.length > 1 &&
+            (this.#unconfirmed.length > MAX_UNCONFIRMED_FRAMES || this.#unconfirmedBytes > MAX_UNCONFIRMED_BYTES)) {
+            const oldest = this.#unconfirmed.shift();
+            this.#unconfirmedBytes -= oldest.text.length;
+            const error = new MuxError("resend_overflow", `the gateway has not confirmed the last ${this.#unconfirmed.length} frames written, ` +
+                `more than can be kept for a resend (${MAX_UNCONFIRMED_FRAMES} frames, ${MAX_UNCONFIRMED_BYTES} bytes): ` +
+                `the oldest is given up`);
+            this.#sink.unconfirmed(oldest.frame, error);
+        }
+    }
+    /** The gateway has read every frame up to number `n`. */
+    #confirm(n) {
+        let drop = 0;
+        while (drop < this.#unconfirmed.length && this.#unconfirmed[drop].n <= n) {
+            this.#unconfirmedBytes -= this.#unconfirmed[drop].text.length;
+            drop++;
+        }
+        this.#unconfirmed.splice(0, drop);
+    }
+    /**
+     * After a resumed `welcome`: the gateway read `received` frames of the session; the
+     * frames after them never arrived and are written again, in order, numbered on from
+     * `received`, before anything new. Pings and acks are not repeated: a new `ping` is
+     * sent when one is due, and the next `ack` says more than an old one.
+     */
+    #resend(received) {
+        this.#confirm(received);
+        const again = this.#unconfirmed;
+        this.#unconfirmed = [];
+        this.#unconfirmedBytes = 0;
+        this.#probe = undefined;
+        this.#written = Math.max(received, 0);
+        for (const [index, entry] of again.entries()) {
+            if (entry.frame.type === "ping" || entry.frame.type === "ack")
+                continue;
+            if (!this.#transmit(entry.frame, entry.text)) {
+                // This socket is gone already: the next resume sends them.
+                for (const rest of again.slice(index)) {
+                    if (rest.frame.type !== "ping" && rest.frame.type !== "ack") {
+                        this.#keep({ ...rest, n: Number.MAX_SAFE_INTEGER });
+                    }
+                }
+                return;
+            }
+        }
     }
     #receive(data) {
         const text = messageText(data);
@@ -197,6 +296,11 @@ export class Connection {
                 this.#welcome(frame);
             return;
         }
+        if (frame.type === "pong" && this.#probe !== undefined) {
+            // The gateway answers a ping once it has read it, and reads frames in order.
+            this.#confirm(this.#probe);
+            this.#probe = undefined;
+        }
         if (typeof frame.seq === "number") {
             // Frames are numbered without gaps; one at or below the last is one we have.
             if (frame.seq <= this.#lastSeq)
@@ -204,7 +308,7 @@ export class Connection {
             this.#lastSeq = frame.seq;
             if (++this.#unacked >= this.#ackEvery) {
                 this.#unacked = 0;
-                this.#write({ type: "ack", seq: frame.seq });
+                this.#transmit({ type: "ack", seq: frame.seq });
             }
         }
         this.#deliver(() => {
@@ -226,24 +330,40 @@ export class Connection {
         this.#session = typeof frame.session === "string" ? frame.session : undefined;
         this.#attempt = 0;
         this.#startHeartbeat(frame.heartbeat_ms);
+        // What was written before goes first, now, so that nothing written later overtakes it.
+        if (resumed) {
+            // A gateway that does not say what it read gets nothing again.
+            this.#resend(typeof frame.received === "number" ? frame.received : this.#written);
+        }
+        else {
+            this.#written = 0;
+            this.#unconfirmed = [];
+            this.#unconfirmedBytes = 0;
+            this.#probe = undefined;
+        }
+        const queued = this.#outbox.splice(0);
+        this.#outboxBytes = 0;
+        for (const [index, entry] of queued.entries()) {
+            if (first || resumed) {
+                if (this.#transmit(entry.frame, entry.text)) {
+                    entry.resolve();
+                    continue;
+                }
+                // This socket is gone already: the rest waits for the next one.
+                for (const rest of queued.slice(index)) {
+                    this.#outbox.push(rest);
+                    this.#outboxBytes += rest.text.length;
+                }
+                break;
+            }
+            entry.reject(new MuxError("session_lost", "the gateway could not resume the session; initialize again"));
+        }
         this.#deliver(() => {
             if (this.#state === "closed")
                 return;
             this.#state = "open";
             this.#sink.wire("in", frame);
             this.#sink.welcome(frame, resumed, first);
-            const queued = this.#outbox.splice(0);
-            for (const entry of queued) {
-                if (first || resumed) {
-                    if (this.#write(entry.frame))
-                        entry.resolve();
-                    else
-                        this.#outbox.push(entry);
-                }
-                else {
-                    entry.reject(new MuxError("session_lost", "the gateway could not resume the session; initialize again"));
-                }
-            }
             this.#sink.connection(first ? { state: "open" } : { state: "open", resumed });
             if (first)
                 this.#opened?.resolve();
@@ -261,7 +381,9 @@ export class Connection {
             }
             else if (!this.#pinged) {
                 this.#pinged = true;
-                this.#write({ type: "ping" });
+                // A ping already awaiting its pong serves.
+                if (this.#probe === undefined)
+                    this.#transmit({ type: "ping" });
             }
             else if (socket) {
                 this.#abandon(socket, "no frame and no pong from the gateway for two heartbeat intervals");
@@ -331,6 +453,9 @@ export class Connection {
             detach(socket);
         for (const entry of this.#outbox.splice(0))
             entry.reject(error);
+        this.#outboxBytes = 0;
+        this.#unconfirmed = [];
+        this.#unconfirmedBytes = 0;
         // After the frames that arrived before the end, so that their responses still settle.
         this.#deliver(() => {
             this.#sink.ended(error);

@@ -5,7 +5,7 @@
  * Codes (see README.md): the gateway's own codes from `error.data.gateway`
  * (`timeout`, `session_lost`, `unknown_server`, ...); `rpc_error` for a JSON-RPC error
  * that the MCP server itself sent; and the client's own: `timeout`, `aborted`,
- * `session_lost`, `closed`, `connect_failed`, `queue_full`.
+ * `session_lost`, `closed`, `connect_failed`, `queue_full`, `resend_overflow`.
  * @module
  */
 /** A JSON-RPC or gateway error, or one of the client's own failures. */

@@ -47,6 +47,7 @@ export class Mux {
             },
             connection: (event) => this.#events.emit("connection", event),
             ended: (error) => this.#end(error),
+            unconfirmed: (frame, error) => this.#unconfirmed(frame, error),
         });
     }
     /** @internal Opens the first socket; resolves once the gateway said `welcome`. */
@@ -380,6 +381,23 @@ export class Mux {
         this._send(entry.server, cancel).catch(() => {
             // Nothing to cancel any more: the session is gone.
         });
+    }
+    /**
+     * A frame given up before the gateway confirmed it: a request in it that still waits
+     * for its response fails now, since after a drop it might never arrive.
+     */
+    #unconfirmed(frame, error) {
+        if (frame.type !== "rpc")
+            return;
+        const { id, method } = frame.message;
+        if (typeof method !== "string" || id === undefined || id === null)
+            return;
+        const entry = typeof id === "string" ? this.#pending.get(id) : undefined;
+        if (entry && entry.server === frame.server) {
+            this.#giveUp(entry, error, "resend_overflow");
+            return;
+        }
+        this.#transports.get(frame.server)?._giveUp(id, error);
     }
     #failTransport(server, transport, code, message) {
         this._detach(server, transport);

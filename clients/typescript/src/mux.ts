@@ -13,7 +13,7 @@ import { MuxError } from "./errors.js";
 import { Emitter, callSafely } from "./events.js";
 import { ServerHandle, type RequestOptions, type Progress } from "./server.js";
 import { MuxTransport } from "./transport.js";
-import { CLIENT_VERSION, type GatewayFrame, type JsonRpcMessage } from "./wire.js";
+import { CLIENT_VERSION, type ClientFrame, type GatewayFrame, type JsonRpcMessage } from "./wire.js";
 
 /** The events of a {@link Mux}, by name. */
 export interface MuxEvents {
@@ -87,6 +87,7 @@ export class Mux {
       },
       connection: (event) => this.#events.emit("connection", event),
       ended: (error) => this.#end(error),
+      unconfirmed: (frame, error) => this.#unconfirmed(frame, error),
     });
   }
 
@@ -420,6 +421,22 @@ export class Mux {
     this._send(entry.server, cancel).catch(() => {
       // Nothing to cancel any more: the session is gone.
     });
+  }
+
+  /**
+   * A frame given up before the gateway confirmed it: a request in it that still waits
+   * for its response fails now, since after a drop it might never arrive.
+   */
+  #unconfirmed(frame: ClientFrame, error: MuxError): void {
+    if (frame.type !== "rpc") return;
+    const { id, method } = frame.message;
+    if (typeof method !== "string" || id === undefined || id === null) return;
+    const entry = typeof id === "string" ? this.#pending.get(id) : undefined;
+    if (entry && entry.server === frame.server) {
+      this.#giveUp(entry, error, "resend_overflow");
+      return;
+    }
+    this.#transports.get(frame.server)?._giveUp(id, error);
   }
 
   #failTransport(server: string, transport: MuxTransport, code: string, message: string): void {

@@ -6,8 +6,9 @@ import assert from "node:assert/strict";
 import { once } from "node:events";
 import { after, test } from "node:test";
 import { WebSocketServer } from "ws";
+import { MAX_UNCONFIRMED_FRAMES } from "../dist/connection.js";
 import { MuxError } from "../dist/index.js";
-import { connectTo } from "./harness.mjs";
+import { connectTo, nextEvent } from "./harness.mjs";
 
 const servers = [];
 const muxes = [];
@@ -205,4 +206,71 @@ test("a gateway silent for two heartbeat intervals is dropped and the session re
   const second = await fake.connection(1);
   assert.ok(fake.connections[0].frames.some((f) => f.type === "ping"), "it pinged first");
   assert.deepEqual(second.frames[0].resume, { session: "s1", last_seq: 0 });
+});
+
+test("after a resumed welcome the frames after `received` are written again, in order, first", async () => {
+  const fake = await fakeGateway(async (c, index) => {
+    if (index === 0) {
+      c.welcome();
+      await c.next((f) => f.message?.method === "n3");
+      c.ws.close(4000, "slow");
+    } else {
+      c.welcome({ resumed: true, received: 1 });
+    }
+  });
+  const mux = await open(fake.url, fast);
+  const a = mux.server("a");
+  for (const method of ["n1", "n2", "n3"]) await a.notify(method);
+  await nextEvent(mux, "connection", (e) => e.state === "open");
+  await a.notify("n4");
+  const second = fake.connections[1];
+  const methods = [];
+  for (let i = 0; i < 3; i++) methods.push((await second.next((f) => f.type === "rpc")).message.method);
+  assert.deepEqual(methods, ["n2", "n3", "n4"]);
+});
+
+test("a pong confirms the frames before its ping: they are not written again", async () => {
+  const fake = await fakeGateway(async (c, index) => {
+    if (index === 0) {
+      c.welcome({ heartbeat_ms: 60_000 });
+      await c.next((f) => f.type === "ping"); // asked after 32 unconfirmed frames
+      await c.next((f) => f.message?.method === "n40");
+      c.send({ type: "pong" });
+      c.send({ type: "status", server: "a", seq: 1, state: "confirmed" });
+    } else {
+      // Claims nothing was read: only frames after the confirmed ones come again.
+      c.welcome({ resumed: true, received: 0 });
+    }
+  });
+  const mux = await open(fake.url, fast);
+  const a = mux.server("a");
+  const confirmed = nextEvent(mux, "status", (e) => e.state === "confirmed");
+  for (let i = 1; i <= 40; i++) await a.notify(`n${i}`);
+  await confirmed;
+  fake.connections[0].ws.close(4000, "slow");
+  await nextEvent(mux, "connection", (e) => e.state === "open");
+  await a.notify("last");
+  const second = fake.connections[1];
+  const first = await second.next((f) => f.type === "rpc");
+  const ping = fake.connections[0].frames.findIndex((f) => f.type === "ping");
+  // The hello is frame 0 on the wire; the ping is frame `ping` of the session.
+  assert.equal(first.message.method, `n${ping}`, "the first frame after the confirmed ping");
+});
+
+test("frames the gateway never confirms are bounded: the oldest request fails with resend_overflow", async () => {
+  // Reads everything and confirms nothing (no pong), as a path that swallows bytes.
+  const fake = await fakeGateway((c) => c.welcome({ heartbeat_ms: 60_000 }));
+  const mux = await open(fake.url, fast);
+  const a = mux.server("a");
+  const first = a.request("tools/list");
+  const outcome = first.then(
+    () => "resolved",
+    (error) => error,
+  );
+  for (let i = 0; i < MAX_UNCONFIRMED_FRAMES; i++) await a.notify("notifications/message");
+  const error = await outcome;
+  assert.ok(error instanceof MuxError, String(error));
+  assert.equal(error.code, "resend_overflow");
+  const cancel = await fake.connections[0].next((f) => f.message?.method === "notifications/cancelled");
+  assert.equal(cancel.message.params.requestId, "mcpmux-1");
 });

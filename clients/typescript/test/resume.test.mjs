@@ -87,6 +87,36 @@ test("a call survives a 3 s cut with every progress notification once, in order"
   }
 });
 
+test("a request written into a path that already went silent is sent again after the resume", async () => {
+  const relay = await startRelay(gateway.port);
+  const mux = await connectTo(relay.url, { reconnect: { minDelayMs: 10, maxDelayMs: 100 } });
+  try {
+    await ready(mux, "everything");
+    const everything = mux.server("everything");
+    await everything.initialize();
+    // Answered, so every frame before it was read: only what follows can be missing.
+    await everything.request("tools/call", { name: "echo", arguments: { message: "before" } });
+    const writes = [];
+    mux.on("frame", ({ direction, frame }) => direction === "out" && writes.push(frame));
+    const resumed = nextEvent(mux, "connection", (e) => e.state === "open");
+
+    relay.silence(); // the path is dead, and nothing says so yet
+    const call = everything.request("tools/call", { name: "echo", arguments: { message: "into the void" } });
+    const isCall = (f) => f.type === "rpc" && f.message.params?.arguments?.message === "into the void";
+    assert.equal(writes.filter(isCall).length, 1, "written on the dead socket");
+    relay.reset();
+
+    assert.deepEqual(await resumed, { state: "open", resumed: true });
+    assert.equal(toolText(await call), "Echo: into the void");
+    assert.equal(writes.filter(isCall).length, 2, "written once more after the resume, and only once");
+    const hello = writes.findIndex((f) => f.type === "hello");
+    assert.ok(isCall(writes[hello + 1]), `resent first, right after hello: ${JSON.stringify(writes)}`);
+  } finally {
+    await mux.close();
+    await relay.stop();
+  }
+});
+
 test("a refused resume rejects pending calls with session_lost and reports the lost session", async () => {
   const relay = await startRelay(shortWindow.port);
   const mux = await connectTo(relay.url, { reconnect: { minDelayMs: 100, maxDelayMs: 500 } });
