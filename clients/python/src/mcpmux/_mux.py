@@ -1,5 +1,7 @@
 """The connection to the gateway: opening it (hello, welcome, the key), reading and
-routing frames, acks, heartbeats, and reconnecting with resume after a drop."""
+routing frames, acks, heartbeats, reconnecting with resume after a drop, and the
+frames written but not yet known to be read (resent after a resume, from
+``welcome.received``)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Mapping
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal, overload
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -44,6 +47,26 @@ SUBPROTOCOL = "mcpmux.v1"
 #: The gateway's heartbeat interval when a welcome does not say (protocol.md section 9).
 DEFAULT_GATEWAY_HEARTBEAT = 15.0
 
+#: Frames written but not yet known to be read are kept for a resend, at most this
+#: many and this many bytes; beyond that the oldest is given up (its request, if still
+#: waiting, fails with ``resend_overflow``).
+MAX_UNCONFIRMED_FRAMES = 1024
+MAX_UNCONFIRMED_BYTES = 8 * 1024 * 1024
+
+#: When this many frames (or bytes) wait for confirmation, a ``ping`` frame asks for it:
+#: the gateway answers a ping once it has read it, and reads frames in order.
+CONFIRM_AFTER_FRAMES = 32
+CONFIRM_AFTER_BYTES = 256 * 1024
+
+
+@dataclass
+class _Written:
+    """A frame written after ``hello``, numbered as the gateway counts them."""
+
+    number: int
+    frame: dict[str, Any]
+    text: str
+
 
 class _Refused(Exception):
     """An attempt to open a socket that did not end in a ``welcome``."""
@@ -68,6 +91,7 @@ class Mux:
         reconnect: bool | Reconnect,
         ack_every: int,
         max_queued_frames: int,
+        max_queued_bytes: int,
         open_timeout: float,
         ping_interval: float | None,
         ping_timeout: float | None,
@@ -75,8 +99,8 @@ class Mux:
     ) -> None:
         if key_in not in ("hello", "subprotocol"):
             raise ValueError('key_in must be "hello" or "subprotocol"')
-        if ack_every < 1 or max_queued_frames < 1:
-            raise ValueError("ack_every and max_queued_frames must be at least 1")
+        if ack_every < 1 or max_queued_frames < 1 or max_queued_bytes < 1:
+            raise ValueError("ack_every, max_queued_frames and max_queued_bytes must be at least 1")
         self._url = url
         self._token = token
         self._key_in = key_in
@@ -86,6 +110,7 @@ class Mux:
         )
         self._ack_every = ack_every
         self._max_queued_frames = max_queued_frames
+        self._max_queued_bytes = max_queued_bytes
         self._open_timeout = open_timeout
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
@@ -103,7 +128,15 @@ class Mux:
         # The attached socket; None while connecting or reconnecting.
         self._ws: ClientConnection | None = None
         # Frames written while no socket is attached, sent after a resumed welcome.
-        self._outbox: deque[str] = deque()
+        self._outbox: deque[tuple[dict[str, Any], str]] = deque()
+        self._outbox_bytes = 0
+        # Frames written after hello in this client session (the gateway's "received"),
+        # those of them not known to be read, and the number of the ping whose pong
+        # would confirm every frame up to it.
+        self._written = 0
+        self._unconfirmed: deque[_Written] = deque()
+        self._unconfirmed_bytes = 0
+        self._probe: int | None = None
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -237,9 +270,10 @@ class Mux:
     async def _send_rpc(self, server: str, message: dict[str, Any]) -> None:
         await self._send_frame({"type": "rpc", "server": server, "message": message})
 
-    async def _send_frame(self, frame: dict[str, Any]) -> None:
+    async def _send_frame(self, frame: dict[str, Any]) -> bool:
         """Writes one frame; while the socket is down, keeps it (bounded by
-        ``max_queued_frames``) for the reconnection."""
+        ``max_queued_frames`` and ``max_queued_bytes``) for the reconnection. Returns
+        whether it was written now (False: queued)."""
         if self._closed or self._closing:
             raise MuxError("closed", "the connection to the gateway is closed")
         text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
@@ -247,19 +281,89 @@ class Mux:
             self._listeners.emit("frame", FrameEvent("out", frame))
         ws = self._ws
         if ws is not None:
-            try:
-                await ws.send(text)
-                return
-            except ConnectionClosed:
-                pass  # not written: keep it for the reconnection
+            if await self._transmit(ws, frame, text) or self._policy is not None:
+                # Not known to be read: kept, and written again after a resume if the
+                # gateway did not get it.
+                return True
+            raise MuxError("closed", "the connection to the gateway dropped")
         if self._policy is None:
             raise MuxError("closed", "the connection to the gateway dropped")
-        if len(self._outbox) >= self._max_queued_frames:
+        full = self._outbox_bytes + len(text) > self._max_queued_bytes
+        if full or len(self._outbox) >= self._max_queued_frames:
             raise MuxError(
                 "queue_full",
-                f"{len(self._outbox)} frames already wait for the reconnection (max_queued_frames)",
+                f"{len(self._outbox)} frames ({self._outbox_bytes} bytes) already wait for the "
+                "reconnection (max_queued_frames, max_queued_bytes)",
             )
-        self._outbox.append(text)
+        self._outbox.append((frame, text))
+        self._outbox_bytes += len(text)
+        return False
+
+    async def _transmit(self, ws: ClientConnection, frame: dict[str, Any], text: str) -> bool:
+        """Writes a frame after ``hello``: numbers it as the gateway counts frames, and
+        keeps it until the gateway is known to have read it. Returns whether the socket
+        took it."""
+        # Numbered and written in one step: frames are numbered in the order written.
+        self._written += 1
+        self._keep(_Written(self._written, frame, text))
+        if frame.get("type") == "ping":
+            self._probe = self._written
+        try:
+            await ws.send(text)
+        except ConnectionClosed:
+            return False
+        if self._probe is None and (
+            len(self._unconfirmed) >= CONFIRM_AFTER_FRAMES or self._unconfirmed_bytes >= CONFIRM_AFTER_BYTES
+        ):
+            ping = {"type": "ping"}
+            if self._listeners.has("frame"):
+                self._listeners.emit("frame", FrameEvent("out", ping))
+            await self._transmit(ws, ping, json.dumps(ping))
+        return True
+
+    def _keep(self, written: _Written) -> None:
+        """Keeps a written frame for a resend; gives up the oldest beyond the bounds."""
+        self._unconfirmed.append(written)
+        self._unconfirmed_bytes += len(written.text)
+        while len(self._unconfirmed) > 1 and (
+            len(self._unconfirmed) > MAX_UNCONFIRMED_FRAMES or self._unconfirmed_bytes > MAX_UNCONFIRMED_BYTES
+        ):
+            oldest = self._unconfirmed.popleft()
+            self._unconfirmed_bytes -= len(oldest.text)
+            error = MuxError(
+                "resend_overflow",
+                f"the gateway has not confirmed the last {len(self._unconfirmed)} frames written, more "
+                f"than can be kept for a resend ({MAX_UNCONFIRMED_FRAMES} frames, "
+                f"{MAX_UNCONFIRMED_BYTES} bytes): the oldest is given up",
+            )
+            server = oldest.frame.get("server")
+            message = oldest.frame.get("message")
+            handle = self._handles.get(server) if isinstance(server, str) else None
+            if oldest.frame.get("type") == "rpc" and handle is not None and isinstance(message, dict):
+                handle._given_up(message, error)
+
+    def _confirm(self, number: int) -> None:
+        """The gateway has read every frame up to ``number``."""
+        while self._unconfirmed and self._unconfirmed[0].number <= number:
+            self._unconfirmed_bytes -= len(self._unconfirmed.popleft().text)
+
+    async def _resend(self, ws: ClientConnection, received: int) -> None:
+        """After a resumed ``welcome``: the gateway read ``received`` frames of the
+        session; those after them never arrived and are written again, in order,
+        numbered on from ``received``. Pings and acks are not repeated."""
+        self._confirm(received)
+        again = list(self._unconfirmed)
+        self._unconfirmed.clear()
+        self._unconfirmed_bytes = 0
+        self._probe = None
+        self._written = max(received, 0)
+        for entry in again:
+            if entry.frame.get("type") in ("ping", "ack"):
+                continue
+            if self._listeners.has("frame"):
+                self._listeners.emit("frame", FrameEvent("out", entry.frame))
+            # A socket that is gone meanwhile keeps them for the next resume.
+            await self._transmit(ws, entry.frame, entry.text)
 
     # Opening sockets.
 
@@ -355,20 +459,28 @@ class Mux:
         if not resumed:
             self._last_seq = 0
             self._acked_seq = 0
+            self._written = 0
+            self._unconfirmed.clear()
+            self._unconfirmed_bytes = 0
+            self._probe = None
         if resume_asked and not resumed:
             await self._session_lost(previous)
         for entry in welcome.get("servers") or ():
             if isinstance(entry, dict):
                 self._set_state(entry.get("name"), entry.get("state"))
-        # Frames written while away go first, in order; frames written meanwhile queue
+        if resumed:
+            # What the gateway did not get goes first. A gateway that does not say what
+            # it read gets nothing again.
+            received = welcome.get("received")
+            if not isinstance(received, int) or isinstance(received, bool):
+                received = self._written
+            await self._resend(ws, received)
+        # Frames written while away go next, in order; frames written meanwhile queue
         # behind them until the outbox is empty.
         while self._outbox:
-            text = self._outbox[0]
-            try:
-                await ws.send(text)
-            except ConnectionClosed:
-                break  # the read loop sees the end and reconnects
-            self._outbox.popleft()
+            frame, text = self._outbox.popleft()
+            self._outbox_bytes -= len(text)
+            await self._transmit(ws, frame, text)
         self._ws = ws
         if self._ping_interval:
             self._keepalive = asyncio.get_running_loop().create_task(self._heartbeat(ws))
@@ -377,6 +489,7 @@ class Mux:
     async def _session_lost(self, previous: str | None) -> None:
         """The gateway did not resume the session: everything in flight is gone."""
         self._outbox.clear()
+        self._outbox_bytes = 0
         error = MuxError(
             "session_lost",
             f"the connection dropped and the gateway did not resume session {previous} "
@@ -459,6 +572,9 @@ class Mux:
             return error.rcvd.code, error.rcvd.reason
 
     async def _route(self, frame: dict[str, Any]) -> None:
+        if frame.get("type") == "pong" and self._probe is not None:
+            self._confirm(self._probe)
+            self._probe = None
         seq = frame.get("seq")
         if isinstance(seq, int) and not isinstance(seq, bool):
             if seq <= self._last_seq:
@@ -497,13 +613,10 @@ class Mux:
 
     async def _ack(self, ws: ClientConnection) -> None:
         frame = {"type": "ack", "seq": self._last_seq}
-        try:
-            await ws.send(json.dumps(frame))
-        except ConnectionClosed:
-            return
-        self._acked_seq = self._last_seq
         if self._listeners.has("frame"):
             self._listeners.emit("frame", FrameEvent("out", frame))
+        if await self._transmit(ws, frame, json.dumps(frame)):
+            self._acked_seq = frame["seq"]
 
     def _pong_deadline(self) -> float:
         """How long a ping may wait for its pong. By default longer than the gateway
@@ -542,6 +655,9 @@ class Mux:
             return
         self._closed = True
         self._outbox.clear()
+        self._outbox_bytes = 0
+        self._unconfirmed.clear()
+        self._unconfirmed_bytes = 0
         detail = f"code {code}: {reason}" if code is not None else reason or "no close frame"
         error = MuxError("closed", f"the connection to the gateway is closed ({detail})")
         for handle in list(self._handles.values()):
@@ -584,6 +700,7 @@ def connect(
     reconnect: bool | Reconnect = True,
     ack_every: int = 100,
     max_queued_frames: int = 1024,
+    max_queued_bytes: int = 8 * 1024 * 1024,
     open_timeout: float = 10.0,
     ping_interval: float | None = 20.0,
     ping_timeout: float | None = None,
@@ -600,7 +717,8 @@ def connect(
     - ``client``: ``{"name": ..., "version": ...}`` for the gateway's logs.
     - ``reconnect``: True (the default policy), False, or a :class:`Reconnect`.
     - ``ack_every``: acknowledge after this many frames.
-    - ``max_queued_frames``: frames kept while reconnecting; more raise ``queue_full``.
+    - ``max_queued_frames``, ``max_queued_bytes``: frames kept while reconnecting; more
+      raise ``queue_full``.
     - ``open_timeout``: seconds for the upgrade and for the ``welcome``.
     - ``ping_interval``: seconds between the client's pings (None: no heartbeat).
     - ``ping_timeout``: seconds a ping waits for its pong before the socket is dropped
@@ -616,6 +734,7 @@ def connect(
             reconnect=reconnect,
             ack_every=ack_every,
             max_queued_frames=max_queued_frames,
+            max_queued_bytes=max_queued_bytes,
             open_timeout=open_timeout,
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,

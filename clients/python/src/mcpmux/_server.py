@@ -53,6 +53,9 @@ class MessageSink(Protocol):
     def closed(self, error: MuxError) -> None:
         """The connection is closed for good."""
 
+    async def given_up(self, request_id: Any, error: MuxError) -> None:
+        """A request sent through the sink could not be kept for a resend."""
+
 
 @dataclass
 class _Pending:
@@ -221,6 +224,20 @@ class ServerHandle:
 
     async def _send_message(self, message: dict[str, Any]) -> None:
         await self._mux._send_rpc(self._name, message)
+
+    def _given_up(self, message: dict[str, Any], error: MuxError) -> None:
+        """A request of this server's was given up before the gateway confirmed that it
+        read it (the resend buffer overflowed): whoever waits for it is told."""
+        request_id = message.get("id")
+        if not isinstance(message.get("method"), str) or request_id is None:
+            return
+        pending = self._pending.get(request_id) if isinstance(request_id, str) else None
+        if pending is not None:
+            if not pending.future.done():
+                pending.future.set_exception(error)
+                self._cancel_upstream(request_id, "resend_overflow")
+        elif self._sink is not None:
+            self._mux._spawn(self._sink.given_up(request_id, error), quiet=True)
 
     def _cancel_upstream(self, request_id: str, reason: str) -> None:
         """Tells the server to stop working on a request the caller gave up on."""

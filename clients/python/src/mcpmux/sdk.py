@@ -81,23 +81,29 @@ class _SdkSink:
 
     async def session_lost(self, error: MuxError) -> None:
         lost = list(self.in_flight)
-        self.in_flight.clear()
         for request_id in lost:
-            await self.deliver(
-                {
-                    "jsonrpc": "2.0",
-                    "id": request_id,
-                    "error": {
-                        "code": -32000,
-                        "message": error.message,
-                        "data": {"gateway": "session_lost", "server": self._handle.name},
-                    },
-                }
-            )
+            await self.deliver(_error_reply(request_id, error, self._handle.name))
 
     def closed(self, error: MuxError) -> None:
         self.in_flight.clear()
         self._reader.close()
+
+    async def given_up(self, request_id: Any, error: MuxError) -> None:
+        if request_id in self.in_flight:
+            await self.deliver(_error_reply(request_id, error, self._handle.name))
+
+
+def _error_reply(request_id: Any, error: MuxError, server: str) -> dict[str, Any]:
+    """The JSON-RPC error response that tells the SDK its request failed with ``error``."""
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "error": {
+            "code": -32000,
+            "message": error.message,
+            "data": {"gateway": error.code, "server": server},
+        },
+    }
 
 
 def _hashable(value: Any) -> bool:

@@ -1,0 +1,138 @@
+"""Frames written into a socket that was already dead: resent after a resumed welcome
+from ``welcome.received``, confirmed by a pong, and bounded while unconfirmed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from conftest import Gateway
+from fake_gateway import FakeConnection, fake_gateway
+from relay import TcpRelay
+from support import WAIT, FrameLog
+
+import mcpmux
+from mcpmux import MuxError, Reconnect
+from mcpmux._mux import CONFIRM_AFTER_FRAMES, MAX_UNCONFIRMED_FRAMES
+
+pytestmark = pytest.mark.anyio
+
+QUICK = Reconnect(min_delay=0.01, max_delay=0.1)
+
+
+def is_call(frame: dict[str, object]) -> bool:
+    message = frame.get("message")
+    return (
+        frame.get("type") == "rpc"
+        and isinstance(message, dict)
+        and message.get("params", {}).get("arguments", {}).get("message") == "into the void"
+    )
+
+
+async def test_a_request_written_into_a_silent_path_completes_after_the_resume(gateway: Gateway) -> None:
+    async with TcpRelay(gateway.host, gateway.port) as relay:
+        async with mcpmux.connect(relay.url(), reconnect=QUICK) as mux:
+            everything = mux.server("everything")
+            await everything.initialize()
+            # Answered, so every frame before it was read: only what follows can be missing.
+            await everything.request("tools/call", {"name": "echo", "arguments": {"message": "before"}})
+            frames = FrameLog(mux)
+            opened = asyncio.Event()
+            mux.on("connection", lambda e: opened.set() if e.state == "open" else None)
+
+            relay.silence()  # the path is dead, and nothing says so yet
+            call = asyncio.create_task(
+                everything.request("tools/call", {"name": "echo", "arguments": {"message": "into the void"}})
+            )
+            await frames.wait(lambda log: [f for f in log.sent("rpc") if is_call(f)])
+            relay.reset()
+            async with asyncio.timeout(WAIT):
+                await opened.wait()
+                result = await call
+            sent = [e.frame for e in frames.events if e.direction == "out"]
+
+    assert result["content"][0]["text"] == "Echo: into the void"
+    assert len([f for f in sent if is_call(f)]) == 2, "written again after the resume, once"
+    hello = next(i for i, f in enumerate(sent) if f.get("type") == "hello")
+    assert is_call(sent[hello + 1]), "resent first, right after hello"
+
+
+async def test_frames_after_received_go_again_in_order_before_anything_new() -> None:
+    async def script(c: FakeConnection) -> None:
+        if c.index == 0:
+            await c.welcome()
+            await c.next(lambda f: f.get("message", {}).get("method") == "n3")
+            await c.ws.close(4000, "slow")
+        else:
+            await c.welcome(resumed=True, received=1)
+
+    async with fake_gateway(script) as fake:
+        async with mcpmux.connect(fake.url, reconnect=QUICK) as mux:
+            opened = asyncio.Event()
+            mux.on("connection", lambda e: opened.set() if e.state == "open" else None)
+            a = mux.server("a")
+            for method in ("n1", "n2", "n3"):
+                await a.notify(method)
+            async with asyncio.timeout(WAIT):
+                await opened.wait()
+            await a.notify("n4")
+            second = fake.connections[1]
+            methods = []
+            for _ in range(3):
+                methods.append((await second.next(lambda f: f["type"] == "rpc"))["message"]["method"])
+    assert methods == ["n2", "n3", "n4"]
+
+
+async def test_a_pong_confirms_every_frame_before_its_ping() -> None:
+    async def script(c: FakeConnection) -> None:
+        if c.index == 0:
+            await c.welcome()
+            await c.next(lambda f: f["type"] == "ping")  # asked for after 32 frames
+            await c.next(lambda f: f.get("message", {}).get("method") == "n40")
+            await c.send({"type": "pong"})
+            await c.send({"type": "status", "server": "a", "seq": 1, "state": "confirmed"})
+        else:
+            # Claims nothing was read: only the frames after the confirmed ones come again.
+            await c.welcome(resumed=True, received=0)
+
+    async with fake_gateway(script) as fake:
+        async with mcpmux.connect(fake.url, reconnect=QUICK) as mux:
+            confirmed = asyncio.Event()
+            opened = asyncio.Event()
+            mux.on("status", lambda e: confirmed.set() if e.state == "confirmed" else None)
+            a = mux.server("a")
+            for i in range(1, 41):
+                await a.notify(f"n{i}")
+            async with asyncio.timeout(WAIT):
+                await confirmed.wait()
+            mux.on("connection", lambda e: opened.set() if e.state == "open" else None)
+            await fake.connections[0].ws.close(4000, "slow")
+            async with asyncio.timeout(WAIT):
+                await opened.wait()
+            first = await fake.connections[1].next(lambda f: f["type"] == "rpc")
+            ping = next(i for i, f in enumerate(fake.connections[0].frames) if f["type"] == "ping")
+    # frames[0] is hello, so the ping's index is its number in the session.
+    assert ping == CONFIRM_AFTER_FRAMES + 1
+    assert first["message"]["method"] == f"n{ping}"
+
+
+async def test_unconfirmed_frames_are_bounded_and_the_oldest_request_fails() -> None:
+    async def script(c: FakeConnection) -> None:
+        await c.welcome()  # reads everything, confirms nothing (no pong)
+
+    async with fake_gateway(script) as fake:
+        async with mcpmux.connect(fake.url, reconnect=QUICK) as mux:
+            a = mux.server("a")
+            frames = FrameLog(mux)
+            first = asyncio.create_task(a.request("tools/list"))
+            await frames.wait(lambda log: log.sent("rpc"))  # written: the oldest frame
+            for _ in range(MAX_UNCONFIRMED_FRAMES):
+                await a.notify("notifications/message")
+            with pytest.raises(MuxError) as given_up:
+                async with asyncio.timeout(WAIT):
+                    await first
+            cancel = await fake.connections[0].next(
+                lambda f: f.get("message", {}).get("method") == "notifications/cancelled"
+            )
+    assert given_up.value.code == "resend_overflow"
+    assert cancel["message"]["params"]["requestId"] == "mcpmux-1"
