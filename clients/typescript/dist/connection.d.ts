@@ -28,13 +28,17 @@ export interface ConnectOptions {
     WebSocket?: any;
     /**
      * Reconnect after a drop and resume the session (default true). Delays are full-jitter
-     * exponential backoff: random in [0, min(maxDelayMs, minDelayMs * 2^attempt)).
-     * Defaults: minDelayMs 250, maxDelayMs 10000, maxAttempts Infinity (per outage).
+     * exponential backoff: random in [0, min(maxDelayMs, minDelayMs * 2^attempt)); after
+     * 4029, in the upper half of maxDelayMs. The attempt count starts again only once a
+     * socket has stayed up 15 s. Defaults: minDelayMs 250, maxDelayMs 10000, maxAttempts
+     * Infinity, maxFailures 10 (attempts in a row that end before a `welcome`: a gateway
+     * that is gone, or one that refuses the upgrade, which browsers cannot tell apart).
      */
     reconnect?: boolean | {
         minDelayMs?: number;
         maxDelayMs?: number;
         maxAttempts?: number;
+        maxFailures?: number;
     };
     /** Send an `ack` after this many sequenced frames (default 100). */
     ackEvery?: number;

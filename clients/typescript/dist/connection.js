@@ -9,7 +9,7 @@
  * @module
  */
 import { MuxError } from "./errors.js";
-import { backoffDelay, macrotaskScheduler } from "./timing.js";
+import { closeAction, macrotaskScheduler, reconnectDelay } from "./timing.js";
 import { BEARER_PREFIX, CLIENT_VERSION, SUBPROTOCOL, base64url, describeUrl, messageText, parseFrame, upgradeUrl, } from "./wire.js";
 const OPEN = 1;
 /** Frames written while no socket is open wait here, at most this many (`queue_full`). */
@@ -35,6 +35,8 @@ const WELCOME_TIMEOUT_MS = 15_000;
 const DEFAULT_HEARTBEAT_MS = 15_000;
 /** How long `close()` waits for the gateway's close frame before dropping the socket. */
 const CLOSE_WAIT_MS = 2_000;
+/** A socket that stayed up this long after its `welcome` starts the attempt count again. */
+const STABLE_MS = 15_000;
 export class Connection {
     #url;
     #sink;
@@ -46,6 +48,7 @@ export class Connection {
     #minDelayMs;
     #maxDelayMs;
     #maxAttempts;
+    #maxFailures;
     #ackEvery;
     #schedule = macrotaskScheduler();
     #state = "connecting";
@@ -56,6 +59,12 @@ export class Connection {
     #lastSeq = 0;
     #unacked = 0;
     #attempt = 0;
+    /** Attempts in a row that ended before a `welcome`. */
+    #failures = 0;
+    /** When the current socket got its `welcome`. */
+    #welcomedAt = 0;
+    /** The HTTP status that refused the current socket's upgrade, where the WebSocket says. */
+    #refusedStatus;
     #endError;
     /** Frames written while no socket was open. */
     #outbox = [];
@@ -99,6 +108,7 @@ export class Connection {
         this.#minDelayMs = positive(tuning.minDelayMs, 250, "reconnect.minDelayMs");
         this.#maxDelayMs = positive(tuning.maxDelayMs, 10_000, "reconnect.maxDelayMs");
         this.#maxAttempts = positive(tuning.maxAttempts, Infinity, "reconnect.maxAttempts");
+        this.#maxFailures = positive(tuning.maxFailures, 10, "reconnect.maxFailures");
         this.#ackEvery = positive(options.ackEvery, 100, "ackEvery");
     }
     /** The current state. */
@@ -174,6 +184,7 @@ export class Connection {
         }
         this.#socket = socket;
         this.#welcomed = false;
+        this.#refusedStatus = undefined;
         socket.onopen = () => {
             if (socket === this.#socket)
                 this.#writeHello(socket);
@@ -183,8 +194,11 @@ export class Connection {
                 this.#receive(event.data);
         };
         socket.onclose = (event) => this.#socketEnded(socket, event.code, event.reason);
-        socket.onerror = () => {
-            // A close event follows; it carries what can be known.
+        socket.onerror = (event) => {
+            // A close event follows. Node's ws says why an upgrade was refused; browsers do not.
+            const status = /Unexpected server response: (\d{3})/.exec(String(event?.message));
+            if (status && socket === this.#socket)
+                this.#refusedStatus = Number(status[1]);
         };
         this.#welcomeTimer = setTimeout(() => this.#abandon(socket, "no welcome from the gateway in time"), WELCOME_TIMEOUT_MS);
     }
@@ -328,7 +342,8 @@ export class Connection {
         }
         this.#everWelcomed = true;
         this.#session = typeof frame.session === "string" ? frame.session : undefined;
-        this.#attempt = 0;
+        this.#failures = 0;
+        this.#welcomedAt = Date.now();
         this.#startHeartbeat(frame.heartbeat_ms);
         // What was written before goes first, now, so that nothing written later overtakes it.
         if (resumed) {
@@ -418,16 +433,26 @@ export class Connection {
         if (this.#state === "closed")
             return;
         if (!this.#everWelcomed) {
-            const error = new MuxError("connect_failed", `could not open a session with ${describeUrl(this.#url)}: ${describeClose(code, reason)}`, { data: { code, reason } });
+            const status = this.#refusedStatus;
+            const error = new MuxError("connect_failed", `could not open a session with ${describeUrl(this.#url)}: ${status ? `HTTP ${status}, ` : ""}${describeClose(code, reason)}`, { data: status ? { code, reason, status } : { code, reason } });
             this.#opened?.reject(error);
             this.#end(error, code, reason);
             return;
         }
-        const fatal = code >= 4500 && code <= 4999;
-        if (fatal || !this.#reconnect || this.#attempt >= this.#maxAttempts) {
-            const why = fatal
-                ? `the gateway closed the connection: ${describeClose(code, reason)}`
-                : `the connection ended: ${describeClose(code, reason)}`;
+        const welcomed = this.#welcomed;
+        this.#welcomed = false;
+        if (welcomed && Date.now() - this.#welcomedAt >= STABLE_MS)
+            this.#attempt = 0;
+        if (!welcomed)
+            this.#failures++;
+        const refusal = this.#refusal(code, reason);
+        if (refusal) {
+            this.#end(refusal, code, reason);
+            return;
+        }
+        const action = closeAction(code);
+        if (!this.#reconnect || this.#attempt >= this.#maxAttempts) {
+            const why = `the connection ended: ${describeClose(code, reason)}`;
             this.#end(new MuxError("closed", why, { data: { code, reason } }), code, reason);
             return;
         }
@@ -438,7 +463,27 @@ export class Connection {
             this.#retryTimer = undefined;
             if (this.#state !== "closed")
                 this.#openSocket();
-        }, backoffDelay(attempt - 1, this.#minDelayMs, this.#maxDelayMs));
+        }, reconnectDelay(action, attempt - 1, this.#minDelayMs, this.#maxDelayMs));
+    }
+    /** The error that ends the connection after a socket closed with `code`, if it must end. */
+    #refusal(code, reason) {
+        const data = { code, reason };
+        const action = closeAction(code);
+        if (action === "moved") {
+            return new MuxError("session_moved", `another connection resumed this session, which now lives there (${describeClose(code, reason)}); this one does not reconnect`, { data });
+        }
+        if (action === "fatal") {
+            return new MuxError("closed", `the gateway closed the connection: ${describeClose(code, reason)}`, { data });
+        }
+        const status = this.#refusedStatus;
+        if (status === 401 || status === 403) {
+            return new MuxError("refused", `the gateway refused the upgrade with HTTP ${status}${status === 401 ? " (a wrong or missing API key)" : " (an origin or host it does not allow)"}`, { data: { ...data, status } });
+        }
+        if (this.#failures >= this.#maxFailures) {
+            return new MuxError("reconnect_failed", `${this.#failures} attempts in a row ended before the gateway said welcome (the last: ${describeClose(code, reason)}): ` +
+                "it is unreachable, or it refuses the upgrade (HTTP 401 or 403 show as 1006 in a browser)", { data });
+        }
+        return undefined;
     }
     /** Ends the connection for good: nothing is sent or retried after this. */
     #end(error, code, reason) {

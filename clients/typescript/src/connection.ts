@@ -10,7 +10,7 @@
  */
 
 import { MuxError } from "./errors.js";
-import { backoffDelay, macrotaskScheduler } from "./timing.js";
+import { closeAction, macrotaskScheduler, reconnectDelay, type CloseAction } from "./timing.js";
 import {
   BEARER_PREFIX,
   CLIENT_VERSION,
@@ -39,10 +39,15 @@ export interface ConnectOptions {
   WebSocket?: any;
   /**
    * Reconnect after a drop and resume the session (default true). Delays are full-jitter
-   * exponential backoff: random in [0, min(maxDelayMs, minDelayMs * 2^attempt)).
-   * Defaults: minDelayMs 250, maxDelayMs 10000, maxAttempts Infinity (per outage).
+   * exponential backoff: random in [0, min(maxDelayMs, minDelayMs * 2^attempt)); after
+   * 4029, in the upper half of maxDelayMs. The attempt count starts again only once a
+   * socket has stayed up 15 s. Defaults: minDelayMs 250, maxDelayMs 10000, maxAttempts
+   * Infinity, maxFailures 10 (attempts in a row that end before a `welcome`: a gateway
+   * that is gone, or one that refuses the upgrade, which browsers cannot tell apart).
    */
-  reconnect?: boolean | { minDelayMs?: number; maxDelayMs?: number; maxAttempts?: number };
+  reconnect?:
+    | boolean
+    | { minDelayMs?: number; maxDelayMs?: number; maxAttempts?: number; maxFailures?: number };
   /** Send an `ack` after this many sequenced frames (default 100). */
   ackEvery?: number;
 }
@@ -114,6 +119,8 @@ const WELCOME_TIMEOUT_MS = 15_000;
 const DEFAULT_HEARTBEAT_MS = 15_000;
 /** How long `close()` waits for the gateway's close frame before dropping the socket. */
 const CLOSE_WAIT_MS = 2_000;
+/** A socket that stayed up this long after its `welcome` starts the attempt count again. */
+const STABLE_MS = 15_000;
 
 interface Queued {
   frame: ClientFrame;
@@ -140,6 +147,7 @@ export class Connection {
   readonly #minDelayMs: number;
   readonly #maxDelayMs: number;
   readonly #maxAttempts: number;
+  readonly #maxFailures: number;
   readonly #ackEvery: number;
   readonly #schedule = macrotaskScheduler();
 
@@ -151,6 +159,12 @@ export class Connection {
   #lastSeq = 0;
   #unacked = 0;
   #attempt = 0;
+  /** Attempts in a row that ended before a `welcome`. */
+  #failures = 0;
+  /** When the current socket got its `welcome`. */
+  #welcomedAt = 0;
+  /** The HTTP status that refused the current socket's upgrade, where the WebSocket says. */
+  #refusedStatus: number | undefined;
   #endError: MuxError | undefined;
 
   /** Frames written while no socket was open. */
@@ -198,6 +212,7 @@ export class Connection {
     this.#minDelayMs = positive(tuning.minDelayMs, 250, "reconnect.minDelayMs");
     this.#maxDelayMs = positive(tuning.maxDelayMs, 10_000, "reconnect.maxDelayMs");
     this.#maxAttempts = positive(tuning.maxAttempts, Infinity, "reconnect.maxAttempts");
+    this.#maxFailures = positive(tuning.maxFailures, 10, "reconnect.maxFailures");
     this.#ackEvery = positive(options.ackEvery, 100, "ackEvery");
   }
 
@@ -278,6 +293,7 @@ export class Connection {
     }
     this.#socket = socket;
     this.#welcomed = false;
+    this.#refusedStatus = undefined;
     socket.onopen = () => {
       if (socket === this.#socket) this.#writeHello(socket);
     };
@@ -285,8 +301,10 @@ export class Connection {
       if (socket === this.#socket) this.#receive(event.data);
     };
     socket.onclose = (event) => this.#socketEnded(socket, event.code, event.reason);
-    socket.onerror = () => {
-      // A close event follows; it carries what can be known.
+    socket.onerror = (event) => {
+      // A close event follows. Node's ws says why an upgrade was refused; browsers do not.
+      const status = /Unexpected server response: (\d{3})/.exec(String((event as { message?: unknown })?.message));
+      if (status && socket === this.#socket) this.#refusedStatus = Number(status[1]);
     };
     this.#welcomeTimer = setTimeout(
       () => this.#abandon(socket, "no welcome from the gateway in time"),
@@ -438,7 +456,8 @@ export class Connection {
     }
     this.#everWelcomed = true;
     this.#session = typeof frame.session === "string" ? frame.session : undefined;
-    this.#attempt = 0;
+    this.#failures = 0;
+    this.#welcomedAt = Date.now();
     this.#startHeartbeat(frame.heartbeat_ms);
     // What was written before goes first, now, so that nothing written later overtakes it.
     if (resumed) {
@@ -519,20 +538,28 @@ export class Connection {
     clearInterval(this.#heartbeatTimer);
     if (this.#state === "closed") return;
     if (!this.#everWelcomed) {
+      const status = this.#refusedStatus;
       const error = new MuxError(
         "connect_failed",
-        `could not open a session with ${describeUrl(this.#url)}: ${describeClose(code, reason)}`,
-        { data: { code, reason } },
+        `could not open a session with ${describeUrl(this.#url)}: ${status ? `HTTP ${status}, ` : ""}${describeClose(code, reason)}`,
+        { data: status ? { code, reason, status } : { code, reason } },
       );
       this.#opened?.reject(error);
       this.#end(error, code, reason);
       return;
     }
-    const fatal = code >= 4500 && code <= 4999;
-    if (fatal || !this.#reconnect || this.#attempt >= this.#maxAttempts) {
-      const why = fatal
-        ? `the gateway closed the connection: ${describeClose(code, reason)}`
-        : `the connection ended: ${describeClose(code, reason)}`;
+    const welcomed = this.#welcomed;
+    this.#welcomed = false;
+    if (welcomed && Date.now() - this.#welcomedAt >= STABLE_MS) this.#attempt = 0;
+    if (!welcomed) this.#failures++;
+    const refusal = this.#refusal(code, reason);
+    if (refusal) {
+      this.#end(refusal, code, reason);
+      return;
+    }
+    const action = closeAction(code);
+    if (!this.#reconnect || this.#attempt >= this.#maxAttempts) {
+      const why = `the connection ended: ${describeClose(code, reason)}`;
       this.#end(new MuxError("closed", why, { data: { code, reason } }), code, reason);
       return;
     }
@@ -542,7 +569,40 @@ export class Connection {
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = undefined;
       if (this.#state !== "closed") this.#openSocket();
-    }, backoffDelay(attempt - 1, this.#minDelayMs, this.#maxDelayMs));
+    }, reconnectDelay(action, attempt - 1, this.#minDelayMs, this.#maxDelayMs));
+  }
+
+  /** The error that ends the connection after a socket closed with `code`, if it must end. */
+  #refusal(code: number, reason: string): MuxError | undefined {
+    const data = { code, reason };
+    const action: CloseAction = closeAction(code);
+    if (action === "moved") {
+      return new MuxError(
+        "session_moved",
+        `another connection resumed this session, which now lives there (${describeClose(code, reason)}); this one does not reconnect`,
+        { data },
+      );
+    }
+    if (action === "fatal") {
+      return new MuxError("closed", `the gateway closed the connection: ${describeClose(code, reason)}`, { data });
+    }
+    const status = this.#refusedStatus;
+    if (status === 401 || status === 403) {
+      return new MuxError(
+        "refused",
+        `the gateway refused the upgrade with HTTP ${status}${status === 401 ? " (a wrong or missing API key)" : " (an origin or host it does not allow)"}`,
+        { data: { ...data, status } },
+      );
+    }
+    if (this.#failures >= this.#maxFailures) {
+      return new MuxError(
+        "reconnect_failed",
+        `${this.#failures} attempts in a row ended before the gateway said welcome (the last: ${describeClose(code, reason)}): ` +
+          "it is unreachable, or it refuses the upgrade (HTTP 401 or 403 show as 1006 in a browser)",
+        { data },
+      );
+    }
+    return undefined;
   }
 
   /** Ends the connection for good: nothing is sent or retried after this. */

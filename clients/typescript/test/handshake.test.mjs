@@ -28,11 +28,12 @@ async function open(url, options) {
  * A WebSocket server that records each connection (`url`, `protocols`, frames received)
  * and hands it to `script(connection, index)` once its first frame (hello) arrived.
  */
-async function fakeGateway(script) {
+async function fakeGateway(script, { verifyClient } = {}) {
   const wss = new WebSocketServer({
     host: "127.0.0.1",
     port: 0,
     handleProtocols: (offered) => (offered.has("mcpmux.v1") ? "mcpmux.v1" : false),
+    verifyClient,
   });
   servers.push(wss);
   await once(wss, "listening");
@@ -273,4 +274,72 @@ test("frames the gateway never confirms are bounded: the oldest request fails wi
   assert.equal(error.code, "resend_overflow");
   const cancel = await fake.connections[0].next((f) => f.message?.method === "notifications/cancelled");
   assert.equal(cancel.message.params.requestId, "mcpmux-1");
+});
+
+test("close code 4002: the session moved to another socket; nothing reconnects", async () => {
+  const fake = await fakeGateway(async (c) => {
+    c.welcome();
+    await c.next((f) => f.type === "rpc");
+    c.ws.close(4002, "the session moved to another connection");
+  });
+  const mux = await open(fake.url, fast);
+  const events = [];
+  mux.on("connection", (e) => events.push(e));
+  await assert.rejects(mux.server("a").request("tools/list"), (error) => {
+    assert.ok(error instanceof MuxError);
+    assert.equal(error.code, "session_moved");
+    assert.equal(error.data.code, 4002);
+    return true;
+  });
+  // Told in the same task as the rejection, before it.
+  assert.deepEqual(events, [{ state: "closed", code: 4002, reason: "the session moved to another connection" }]);
+  assert.equal(fake.connections.length, 1);
+});
+
+test("a welcome alone does not start the attempt count again: maxAttempts ends a flapping gateway", async () => {
+  const fake = await fakeGateway((c, index) => {
+    c.welcome({ resumed: index > 0 });
+    c.ws.close(4000, "slow");
+  });
+  const mux = await open(fake.url, { reconnect: { minDelayMs: 1, maxDelayMs: 5, maxAttempts: 3 } });
+  const closed = await nextEvent(mux, "connection", (e) => e.state === "closed");
+  assert.equal(closed.code, 4000);
+  assert.equal(fake.connections.length, 4, "the first socket and three attempts");
+});
+
+test("an upgrade refused with HTTP 401 on a reconnect ends the connection at once", async () => {
+  let upgrades = 0;
+  const fake = await fakeGateway(
+    async (c) => {
+      c.welcome();
+      await c.next((f) => f.type === "rpc");
+      c.ws.close(1001, "going away");
+    },
+    { verifyClient: (_info, done) => (++upgrades === 1 ? done(true) : done(false, 401)) },
+  );
+  const mux = await open(fake.url, fast);
+  const call = mux.server("a").request("tools/list");
+  await assert.rejects(call, (error) => {
+    assert.equal(error.code, "refused");
+    assert.equal(error.data.status, 401);
+    assert.match(error.message, /HTTP 401/);
+    return true;
+  });
+  assert.equal(upgrades, 2);
+});
+
+test("attempts that end before a welcome stop after maxFailures, with reconnect_failed", async () => {
+  const fake = await fakeGateway(async (c, index) => {
+    if (index > 0) return c.ws.terminate(); // as a browser sees a refused upgrade: 1006
+    c.welcome();
+    await c.next((f) => f.type === "rpc");
+    c.ws.close(1001, "going away");
+  });
+  const mux = await open(fake.url, { reconnect: { minDelayMs: 1, maxDelayMs: 5, maxFailures: 3 } });
+  await assert.rejects(mux.server("a").request("tools/list"), (error) => {
+    assert.equal(error.code, "reconnect_failed");
+    assert.match(error.message, /3 attempts in a row/);
+    return true;
+  });
+  assert.equal(fake.connections.length, 4);
 });
