@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from http import HTTPStatus
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from support import WAIT
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
 
 
 class FakeConnection:
@@ -67,10 +69,19 @@ class FakeGateway:
 
 
 @asynccontextmanager
-async def fake_gateway(script: Script) -> AsyncIterator[FakeGateway]:
+async def fake_gateway(script: Script, *, refuse_after: int | None = None) -> AsyncIterator[FakeGateway]:
     """Serves on 127.0.0.1:0; runs ``script`` on each connection once its hello arrived,
-    while its frames keep being recorded."""
+    while its frames keep being recorded. With ``refuse_after``, upgrades after that many
+    are refused with HTTP 401."""
     connections: list[FakeConnection] = []
+    upgrades = 0
+
+    def process_request(ws: ServerConnection, request: Request) -> Response | None:
+        nonlocal upgrades
+        upgrades += 1
+        if refuse_after is not None and upgrades > refuse_after:
+            return ws.respond(HTTPStatus.UNAUTHORIZED, "a wrong API key\n")
+        return None
 
     async def handler(ws: ServerConnection) -> None:
         connection = FakeConnection(ws, len(connections))
@@ -88,6 +99,8 @@ async def fake_gateway(script: Script) -> AsyncIterator[FakeGateway]:
             task.cancel()
 
     subprotocols = ["mcpmux.v1"]
-    async with serve(handler, "127.0.0.1", 0, subprotocols=subprotocols) as server:  # type: ignore[arg-type]
+    async with serve(
+        handler, "127.0.0.1", 0, subprotocols=subprotocols, process_request=process_request
+    ) as server:  # type: ignore[arg-type]
         port = next(iter(server.sockets)).getsockname()[1]
         yield FakeGateway(f"ws://127.0.0.1:{port}/ws", connections)

@@ -23,7 +23,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
-from ._backoff import Reconnect, may_reconnect
+from ._backoff import STABLE_AFTER, Reconnect, close_action
 from ._errors import MuxError
 from ._events import (
     ConnectionEvent,
@@ -143,6 +143,10 @@ class Mux:
         self._keepalive: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = False
+        # Reconnection attempts since a socket last stayed up a while, and when the
+        # current socket got its welcome (the event loop's clock).
+        self._attempt = 0
+        self._welcomed_at = 0.0
 
     # Public surface.
 
@@ -404,9 +408,9 @@ class Mux:
             status = error.response.status_code
             # 429 and 5xx may pass; any other refusal (401, 403, 400) will not by itself.
             permanent = 400 <= status < 500 and status != 429
-            raise _Refused(
-                f"the gateway answered the upgrade with HTTP {status}", permanent=permanent
-            ) from None
+            why = {401: " (a wrong or missing API key)", 403: " (an origin or host it does not allow)"}
+            message = f"the gateway refused the upgrade with HTTP {status}{why.get(status, '')}"
+            raise _Refused(message, permanent=permanent) from None
         except (OSError, TimeoutError, InvalidHandshake) as error:
             raise _Refused(f"cannot open the WebSocket: {error}", permanent=False) from None
 
@@ -434,7 +438,7 @@ class Mux:
             reason = error.rcvd.reason if error.rcvd else ""
             raise _Refused(
                 f"the gateway closed the socket before welcome (code {code}: {reason})",
-                permanent=not may_reconnect(code),
+                permanent=close_action(code) in ("moved", "fatal"),
                 code=code,
             ) from None
         except (OSError, TimeoutError, ValueError) as error:
@@ -450,6 +454,7 @@ class Mux:
         """Takes a socket that got its welcome into use."""
         resumed = welcome.get("resumed") is True
         previous = self._session
+        self._welcomed_at = asyncio.get_running_loop().time()
         self._session = welcome["session"]
         heartbeat_ms = welcome.get("heartbeat_ms")
         if isinstance(heartbeat_ms, int) and not isinstance(heartbeat_ms, bool) and heartbeat_ms > 0:
@@ -519,31 +524,57 @@ class Mux:
             self._stop_keepalive()
             if self._closing:
                 return
-            if self._policy is None or not may_reconnect(code):
+            if asyncio.get_running_loop().time() - self._welcomed_at >= STABLE_AFTER:
+                self._attempt = 0
+            action = close_action(code)
+            if action == "moved":
+                self._finish(
+                    code,
+                    reason,
+                    error_code="session_moved",
+                    why="another connection resumed this session, which now lives there; "
+                    "this one does not reconnect",
+                )
+                return
+            if self._policy is None or action == "fatal":
                 self._finish(code, reason)
                 return
-            current = await self._reconnect(self._policy, code, reason)
+            current = await self._reconnect(self._policy, code, reason, slow=action == "slow")
 
-    async def _reconnect(self, policy: Reconnect, code: int | None, reason: str) -> ClientConnection | None:
-        attempt = 0
-        while policy.max_attempts is None or attempt < policy.max_attempts:
+    async def _reconnect(
+        self, policy: Reconnect, code: int | None, reason: str, *, slow: bool
+    ) -> ClientConnection | None:
+        failures = 0
+        while policy.max_attempts is None or self._attempt < policy.max_attempts:
             self._listeners.emit(
                 "connection",
-                ConnectionEvent("reconnecting", code=code, reason=reason or None, attempt=attempt + 1),
+                ConnectionEvent("reconnecting", code=code, reason=reason or None, attempt=self._attempt + 1),
             )
-            await asyncio.sleep(policy.delay(attempt))
-            attempt += 1
+            await asyncio.sleep(policy.delay(self._attempt, slow=slow))
+            self._attempt += 1
             try:
                 ws, welcome = await self._open(resume=True)
             except _Refused as refused:
-                log.debug("reconnection attempt %d failed: %s", attempt, refused)
+                log.debug("reconnection attempt %d failed: %s", self._attempt, refused)
                 if refused.permanent:
-                    self._finish(refused.code, str(refused))
+                    # An HTTP refusal, or a close code that is never retried.
+                    action = None if refused.code is None else close_action(refused.code)
+                    error_code = {None: "refused", "moved": "session_moved"}.get(action, "closed")
+                    self._finish(refused.code, str(refused), error_code=error_code)
+                    return None
+                failures += 1
+                if policy.max_failures is not None and failures >= policy.max_failures:
+                    self._finish(
+                        refused.code,
+                        f"{failures} attempts in a row ended before the gateway said welcome "
+                        f"(the last: {refused}): it is unreachable, or it refuses the upgrade",
+                        error_code="reconnect_failed",
+                    )
                     return None
                 continue
             await self._adopt(ws, welcome, resume_asked=True)
             return ws
-        self._finish(code, f"no reconnection after {attempt} attempts")
+        self._finish(code, f"no reconnection after {self._attempt} attempts")
         return None
 
     async def _read(self, ws: ClientConnection) -> tuple[int | None, str]:
@@ -619,10 +650,10 @@ class Mux:
             self._acked_seq = frame["seq"]
 
     def _pong_deadline(self) -> float:
-        """How long a ping may wait for its pong. By default longer than the gateway
-        takes to give up on a silent client (two of its heartbeat intervals): a resume
-        sent while the gateway still holds the old socket would end the session (close
-        4002), so the client lets the gateway notice first."""
+        """How long a ping may wait for its pong. By default as long as the gateway
+        waits for a silent client (two of its heartbeat intervals), plus 5 s. Resuming
+        earlier would also work: the session moves to the new socket (protocol.md
+        section 8)."""
         if self._ping_timeout is not None:
             return self._ping_timeout
         return 2 * self._gateway_heartbeat + 5
@@ -649,8 +680,8 @@ class Mux:
             self._keepalive.cancel()
             self._keepalive = None
 
-    def _finish(self, code: int | None, reason: str) -> None:
-        """Closes for good: everything still waiting fails."""
+    def _finish(self, code: int | None, reason: str, *, error_code: str = "closed", why: str = "") -> None:
+        """Closes for good: everything still waiting fails with ``error_code``."""
         if self._closed:
             return
         self._closed = True
@@ -659,7 +690,11 @@ class Mux:
         self._unconfirmed.clear()
         self._unconfirmed_bytes = 0
         detail = f"code {code}: {reason}" if code is not None else reason or "no close frame"
-        error = MuxError("closed", f"the connection to the gateway is closed ({detail})")
+        error = MuxError(
+            error_code,
+            f"the connection to the gateway is closed ({detail}){': ' + why if why else ''}",
+            data={"code": code, "reason": reason},
+        )
         for handle in list(self._handles.values()):
             handle._closed(error)
         self._listeners.emit("connection", ConnectionEvent("closed", code=code, reason=reason or None))

@@ -1,5 +1,7 @@
-"""Frames written into a socket that was already dead: resent after a resumed welcome
-from ``welcome.received``, confirmed by a pong, and bounded while unconfirmed."""
+"""The connection's rules against a scripted gateway (and one real one): frames written
+into a socket that was already dead are resent after a resumed welcome from
+``welcome.received``, confirmed by a pong and bounded while unconfirmed; and the one
+close-code table decides what reconnects."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from support import WAIT, FrameLog
 
 import mcpmux
 from mcpmux import MuxError, Reconnect
+from mcpmux._backoff import close_action
 from mcpmux._mux import CONFIRM_AFTER_FRAMES, MAX_UNCONFIRMED_FRAMES
 
 pytestmark = pytest.mark.anyio
@@ -136,3 +139,92 @@ async def test_unconfirmed_frames_are_bounded_and_the_oldest_request_fails() -> 
             )
     assert given_up.value.code == "resend_overflow"
     assert cancel["message"]["params"]["requestId"] == "mcpmux-1"
+
+
+@pytest.mark.parametrize(
+    ("action", "codes"),
+    [
+        ("reconnect", [None, 1000, 1001, 1006, 1011, 1012, 1013, 1014, 4000, 4001, 4003, 4499]),
+        ("slow", [4029]),
+        ("moved", [4002]),
+        ("fatal", [1002, 1003, 1007, 1008, 1009, 1010, 4500, 4501, 4508, 4999]),
+    ],
+)
+def test_one_close_code_table(action: str, codes: list[int | None]) -> None:
+    for code in codes:
+        assert close_action(code) == action, code
+
+
+def test_after_4029_the_backoff_starts_at_its_highest() -> None:
+    policy = Reconnect(min_delay=0.25, max_delay=10)
+    assert all(5 <= policy.delay(0, slow=True) <= 10 for _ in range(100))
+
+
+async def test_close_code_4002_ends_the_connection_with_session_moved() -> None:
+    async def script(c: FakeConnection) -> None:
+        await c.welcome()
+        await c.next(lambda f: f["type"] == "rpc")
+        await c.ws.close(4002, "the session moved to another connection")
+
+    async with fake_gateway(script) as fake:
+        async with mcpmux.connect(fake.url, reconnect=QUICK) as mux:
+            events: list[mcpmux.ConnectionEvent] = []
+            mux.on("connection", events.append)
+            with pytest.raises(MuxError) as moved:
+                async with asyncio.timeout(WAIT):
+                    await mux.server("a").request("tools/list")
+    assert moved.value.code == "session_moved"
+    assert [(e.state, e.code) for e in events] == [("closed", 4002)]
+    assert len(fake.connections) == 1
+
+
+async def test_a_welcome_alone_does_not_start_the_attempt_count_again() -> None:
+    async def script(c: FakeConnection) -> None:
+        await c.welcome(resumed=c.index > 0)
+        await c.ws.close(4000, "slow")
+
+    async with fake_gateway(script) as fake:
+        policy = Reconnect(min_delay=0.001, max_delay=0.005, max_attempts=3)
+        mux = await mcpmux.connect(fake.url, reconnect=policy)
+        closed = asyncio.Event()
+        mux.on("connection", lambda e: closed.set() if e.state == "closed" else None)
+        async with asyncio.timeout(WAIT):
+            await closed.wait()
+        await mux.close()
+    assert len(fake.connections) == 4, "the first socket and three attempts"
+
+
+async def test_attempts_that_end_before_a_welcome_stop_after_max_failures() -> None:
+    async def script(c: FakeConnection) -> None:
+        if c.index > 0:
+            c.ws.transport.abort()  # as a refused upgrade looks without its status
+            return
+        await c.welcome()
+        await c.next(lambda f: f["type"] == "rpc")
+        await c.ws.close(1001, "going away")
+
+    policy = Reconnect(min_delay=0.001, max_delay=0.005, max_failures=3)
+    async with fake_gateway(script) as fake:
+        async with mcpmux.connect(fake.url, reconnect=policy) as mux:
+            with pytest.raises(MuxError) as failed:
+                async with asyncio.timeout(WAIT):
+                    await mux.server("a").request("tools/list")
+    assert failed.value.code == "reconnect_failed"
+    assert "3 attempts in a row" in failed.value.message
+    assert len(fake.connections) == 4
+
+
+async def test_an_upgrade_refused_with_401_on_a_reconnect_ends_the_connection_at_once() -> None:
+    async def script(c: FakeConnection) -> None:
+        await c.welcome()
+        await c.next(lambda f: f["type"] == "rpc")
+        await c.ws.close(1001, "going away")
+
+    async with fake_gateway(script, refuse_after=1) as fake:
+        async with mcpmux.connect(fake.url, reconnect=QUICK) as mux:
+            with pytest.raises(MuxError) as refused:
+                async with asyncio.timeout(WAIT):
+                    await mux.server("a").request("tools/list")
+    assert refused.value.code == "refused"
+    assert "HTTP 401" in refused.value.message
+    assert len(fake.connections) == 1
