@@ -87,6 +87,8 @@ export declare class Connection {
     constructor(url: string, options: ConnectOptions, sink: ConnectionSink);
     /** The current state. */
     get state(): ConnectionEvent["state"];
+    /** Whether frames are written now (a socket has its `welcome`); else they are queued. */
+    get isOpen(): boolean;
     /** The client session's id, once a `welcome` named it. */
     get session(): string | undefined;
     /** Opens the first socket; resolves with its `welcome`, rejects if it fails. */
@@ -96,6 +98,9 @@ export declare class Connection {
      * (rejected with `session_lost` if that welcome starts a fresh session).
      */
     send(frame: ClientFrame): Promise<void>;
-    /** Ends the connection with close code 1000 (the gateway ends the session). */
+    /**
+     * Ends the connection with close code 1000 (the gateway ends the session). Settles at
+     * once when no socket is open (while reconnecting): there is no one to tell.
+     */
     close(): Promise<void>;
 }

@@ -115,6 +115,10 @@ export class Connection {
     get state() {
         return this.#state;
     }
+    /** Whether frames are written now (a socket has its `welcome`); else they are queued. */
+    get isOpen() {
+        return this.#welcomed && this.#socket?.readyState === OPEN;
+    }
     /** The client session's id, once a `welcome` named it. */
     get session() {
         return this.#session;
@@ -145,7 +149,10 @@ export class Connection {
             this.#outboxBytes += text.length;
         });
     }
-    /** Ends the connection with close code 1000 (the gateway ends the session). */
+    /**
+     * Ends the connection with close code 1000 (the gateway ends the session). Settles at
+     * once when no socket is open (while reconnecting): there is no one to tell.
+     */
     close() {
         if (this.#state === "closed")
             return Promise.resolve();
@@ -153,6 +160,17 @@ export class Connection {
         this.#end(new MuxError("closed", "the connection was closed by the client"), 1000, "");
         if (!socket)
             return Promise.resolve();
+        if (socket.readyState !== OPEN) {
+            detach(socket);
+            socket.terminate?.();
+            try {
+                socket.close();
+            }
+            catch {
+                // Already closing.
+            }
+            return Promise.resolve();
+        }
         return new Promise((resolve) => {
             const timer = setTimeout(() => {
                 socket.terminate?.();

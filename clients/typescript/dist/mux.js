@@ -45,7 +45,13 @@ export class Mux {
                 if (this.#events.has("frame"))
                     this.#events.emit("frame", { direction, frame });
             },
-            connection: (event) => this.#events.emit("connection", event),
+            connection: (event) => {
+                // A close sent on a socket that dropped settles now; the frame goes again after a
+                // resume if the gateway did not read it, and a lost session needs no close.
+                if (event.state === "reconnecting")
+                    this.#settleCloseWaiters();
+                this.#events.emit("connection", event);
+            },
             ended: (error) => this.#end(error),
             unconfirmed: (frame, error) => this.#unconfirmed(frame, error),
         });
@@ -172,10 +178,14 @@ export class Mux {
                 byMethod.delete(method);
         };
     }
-    /** @internal Sends `close` for `server`; resolves when the gateway says it is closed. */
+    /**
+     * @internal Sends `close` for `server`; resolves when the gateway says it is closed,
+     * or at once while no socket is open (the frame is sent after the resume).
+     */
     _close(server) {
         if (this.#ended)
             return Promise.resolve();
+        const open = this.#connection.isOpen;
         return new Promise((resolve) => {
             let waiters = this.#closeWaiters.get(server);
             if (!waiters) {
@@ -192,6 +202,8 @@ export class Mux {
                     list.splice(at, 1);
                 resolve();
             });
+            if (!open)
+                resolve();
         });
     }
     /** @internal Makes `transport` the one that receives `server`'s unclaimed messages. */
@@ -428,6 +440,12 @@ export class Mux {
             this.#failTransport(server, transport, error.code, error.message);
         }
         this.#resolveCloseWaiters();
+    }
+    /** Settles every close waiting for its answer, keeping each in line for that answer. */
+    #settleCloseWaiters() {
+        for (const waiters of this.#closeWaiters.values())
+            for (const waiter of waiters)
+                waiter.resolve();
     }
     #resolveCloseWaiters() {
         const all = [...this.#closeWaiters.values()].flat();

@@ -221,6 +221,11 @@ export class Connection {
     return this.#state;
   }
 
+  /** Whether frames are written now (a socket has its `welcome`); else they are queued. */
+  get isOpen(): boolean {
+    return this.#welcomed && this.#socket?.readyState === OPEN;
+  }
+
   /** The client session's id, once a `welcome` named it. */
   get session(): string | undefined {
     return this.#session;
@@ -257,12 +262,25 @@ export class Connection {
     });
   }
 
-  /** Ends the connection with close code 1000 (the gateway ends the session). */
+  /**
+   * Ends the connection with close code 1000 (the gateway ends the session). Settles at
+   * once when no socket is open (while reconnecting): there is no one to tell.
+   */
   close(): Promise<void> {
     if (this.#state === "closed") return Promise.resolve();
     const socket = this.#socket;
     this.#end(new MuxError("closed", "the connection was closed by the client"), 1000, "");
     if (!socket) return Promise.resolve();
+    if (socket.readyState !== OPEN) {
+      detach(socket);
+      socket.terminate?.();
+      try {
+        socket.close();
+      } catch {
+        // Already closing.
+      }
+      return Promise.resolve();
+    }
     return new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         socket.terminate?.();

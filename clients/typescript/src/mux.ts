@@ -85,7 +85,12 @@ export class Mux {
       wire: (direction, frame) => {
         if (this.#events.has("frame")) this.#events.emit("frame", { direction, frame });
       },
-      connection: (event) => this.#events.emit("connection", event),
+      connection: (event) => {
+        // A close sent on a socket that dropped settles now; the frame goes again after a
+        // resume if the gateway did not read it, and a lost session needs no close.
+        if (event.state === "reconnecting") this.#settleCloseWaiters();
+        this.#events.emit("connection", event);
+      },
       ended: (error) => this.#end(error),
       unconfirmed: (frame, error) => this.#unconfirmed(frame, error),
     });
@@ -223,9 +228,13 @@ export class Mux {
     };
   }
 
-  /** @internal Sends `close` for `server`; resolves when the gateway says it is closed. */
+  /**
+   * @internal Sends `close` for `server`; resolves when the gateway says it is closed,
+   * or at once while no socket is open (the frame is sent after the resume).
+   */
   _close(server: string): Promise<void> {
     if (this.#ended) return Promise.resolve();
+    const open = this.#connection.isOpen;
     return new Promise<void>((resolve) => {
       let waiters = this.#closeWaiters.get(server);
       if (!waiters) {
@@ -241,6 +250,7 @@ export class Mux {
         if (list && at >= 0) list.splice(at, 1);
         resolve();
       });
+      if (!open) resolve();
     });
   }
 
@@ -467,6 +477,11 @@ export class Mux {
       this.#failTransport(server, transport, error.code, error.message);
     }
     this.#resolveCloseWaiters();
+  }
+
+  /** Settles every close waiting for its answer, keeping each in line for that answer. */
+  #settleCloseWaiters(): void {
+    for (const waiters of this.#closeWaiters.values()) for (const waiter of waiters) waiter.resolve();
   }
 
   #resolveCloseWaiters(): void {

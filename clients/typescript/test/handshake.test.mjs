@@ -343,3 +343,23 @@ test("attempts that end before a welcome stop after maxFailures, with reconnect_
   });
   assert.equal(fake.connections.length, 4);
 });
+
+test("closing a server's session settles while reconnecting, and when its socket drops", async () => {
+  const fake = await fakeGateway(async (c, index) => {
+    if (index > 0) return; // never welcomes: the client stays reconnecting
+    c.welcome();
+    await c.next((f) => f.type === "close"); // read, never answered
+    c.ws.close(4000, "slow");
+  });
+  const mux = await open(fake.url, fast);
+  const reconnecting = nextEvent(mux, "connection", (e) => e.state === "reconnecting");
+  const transport = mux.transport("a");
+  await transport.start();
+  const closed = new Promise((resolve) => (transport.onclose = resolve));
+  await transport.close(); // its socket drops before the gateway answers
+  await closed;
+  await reconnecting;
+  await mux.server("b").close(); // no socket with a welcome: settles at once
+  await mux.close();
+  assert.equal(fake.connections[0].frames.filter((f) => f.type === "close").length, 1);
+});
