@@ -228,3 +228,22 @@ async def test_an_upgrade_refused_with_401_on_a_reconnect_ends_the_connection_at
     assert refused.value.code == "refused"
     assert "HTTP 401" in refused.value.message
     assert len(fake.connections) == 1
+
+
+async def test_closing_a_servers_session_settles_while_reconnecting_and_when_its_socket_drops() -> None:
+    async def script(c: FakeConnection) -> None:
+        if c.index > 0:
+            return  # never welcomes: the client stays reconnecting
+        await c.welcome()
+        await c.next(lambda f: f["type"] == "close")  # read, never answered
+        await c.ws.close(4000, "slow")
+
+    async with fake_gateway(script) as fake:
+        async with mcpmux.connect(fake.url, reconnect=QUICK) as mux:
+            reconnecting = asyncio.Event()
+            mux.on("connection", lambda e: reconnecting.set() if e.state == "reconnecting" else None)
+            async with asyncio.timeout(WAIT):
+                await mux.server("a").close()  # its socket drops before the gateway answers
+                await reconnecting.wait()
+                await mux.server("b").close()  # no socket: settles at once
+    assert [f["type"] for f in fake.connections[0].frames].count("close") == 1

@@ -522,6 +522,8 @@ class Mux:
             code, reason = await self._read(current)
             self._ws = None
             self._stop_keepalive()
+            for handle in list(self._handles.values()):
+                handle._socket_down()
             if self._closing:
                 return
             if asyncio.get_running_loop().time() - self._welcomed_at >= STABLE_AFTER:

@@ -198,11 +198,13 @@ class ServerHandle:
 
     async def close(self) -> None:
         """Ends this client's upstream session with the server (the ``close`` frame)
-        and returns when the gateway confirms it."""
+        and returns when the gateway confirms it, or at once while no socket is open
+        (the frame goes out after the resume; a lost session needs none)."""
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._close_waiters.append(waiter)
         try:
-            await self._mux._send_frame({"type": "close", "server": self._name})
+            if not await self._mux._send_frame({"type": "close", "server": self._name}):
+                return
             await waiter
         finally:
             if waiter in self._close_waiters:
@@ -320,6 +322,13 @@ class ServerHandle:
             for waiter in self._close_waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+
+    def _socket_down(self) -> None:
+        """The socket dropped: a close waiting for its answer settles now (the frame goes
+        again after a resume if the gateway did not read it)."""
+        for waiter in self._close_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _fail_pending(self, error: MuxError) -> None:
         for pending in self._pending.values():
