@@ -33,7 +33,7 @@ from ._events import (
     SessionEvent,
     StatusEvent,
 )
-from ._server import ServerHandle
+from ._server import REQUEST_ID_PREFIX, ServerHandle
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -254,7 +254,7 @@ class Mux:
     # Used by ServerHandle and the SDK adapter.
 
     def _next_request_id(self) -> str:
-        return f"mcpmux-{next(self._ids)}"
+        return f"{REQUEST_ID_PREFIX}{next(self._ids)}"
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any], *, quiet: bool = False) -> None:
         """Runs ``coroutine`` in a task that :meth:`close` cancels."""
@@ -627,9 +627,9 @@ class Mux:
         elif kind == "session":
             state = frame.get("state")
             if isinstance(server, str) and state in ("open", "lost", "closed"):
-                if handle is not None:
-                    handle._on_session(state)
                 reason = frame.get("reason")
+                if handle is not None:
+                    handle._on_session(state, reason if isinstance(reason, str) else None)
                 self._listeners.emit(
                     "session", SessionEvent(server, state, reason if isinstance(reason, str) else None)
                 )

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mcpmux")
 
+#: The prefix of the ids of requests made through a :class:`ServerHandle`.
+REQUEST_ID_PREFIX = "mcpmux-"
+
 #: The protocol revision :meth:`ServerHandle.initialize` asks for by default.
 DEFAULT_PROTOCOL_VERSION = "2025-11-25"
 
@@ -55,6 +58,10 @@ class MessageSink(Protocol):
 
     async def given_up(self, request_id: Any, error: MuxError) -> None:
         """A request sent through the sink could not be kept for a resend."""
+
+    async def upstream_lost(self, error: MuxError) -> None:
+        """The gateway said the upstream session is lost (``session`` frame ``lost``):
+        requests sent through the sink are lost, and the SDK must start over."""
 
 
 @dataclass
@@ -258,9 +265,11 @@ class ServerHandle:
                 await self._sink.deliver(message)
             return
         request_id = message.get("id")
-        pending = self._pending.get(request_id) if isinstance(request_id, str) else None
-        if pending is not None:
-            if not pending.future.done():
+        if isinstance(request_id, str) and request_id.startswith(REQUEST_ID_PREFIX):
+            # A handle request's: settled, or dropped if the caller gave up on it. Never
+            # the SDK's, whose ids are its own.
+            pending = self._pending.get(request_id)
+            if pending is not None and not pending.future.done():
                 if "error" in message:
                     pending.future.set_exception(MuxError.from_rpc_error(message["error"]))
                 else:
@@ -316,12 +325,19 @@ class ServerHandle:
                 reply["error"] = {"code": -32603, "message": str(error) or type(error).__name__}
         await self._send_message(reply)
 
-    def _on_session(self, state: str) -> None:
+    def _on_session(self, state: str, reason: str | None = None) -> None:
         self._upstream_open = state == "open"
         if state == "closed":
             for waiter in self._close_waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+        if state == "lost" and self._sink is not None:
+            why = f" ({reason})" if reason else ""
+            error = MuxError(
+                "session_lost",
+                f"the upstream session with {self._name} was lost{why}; start a new MCP session",
+            )
+            self._mux._spawn(self._sink.upstream_lost(error))
 
     def _socket_down(self) -> None:
         """The socket dropped: a close waiting for its answer settles now (the frame goes
