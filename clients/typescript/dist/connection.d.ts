@@ -82,6 +82,18 @@ export declare const MAX_QUEUED_BYTES: number;
 export declare const MAX_UNCONFIRMED_FRAMES = 1024;
 /** ... and at most this many bytes of them. */
 export declare const MAX_UNCONFIRMED_BYTES: number;
+/**
+ * Gateway frames waiting for their task: beyond this many (or bytes), a socket that can
+ * pause reading (Node's `ws`) is paused until half of them are delivered...
+ */
+export declare const INBOX_PAUSE_FRAMES = 1000;
+export declare const INBOX_PAUSE_BYTES: number;
+/**
+ * ... and one that cannot (browsers) is closed at this many (or bytes), ending the
+ * connection with `inbox_full`: the application does not keep up with the gateway.
+ */
+export declare const INBOX_MAX_FRAMES = 10000;
+export declare const INBOX_MAX_BYTES: number;
 export declare class Connection {
     #private;
     constructor(url: string, options: ConnectOptions, sink: ConnectionSink);

@@ -29,6 +29,18 @@ export const MAX_UNCONFIRMED_BYTES = 8 * 1024 * 1024;
  */
 const CONFIRM_AFTER_FRAMES = 32;
 const CONFIRM_AFTER_BYTES = 256 * 1024;
+/**
+ * Gateway frames waiting for their task: beyond this many (or bytes), a socket that can
+ * pause reading (Node's `ws`) is paused until half of them are delivered...
+ */
+export const INBOX_PAUSE_FRAMES = 1000;
+export const INBOX_PAUSE_BYTES = 8 * 1024 * 1024;
+/**
+ * ... and one that cannot (browsers) is closed at this many (or bytes), ending the
+ * connection with `inbox_full`: the application does not keep up with the gateway.
+ */
+export const INBOX_MAX_FRAMES = 10_000;
+export const INBOX_MAX_BYTES = 64 * 1024 * 1024;
 /** A socket that has not delivered `welcome` this long after it was created is given up. */
 const WELCOME_TIMEOUT_MS = 15_000;
 /** Ping interval until the gateway's `welcome` says its own. */
@@ -76,10 +88,13 @@ export class Connection {
     #unconfirmedBytes = 0;
     /** The number of the `ping` whose `pong` is awaited; its pong confirms every frame up to it. */
     #probe;
-    /** Received frames (as tasks) not yet handed to the sink. */
+    /** Received frames (as tasks, with their size) not yet handed to the sink. */
     #inbox = [];
     #inboxHead = 0;
+    #inboxBytes = 0;
     #pumping = false;
+    /** The socket paused because the inbox is full, until it drains. */
+    #paused;
     #retryTimer;
     #welcomeTimer;
     #heartbeatTimer;
@@ -347,7 +362,34 @@ export class Connection {
             this.#sink.wire("in", frame);
             if (frame.type !== "pong")
                 this.#sink.frame(frame);
-        });
+        }, text.length);
+        this.#bound();
+    }
+    /** Keeps the inbox bounded: pauses the socket, or ends the connection if it cannot. */
+    #bound() {
+        const socket = this.#socket;
+        const waiting = this.#inbox.length - this.#inboxHead;
+        if (!socket || this.#paused === socket)
+            return;
+        if (waiting < INBOX_PAUSE_FRAMES && this.#inboxBytes < INBOX_PAUSE_BYTES)
+            return;
+        if (typeof socket.pause === "function" && typeof socket.resume === "function") {
+            socket.pause();
+            this.#paused = socket;
+            return;
+        }
+        if (waiting < INBOX_MAX_FRAMES && this.#inboxBytes < INBOX_MAX_BYTES)
+            return;
+        const reason = "the client does not keep up";
+        const error = new MuxError("inbox_full", `${waiting} frames (${this.#inboxBytes} bytes) from the gateway wait for the application, ` +
+            `more than ${INBOX_MAX_FRAMES} (${INBOX_MAX_BYTES} bytes): the connection is closed`, { data: { code: 1000, reason } });
+        this.#end(error, 1000, reason);
+        try {
+            socket.close(1000, reason);
+        }
+        catch {
+            // Already closing.
+        }
     }
     #welcome(frame) {
         clearTimeout(this.#welcomeTimer);
@@ -529,16 +571,18 @@ export class Connection {
         return this.#endError ?? new MuxError("closed", "the connection is closed");
     }
     /** Queues a task for the sink; tasks run in order, one per event-loop task. */
-    #deliver(task) {
-        this.#inbox.push(task);
+    #deliver(task, bytes = 0) {
+        this.#inbox.push({ task, bytes });
+        this.#inboxBytes += bytes;
         if (this.#pumping)
             return;
         this.#pumping = true;
         this.#schedule(this.#pump);
     }
     #pump = () => {
-        const task = this.#inbox[this.#inboxHead];
-        this.#inbox[this.#inboxHead++] = noop;
+        const entry = this.#inbox[this.#inboxHead];
+        this.#inbox[this.#inboxHead++] = DONE;
+        this.#inboxBytes -= entry?.bytes ?? 0;
         if (this.#inboxHead === this.#inbox.length) {
             this.#inbox = [];
             this.#inboxHead = 0;
@@ -547,10 +591,18 @@ export class Connection {
         else {
             this.#schedule(this.#pump);
         }
-        task?.();
+        const paused = this.#paused;
+        if (paused &&
+            this.#inbox.length - this.#inboxHead <= INBOX_PAUSE_FRAMES / 2 &&
+            this.#inboxBytes <= INBOX_PAUSE_BYTES / 2) {
+            this.#paused = undefined;
+            if (paused === this.#socket)
+                paused.resume?.();
+        }
+        entry?.task();
     };
 }
-function noop() { }
+const DONE = { task() { }, bytes: 0 };
 function detach(socket) {
     socket.onopen = null;
     socket.onmessage = null;

@@ -89,6 +89,9 @@ interface SocketLike {
   close(code?: number, reason?: string): void;
   /** `ws` only: drop the TCP connection without a close frame. */
   terminate?(): void;
+  /** `ws` only: stop and start reading the socket. */
+  pause?(): void;
+  resume?(): void;
   onopen: ((event: unknown) => void) | null;
   onmessage: ((event: { data: unknown }) => void) | null;
   onclose: ((event: { code: number; reason: string }) => void) | null;
@@ -113,6 +116,18 @@ export const MAX_UNCONFIRMED_BYTES = 8 * 1024 * 1024;
  */
 const CONFIRM_AFTER_FRAMES = 32;
 const CONFIRM_AFTER_BYTES = 256 * 1024;
+/**
+ * Gateway frames waiting for their task: beyond this many (or bytes), a socket that can
+ * pause reading (Node's `ws`) is paused until half of them are delivered...
+ */
+export const INBOX_PAUSE_FRAMES = 1000;
+export const INBOX_PAUSE_BYTES = 8 * 1024 * 1024;
+/**
+ * ... and one that cannot (browsers) is closed at this many (or bytes), ending the
+ * connection with `inbox_full`: the application does not keep up with the gateway.
+ */
+export const INBOX_MAX_FRAMES = 10_000;
+export const INBOX_MAX_BYTES = 64 * 1024 * 1024;
 /** A socket that has not delivered `welcome` this long after it was created is given up. */
 const WELCOME_TIMEOUT_MS = 15_000;
 /** Ping interval until the gateway's `welcome` says its own. */
@@ -177,10 +192,13 @@ export class Connection {
   #unconfirmedBytes = 0;
   /** The number of the `ping` whose `pong` is awaited; its pong confirms every frame up to it. */
   #probe: number | undefined;
-  /** Received frames (as tasks) not yet handed to the sink. */
-  #inbox: Array<() => void> = [];
+  /** Received frames (as tasks, with their size) not yet handed to the sink. */
+  #inbox: Array<{ task: () => void; bytes: number }> = [];
   #inboxHead = 0;
+  #inboxBytes = 0;
   #pumping = false;
+  /** The socket paused because the inbox is full, until it drains. */
+  #paused: SocketLike | undefined;
 
   #retryTimer: ReturnType<typeof setTimeout> | undefined;
   #welcomeTimer: ReturnType<typeof setTimeout> | undefined;
@@ -460,7 +478,35 @@ export class Connection {
     this.#deliver(() => {
       this.#sink.wire("in", frame);
       if (frame.type !== "pong") this.#sink.frame(frame);
-    });
+    }, text!.length);
+    this.#bound();
+  }
+
+  /** Keeps the inbox bounded: pauses the socket, or ends the connection if it cannot. */
+  #bound(): void {
+    const socket = this.#socket;
+    const waiting = this.#inbox.length - this.#inboxHead;
+    if (!socket || this.#paused === socket) return;
+    if (waiting < INBOX_PAUSE_FRAMES && this.#inboxBytes < INBOX_PAUSE_BYTES) return;
+    if (typeof socket.pause === "function" && typeof socket.resume === "function") {
+      socket.pause();
+      this.#paused = socket;
+      return;
+    }
+    if (waiting < INBOX_MAX_FRAMES && this.#inboxBytes < INBOX_MAX_BYTES) return;
+    const reason = "the client does not keep up";
+    const error = new MuxError(
+      "inbox_full",
+      `${waiting} frames (${this.#inboxBytes} bytes) from the gateway wait for the application, ` +
+        `more than ${INBOX_MAX_FRAMES} (${INBOX_MAX_BYTES} bytes): the connection is closed`,
+      { data: { code: 1000, reason } },
+    );
+    this.#end(error, 1000, reason);
+    try {
+      socket.close(1000, reason);
+    } catch {
+      // Already closing.
+    }
   }
 
   #welcome(frame: GatewayFrame): void {
@@ -649,16 +695,18 @@ export class Connection {
   }
 
   /** Queues a task for the sink; tasks run in order, one per event-loop task. */
-  #deliver(task: () => void): void {
-    this.#inbox.push(task);
+  #deliver(task: () => void, bytes = 0): void {
+    this.#inbox.push({ task, bytes });
+    this.#inboxBytes += bytes;
     if (this.#pumping) return;
     this.#pumping = true;
     this.#schedule(this.#pump);
   }
 
   #pump = (): void => {
-    const task = this.#inbox[this.#inboxHead];
-    this.#inbox[this.#inboxHead++] = noop;
+    const entry = this.#inbox[this.#inboxHead];
+    this.#inbox[this.#inboxHead++] = DONE;
+    this.#inboxBytes -= entry?.bytes ?? 0;
     if (this.#inboxHead === this.#inbox.length) {
       this.#inbox = [];
       this.#inboxHead = 0;
@@ -666,11 +714,20 @@ export class Connection {
     } else {
       this.#schedule(this.#pump);
     }
-    task?.();
+    const paused = this.#paused;
+    if (
+      paused &&
+      this.#inbox.length - this.#inboxHead <= INBOX_PAUSE_FRAMES / 2 &&
+      this.#inboxBytes <= INBOX_PAUSE_BYTES / 2
+    ) {
+      this.#paused = undefined;
+      if (paused === this.#socket) paused.resume?.();
+    }
+    entry?.task();
   };
 }
 
-function noop(): void {}
+const DONE = { task(): void {}, bytes: 0 };
 
 function detach(socket: SocketLike): void {
   socket.onopen = null;
