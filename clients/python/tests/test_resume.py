@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import Gateway, start_gateway, stop_gateway
+from conftest import API_KEY, Gateway, start_gateway, stop_gateway
 from relay import TcpRelay
 from support import WAIT, FrameLog
 from websockets.asyncio.client import connect as ws_connect
@@ -27,9 +27,10 @@ def long_operation(duration: float, steps: int) -> dict[str, object]:
     return {"name": "trigger-long-running-operation", "arguments": {"duration": duration, "steps": steps}}
 
 
-async def test_a_cut_during_a_streaming_call_loses_nothing(gateway: Gateway) -> None:
-    async with TcpRelay(gateway.host, gateway.port) as relay:
-        async with mcpmux.connect(relay.url(), token="secret-key", reconnect=OUTAGE) as mux:
+async def test_a_cut_during_a_streaming_call_loses_nothing(keyed_gateway: Gateway) -> None:
+    # A gateway with API keys: only the key that opened the session may resume it.
+    async with TcpRelay(keyed_gateway.host, keyed_gateway.port) as relay:
+        async with mcpmux.connect(relay.url(), token=API_KEY, reconnect=OUTAGE) as mux:
             frames = FrameLog(mux)
             connection: list[ConnectionEvent] = []
             mux.on("connection", connection.append)
@@ -73,7 +74,7 @@ async def test_a_cut_during_a_streaming_call_loses_nothing(gateway: Gateway) -> 
     resume_hello = frames.sent("hello")[-1]
     assert resume_hello["resume"]["session"] == session
     assert resume_hello["token"] == "(hidden)"
-    assert "secret-key" not in repr(frames.events) + repr(relay.request_lines)
+    assert API_KEY not in repr(frames.events) + repr(relay.request_lines)
 
 
 async def test_a_refused_resume_fails_pending_calls_and_reports_lost_sessions(tmp_path: Path) -> None:
