@@ -142,7 +142,8 @@ async def test_a_key_can_be_presented_in_hello_or_the_subprotocol(keyed_gateway:
         async with mcpmux.connect(keyed_gateway.url, token=API_KEY, key_in=key_in) as mux:
             everything = mux.server("everything")
             await everything.initialize()
-            echoed = await everything.request("tools/call", {"name": "echo", "arguments": {"message": key_in}})
+            arguments = {"message": key_in}
+            echoed = await everything.request("tools/call", {"name": "echo", "arguments": arguments})
             assert echoed["content"][0]["text"] == f"Echo: {key_in}"
         assert mux.closed
     with pytest.raises(ValueError):
