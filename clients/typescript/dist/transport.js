@@ -99,10 +99,17 @@ export class MuxTransport {
     _fail(error) {
         if (this.#state !== "started")
             return;
-        this.#state = "closed";
         const onerror = this.onerror;
         if (onerror)
             callSafely(onerror, error);
+        this._ended();
+    }
+    /** @internal The connection was closed as the caller asked: the SDK closes, no error. */
+    _ended() {
+        if (this.#state !== "started")
+            return;
+        this.#state = "closed";
+        this.#inFlight.clear();
         this.onclose?.();
     }
 }

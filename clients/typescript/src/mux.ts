@@ -140,7 +140,7 @@ export class Mux {
    * sessions. Pending requests reject with `closed`.
    */
   close(): Promise<void> {
-    this.#end(new MuxError("closed", "the connection was closed by the client"));
+    this.#end(new MuxError("closed", "the connection was closed by the client"), { requested: true });
     return this.#connection.close();
   }
 
@@ -468,13 +468,21 @@ export class Mux {
     this.#resolveCloseWaiters();
   }
 
-  /** The connection ended for good (closed by the caller, refused or given up). */
-  #end(error: MuxError): void {
+  /**
+   * The connection ended for good (closed by the caller, refused or given up). SDK
+   * transports close; they report an error only when the caller did not ask for it.
+   */
+  #end(error: MuxError, { requested = false } = {}): void {
     if (this.#ended) return;
     this.#ended = error;
     for (const entry of [...this.#pending.values()]) this.#settle(entry, error);
     for (const [server, transport] of [...this.#transports]) {
-      this.#failTransport(server, transport, error.code, error.message);
+      if (requested) {
+        this._detach(server, transport);
+        transport._ended();
+      } else {
+        this.#failTransport(server, transport, error.code, error.message);
+      }
     }
     this.#resolveCloseWaiters();
   }

@@ -116,9 +116,16 @@ export class MuxTransport implements Transport {
   /** @internal The session under this transport ended: tells the SDK, which closes. */
   _fail(error: MuxError): void {
     if (this.#state !== "started") return;
-    this.#state = "closed";
     const onerror = this.onerror;
     if (onerror) callSafely(onerror, error);
+    this._ended();
+  }
+
+  /** @internal The connection was closed as the caller asked: the SDK closes, no error. */
+  _ended(): void {
+    if (this.#state !== "started") return;
+    this.#state = "closed";
+    this.#inFlight.clear();
     this.onclose?.();
   }
 }
