@@ -247,3 +247,26 @@ async def test_closing_a_servers_session_settles_while_reconnecting_and_when_its
                 await reconnecting.wait()
                 await mux.server("b").close()  # no socket: settles at once
     assert [f["type"] for f in fake.connections[0].frames].count("close") == 1
+
+
+async def test_frames_written_while_reconnecting_are_bounded_in_bytes_too() -> None:
+    async def script(c: FakeConnection) -> None:
+        if c.index > 0:
+            return  # never welcomes: the client stays reconnecting
+        await c.welcome()
+        await c.next(lambda f: f["type"] == "rpc")
+        await c.ws.close(4000, "slow")
+
+    async with fake_gateway(script) as fake:
+        async with mcpmux.connect(fake.url, reconnect=QUICK, max_queued_bytes=1000) as mux:
+            reconnecting = asyncio.Event()
+            mux.on("connection", lambda e: reconnecting.set() if e.state == "reconnecting" else None)
+            a = mux.server("a")
+            await a.notify("first")
+            async with asyncio.timeout(WAIT):
+                await reconnecting.wait()
+            await a.notify("small")  # queued for the resume
+            with pytest.raises(MuxError) as full:
+                await a.notify("large", {"data": "x" * 1000})
+    assert full.value.code == "queue_full"
+    assert "max_queued_bytes" in full.value.message

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { once } from "node:events";
 import { after, test } from "node:test";
 import { WebSocketServer } from "ws";
-import { MAX_UNCONFIRMED_FRAMES } from "../dist/connection.js";
+import { MAX_QUEUED_BYTES, MAX_UNCONFIRMED_FRAMES } from "../dist/connection.js";
 import { MuxError } from "../dist/index.js";
 import { connectTo, nextEvent } from "./harness.mjs";
 
@@ -362,4 +362,22 @@ test("closing a server's session settles while reconnecting, and when its socket
   await mux.server("b").close(); // no socket with a welcome: settles at once
   await mux.close();
   assert.equal(fake.connections[0].frames.filter((f) => f.type === "close").length, 1);
+});
+
+test("frames written while reconnecting are bounded in bytes too: queue_full", async () => {
+  const fake = await fakeGateway(async (c, index) => {
+    if (index > 0) return; // never welcomes: the client stays reconnecting
+    c.welcome();
+    await c.next((f) => f.type === "rpc");
+    c.ws.close(4000, "slow");
+  });
+  const mux = await open(fake.url, fast);
+  const reconnecting = nextEvent(mux, "connection", (e) => e.state === "reconnecting");
+  await mux.server("a").notify("first");
+  await reconnecting;
+  const small = mux.server("a").notify("small"); // waits for the resume
+  const large = { data: "x".repeat(MAX_QUEUED_BYTES) };
+  await assert.rejects(mux.server("a").notify("large", large), (error) => error.code === "queue_full");
+  await mux.close();
+  await assert.rejects(small, (error) => error.code === "closed");
 });
