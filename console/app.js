@@ -130,7 +130,6 @@ async function start() {
   renderDetail();
 }
 
-/** 4501: the gateway wants a (different) API key. `err` is a failed connect or a close event. */
 /**
  * The browser's WebSocket, watched: every frame it sends or receives is shown in the
  * stream, from the first `hello` on (the key in it is hidden when shown).
@@ -149,6 +148,11 @@ function tappedWebSocket(tap) {
   };
 }
 
+/** 4501: the gateway wants a (different) API key. `err` is a failed connect or a close event. */
+function isUnauthorized(err) {
+  return err?.code === 4501 || err?.data?.code === 4501;
+}
+
 function showFrame(direction, data) {
   let frame;
   try {
@@ -158,10 +162,6 @@ function showFrame(direction, data) {
   }
   stream.add(direction, frame, typeof data === "string" ? data.length : 0);
   if (frame?.type === "welcome") ui.session.textContent = `session ${shortId(frame.session)}`;
-}
-
-function isUnauthorized(err) {
-  return err?.code === 4501 || err?.data?.code === 4501;
 }
 
 function connectFailed(err) {
@@ -513,7 +513,11 @@ async function loadList(view, kind, more = false) {
     const params = more && current.cursor ? { cursor: current.cursor } : {};
     const result = await mux.server(view.name).request(KINDS[kind].method, params);
     if (mux !== app.mux) return;
-    view.lists[kind] = { items: [...items, ...(result?.[KINDS[kind].field] ?? [])], cursor: result?.nextCursor };
+    const listed = result?.[KINDS[kind].field];
+    // Only items this page can name; anything else a server sends is left out.
+    const usable = (Array.isArray(listed) ? listed : []).filter((item) => typeof itemKey(kind, item) === "string");
+    const cursor = typeof result?.nextCursor === "string" ? result.nextCursor : undefined;
+    view.lists[kind] = { items: [...items, ...usable], cursor };
   } catch (err) {
     if (mux !== app.mux) return;
     view.lists[kind] = { items, error: errorText(err) };
@@ -525,6 +529,7 @@ async function loadList(view, kind, more = false) {
 }
 
 function itemKey(kind, item) {
+  if (typeof item !== "object" || item === null) return undefined;
   return kind === "resources" ? item.uri : item.name;
 }
 
@@ -560,14 +565,14 @@ function renderItems(view) {
         className: "item-button",
         "aria-current": view.selectedItem === key ? "true" : false,
         dataset: { key },
-        title: item.description ?? "",
+        title: typeof item.description === "string" ? item.description : "",
         onclick: () => {
           view.selectedItem = key;
           renderItems(view);
           renderItemView(view);
         },
       },
-      h("span", { className: "item-name" }, kind === "resources" ? (item.name ?? item.uri) : item.name),
+      h("span", { className: "item-name" }, kind === "resources" && typeof item.name === "string" ? item.name : key),
       run?.running ? [" ", h("span", { className: "running-mark" }, "running")] : null,
     );
     buttons.push(button);
@@ -597,9 +602,22 @@ function renderItemView(view) {
     return;
   }
   const send = (runKey, method, params, wantProgress, paint) => run(view, runKey, method, params, wantProgress, paint);
-  if (view.tab === "tools") replace(ui.itemView, toolView(view, item, send));
-  else if (view.tab === "resources") replace(ui.itemView, resourceView(view, item, send));
-  else replace(ui.itemView, promptView(view, item, send));
+  // Nothing of the previous item stays bound to a button while this one is built.
+  ui.itemView.replaceChildren();
+  const build = { tools: toolView, resources: resourceView, prompts: promptView }[view.tab];
+  try {
+    replace(ui.itemView, build(view, item, send));
+  } catch (err) {
+    replace(
+      ui.itemView,
+      h(
+        "div",
+        { className: "item", role: "alert" },
+        h("h3", { id: "item-title" }, h("code", {}, itemKey(view.tab, item))),
+        h("p", { className: "bad" }, `This item cannot be shown: ${err?.message ?? err}`),
+      ),
+    );
+  }
 }
 
 async function run(view, runKey, method, params, wantProgress, paint) {

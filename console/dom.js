@@ -11,13 +11,13 @@ export function h(tag, attrs = {}, ...children) {
     if (key.startsWith("on") && typeof value === "function") {
       el.addEventListener(key.slice(2).toLowerCase(), value);
     } else if (key === "dataset") {
-      Object.assign(el.dataset, value);
+      for (const [name, data] of Object.entries(value)) el.dataset[name] = asText(data);
     } else if (key === "className") {
       el.className = value;
     } else if (value === true) {
       el.setAttribute(key, "");
     } else {
-      el.setAttribute(key, String(value));
+      el.setAttribute(key, asText(value));
     }
   }
   append(el, children);
@@ -28,8 +28,19 @@ function append(el, children) {
   for (const child of children) {
     if (child === null || child === undefined || child === false) continue;
     if (Array.isArray(child)) append(el, child);
-    else el.append(child instanceof Node ? child : String(child));
+    else el.append(child instanceof Node ? child : asText(child));
   }
+}
+
+/**
+ * Any value as text, never throwing: strings as they are, other JSON as JSON (an object
+ * from a server may carry a `toString` that is not a function).
+ */
+export function asText(value) {
+  if (typeof value === "string") return value;
+  if (typeof value === "number" || typeof value === "boolean" || typeof value === "bigint") return String(value);
+  if (value === undefined) return "";
+  return pretty(value);
 }
 
 /** Replaces every child of `el`. */
@@ -41,9 +52,9 @@ export function replace(el, ...children) {
 /** JSON for people: indented, with long strings kept whole. */
 export function pretty(value) {
   try {
-    return JSON.stringify(value, null, 2);
+    return JSON.stringify(value, null, 2) ?? "";
   } catch {
-    return String(value);
+    return Object.prototype.toString.call(value);
   }
 }
 

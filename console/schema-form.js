@@ -1,18 +1,35 @@
 // A form generated from a JSON Schema object (a tool's `inputSchema`, or a prompt's
 // arguments): one labelled field per property, read back into arguments with the
 // schema's types. Strings, numbers, integers, booleans and enums get their own controls;
-// arrays, objects and anything more involved are edited as JSON text.
+// arrays, objects and anything more involved are edited as JSON text. Any valid schema
+// renders: a boolean schema (`true` allows anything, `false` nothing) and members of
+// `anyOf`/`oneOf`, `properties` or `required` of unexpected shapes are taken as what
+// they allow, never trusted to be objects.
 
-import { h } from "./dom.js";
+import { asText, h } from "./dom.js";
 
 let formCount = 0;
 
+/** A plain object (not null, not an array). */
+function isObject(value) {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/**
+ * A sub-schema as an object: `true` (and anything that is not a schema) allows anything,
+ * `{}`; `false` allows nothing, `null`.
+ */
+export function schemaOf(value) {
+  if (value === false) return null;
+  return isObject(value) ? value : {};
+}
+
 /** The JSON type a field is edited as: "enum", "string", "number", "integer", "boolean" or "json". */
 export function fieldKind(schema) {
-  if (!schema || typeof schema !== "object") return "json";
+  if (!isObject(schema)) return "json";
   if (Array.isArray(schema.enum) && schema.enum.length > 0) return "enum";
   const alternatives = schema.anyOf ?? schema.oneOf;
-  if (Array.isArray(alternatives) && alternatives.length > 0 && alternatives.every((s) => s && "const" in s)) {
+  if (Array.isArray(alternatives) && alternatives.length > 0 && alternatives.every((s) => isObject(s) && "const" in s)) {
     return "enum";
   }
   let type = schema.type;
@@ -23,16 +40,20 @@ export function fieldKind(schema) {
 
 /** A value of `schema`'s shape to start from: defaults, first choices, empty strings. */
 export function skeleton(schema, depth = 0) {
-  if (!schema || typeof schema !== "object" || depth > 5) return null;
+  if (!isObject(schema) || depth > 5) return null;
   if ("default" in schema) return schema.default;
   if (Array.isArray(schema.enum) && schema.enum.length > 0) return schema.enum[0];
   let type = Array.isArray(schema.type) ? schema.type.find((t) => t !== "null") : schema.type;
-  if (!type && schema.properties) type = "object";
+  if (!type && isObject(schema.properties)) type = "object";
   switch (type) {
     case "object":
-      return Object.fromEntries(Object.entries(schema.properties ?? {}).map(([k, v]) => [k, skeleton(v, depth + 1)]));
+      return Object.fromEntries(
+        Object.entries(isObject(schema.properties) ? schema.properties : {})
+          .filter(([, v]) => v !== false)
+          .map(([k, v]) => [k, skeleton(v, depth + 1)]),
+      );
     case "array":
-      return schema.items && typeof schema.items === "object" ? [skeleton(schema.items, depth + 1)] : [];
+      return isObject(schema.items) ? [skeleton(schema.items, depth + 1)] : [];
     case "string":
       return "";
     case "number":
@@ -57,8 +78,9 @@ function enumValues(schema) {
  */
 export function schemaForm(schema) {
   const id = `f${++formCount}`;
-  const properties = schema && typeof schema === "object" && schema.properties ? schema.properties : {};
-  const required = new Set(Array.isArray(schema?.required) ? schema.required : []);
+  const object = schemaOf(schema) ?? {};
+  const properties = isObject(object.properties) ? object.properties : {};
+  const required = new Set(Array.isArray(object.required) ? object.required.filter((n) => typeof n === "string") : []);
   const names = Object.keys(properties);
   const readers = [];
   const fields = h("div", { className: "fields" });
@@ -66,32 +88,48 @@ export function schemaForm(schema) {
     fields.append(h("p", { className: "hint" }, "No arguments."));
   }
   names.forEach((name, index) => {
-    const field = buildField(`${id}-${index}`, name, properties[name] ?? {}, required.has(name));
+    const property = schemaOf(properties[name]);
+    const field = property
+      ? buildField(`${id}-${index}`, name, property, required.has(name))
+      : refusedField(`${id}-${index}`, name);
     fields.append(field.element);
     readers.push(field);
   });
   return {
     fields,
     read() {
-      const value = {};
+      // Built as entries: a property named "__proto__" is an argument like any other.
+      const entries = [];
       let ok = true;
       for (const field of readers) {
         const result = field.read();
         field.showError(result.error);
         if (result.error) ok = false;
-        else if (result.present) value[field.name] = result.value;
+        else if (result.present) entries.push([field.name, result.value]);
       }
       if (!ok) readers.find((f) => f.invalid())?.focus();
-      return ok ? { ok, value } : { ok };
+      return ok ? { ok, value: Object.fromEntries(entries) } : { ok };
     },
   };
+}
+
+/** A property whose schema is `false`: shown, but it accepts no value and is never sent. */
+function refusedField(id, name) {
+  const element = h(
+    "div",
+    { className: "field field-none" },
+    h("label", { for: id }, h("span", { className: "field-name" }, name), h("span", { className: "field-type" }, "no value allowed")),
+    h("input", { id, type: "text", disabled: true, "aria-describedby": `${id}-desc` }),
+    h("p", { id: `${id}-desc`, className: "hint" }, "The schema allows no value here (false); it is left out."),
+  );
+  return { name, element, read: () => ({ present: false }), focus() {}, invalid: () => false, showError() {} };
 }
 
 function buildField(id, name, schema, isRequired) {
   const kind = fieldKind(schema);
   const descriptionId = `${id}-desc`;
   const errorId = `${id}-err`;
-  const description = schema.description ?? (kind === "json" ? "JSON" : "");
+  const description = typeof schema.description === "string" ? schema.description : kind === "json" ? "JSON" : "";
   const hasDefault = "default" in schema;
   let control;
   let touched = false;
@@ -112,12 +150,12 @@ function buildField(id, name, schema, isRequired) {
     control = h("input", { id, type: "number", step: kind === "integer" ? "1" : "any", inputmode: kind === "integer" ? "numeric" : "decimal" });
     if (typeof schema.minimum === "number") control.min = String(schema.minimum);
     if (typeof schema.maximum === "number") control.max = String(schema.maximum);
-    if (hasDefault) control.value = String(schema.default);
+    if (hasDefault) control.value = asText(schema.default);
   } else if (kind === "string") {
-    const long = (schema.maxLength ?? 0) > 200 || /text|content|body|query|prompt/i.test(name);
+    const long = (typeof schema.maxLength === "number" && schema.maxLength > 200) || /text|content|body|query|prompt/i.test(name);
     control = long ? h("textarea", { id, rows: 3 }) : h("input", { id, type: "text" });
     control.spellcheck = false;
-    if (hasDefault) control.value = String(schema.default);
+    if (hasDefault) control.value = asText(schema.default);
   } else {
     // Required JSON starts as a skeleton of the schema to fill in; optional JSON shows
     // one as a placeholder, and is left out of the arguments while empty.
@@ -133,7 +171,8 @@ function buildField(id, name, schema, isRequired) {
   control.addEventListener("input", () => (touched = true));
   control.addEventListener("change", () => (touched = true));
 
-  const typeLabel = kind === "json" ? (schema.type ?? "JSON") : kind === "enum" ? "choice" : kind;
+  const jsonType = typeof schema.type === "string" ? schema.type : Array.isArray(schema.type) ? schema.type.filter((t) => typeof t === "string").join(", ") || "JSON" : "JSON";
+  const typeLabel = kind === "json" ? jsonType : kind === "enum" ? "choice" : kind;
   const label = h(
     "label",
     { for: id },

@@ -2,7 +2,7 @@
 // Entries are kept in a bounded list (the oldest go first); the page shows the newest
 // that match the filter, rendered in batches once per animation frame.
 
-import { h, pretty } from "./dom.js";
+import { asText, h, pretty } from "./dom.js";
 
 /** Frames kept for filtering, and their total size; beyond either, the oldest go. */
 const KEPT = 5000;
@@ -10,8 +10,16 @@ const KEPT_BYTES = 32 * 1024 * 1024;
 /** Rows shown at once; the newest matching ones. */
 const SHOWN = 400;
 
-/** A one-line summary of a frame. */
+/** A one-line summary of a frame; a message of odd shapes gets none rather than an error. */
 export function summarize(frame) {
+  try {
+    return asText(summary(frame));
+  } catch {
+    return "";
+  }
+}
+
+function summary(frame) {
   switch (frame?.type) {
     case "rpc": {
       const m = frame.message ?? {};
@@ -61,7 +69,7 @@ function methodDetail(method, params) {
 }
 
 function fmtId(id) {
-  return typeof id === "string" ? JSON.stringify(id) : String(id);
+  return JSON.stringify(id) ?? "";
 }
 
 function short(session) {

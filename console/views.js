@@ -7,7 +7,7 @@ import { h, pretty, replace } from "./dom.js";
 import { schemaForm } from "./schema-form.js";
 
 function annotationsOf(tool) {
-  const a = tool.annotations ?? {};
+  const a = typeof tool.annotations === "object" && tool.annotations !== null ? tool.annotations : {};
   const chips = [];
   if (a.readOnlyHint) chips.push("read-only");
   if (a.destructiveHint) chips.push("destructive");
@@ -16,6 +16,10 @@ function annotationsOf(tool) {
   return chips.map((c) => h("span", { className: `chip${c === "destructive" ? " chip-warn" : ""}` }, c));
 }
 
+/**
+ * The view of one tool: its form and its latest run. Throws only on a bug; the caller
+ * shows the error in place of the view, so that no other tool's form stays on screen.
+ */
 export function toolView(view, tool, send) {
   const runKey = `tools:${tool.name}`;
   const form = schemaForm(tool.inputSchema ?? {});
@@ -27,7 +31,7 @@ export function toolView(view, tool, send) {
   const el = h(
     "form",
     { className: "item", "aria-labelledby": "item-title", novalidate: true },
-    h("h3", { id: "item-title" }, tool.title && tool.title !== tool.name ? `${tool.title} ` : "", h("code", {}, tool.name)),
+    h("h3", { id: "item-title" }, typeof tool.title === "string" && tool.title && tool.title !== tool.name ? `${tool.title} ` : "", h("code", {}, tool.name)),
     tool.description ? h("p", { className: "description" }, tool.description) : null,
     h("div", { className: "chips" }, annotationsOf(tool)),
     form.fields,
@@ -66,7 +70,7 @@ export function resourceView(view, resource, send) {
     "form",
     { className: "item", "aria-labelledby": "item-title", novalidate: true },
     h("h3", { id: "item-title" }, resource.name ?? resource.uri),
-    h("p", {}, h("code", {}, resource.uri), resource.mimeType ? ` · ${resource.mimeType}` : ""),
+    h("p", {}, h("code", {}, resource.uri), typeof resource.mimeType === "string" ? ` · ${resource.mimeType}` : ""),
     resource.description ? h("p", { className: "description" }, resource.description) : null,
     h("div", { className: "actions" }, readButton),
     output,
@@ -88,9 +92,10 @@ export function resourceView(view, resource, send) {
 export function promptView(view, prompt, send) {
   const runKey = `prompts:${prompt.name}`;
   const schema = { type: "object", properties: {}, required: [] };
-  for (const arg of prompt.arguments ?? []) {
+  for (const arg of Array.isArray(prompt.arguments) ? prompt.arguments : []) {
+    if (typeof arg?.name !== "string") continue;
     schema.properties[arg.name] = { type: "string", description: arg.description };
-    if (arg.required) schema.required.push(arg.name);
+    if (arg.required === true) schema.required.push(arg.name);
   }
   const form = schemaForm(schema);
   const getButton = h("button", { type: "submit", className: "primary" }, "Get prompt");

@@ -6,7 +6,9 @@
 //! `ETag` (a hash of its bytes, computed at compile time) so that a reload costs a `304`,
 //! `Cache-Control: no-cache` so that a new binary is never hidden behind a stale copy, and
 //! a Content-Security-Policy that lets the page load only its own scripts and styles and
-//! connect only to WebSockets (it talks to the gateway that served it, at `/ws`).
+//! connect only to its own origin (`'self'`, which covers `ws:`/`wss:` of the same host
+//! and port: it talks to the gateway that served it, at `/ws`), with Trusted Types
+//! required, so that no string can become HTML or script.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -16,11 +18,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 /// The policy of every console response: own scripts and styles only, no inline code,
-/// no framing, no form submissions (forms are handled by the page's script, so a key
-/// typed into one can never end up in a URL).
+/// connections to its own origin only, no HTML or script made from strings (Trusted
+/// Types, with no policy that could make them), no framing, no form submissions (forms
+/// are handled by the page's script, so a key typed into one can never end up in a URL).
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-     style-src 'self'; img-src 'self' data:; media-src data:; connect-src 'self' ws: wss:; \
-     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+     style-src 'self'; img-src 'self' data:; media-src data:; connect-src 'self'; \
+     base-uri 'none'; form-action 'none'; frame-ancestors 'none'; \
+     require-trusted-types-for 'script'; trusted-types 'none'";
 
 const HTML: &str = "text/html; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";

@@ -83,7 +83,8 @@ describe("the web console", () => {
     const csp = page.headers.get("content-security-policy");
     assert.match(csp, /script-src 'self';/);
     assert.match(csp, /style-src 'self';/);
-    assert.match(csp, /connect-src 'self' ws: wss:;/);
+    assert.match(csp, /connect-src 'self';/);
+    assert.match(csp, /require-trusted-types-for 'script'; trusted-types 'none'/);
     assert.match(csp, /default-src 'none'/);
     assert.equal(page.headers.get("cache-control"), "no-cache");
     const html = await page.text();
@@ -102,6 +103,35 @@ describe("the web console", () => {
       assert.equal(again.status, 304, `${path} revalidates`);
     }
     t.diagnostic(`console: ${new Set(assets).size + 1} files, ${bytes} bytes uncompressed`);
+  });
+
+  test("its policy lets it reach its own gateway and nothing else, and makes no HTML from strings", async () => {
+    // The page itself connected (openConsole waits for it): 'self' covers ws: of its origin.
+    const page = await openConsole();
+    const seen = await page.evaluate(async (port) => {
+      const refused = new Promise((resolve) => {
+        document.addEventListener("securitypolicyviolation", (e) => {
+          if (e.effectiveDirective === "connect-src") resolve(e.blockedURI);
+        });
+      });
+      // The same gateway under another origin (localhost is not 127.0.0.1).
+      new WebSocket(`ws://localhost:${port}/ws`, ["mcpmux.v1"]);
+      let html;
+      try {
+        document.createElement("div").innerHTML = "<b>made from a string</b>";
+        html = "accepted";
+      } catch (err) {
+        html = err.name;
+      }
+      return { blocked: await refused, html };
+    }, gateway.port);
+    assert.equal(seen.blocked, `ws://localhost:${gateway.port}/ws`);
+    assert.equal(seen.html, "TypeError");
+    await page.close();
+    // The refusals above are reported as console errors: expected, and only these.
+    const expected = (p) => /Content Security Policy|TrustedHTML|Trusted Type/.test(p);
+    assert.ok(browser.problems.some(expected));
+    browser.problems.splice(0, browser.problems.length, ...browser.problems.filter((p) => !expected(p)));
   });
 
   test("shows every server becoming ready and the frames of the handshake", async (t) => {

@@ -260,3 +260,49 @@ export async function screenshot(page, name) {
   await page.screenshot({ path });
   return path;
 }
+
+/**
+ * A Streamable HTTP MCP server on 127.0.0.1:0 that offers `tools` (as `tools/list`
+ * answers them, however odd) and answers every `tools/call` with the name and arguments
+ * it got, which it also records in `calls`. JSON responses only; no standalone stream.
+ */
+export async function startToolServer(tools) {
+  const calls = [];
+  const server = http.createServer(async (req, res) => {
+    if (req.method === "DELETE") return res.writeHead(200).end();
+    if (req.method !== "POST") return res.writeHead(405).end();
+    let body = "";
+    for await (const chunk of req) body += chunk;
+    const message = JSON.parse(body);
+    const reply = (result) => {
+      res.writeHead(200, { "content-type": "application/json", "mcp-session-id": "tools-1" });
+      res.end(JSON.stringify({ jsonrpc: "2.0", id: message.id, result }));
+    };
+    switch (message.method) {
+      case "initialize":
+        return reply({
+          protocolVersion: message.params.protocolVersion,
+          capabilities: { tools: {} },
+          serverInfo: { name: "odd-tools", version: "1" },
+        });
+      case "tools/list":
+        return reply({ tools });
+      case "tools/call":
+        calls.push({ name: message.params.name, arguments: message.params.arguments });
+        return reply({ content: [{ type: "text", text: `called ${message.params.name} with ${JSON.stringify(message.params.arguments)}` }] });
+      default:
+        if (message.id === undefined) return res.writeHead(202).end();
+        res.writeHead(200, { "content-type": "application/json" });
+        return res.end(JSON.stringify({ jsonrpc: "2.0", id: message.id, error: { code: -32601, message: "not here" } }));
+    }
+  });
+  await new Promise((done) => server.listen(0, "127.0.0.1", done));
+  return {
+    url: `http://127.0.0.1:${server.address().port}/mcp`,
+    calls,
+    async close() {
+      server.closeAllConnections();
+      await new Promise((done) => server.close(done));
+    },
+  };
+}

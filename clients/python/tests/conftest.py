@@ -115,6 +115,19 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     stop_gateway(running)
 
 
+#: The API key of ``keyed_gateway``.
+API_KEY = "test-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def keyed_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway with one API key (:data:`API_KEY`) that may use every server."""
+    keys = [{"name": "tests", "key": API_KEY, "servers": "*"}]
+    running = start_gateway(tmp_path_factory.mktemp("keyed"), None, {"apiKeys": keys})
+    yield running
+    stop_gateway(running)
+
+
 @pytest.fixture(scope="session")
 def asking_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """A gateway whose one server, ``asker``, is tests/asking_server.py over Streamable HTTP."""

@@ -49,6 +49,11 @@ class TcpRelay:
         self._pipes.add(task)
         task.add_done_callback(self._pipes.discard)
 
+    def reset(self) -> None:
+        """Resets every connection (no close frame reaches either side); new ones are
+        carried as usual."""
+        self._reset_all()
+
     def silence(self) -> None:
         """Stops carrying bytes on every open connection without closing any of them,
         as a path that lost its route does; new connections are carried as usual."""

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from conftest import Gateway
+from conftest import API_KEY, Gateway
 from support import WAIT, FrameLog
 
 import mcpmux
@@ -137,17 +137,31 @@ async def test_acks_follow_the_frames_received(gateway: Gateway) -> None:
         assert all(b - a >= 5 for a, b in zip([0, *acks], acks, strict=False))
 
 
-async def test_a_key_can_be_presented_in_hello_or_the_subprotocol(gateway: Gateway) -> None:
-    # This gateway has no keys configured: it ignores a key, and the client works.
-    # (The resume test shows that the key stays out of the URL and the frame events.)
+async def test_a_key_can_be_presented_in_hello_or_the_subprotocol(keyed_gateway: Gateway) -> None:
     for key_in in ("hello", "subprotocol"):
-        async with mcpmux.connect(gateway.url, token="secret-key", key_in=key_in) as mux:
+        async with mcpmux.connect(keyed_gateway.url, token=API_KEY, key_in=key_in) as mux:
             everything = mux.server("everything")
             await everything.initialize()
-            assert await everything.request("ping") == {}
+            arguments = {"message": key_in}
+            echoed = await everything.request("tools/call", {"name": "echo", "arguments": arguments})
+            assert echoed["content"][0]["text"] == f"Echo: {key_in}"
         assert mux.closed
     with pytest.raises(ValueError):
-        mcpmux.connect(gateway.url, token="secret-key", key_in="url")  # type: ignore[arg-type]
+        mcpmux.connect(keyed_gateway.url, token=API_KEY, key_in="url")  # type: ignore[arg-type]
+
+
+async def test_a_wrong_or_missing_key_is_refused_for_good(keyed_gateway: Gateway) -> None:
+    # In hello: the gateway closes with 4501, which is never retried.
+    for token in ("not-the-key-0123456789", None):
+        with pytest.raises(MuxError) as refused:
+            await mcpmux.connect(keyed_gateway.url, token=token)
+        assert refused.value.code == "handshake"
+        assert "code 4501" in refused.value.message
+    # In the subprotocol: refused with HTTP 401 before the upgrade.
+    with pytest.raises(MuxError) as refused:
+        await mcpmux.connect(keyed_gateway.url, token="not-the-key-0123456789", key_in="subprotocol")
+    assert "HTTP 401" in refused.value.message
+    assert "not-the-key" not in refused.value.message
 
 
 async def test_a_refused_first_connection_raises() -> None:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import Gateway, start_gateway, stop_gateway
+from conftest import API_KEY, Gateway, start_gateway, stop_gateway
 from relay import TcpRelay
 from support import WAIT, FrameLog
 from websockets.asyncio.client import connect as ws_connect
@@ -19,15 +19,18 @@ from mcpmux import ConnectionEvent, MuxError, Reconnect, SessionEvent
 pytestmark = pytest.mark.anyio
 
 QUICK = Reconnect(min_delay=0.05, max_delay=0.5)
+#: Short delays and no limit on failed attempts: a 3 s outage takes more than 10 of them.
+OUTAGE = Reconnect(min_delay=0.05, max_delay=0.5, max_failures=None)
 
 
 def long_operation(duration: float, steps: int) -> dict[str, object]:
     return {"name": "trigger-long-running-operation", "arguments": {"duration": duration, "steps": steps}}
 
 
-async def test_a_cut_during_a_streaming_call_loses_nothing(gateway: Gateway) -> None:
-    async with TcpRelay(gateway.host, gateway.port) as relay:
-        async with mcpmux.connect(relay.url(), token="secret-key", reconnect=QUICK) as mux:
+async def test_a_cut_during_a_streaming_call_loses_nothing(keyed_gateway: Gateway) -> None:
+    # A gateway with API keys: only the key that opened the session may resume it.
+    async with TcpRelay(keyed_gateway.host, keyed_gateway.port) as relay:
+        async with mcpmux.connect(relay.url(), token=API_KEY, reconnect=OUTAGE) as mux:
             frames = FrameLog(mux)
             connection: list[ConnectionEvent] = []
             mux.on("connection", connection.append)
@@ -71,18 +74,62 @@ async def test_a_cut_during_a_streaming_call_loses_nothing(gateway: Gateway) -> 
     resume_hello = frames.sent("hello")[-1]
     assert resume_hello["resume"]["session"] == session
     assert resume_hello["token"] == "(hidden)"
-    assert "secret-key" not in repr(frames.events) + repr(relay.request_lines)
+    assert API_KEY not in repr(frames.events) + repr(relay.request_lines)
 
 
-async def test_a_refused_resume_fails_pending_calls_and_reports_lost_sessions(gateway: Gateway) -> None:
+async def test_a_refused_resume_fails_pending_calls_and_reports_lost_sessions(tmp_path: Path) -> None:
+    # The gateway keeps a dropped session 1 s; the path stays cut for 3 s.
+    gateway = start_gateway(tmp_path, None, {"resumeWindowMs": 1000})
+    try:
+        async with TcpRelay(gateway.host, gateway.port) as relay:
+            async with mcpmux.connect(relay.url(), reconnect=OUTAGE) as mux:
+                sessions: list[SessionEvent] = []
+                mux.on("session", sessions.append)
+                connection: list[ConnectionEvent] = []
+                mux.on("connection", connection.append)
+                everything = mux.server("everything")
+                await everything.initialize()
+                await mux.server("memory").initialize()
+                started = asyncio.Event()
+                call = asyncio.create_task(
+                    everything.request(
+                        "tools/call", long_operation(20, 40), on_progress=lambda p: started.set()
+                    )
+                )
+                async with asyncio.timeout(WAIT):
+                    await started.wait()
+                old = mux.session
+                await relay.cut(refuse_for=3.0)
+
+                with pytest.raises(MuxError) as lost:
+                    async with asyncio.timeout(WAIT):
+                        await call
+                assert lost.value.code == "session_lost"
+                assert "initialized again" in lost.value.message
+                assert sorted((e.server, e.state) for e in sessions if e.state == "lost") == [
+                    ("everything", "lost"),
+                    ("memory", "lost"),
+                ]
+                assert mux.session not in (None, old)
+                assert connection[0].state == "reconnecting" and connection[0].code is None
+                assert (connection[-1].state, connection[-1].resumed) == ("open", False)
+
+                # A fresh start works on the new session.
+                await everything.initialize()
+                echoed = await everything.request(
+                    "tools/call", {"name": "echo", "arguments": {"message": "again"}}
+                )
+                assert echoed["content"][0]["text"] == "Echo: again"
+    finally:
+        stop_gateway(gateway)
+
+
+async def test_a_session_resumed_elsewhere_has_moved_and_is_not_taken_back(gateway: Gateway) -> None:
     async with mcpmux.connect(gateway.url, reconnect=QUICK) as mux:
-        sessions: list[SessionEvent] = []
-        mux.on("session", sessions.append)
         connection: list[ConnectionEvent] = []
         mux.on("connection", connection.append)
         everything = mux.server("everything")
         await everything.initialize()
-        await mux.server("memory").initialize()
         started = asyncio.Event()
         call = asyncio.create_task(
             everything.request("tools/call", long_operation(20, 40), on_progress=lambda p: started.set())
@@ -90,31 +137,20 @@ async def test_a_refused_resume_fails_pending_calls_and_reports_lost_sessions(ga
         async with asyncio.timeout(WAIT):
             await started.wait()
 
-        # Another socket claims this session with a seq it was never sent: the gateway
-        # closes ours with 4002 and, the claim being impossible, ends the session, so
-        # the client's own resume is refused.
-        old = mux.session
+        # Another socket resumes this session: it moves there, and ours is closed with 4002.
         async with ws_connect(gateway.url, subprotocols=["mcpmux.v1"]) as other:  # type: ignore[list-item]
-            await other.send(json.dumps({"type": "hello", "resume": {"session": old, "last_seq": 10**9}}))
-            assert json.loads(await other.recv())["resumed"] is False
+            await other.send(json.dumps({"type": "hello", "resume": {"session": mux.session, "last_seq": 0}}))
+            assert json.loads(await other.recv())["resumed"] is True
 
-        with pytest.raises(MuxError) as lost:
-            async with asyncio.timeout(WAIT):
-                await call
-        assert lost.value.code == "session_lost"
-        assert "initialized again" in lost.value.message
-        assert sorted((e.server, e.state) for e in sessions if e.state == "lost") == [
-            ("everything", "lost"),
-            ("memory", "lost"),
-        ]
-        assert mux.session not in (None, old)
-        assert connection[0].state == "reconnecting" and connection[0].code == 4002
-        assert (connection[-1].state, connection[-1].resumed) == ("open", False)
-
-        # A fresh start works on the new session.
-        await everything.initialize()
-        echoed = await everything.request("tools/call", {"name": "echo", "arguments": {"message": "again"}})
-        assert echoed["content"][0]["text"] == "Echo: again"
+            with pytest.raises(MuxError) as moved:
+                async with asyncio.timeout(WAIT):
+                    await call
+            assert moved.value.code == "session_moved"
+            assert [(e.state, e.code) for e in connection] == [("closed", 4002)]
+            assert mux.closed
+            with pytest.raises(MuxError) as after:
+                await everything.request("tools/list")
+            assert after.value.code == "closed"
 
 
 async def test_a_silent_network_path_is_noticed_by_the_heartbeat_and_resumed(tmp_path: Path) -> None:
@@ -159,7 +195,7 @@ async def test_a_silent_network_path_is_noticed_by_the_heartbeat_and_resumed(tmp
 
 async def test_closing_while_reconnecting_fails_what_is_pending(gateway: Gateway) -> None:
     async with TcpRelay(gateway.host, gateway.port) as relay:
-        mux = await mcpmux.connect(relay.url(), reconnect=QUICK)
+        mux = await mcpmux.connect(relay.url(), reconnect=OUTAGE)
         reconnecting = asyncio.Event()
         mux.on("connection", lambda e: reconnecting.set() if e.state == "reconnecting" else None)
         everything = mux.server("everything")

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import urllib.request
+from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import Gateway
-from mcp import ClientSession
-from mcp.types import CallToolResult, TextContent
+from conftest import Gateway, start_gateway, stop_gateway
+from fake_gateway import FakeConnection, fake_gateway
+from mcp import ClientSession, MCPError
+from mcp.shared.message import SessionMessage
+from mcp.types import CallToolResult, TextContent, jsonrpc_message_adapter
 from relay import TcpRelay
 from support import WAIT
 
@@ -77,7 +85,8 @@ async def test_client_sessions_list_and_call_tools_on_two_servers_over_one_webso
 
 async def test_a_client_session_survives_a_cut_network_path(gateway: Gateway) -> None:
     async with TcpRelay(gateway.host, gateway.port) as relay:
-        async with mcpmux.connect(relay.url(), reconnect=Reconnect(min_delay=0.05, max_delay=0.5)) as mux:
+        outage = Reconnect(min_delay=0.05, max_delay=0.5, max_failures=None)
+        async with mcpmux.connect(relay.url(), reconnect=outage) as mux:
             async with mux.transport("everything") as (read, write), ClientSession(read, write) as everything:
                 await everything.initialize()
                 seen: list[float] = []
@@ -104,3 +113,87 @@ async def test_a_client_session_survives_a_cut_network_path(gateway: Gateway) ->
                 assert seen == list(range(1, len(seen) + 1))
                 assert len(seen) >= 19
     assert len(relay.request_lines) >= 2
+
+
+def status_of(gateway: Gateway, server: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://{gateway.host}:{gateway.port}/status", timeout=WAIT) as response:
+        servers = json.load(response)["servers"]
+    return next(entry for entry in servers if entry["name"] == server)
+
+
+async def test_an_upstream_session_lost_under_a_client_session_ends_it(tmp_path: Path) -> None:
+    gateway = start_gateway(tmp_path)
+    try:
+        async with mcpmux.connect(gateway.url) as mux:
+            lost = asyncio.Event()
+            mux.on("session", lambda e: lost.set() if (e.server, e.state) == ("everything", "lost") else None)
+            async with mux.transport("everything") as (read, write), ClientSession(read, write) as everything:
+                await everything.initialize()
+                started = asyncio.Event()
+
+                async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                    started.set()
+
+                call = asyncio.create_task(
+                    everything.call_tool(
+                        "trigger-long-running-operation",
+                        {"duration": 20, "steps": 20},
+                        progress_callback=on_progress,
+                    )
+                )
+                async with asyncio.timeout(WAIT):
+                    await started.wait()
+                # The server dies; the gateway restarts it and reports the session lost.
+                os.killpg(status_of(gateway, "everything")["pid"], signal.SIGKILL)
+                async with asyncio.timeout(WAIT):
+                    await lost.wait()
+                    # Failed: by the gateway's answer, or, when the SDK sees the end of
+                    # its read stream first, as "Connection closed".
+                    with pytest.raises(MCPError):
+                        await call
+                    # The SDK is told its transport ended: what it sends next fails at once.
+                    with pytest.raises(MCPError) as closed:
+                        await everything.list_tools()
+                assert closed.value.message == "Connection closed"
+    finally:
+        stop_gateway(gateway)
+
+
+def request(request_id: int, method: str) -> SessionMessage:
+    return SessionMessage(
+        jsonrpc_message_adapter.validate_python({"jsonrpc": "2.0", "id": request_id, "method": method})
+    )
+
+
+def cancel(request_id: int) -> SessionMessage:
+    message = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": request_id}}
+    return SessionMessage(jsonrpc_message_adapter.validate_python(message))
+
+
+async def test_responses_no_one_waits_for_never_reach_the_sdk() -> None:
+    # The real gateway stops a cancelled request's response, so only a scripted one can
+    # send a late one.
+    async def script(c: FakeConnection) -> None:
+        await c.welcome()
+        cancelled = await c.next(lambda f: f.get("message", {}).get("method") == "notifications/cancelled")
+        timed_out = await c.next(lambda f: f.get("message", {}).get("method") == "notifications/cancelled")
+        for frame in (cancelled, timed_out):
+            late = {"jsonrpc": "2.0", "id": frame["message"]["params"]["requestId"], "result": {}}
+            await c.send({"type": "rpc", "server": "a", "seq": 1, "message": late})
+        params = {"level": "info", "data": "done"}
+        done = {"jsonrpc": "2.0", "method": "notifications/message", "params": params}
+        await c.send({"type": "rpc", "server": "a", "seq": 2, "message": done})
+
+    async with fake_gateway(script) as fake:
+        async with mcpmux.connect(fake.url) as mux, mux.transport("a") as (read, write):
+            # The SDK sends a request and cancels it; a handle request times out.
+            await write.send(request(7, "tools/list"))
+            await write.send(cancel(7))
+            with pytest.raises(MuxError) as timed_out:
+                await mux.server("a").request("ping", timeout=0.01)
+            assert timed_out.value.code == "timeout"
+            async with asyncio.timeout(WAIT):
+                first = await read.receive()
+    assert isinstance(first, SessionMessage)
+    assert first.message.model_dump(exclude_unset=True)["method"] == "notifications/message"
+    assert len(fake.connections) == 1

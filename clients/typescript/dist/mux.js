@@ -45,8 +45,15 @@ export class Mux {
                 if (this.#events.has("frame"))
                     this.#events.emit("frame", { direction, frame });
             },
-            connection: (event) => this.#events.emit("connection", event),
+            connection: (event) => {
+                // A close sent on a socket that dropped settles now; the frame goes again after a
+                // resume if the gateway did not read it, and a lost session needs no close.
+                if (event.state === "reconnecting")
+                    this.#settleCloseWaiters();
+                this.#events.emit("connection", event);
+            },
             ended: (error) => this.#end(error),
+            unconfirmed: (frame, error) => this.#unconfirmed(frame, error),
         });
     }
     /** @internal Opens the first socket; resolves once the gateway said `welcome`. */
@@ -87,7 +94,7 @@ export class Mux {
      * sessions. Pending requests reject with `closed`.
      */
     close() {
-        this.#end(new MuxError("closed", "the connection was closed by the client"));
+        this.#end(new MuxError("closed", "the connection was closed by the client"), { requested: true });
         return this.#connection.close();
     }
     /** @internal The `clientInfo` that `initialize` sends by default. */
@@ -171,10 +178,14 @@ export class Mux {
                 byMethod.delete(method);
         };
     }
-    /** @internal Sends `close` for `server`; resolves when the gateway says it is closed. */
+    /**
+     * @internal Sends `close` for `server`; resolves when the gateway says it is closed,
+     * or at once while no socket is open (the frame is sent after the resume).
+     */
     _close(server) {
         if (this.#ended)
             return Promise.resolve();
+        const open = this.#connection.isOpen;
         return new Promise((resolve) => {
             let waiters = this.#closeWaiters.get(server);
             if (!waiters) {
@@ -191,6 +202,8 @@ export class Mux {
                     list.splice(at, 1);
                 resolve();
             });
+            if (!open)
+                resolve();
         });
     }
     /** @internal Makes `transport` the one that receives `server`'s unclaimed messages. */
@@ -381,6 +394,23 @@ export class Mux {
             // Nothing to cancel any more: the session is gone.
         });
     }
+    /**
+     * A frame given up before the gateway confirmed it: a request in it that still waits
+     * for its response fails now, since after a drop it might never arrive.
+     */
+    #unconfirmed(frame, error) {
+        if (frame.type !== "rpc")
+            return;
+        const { id, method } = frame.message;
+        if (typeof method !== "string" || id === undefined || id === null)
+            return;
+        const entry = typeof id === "string" ? this.#pending.get(id) : undefined;
+        if (entry && entry.server === frame.server) {
+            this.#giveUp(entry, error, "resend_overflow");
+            return;
+        }
+        this.#transports.get(frame.server)?._giveUp(id, error);
+    }
     #failTransport(server, transport, code, message) {
         this._detach(server, transport);
         transport._fail(new MuxError(code, message));
@@ -399,17 +429,32 @@ export class Mux {
         }
         this.#resolveCloseWaiters();
     }
-    /** The connection ended for good (closed by the caller, refused or given up). */
-    #end(error) {
+    /**
+     * The connection ended for good (closed by the caller, refused or given up). SDK
+     * transports close; they report an error only when the caller did not ask for it.
+     */
+    #end(error, { requested = false } = {}) {
         if (this.#ended)
             return;
         this.#ended = error;
         for (const entry of [...this.#pending.values()])
             this.#settle(entry, error);
         for (const [server, transport] of [...this.#transports]) {
-            this.#failTransport(server, transport, error.code, error.message);
+            if (requested) {
+                this._detach(server, transport);
+                transport._ended();
+            }
+            else {
+                this.#failTransport(server, transport, error.code, error.message);
+            }
         }
         this.#resolveCloseWaiters();
+    }
+    /** Settles every close waiting for its answer, keeping each in line for that answer. */
+    #settleCloseWaiters() {
+        for (const waiters of this.#closeWaiters.values())
+            for (const waiter of waiters)
+                waiter.resolve();
     }
     #resolveCloseWaiters() {
         const all = [...this.#closeWaiters.values()].flat();

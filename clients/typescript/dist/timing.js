@@ -1,10 +1,32 @@
 /**
- * Time and order: the reconnect delay (full-jitter exponential backoff) and the
+ * Time and order: what a close code means for reconnecting (one table, protocol.md
+ * section 10), the reconnect delay (full-jitter exponential backoff) and the
  * macrotask scheduler that hands incoming frames to the application one per event-loop
  * task, as browsers deliver WebSocket messages (Node's `ws` delivers several per task,
  * and promise-based code such as the MCP SDK then sees them out of order).
  * @module
  */
+export function closeAction(code) {
+    if (code === 4002)
+        return "moved";
+    if (code === 4029)
+        return "slow";
+    if (code >= 4500 && code <= 4999)
+        return "fatal";
+    if (code === 1002 || code === 1003 || (code >= 1007 && code <= 1010))
+        return "fatal";
+    return "reconnect";
+}
+/**
+ * The delay before reconnect attempt `attempt` (0 for the first) after a close whose
+ * action is `action`: full jitter under the exponential ceiling, or, for `slow`, a
+ * random time in the upper half of `maxMs`.
+ */
+export function reconnectDelay(action, attempt, minMs, maxMs, random = Math.random) {
+    if (action === "slow")
+        return Math.floor(maxMs / 2 + (random() * maxMs) / 2);
+    return backoffDelay(attempt, minMs, maxMs, random);
+}
 /**
  * The delay before reconnect attempt `attempt` (0 for the first): a random time in
  * `[0, min(maxMs, minMs * 2^attempt))`, the "full jitter" of exponential backoff.

@@ -22,6 +22,11 @@ export class MuxTransport {
     #mux;
     #state = "new";
     #protocolVersion;
+    /**
+     * Ids of the SDK's requests awaiting a response. A response to any other id (one the
+     * SDK cancelled, or one failed here) is dropped: the SDK would call it an error.
+     */
+    #inFlight = new Set();
     /** Made by `mux.transport(name)`. */
     constructor(mux, server) {
         this.#mux = mux;
@@ -43,7 +48,20 @@ export class MuxTransport {
         if (this.#state !== "started") {
             throw new MuxError("closed", `the transport for ${this.server} is not started or is closed`);
         }
-        await this.#mux._send(this.server, message);
+        const { id, method } = (message ?? {});
+        const isRequest = typeof method === "string" && id !== undefined && id !== null;
+        if (isRequest)
+            this.#inFlight.add(id);
+        if (method === "notifications/cancelled")
+            this.#inFlight.delete(message.params?.requestId);
+        try {
+            await this.#mux._send(this.server, message);
+        }
+        catch (error) {
+            if (isRequest)
+                this.#inFlight.delete(id);
+            throw error;
+        }
     }
     /** Ends the upstream session (the `close` frame) and calls `onclose`. */
     async close() {
@@ -61,18 +79,37 @@ export class MuxTransport {
     }
     /** @internal A message from the server. */
     _deliver(message) {
+        if (message.method === undefined && !this.#inFlight.delete(message.id))
+            return;
         const onmessage = this.onmessage;
         if (this.#state === "started" && onmessage)
             callSafely(onmessage, message);
+    }
+    /** @internal The SDK's request `id` cannot be carried: it is answered with `error`. */
+    _giveUp(id, error) {
+        if (!this.#inFlight.has(id))
+            return;
+        this._deliver({
+            jsonrpc: "2.0",
+            id: id,
+            error: { code: -32000, message: error.message, data: { gateway: error.code, server: this.server } },
+        });
     }
     /** @internal The session under this transport ended: tells the SDK, which closes. */
     _fail(error) {
         if (this.#state !== "started")
             return;
-        this.#state = "closed";
         const onerror = this.onerror;
         if (onerror)
             callSafely(onerror, error);
+        this._ended();
+    }
+    /** @internal The connection was closed as the caller asked: the SDK closes, no error. */
+    _ended() {
+        if (this.#state !== "started")
+            return;
+        this.#state = "closed";
+        this.#inFlight.clear();
         this.onclose?.();
     }
 }

@@ -5,7 +5,8 @@
  * Codes (see README.md): the gateway's own codes from `error.data.gateway`
  * (`timeout`, `session_lost`, `unknown_server`, ...); `rpc_error` for a JSON-RPC error
  * that the MCP server itself sent; and the client's own: `timeout`, `aborted`,
- * `session_lost`, `closed`, `connect_failed`, `queue_full`.
+ * `session_lost`, `session_moved`, `closed`, `refused`, `reconnect_failed`, `connect_failed`,
+ * `queue_full`, `resend_overflow`, `inbox_full`.
  * @module
  */
 

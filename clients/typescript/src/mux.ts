@@ -13,7 +13,7 @@ import { MuxError } from "./errors.js";
 import { Emitter, callSafely } from "./events.js";
 import { ServerHandle, type RequestOptions, type Progress } from "./server.js";
 import { MuxTransport } from "./transport.js";
-import { CLIENT_VERSION, type GatewayFrame, type JsonRpcMessage } from "./wire.js";
+import { CLIENT_VERSION, type ClientFrame, type GatewayFrame, type JsonRpcMessage } from "./wire.js";
 
 /** The events of a {@link Mux}, by name. */
 export interface MuxEvents {
@@ -85,8 +85,14 @@ export class Mux {
       wire: (direction, frame) => {
         if (this.#events.has("frame")) this.#events.emit("frame", { direction, frame });
       },
-      connection: (event) => this.#events.emit("connection", event),
+      connection: (event) => {
+        // A close sent on a socket that dropped settles now; the frame goes again after a
+        // resume if the gateway did not read it, and a lost session needs no close.
+        if (event.state === "reconnecting") this.#settleCloseWaiters();
+        this.#events.emit("connection", event);
+      },
       ended: (error) => this.#end(error),
+      unconfirmed: (frame, error) => this.#unconfirmed(frame, error),
     });
   }
 
@@ -134,7 +140,7 @@ export class Mux {
    * sessions. Pending requests reject with `closed`.
    */
   close(): Promise<void> {
-    this.#end(new MuxError("closed", "the connection was closed by the client"));
+    this.#end(new MuxError("closed", "the connection was closed by the client"), { requested: true });
     return this.#connection.close();
   }
 
@@ -222,9 +228,13 @@ export class Mux {
     };
   }
 
-  /** @internal Sends `close` for `server`; resolves when the gateway says it is closed. */
+  /**
+   * @internal Sends `close` for `server`; resolves when the gateway says it is closed,
+   * or at once while no socket is open (the frame is sent after the resume).
+   */
   _close(server: string): Promise<void> {
     if (this.#ended) return Promise.resolve();
+    const open = this.#connection.isOpen;
     return new Promise<void>((resolve) => {
       let waiters = this.#closeWaiters.get(server);
       if (!waiters) {
@@ -240,6 +250,7 @@ export class Mux {
         if (list && at >= 0) list.splice(at, 1);
         resolve();
       });
+      if (!open) resolve();
     });
   }
 
@@ -422,6 +433,22 @@ export class Mux {
     });
   }
 
+  /**
+   * A frame given up before the gateway confirmed it: a request in it that still waits
+   * for its response fails now, since after a drop it might never arrive.
+   */
+  #unconfirmed(frame: ClientFrame, error: MuxError): void {
+    if (frame.type !== "rpc") return;
+    const { id, method } = frame.message;
+    if (typeof method !== "string" || id === undefined || id === null) return;
+    const entry = typeof id === "string" ? this.#pending.get(id) : undefined;
+    if (entry && entry.server === frame.server) {
+      this.#giveUp(entry, error, "resend_overflow");
+      return;
+    }
+    this.#transports.get(frame.server)?._giveUp(id, error);
+  }
+
   #failTransport(server: string, transport: MuxTransport, code: string, message: string): void {
     this._detach(server, transport);
     transport._fail(new MuxError(code, message));
@@ -441,15 +468,28 @@ export class Mux {
     this.#resolveCloseWaiters();
   }
 
-  /** The connection ended for good (closed by the caller, refused or given up). */
-  #end(error: MuxError): void {
+  /**
+   * The connection ended for good (closed by the caller, refused or given up). SDK
+   * transports close; they report an error only when the caller did not ask for it.
+   */
+  #end(error: MuxError, { requested = false } = {}): void {
     if (this.#ended) return;
     this.#ended = error;
     for (const entry of [...this.#pending.values()]) this.#settle(entry, error);
     for (const [server, transport] of [...this.#transports]) {
-      this.#failTransport(server, transport, error.code, error.message);
+      if (requested) {
+        this._detach(server, transport);
+        transport._ended();
+      } else {
+        this.#failTransport(server, transport, error.code, error.message);
+      }
     }
     this.#resolveCloseWaiters();
+  }
+
+  /** Settles every close waiting for its answer, keeping each in line for that answer. */
+  #settleCloseWaiters(): void {
+    for (const waiters of this.#closeWaiters.values()) for (const waiter of waiters) waiter.resolve();
   }
 
   #resolveCloseWaiters(): void {

@@ -40,6 +40,8 @@ export interface GatewayFrame {
   session?: string;
   resumed?: boolean;
   heartbeat_ms?: number;
+  /** With `welcome`: client frames of the session the gateway has read after `hello`. */
+  received?: number;
   servers?: Array<{ name: string; state: string }>;
   [field: string]: unknown;
 }

@@ -1,5 +1,7 @@
 // A TCP relay between a client and the gateway that can cut every connection without a
-// WebSocket close frame (both sockets destroyed) and refuse new ones for a while.
+// WebSocket close frame (both sockets destroyed) and refuse new ones for a while, or
+// silence them (connections stay open but carry nothing more, as a path that lost its
+// route does).
 import { createServer, connect as tcpConnect } from "node:net";
 import { once } from "node:events";
 
@@ -39,6 +41,20 @@ export async function startRelay(targetPort) {
     url: `ws://127.0.0.1:${port}/ws`,
     /** The first line of every HTTP request that came through (the upgrade's). */
     requestLines,
+    /** Stops carrying bytes both ways on every open connection, without closing any. */
+    silence() {
+      for (const { client, upstream } of pairs) {
+        client.unpipe(upstream);
+        upstream.unpipe(client);
+        // Read and drop, so that neither side sees its writes refused.
+        client.on("data", () => {});
+        upstream.on("data", () => {});
+      }
+    },
+    /** Destroys every relayed connection (no close frame on either side); new ones are carried. */
+    reset() {
+      destroyAll();
+    },
     /** Destroys every relayed connection and refuses new ones for `ms`. */
     async cutFor(ms) {
       const closed = new Promise((resolve) => server.close(() => resolve()));

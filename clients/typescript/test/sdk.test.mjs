@@ -79,3 +79,16 @@ test("closing an SDK client ends its upstream session and frees the server for a
   const tools = await memory.listTools();
   assert.ok(tools.tools.length > 0);
 });
+
+test("closing the mux closes SDK clients without an error", async () => {
+  const own = await connectTo(gateway.url);
+  const client = new Client({ name: "sdk-closing", version: "1" });
+  await client.connect(own.transport("everything"));
+  await client.ping();
+  const errors = [];
+  client.onerror = (error) => errors.push(error);
+  const closed = new Promise((resolve) => (client.onclose = resolve));
+  await own.close();
+  await closed;
+  assert.deepEqual(errors, [], "a close the caller asked for is not an error");
+});

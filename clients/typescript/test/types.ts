@@ -10,7 +10,7 @@ export async function typesFit(WebSocket: unknown): Promise<void> {
     token: "key",
     keyIn: "subprotocol",
     client: { name: "types", version: "1" },
-    reconnect: { minDelayMs: 100, maxDelayMs: 1000, maxAttempts: 5 },
+    reconnect: { minDelayMs: 100, maxDelayMs: 1000, maxAttempts: 5, maxFailures: 3 },
     ackEvery: 50,
   });
   const transport: SdkTransport = mux.transport("everything");

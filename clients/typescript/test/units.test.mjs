@@ -2,7 +2,7 @@
 // and delivery one task at a time.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { backoffDelay, macrotaskScheduler } from "../dist/timing.js";
+import { backoffDelay, closeAction, macrotaskScheduler, reconnectDelay } from "../dist/timing.js";
 import { base64url, describeUrl, upgradeUrl } from "../dist/wire.js";
 import { MuxError } from "../dist/index.js";
 
@@ -52,4 +52,22 @@ test("scheduled tasks run in order, each on its own task after the previous one'
     }
   });
   assert.deepEqual(log, ["task 0", "microtask 0", "task 1", "microtask 1", "task 2", "microtask 2"]);
+});
+
+test("one close-code table: what reconnects, what slowly, what never", () => {
+  const table = {
+    reconnect: [1000, 1001, 1006, 1011, 1012, 1013, 1014, 4000, 4001, 4003, 4499],
+    slow: [4029],
+    moved: [4002],
+    fatal: [1002, 1003, 1007, 1008, 1009, 1010, 4500, 4501, 4508, 4999],
+  };
+  for (const [action, codes] of Object.entries(table)) {
+    for (const code of codes) assert.equal(closeAction(code), action, `close code ${code}`);
+  }
+});
+
+test("after 4029 the backoff starts at its highest", () => {
+  assert.equal(reconnectDelay("slow", 0, 250, 10_000, () => 0), 5000);
+  assert.equal(reconnectDelay("slow", 0, 250, 10_000, () => 0.999), 9995);
+  assert.equal(reconnectDelay("reconnect", 0, 250, 10_000, () => 0.999), 249);
 });

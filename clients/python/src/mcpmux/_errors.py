@@ -20,7 +20,9 @@ class MuxError(Exception):
       ``"session_lost"`` (the connection dropped and the gateway refused to resume the
       session), ``"closed"`` (the connection is closed for good), ``"queue_full"`` (too
       many frames waiting for a reconnection), ``"handshake"`` (the gateway refused the
-      connection), ``"in_use"`` (a server already has an SDK transport attached).
+      connection), ``"in_use"`` (a server already has an SDK transport attached),
+      ``"resend_overflow"`` (a request written but never confirmed could not be kept
+      for a resend).
     """
 
     code: str

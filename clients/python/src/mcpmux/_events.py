@@ -40,8 +40,8 @@ class ConnectionEvent:
     - ``open``: a ``welcome`` arrived; ``resumed`` says whether the session went on.
     - ``reconnecting``: the socket dropped (``code`` is None when it ended without a
       close frame); attempt number ``attempt`` starts after a backoff delay.
-    - ``closed``: for good, by :meth:`Mux.close` or by a close code that must not be
-      retried (4500-4999), or after the last reconnection attempt.
+    - ``closed``: for good, by :meth:`Mux.close`, by a close code that must not be
+      retried (4002, 4500-4999, 1002, 1003, 1007-1010), or when reconnecting gave up.
     """
 
     state: Literal["open", "reconnecting", "closed"]

@@ -1,5 +1,7 @@
 """The connection to the gateway: opening it (hello, welcome, the key), reading and
-routing frames, acks, heartbeats, and reconnecting with resume after a drop."""
+routing frames, acks, heartbeats, reconnecting with resume after a drop, and the
+frames written but not yet known to be read (resent after a resume, from
+``welcome.received``)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Mapping
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal, overload
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -20,7 +23,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
-from ._backoff import Reconnect, may_reconnect
+from ._backoff import STABLE_AFTER, Reconnect, close_action
 from ._errors import MuxError
 from ._events import (
     ConnectionEvent,
@@ -30,7 +33,7 @@ from ._events import (
     SessionEvent,
     StatusEvent,
 )
-from ._server import ServerHandle
+from ._server import REQUEST_ID_PREFIX, ServerHandle
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -43,6 +46,26 @@ SUBPROTOCOL = "mcpmux.v1"
 
 #: The gateway's heartbeat interval when a welcome does not say (protocol.md section 9).
 DEFAULT_GATEWAY_HEARTBEAT = 15.0
+
+#: Frames written but not yet known to be read are kept for a resend, at most this
+#: many and this many bytes; beyond that the oldest is given up (its request, if still
+#: waiting, fails with ``resend_overflow``).
+MAX_UNCONFIRMED_FRAMES = 1024
+MAX_UNCONFIRMED_BYTES = 8 * 1024 * 1024
+
+#: When this many frames (or bytes) wait for confirmation, a ``ping`` frame asks for it:
+#: the gateway answers a ping once it has read it, and reads frames in order.
+CONFIRM_AFTER_FRAMES = 32
+CONFIRM_AFTER_BYTES = 256 * 1024
+
+
+@dataclass
+class _Written:
+    """A frame written after ``hello``, numbered as the gateway counts them."""
+
+    number: int
+    frame: dict[str, Any]
+    text: str
 
 
 class _Refused(Exception):
@@ -68,6 +91,7 @@ class Mux:
         reconnect: bool | Reconnect,
         ack_every: int,
         max_queued_frames: int,
+        max_queued_bytes: int,
         open_timeout: float,
         ping_interval: float | None,
         ping_timeout: float | None,
@@ -75,8 +99,8 @@ class Mux:
     ) -> None:
         if key_in not in ("hello", "subprotocol"):
             raise ValueError('key_in must be "hello" or "subprotocol"')
-        if ack_every < 1 or max_queued_frames < 1:
-            raise ValueError("ack_every and max_queued_frames must be at least 1")
+        if ack_every < 1 or max_queued_frames < 1 or max_queued_bytes < 1:
+            raise ValueError("ack_every, max_queued_frames and max_queued_bytes must be at least 1")
         self._url = url
         self._token = token
         self._key_in = key_in
@@ -86,6 +110,7 @@ class Mux:
         )
         self._ack_every = ack_every
         self._max_queued_frames = max_queued_frames
+        self._max_queued_bytes = max_queued_bytes
         self._open_timeout = open_timeout
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
@@ -103,13 +128,25 @@ class Mux:
         # The attached socket; None while connecting or reconnecting.
         self._ws: ClientConnection | None = None
         # Frames written while no socket is attached, sent after a resumed welcome.
-        self._outbox: deque[str] = deque()
+        self._outbox: deque[tuple[dict[str, Any], str]] = deque()
+        self._outbox_bytes = 0
+        # Frames written after hello in this client session (the gateway's "received"),
+        # those of them not known to be read, and the number of the ping whose pong
+        # would confirm every frame up to it.
+        self._written = 0
+        self._unconfirmed: deque[_Written] = deque()
+        self._unconfirmed_bytes = 0
+        self._probe: int | None = None
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = False
+        # Reconnection attempts since a socket last stayed up a while, and when the
+        # current socket got its welcome (the event loop's clock).
+        self._attempt = 0
+        self._welcomed_at = 0.0
 
     # Public surface.
 
@@ -217,7 +254,7 @@ class Mux:
     # Used by ServerHandle and the SDK adapter.
 
     def _next_request_id(self) -> str:
-        return f"mcpmux-{next(self._ids)}"
+        return f"{REQUEST_ID_PREFIX}{next(self._ids)}"
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any], *, quiet: bool = False) -> None:
         """Runs ``coroutine`` in a task that :meth:`close` cancels."""
@@ -237,9 +274,10 @@ class Mux:
     async def _send_rpc(self, server: str, message: dict[str, Any]) -> None:
         await self._send_frame({"type": "rpc", "server": server, "message": message})
 
-    async def _send_frame(self, frame: dict[str, Any]) -> None:
+    async def _send_frame(self, frame: dict[str, Any]) -> bool:
         """Writes one frame; while the socket is down, keeps it (bounded by
-        ``max_queued_frames``) for the reconnection."""
+        ``max_queued_frames`` and ``max_queued_bytes``) for the reconnection. Returns
+        whether it was written now (False: queued)."""
         if self._closed or self._closing:
             raise MuxError("closed", "the connection to the gateway is closed")
         text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
@@ -247,19 +285,89 @@ class Mux:
             self._listeners.emit("frame", FrameEvent("out", frame))
         ws = self._ws
         if ws is not None:
-            try:
-                await ws.send(text)
-                return
-            except ConnectionClosed:
-                pass  # not written: keep it for the reconnection
+            if await self._transmit(ws, frame, text) or self._policy is not None:
+                # Not known to be read: kept, and written again after a resume if the
+                # gateway did not get it.
+                return True
+            raise MuxError("closed", "the connection to the gateway dropped")
         if self._policy is None:
             raise MuxError("closed", "the connection to the gateway dropped")
-        if len(self._outbox) >= self._max_queued_frames:
+        full = self._outbox_bytes + len(text) > self._max_queued_bytes
+        if full or len(self._outbox) >= self._max_queued_frames:
             raise MuxError(
                 "queue_full",
-                f"{len(self._outbox)} frames already wait for the reconnection (max_queued_frames)",
+                f"{len(self._outbox)} frames ({self._outbox_bytes} bytes) already wait for the "
+                "reconnection (max_queued_frames, max_queued_bytes)",
             )
-        self._outbox.append(text)
+        self._outbox.append((frame, text))
+        self._outbox_bytes += len(text)
+        return False
+
+    async def _transmit(self, ws: ClientConnection, frame: dict[str, Any], text: str) -> bool:
+        """Writes a frame after ``hello``: numbers it as the gateway counts frames, and
+        keeps it until the gateway is known to have read it. Returns whether the socket
+        took it."""
+        # Numbered and written in one step: frames are numbered in the order written.
+        self._written += 1
+        self._keep(_Written(self._written, frame, text))
+        if frame.get("type") == "ping":
+            self._probe = self._written
+        try:
+            await ws.send(text)
+        except ConnectionClosed:
+            return False
+        if self._probe is None and (
+            len(self._unconfirmed) >= CONFIRM_AFTER_FRAMES or self._unconfirmed_bytes >= CONFIRM_AFTER_BYTES
+        ):
+            ping = {"type": "ping"}
+            if self._listeners.has("frame"):
+                self._listeners.emit("frame", FrameEvent("out", ping))
+            await self._transmit(ws, ping, json.dumps(ping))
+        return True
+
+    def _keep(self, written: _Written) -> None:
+        """Keeps a written frame for a resend; gives up the oldest beyond the bounds."""
+        self._unconfirmed.append(written)
+        self._unconfirmed_bytes += len(written.text)
+        while len(self._unconfirmed) > 1 and (
+            len(self._unconfirmed) > MAX_UNCONFIRMED_FRAMES or self._unconfirmed_bytes > MAX_UNCONFIRMED_BYTES
+        ):
+            oldest = self._unconfirmed.popleft()
+            self._unconfirmed_bytes -= len(oldest.text)
+            error = MuxError(
+                "resend_overflow",
+                f"the gateway has not confirmed the last {len(self._unconfirmed)} frames written, more "
+                f"than can be kept for a resend ({MAX_UNCONFIRMED_FRAMES} frames, "
+                f"{MAX_UNCONFIRMED_BYTES} bytes): the oldest is given up",
+            )
+            server = oldest.frame.get("server")
+            message = oldest.frame.get("message")
+            handle = self._handles.get(server) if isinstance(server, str) else None
+            if oldest.frame.get("type") == "rpc" and handle is not None and isinstance(message, dict):
+                handle._given_up(message, error)
+
+    def _confirm(self, number: int) -> None:
+        """The gateway has read every frame up to ``number``."""
+        while self._unconfirmed and self._unconfirmed[0].number <= number:
+            self._unconfirmed_bytes -= len(self._unconfirmed.popleft().text)
+
+    async def _resend(self, ws: ClientConnection, received: int) -> None:
+        """After a resumed ``welcome``: the gateway read ``received`` frames of the
+        session; those after them never arrived and are written again, in order,
+        numbered on from ``received``. Pings and acks are not repeated."""
+        self._confirm(received)
+        again = list(self._unconfirmed)
+        self._unconfirmed.clear()
+        self._unconfirmed_bytes = 0
+        self._probe = None
+        self._written = max(received, 0)
+        for entry in again:
+            if entry.frame.get("type") in ("ping", "ack"):
+                continue
+            if self._listeners.has("frame"):
+                self._listeners.emit("frame", FrameEvent("out", entry.frame))
+            # A socket that is gone meanwhile keeps them for the next resume.
+            await self._transmit(ws, entry.frame, entry.text)
 
     # Opening sockets.
 
@@ -300,9 +408,9 @@ class Mux:
             status = error.response.status_code
             # 429 and 5xx may pass; any other refusal (401, 403, 400) will not by itself.
             permanent = 400 <= status < 500 and status != 429
-            raise _Refused(
-                f"the gateway answered the upgrade with HTTP {status}", permanent=permanent
-            ) from None
+            why = {401: " (a wrong or missing API key)", 403: " (an origin or host it does not allow)"}
+            message = f"the gateway refused the upgrade with HTTP {status}{why.get(status, '')}"
+            raise _Refused(message, permanent=permanent) from None
         except (OSError, TimeoutError, InvalidHandshake) as error:
             raise _Refused(f"cannot open the WebSocket: {error}", permanent=False) from None
 
@@ -330,7 +438,7 @@ class Mux:
             reason = error.rcvd.reason if error.rcvd else ""
             raise _Refused(
                 f"the gateway closed the socket before welcome (code {code}: {reason})",
-                permanent=not may_reconnect(code),
+                permanent=close_action(code) in ("moved", "fatal"),
                 code=code,
             ) from None
         except (OSError, TimeoutError, ValueError) as error:
@@ -346,6 +454,7 @@ class Mux:
         """Takes a socket that got its welcome into use."""
         resumed = welcome.get("resumed") is True
         previous = self._session
+        self._welcomed_at = asyncio.get_running_loop().time()
         self._session = welcome["session"]
         heartbeat_ms = welcome.get("heartbeat_ms")
         if isinstance(heartbeat_ms, int) and not isinstance(heartbeat_ms, bool) and heartbeat_ms > 0:
@@ -355,20 +464,28 @@ class Mux:
         if not resumed:
             self._last_seq = 0
             self._acked_seq = 0
+            self._written = 0
+            self._unconfirmed.clear()
+            self._unconfirmed_bytes = 0
+            self._probe = None
         if resume_asked and not resumed:
             await self._session_lost(previous)
         for entry in welcome.get("servers") or ():
             if isinstance(entry, dict):
                 self._set_state(entry.get("name"), entry.get("state"))
-        # Frames written while away go first, in order; frames written meanwhile queue
+        if resumed:
+            # What the gateway did not get goes first. A gateway that does not say what
+            # it read gets nothing again.
+            received = welcome.get("received")
+            if not isinstance(received, int) or isinstance(received, bool):
+                received = self._written
+            await self._resend(ws, received)
+        # Frames written while away go next, in order; frames written meanwhile queue
         # behind them until the outbox is empty.
         while self._outbox:
-            text = self._outbox[0]
-            try:
-                await ws.send(text)
-            except ConnectionClosed:
-                break  # the read loop sees the end and reconnects
-            self._outbox.popleft()
+            frame, text = self._outbox.popleft()
+            self._outbox_bytes -= len(text)
+            await self._transmit(ws, frame, text)
         self._ws = ws
         if self._ping_interval:
             self._keepalive = asyncio.get_running_loop().create_task(self._heartbeat(ws))
@@ -377,6 +494,7 @@ class Mux:
     async def _session_lost(self, previous: str | None) -> None:
         """The gateway did not resume the session: everything in flight is gone."""
         self._outbox.clear()
+        self._outbox_bytes = 0
         error = MuxError(
             "session_lost",
             f"the connection dropped and the gateway did not resume session {previous} "
@@ -404,33 +522,61 @@ class Mux:
             code, reason = await self._read(current)
             self._ws = None
             self._stop_keepalive()
+            for handle in list(self._handles.values()):
+                handle._socket_down()
             if self._closing:
                 return
-            if self._policy is None or not may_reconnect(code):
+            if asyncio.get_running_loop().time() - self._welcomed_at >= STABLE_AFTER:
+                self._attempt = 0
+            action = close_action(code)
+            if action == "moved":
+                self._finish(
+                    code,
+                    reason,
+                    error_code="session_moved",
+                    why="another connection resumed this session, which now lives there; "
+                    "this one does not reconnect",
+                )
+                return
+            if self._policy is None or action == "fatal":
                 self._finish(code, reason)
                 return
-            current = await self._reconnect(self._policy, code, reason)
+            current = await self._reconnect(self._policy, code, reason, slow=action == "slow")
 
-    async def _reconnect(self, policy: Reconnect, code: int | None, reason: str) -> ClientConnection | None:
-        attempt = 0
-        while policy.max_attempts is None or attempt < policy.max_attempts:
+    async def _reconnect(
+        self, policy: Reconnect, code: int | None, reason: str, *, slow: bool
+    ) -> ClientConnection | None:
+        failures = 0
+        while policy.max_attempts is None or self._attempt < policy.max_attempts:
             self._listeners.emit(
                 "connection",
-                ConnectionEvent("reconnecting", code=code, reason=reason or None, attempt=attempt + 1),
+                ConnectionEvent("reconnecting", code=code, reason=reason or None, attempt=self._attempt + 1),
             )
-            await asyncio.sleep(policy.delay(attempt))
-            attempt += 1
+            await asyncio.sleep(policy.delay(self._attempt, slow=slow))
+            self._attempt += 1
             try:
                 ws, welcome = await self._open(resume=True)
             except _Refused as refused:
-                log.debug("reconnection attempt %d failed: %s", attempt, refused)
+                log.debug("reconnection attempt %d failed: %s", self._attempt, refused)
                 if refused.permanent:
-                    self._finish(refused.code, str(refused))
+                    # An HTTP refusal, or a close code that is never retried.
+                    action = None if refused.code is None else close_action(refused.code)
+                    error_code = {None: "refused", "moved": "session_moved"}.get(action, "closed")
+                    self._finish(refused.code, str(refused), error_code=error_code)
+                    return None
+                failures += 1
+                if policy.max_failures is not None and failures >= policy.max_failures:
+                    self._finish(
+                        refused.code,
+                        f"{failures} attempts in a row ended before the gateway said welcome "
+                        f"(the last: {refused}): it is unreachable, or it refuses the upgrade",
+                        error_code="reconnect_failed",
+                    )
                     return None
                 continue
             await self._adopt(ws, welcome, resume_asked=True)
             return ws
-        self._finish(code, f"no reconnection after {attempt} attempts")
+        self._finish(code, f"no reconnection after {self._attempt} attempts")
         return None
 
     async def _read(self, ws: ClientConnection) -> tuple[int | None, str]:
@@ -459,6 +605,9 @@ class Mux:
             return error.rcvd.code, error.rcvd.reason
 
     async def _route(self, frame: dict[str, Any]) -> None:
+        if frame.get("type") == "pong" and self._probe is not None:
+            self._confirm(self._probe)
+            self._probe = None
         seq = frame.get("seq")
         if isinstance(seq, int) and not isinstance(seq, bool):
             if seq <= self._last_seq:
@@ -478,9 +627,9 @@ class Mux:
         elif kind == "session":
             state = frame.get("state")
             if isinstance(server, str) and state in ("open", "lost", "closed"):
-                if handle is not None:
-                    handle._on_session(state)
                 reason = frame.get("reason")
+                if handle is not None:
+                    handle._on_session(state, reason if isinstance(reason, str) else None)
                 self._listeners.emit(
                     "session", SessionEvent(server, state, reason if isinstance(reason, str) else None)
                 )
@@ -497,19 +646,16 @@ class Mux:
 
     async def _ack(self, ws: ClientConnection) -> None:
         frame = {"type": "ack", "seq": self._last_seq}
-        try:
-            await ws.send(json.dumps(frame))
-        except ConnectionClosed:
-            return
-        self._acked_seq = self._last_seq
         if self._listeners.has("frame"):
             self._listeners.emit("frame", FrameEvent("out", frame))
+        if await self._transmit(ws, frame, json.dumps(frame)):
+            self._acked_seq = frame["seq"]
 
     def _pong_deadline(self) -> float:
-        """How long a ping may wait for its pong. By default longer than the gateway
-        takes to give up on a silent client (two of its heartbeat intervals): a resume
-        sent while the gateway still holds the old socket would end the session (close
-        4002), so the client lets the gateway notice first."""
+        """How long a ping may wait for its pong. By default as long as the gateway
+        waits for a silent client (two of its heartbeat intervals), plus 5 s. Resuming
+        earlier would also work: the session moves to the new socket (protocol.md
+        section 8)."""
         if self._ping_timeout is not None:
             return self._ping_timeout
         return 2 * self._gateway_heartbeat + 5
@@ -536,14 +682,21 @@ class Mux:
             self._keepalive.cancel()
             self._keepalive = None
 
-    def _finish(self, code: int | None, reason: str) -> None:
-        """Closes for good: everything still waiting fails."""
+    def _finish(self, code: int | None, reason: str, *, error_code: str = "closed", why: str = "") -> None:
+        """Closes for good: everything still waiting fails with ``error_code``."""
         if self._closed:
             return
         self._closed = True
         self._outbox.clear()
+        self._outbox_bytes = 0
+        self._unconfirmed.clear()
+        self._unconfirmed_bytes = 0
         detail = f"code {code}: {reason}" if code is not None else reason or "no close frame"
-        error = MuxError("closed", f"the connection to the gateway is closed ({detail})")
+        error = MuxError(
+            error_code,
+            f"the connection to the gateway is closed ({detail}){': ' + why if why else ''}",
+            data={"code": code, "reason": reason},
+        )
         for handle in list(self._handles.values()):
             handle._closed(error)
         self._listeners.emit("connection", ConnectionEvent("closed", code=code, reason=reason or None))
@@ -584,6 +737,7 @@ def connect(
     reconnect: bool | Reconnect = True,
     ack_every: int = 100,
     max_queued_frames: int = 1024,
+    max_queued_bytes: int = 8 * 1024 * 1024,
     open_timeout: float = 10.0,
     ping_interval: float | None = 20.0,
     ping_timeout: float | None = None,
@@ -600,7 +754,8 @@ def connect(
     - ``client``: ``{"name": ..., "version": ...}`` for the gateway's logs.
     - ``reconnect``: True (the default policy), False, or a :class:`Reconnect`.
     - ``ack_every``: acknowledge after this many frames.
-    - ``max_queued_frames``: frames kept while reconnecting; more raise ``queue_full``.
+    - ``max_queued_frames``, ``max_queued_bytes``: frames kept while reconnecting; more
+      raise ``queue_full``.
     - ``open_timeout``: seconds for the upgrade and for the ``welcome``.
     - ``ping_interval``: seconds between the client's pings (None: no heartbeat).
     - ``ping_timeout``: seconds a ping waits for its pong before the socket is dropped
@@ -616,6 +771,7 @@ def connect(
             reconnect=reconnect,
             ack_every=ack_every,
             max_queued_frames=max_queued_frames,
+            max_queued_bytes=max_queued_bytes,
             open_timeout=open_timeout,
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,

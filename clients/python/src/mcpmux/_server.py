@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mcpmux")
 
+#: The prefix of the ids of requests made through a :class:`ServerHandle`.
+REQUEST_ID_PREFIX = "mcpmux-"
+
 #: The protocol revision :meth:`ServerHandle.initialize` asks for by default.
 DEFAULT_PROTOCOL_VERSION = "2025-11-25"
 
@@ -52,6 +55,13 @@ class MessageSink(Protocol):
 
     def closed(self, error: MuxError) -> None:
         """The connection is closed for good."""
+
+    async def given_up(self, request_id: Any, error: MuxError) -> None:
+        """A request sent through the sink could not be kept for a resend."""
+
+    async def upstream_lost(self, error: MuxError) -> None:
+        """The gateway said the upstream session is lost (``session`` frame ``lost``):
+        requests sent through the sink are lost, and the SDK must start over."""
 
 
 @dataclass
@@ -195,11 +205,13 @@ class ServerHandle:
 
     async def close(self) -> None:
         """Ends this client's upstream session with the server (the ``close`` frame)
-        and returns when the gateway confirms it."""
+        and returns when the gateway confirms it, or at once while no socket is open
+        (the frame goes out after the resume; a lost session needs none)."""
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._close_waiters.append(waiter)
         try:
-            await self._mux._send_frame({"type": "close", "server": self._name})
+            if not await self._mux._send_frame({"type": "close", "server": self._name}):
+                return
             await waiter
         finally:
             if waiter in self._close_waiters:
@@ -222,6 +234,20 @@ class ServerHandle:
     async def _send_message(self, message: dict[str, Any]) -> None:
         await self._mux._send_rpc(self._name, message)
 
+    def _given_up(self, message: dict[str, Any], error: MuxError) -> None:
+        """A request of this server's was given up before the gateway confirmed that it
+        read it (the resend buffer overflowed): whoever waits for it is told."""
+        request_id = message.get("id")
+        if not isinstance(message.get("method"), str) or request_id is None:
+            return
+        pending = self._pending.get(request_id) if isinstance(request_id, str) else None
+        if pending is not None:
+            if not pending.future.done():
+                pending.future.set_exception(error)
+                self._cancel_upstream(request_id, "resend_overflow")
+        elif self._sink is not None:
+            self._mux._spawn(self._sink.given_up(request_id, error), quiet=True)
+
     def _cancel_upstream(self, request_id: str, reason: str) -> None:
         """Tells the server to stop working on a request the caller gave up on."""
         params = {"requestId": request_id, "reason": reason}
@@ -239,9 +265,11 @@ class ServerHandle:
                 await self._sink.deliver(message)
             return
         request_id = message.get("id")
-        pending = self._pending.get(request_id) if isinstance(request_id, str) else None
-        if pending is not None:
-            if not pending.future.done():
+        if isinstance(request_id, str) and request_id.startswith(REQUEST_ID_PREFIX):
+            # A handle request's: settled, or dropped if the caller gave up on it. Never
+            # the SDK's, whose ids are its own.
+            pending = self._pending.get(request_id)
+            if pending is not None and not pending.future.done():
                 if "error" in message:
                     pending.future.set_exception(MuxError.from_rpc_error(message["error"]))
                 else:
@@ -297,12 +325,26 @@ class ServerHandle:
                 reply["error"] = {"code": -32603, "message": str(error) or type(error).__name__}
         await self._send_message(reply)
 
-    def _on_session(self, state: str) -> None:
+    def _on_session(self, state: str, reason: str | None = None) -> None:
         self._upstream_open = state == "open"
         if state == "closed":
             for waiter in self._close_waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+        if state == "lost" and self._sink is not None:
+            why = f" ({reason})" if reason else ""
+            error = MuxError(
+                "session_lost",
+                f"the upstream session with {self._name} was lost{why}; start a new MCP session",
+            )
+            self._mux._spawn(self._sink.upstream_lost(error))
+
+    def _socket_down(self) -> None:
+        """The socket dropped: a close waiting for its answer settles now (the frame goes
+        again after a resume if the gateway did not read it)."""
+        for waiter in self._close_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _fail_pending(self, error: MuxError) -> None:
         for pending in self._pending.values():

@@ -15,8 +15,12 @@ pass through unchanged, so the SDK speaks MCP with the server itself (its ids, i
 If the connection drops and the gateway resumes the session, nothing changes for the
 SDK. If it does not, every request the SDK has in flight on this server is answered
 with a JSON-RPC error (``data.gateway == "session_lost"``) and the upstream session is
-gone: make a new ``ClientSession`` (it sends ``initialize`` again). When the Mux closes
-for good, the read stream ends, and the SDK fails what is still pending.
+gone: make a new ``ClientSession`` (it sends ``initialize`` again). The same happens
+when the gateway reports the upstream session lost (the server restarted, or dropped
+the session), and then the read stream ends too, so that the SDK fails whatever it
+sends next. When the Mux closes for good, the read stream ends, and the SDK fails what
+is still pending. Responses to requests the SDK no longer waits for (it cancelled
+them, or they were answered here) are dropped.
 """
 
 from __future__ import annotations
@@ -66,8 +70,13 @@ class _SdkSink:
         self.in_flight: dict[Any, None] = {}  # insertion-ordered set of request ids
 
     async def deliver(self, message: dict[str, Any]) -> None:
-        if "method" not in message and _hashable(message.get("id")):
-            self.in_flight.pop(message.get("id"), None)
+        if "method" not in message:
+            # A response: only to a request the SDK still waits for.
+            request_id = message.get("id")
+            if not _hashable(request_id) or request_id not in self.in_flight:
+                log.debug("a response to %r, which the SDK no longer waits for, was dropped", request_id)
+                return
+            del self.in_flight[request_id]
         try:
             item: SessionMessage | Exception = SessionMessage(
                 jsonrpc_message_adapter.validate_python(message, by_name=False)
@@ -81,23 +90,33 @@ class _SdkSink:
 
     async def session_lost(self, error: MuxError) -> None:
         lost = list(self.in_flight)
-        self.in_flight.clear()
         for request_id in lost:
-            await self.deliver(
-                {
-                    "jsonrpc": "2.0",
-                    "id": request_id,
-                    "error": {
-                        "code": -32000,
-                        "message": error.message,
-                        "data": {"gateway": "session_lost", "server": self._handle.name},
-                    },
-                }
-            )
+            await self.deliver(_error_reply(request_id, error, self._handle.name))
 
     def closed(self, error: MuxError) -> None:
         self.in_flight.clear()
         self._reader.close()
+
+    async def upstream_lost(self, error: MuxError) -> None:
+        await self.session_lost(error)
+        self._reader.close()
+
+    async def given_up(self, request_id: Any, error: MuxError) -> None:
+        if request_id in self.in_flight:
+            await self.deliver(_error_reply(request_id, error, self._handle.name))
+
+
+def _error_reply(request_id: Any, error: MuxError, server: str) -> dict[str, Any]:
+    """The JSON-RPC error response that tells the SDK its request failed with ``error``."""
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "error": {
+            "code": -32000,
+            "message": error.message,
+            "data": {"gateway": error.code, "server": server},
+        },
+    }
 
 
 def _hashable(value: Any) -> bool:
@@ -126,9 +145,14 @@ async def mcp_streams(mux: Mux, server: str) -> AsyncIterator[TransportStreams]:
             async for session_message in write_reader:
                 message = session_message.message.model_dump(by_alias=True, mode="json", exclude_unset=True)
                 request_id = message.get("id")
-                is_request = "method" in message and _hashable(request_id)
+                is_request = "method" in message and request_id is not None and _hashable(request_id)
                 if is_request:
                     sink.in_flight[request_id] = None
+                elif message.get("method") == "notifications/cancelled":
+                    # The SDK gave up on it: its response, if one comes, is dropped.
+                    cancelled = (message.get("params") or {}).get("requestId")
+                    if _hashable(cancelled):
+                        sink.in_flight.pop(cancelled, None)
                 try:
                     await handle._send_message(message)
                 except MuxError as error:
