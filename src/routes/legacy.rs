@@ -17,18 +17,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Extension;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use rand::Rng;
 
-use super::Routes;
 use super::error::{Refused, RouteError};
 use super::exchange::{self, Answer, Expect, Request};
 use super::message::Message;
 use super::relay::ByteStream;
+use super::{Routes, ServerName};
 use crate::auth::Caller;
 use crate::upstream::legacy::post_url;
 use crate::upstream::{Endpoint, Transport, UpstreamError};
@@ -119,7 +119,7 @@ fn sse_url(endpoint: &Endpoint) -> Result<reqwest::Url, UpstreamError> {
 /// `GET /servers/{name}/sse`.
 pub async fn open(
     State(routes): State<Arc<Routes>>,
-    Path(name): Path<String>,
+    ServerName(name): ServerName,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
 ) -> Response {
@@ -158,7 +158,8 @@ async fn open_stream(
         body,
     } = answer
     else {
-        return Ok(routes.answer(name, answer, held, routes.stream_stop()));
+        let stop = routes.stream_stop(routes.grant(caller, server, &endpoint));
+        return Ok(routes.answer(name, answer, held, stop));
     };
     let wait = http.header_timeout();
     let opened = tokio::time::timeout(wait, until_endpoint(body))
@@ -181,13 +182,14 @@ async fn open_stream(
         headers,
         body,
     };
-    Ok(routes.answer(name, answer, held, routes.stream_stop()))
+    let stop = routes.stream_stop(routes.grant(caller, server, &endpoint));
+    Ok(routes.answer(name, answer, held, stop))
 }
 
 /// `POST /servers/{name}/messages?session=TOKEN`.
 pub async fn message(
     State(routes): State<Arc<Routes>>,
-    Path(name): Path<String>,
+    ServerName(name): ServerName,
     RawQuery(query): RawQuery,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
@@ -218,7 +220,7 @@ async fn carry_message(
         |error: RouteError, id: Option<&serde_json::value::RawValue>| error.about(Some(name), id);
     let Message { body, id } = routes.receive(caller, name, body).await?;
     let id = id.as_deref();
-    routes.server(caller, name).map_err(|e| about(e, id))?;
+    let server = routes.server(caller, name).map_err(|e| about(e, id))?;
     let key = key_name(caller);
     let target = token
         .and_then(|token| routes.legacy.find(token, name, key.as_ref()))
@@ -234,7 +236,8 @@ async fn carry_message(
     let answer = exchange::send(&routes.context().http, request)
         .await
         .map_err(|e| about(e.into(), id))?;
-    Ok(routes.answer(name, answer, routes.exchange(), routes.message_stop()))
+    let stop = routes.message_stop(routes.grant(caller, server, &target.endpoint));
+    Ok(routes.answer(name, answer, routes.exchange(), stop))
 }
 
 /// A stream read up to its `endpoint` event.

@@ -22,6 +22,7 @@ mod error;
 mod exchange;
 mod headers;
 mod legacy;
+mod lifetime;
 mod message;
 mod relay;
 mod streamable;
@@ -31,12 +32,15 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use self::error::{Refused, RouteError};
 use self::exchange::Answer;
+use self::lifetime::Grant;
 use self::message::Message;
 use self::relay::{Held, Relay};
 use crate::auth::Caller;
@@ -54,9 +58,9 @@ pub fn router<S: Clone + Send + Sync + 'static>(gateway: Arc<GatewayState>) -> R
     Router::new()
         .route(
             "/mcp",
-            post(streamable::post_by_header)
-                .get(streamable::get_by_header)
-                .delete(streamable::delete_by_header),
+            post(streamable::post)
+                .get(streamable::get)
+                .delete(streamable::delete),
         )
         .route(
             "/servers/{name}/mcp",
@@ -159,19 +163,47 @@ impl Routes {
         })
     }
 
-    /// When a relayed event stream stops at the latest: as soon as the gateway shuts down.
-    fn stream_stop(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.context().shutdown.clone().cancelled_owned()
+    /// What an answer from `server`'s instance `endpoint`, asked for by `caller`, flows
+    /// under ([`lifetime`]).
+    fn grant(&self, caller: &Caller, server: Arc<Server>, endpoint: &Endpoint) -> Grant {
+        Grant {
+            registry: self.context().servers.clone(),
+            access: self.gateway.access.clone(),
+            caller: caller.clone(),
+            server,
+            generation: endpoint.generation,
+        }
+    }
+
+    /// When a relayed event stream stops at the latest: as soon as the gateway shuts down,
+    /// or `grant` no longer holds.
+    fn stream_stop(&self, grant: Grant) -> impl Future<Output = ()> + Send + 'static {
+        let shutdown = self.context().shutdown.clone();
+        let lost = grant.lost();
+        async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = lost => {}
+            }
+        }
     }
 
     /// When a relayed answer to a message stops at the latest: `shutdownGraceMs` after the
-    /// gateway began to shut down, as requests in flight on a WebSocket.
-    fn message_stop(&self) -> impl Future<Output = ()> + Send + 'static {
+    /// gateway began to shut down, as requests in flight on a WebSocket, or once `grant`
+    /// no longer holds.
+    fn message_stop(&self, grant: Grant) -> impl Future<Output = ()> + Send + 'static {
         let shutdown = self.context().shutdown.clone();
         let grace = self.context().config.shutdown_grace;
+        let lost = grant.lost();
         async move {
-            shutdown.cancelled().await;
-            tokio::time::sleep(grace).await;
+            let drained = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(grace).await;
+            };
+            tokio::select! {
+                _ = drained => {}
+                _ = lost => {}
+            }
         }
     }
 
@@ -234,6 +266,35 @@ fn legacy_only(server: &Server, endpoint: &Endpoint) -> bool {
         Transport::LegacySse => true,
         Transport::Detect => server.speaks_legacy_sse(),
         Transport::StreamableHttp => false,
+    }
+}
+
+/// The server an MCP route request names: the `{name}` of its path, or on `/mcp` its
+/// one `X-MCP-Server` header. Without one it is refused (and counted) before anything.
+pub struct ServerName(pub String);
+
+impl FromRequestParts<Arc<Routes>> for ServerName {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        routes: &Arc<Routes>,
+    ) -> Result<Self, Self::Rejection> {
+        let by_path = RawPathParams::from_request_parts(parts, routes)
+            .await
+            .ok()
+            .and_then(|params| {
+                params
+                    .iter()
+                    .find(|(key, _)| *key == "name")
+                    .map(|(_, name)| name.to_owned())
+            });
+        match by_path {
+            Some(name) => Ok(Self(name)),
+            None => named_by_header(&parts.headers)
+                .map(Self)
+                .map_err(|error| routes.refused(error.into())),
+        }
     }
 }
 

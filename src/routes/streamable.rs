@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use tokio::time::Instant;
@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use super::error::{Refused, RouteError};
 use super::exchange::{self, Answer, Expect, Request};
 use super::message::Message;
-use super::{Routes, legacy_only, named_by_header};
+use super::{Routes, ServerName, legacy_only};
 use crate::auth::Caller;
 
 /// How long a resumption (`GET` with `Last-Event-ID`) that the server refuses with 409
@@ -33,10 +33,10 @@ const RESUME_CONFLICT_WAIT: Duration = Duration::from_secs(2);
 /// The pause between two such tries.
 const RESUME_CONFLICT_PAUSE: Duration = Duration::from_millis(50);
 
-/// `POST /servers/{name}/mcp`.
+/// `POST /servers/{name}/mcp`, or `/mcp` with `X-MCP-Server`.
 pub async fn post(
     State(routes): State<Arc<Routes>>,
-    Path(name): Path<String>,
+    ServerName(name): ServerName,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
@@ -46,24 +46,10 @@ pub async fn post(
         .unwrap_or_else(|r| routes.refused(r))
 }
 
-/// `POST /mcp` with `X-MCP-Server`.
-pub async fn post_by_header(
-    State(routes): State<Arc<Routes>>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let carried = match named_by_header(&headers) {
-        Ok(name) => carry_message(&routes, &caller, &name, &headers, body).await,
-        Err(error) => Err(error.into()),
-    };
-    carried.unwrap_or_else(|r| routes.refused(r))
-}
-
-/// `GET /servers/{name}/mcp`.
+/// `GET /servers/{name}/mcp`, or `/mcp` with `X-MCP-Server`.
 pub async fn get(
     State(routes): State<Arc<Routes>>,
-    Path(name): Path<String>,
+    ServerName(name): ServerName,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
 ) -> Response {
@@ -72,42 +58,16 @@ pub async fn get(
         .unwrap_or_else(|r| routes.refused(r))
 }
 
-/// `GET /mcp` with `X-MCP-Server`.
-pub async fn get_by_header(
-    State(routes): State<Arc<Routes>>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-) -> Response {
-    let opened = match named_by_header(&headers) {
-        Ok(name) => open_stream(&routes, &caller, &name, &headers).await,
-        Err(error) => Err(error.into()),
-    };
-    opened.unwrap_or_else(|r| routes.refused(r))
-}
-
-/// `DELETE /servers/{name}/mcp`.
+/// `DELETE /servers/{name}/mcp`, or `/mcp` with `X-MCP-Server`.
 pub async fn delete(
     State(routes): State<Arc<Routes>>,
-    Path(name): Path<String>,
+    ServerName(name): ServerName,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
 ) -> Response {
     end_session(&routes, &caller, &name, &headers)
         .await
         .unwrap_or_else(|r| routes.refused(r))
-}
-
-/// `DELETE /mcp` with `X-MCP-Server`.
-pub async fn delete_by_header(
-    State(routes): State<Arc<Routes>>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-) -> Response {
-    let ended = match named_by_header(&headers) {
-        Ok(name) => end_session(&routes, &caller, &name, &headers).await,
-        Err(error) => Err(error.into()),
-    };
-    ended.unwrap_or_else(|r| routes.refused(r))
 }
 
 /// Carries one POSTed message and relays its answer.
@@ -138,7 +98,8 @@ async fn carry_message(
     let answer = exchange::send(&routes.context().http, request)
         .await
         .map_err(|e| about(e.into(), id))?;
-    Ok(routes.answer(name, answer, routes.exchange(), routes.message_stop()))
+    let stop = routes.message_stop(routes.grant(caller, server, &endpoint));
+    Ok(routes.answer(name, answer, routes.exchange(), stop))
 }
 
 /// Opens (or resumes, with `Last-Event-ID`) an event stream and relays it.
@@ -177,7 +138,10 @@ async fn open_stream(
                 tracing::debug!(server = name, "resumption refused with 409; trying again");
                 tokio::time::sleep(RESUME_CONFLICT_PAUSE).await;
             }
-            answer => return Ok(routes.answer(name, answer, held, routes.stream_stop())),
+            answer => {
+                let stop = routes.stream_stop(routes.grant(caller, server, &endpoint));
+                return Ok(routes.answer(name, answer, held, stop));
+            }
         }
     }
 }
@@ -207,5 +171,6 @@ async fn end_session(
     let answer = exchange::send(&routes.context().http, request)
         .await
         .map_err(|e| about(e.into()))?;
-    Ok(routes.answer(name, answer, routes.exchange(), routes.message_stop()))
+    let stop = routes.message_stop(routes.grant(caller, server, &endpoint));
+    Ok(routes.answer(name, answer, routes.exchange(), stop))
 }

@@ -14,17 +14,17 @@ const OPS: &str = "ops-key-0123456789abcdefghij";
 const LIMITED: &str = "limited-key-0123456789abcdef";
 const FLOOD: &str = "flood-key-0123456789abcdefgh";
 
-fn initialize(id: u64) -> Value {
+pub(crate) fn initialize(id: u64) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {},
         "clientInfo": {"name": "http-routes-test", "version": "1"}}})
 }
 
-fn initialized() -> Value {
+pub(crate) fn initialized() -> Value {
     json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
 }
 
-fn long_operation(id: &str, steps: u64, duration: u64) -> Value {
+pub(crate) fn long_operation(id: &str, steps: u64, duration: u64) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
         "name": "trigger-long-running-operation",
         "arguments": {"duration": duration, "steps": steps},
@@ -37,7 +37,7 @@ fn is_progress(message: &Value) -> bool {
 
 /// Opens an MCP session on `path` (with `extra` headers): initialize, then initialized.
 /// Returns the session id.
-async fn open_session(http: &Http, path: &str, extra: &[(&str, &str)]) -> String {
+pub(crate) async fn open_session(http: &Http, path: &str, extra: &[(&str, &str)]) -> String {
     let response = http.post(path, extra, &initialize(1)).await;
     assert_eq!(response.status(), 200);
     let headers = response.headers().clone();

@@ -13,6 +13,7 @@ mod carrying;
 mod decoder_props;
 mod faults;
 mod frames;
+mod http_route_ends;
 mod http_route_faults;
 mod http_routes;
 mod legacy_sse;
