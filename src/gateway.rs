@@ -100,6 +100,8 @@ pub struct Gateway {
     admin: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     /// Watches the configuration file while it lives.
     _watcher: Option<notify::RecommendedWatcher>,
+    /// Stops the main listener: cancelled at the end of a shutdown, after the drain.
+    listening: CancellationToken,
     server_task: tokio::task::JoinHandle<()>,
 }
 
@@ -199,6 +201,13 @@ impl Gateway {
             places,
             readiness: Default::default(),
         });
+        let first_starts = registry.snapshot().values().cloned().collect();
+        let readiness = state.readiness.clone();
+        let draining = shutdown.clone();
+        state
+            .context
+            .background
+            .spawn(async move { readiness.latch_after(first_starts, draining).await });
         let admin = match (admin_listener, admin_key) {
             (Some(listener), Some(key)) => {
                 let addr = listener.local_addr()?;
@@ -245,7 +254,9 @@ impl Gateway {
             .with_state(state.clone());
         let per_ip = ConnectionsPerIp::new(state.context.config.max_connections_per_ip);
         let header_timeout = state.context.config.header_timeout;
-        let stop = shutdown.clone();
+        // The main listener outlives the drain, so that probes see it (`/readyz` 503).
+        let listening = CancellationToken::new();
+        let stop = listening.clone();
         let server_task = match tls_acceptor {
             None => {
                 let incoming = PlainAccept::new(listener, per_ip);
@@ -263,6 +274,7 @@ impl Gateway {
             reloader,
             admin,
             _watcher: watcher,
+            listening,
             server_task,
         })
     }
@@ -288,6 +300,12 @@ impl Gateway {
         &self.state.context.metrics
     }
 
+    /// Resolves once every server configured at start has ended its first start attempt
+    /// (ready or down): from then on `/readyz` answers 200 unless draining.
+    pub async fn first_starts_ended(&self) {
+        self.state.readiness.wait().await;
+    }
+
     /// Every configured server now, with its status, for embedding and tests.
     pub fn servers(&self) -> Arc<Servers> {
         self.state.context.servers.snapshot()
@@ -301,9 +319,11 @@ impl Gateway {
             .await;
     }
 
-    /// Stops gracefully, in order: no new connections; 1001 to every client; in-flight
-    /// requests given `shutdownGraceMs` to finish; upstream sessions ended (DELETE); then
-    /// children stopped (SIGTERM, SIGKILL after `stopGraceMs`).
+    /// Stops gracefully, in order: draining (`/readyz` 503, new WebSockets and MCP-route
+    /// requests refused with 503, the main listener still answering); 1001 to every
+    /// client; in-flight requests given `shutdownGraceMs` to finish; upstream sessions
+    /// ended (DELETE); children stopped (SIGTERM, SIGKILL after `stopGraceMs`); then the
+    /// main listener closes.
     pub async fn shutdown(self) {
         let context = &self.state.context;
         let config = &context.config;
@@ -324,6 +344,7 @@ impl Gateway {
         if let Some((_, task)) = self.admin {
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
+        self.listening.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.server_task).await;
     }
 }
@@ -352,7 +373,8 @@ async fn upgrade(
         return (StatusCode::BAD_REQUEST, message).into_response();
     }
     if state.context.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "mcpmux is shutting down").into_response();
+        let body = serde_json::json!({"error": "mcpmux is shutting down (draining); connect again to another instance or after its restart"});
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
     }
     // Taken before the upgrade, atomically: concurrent upgrades cannot overshoot.
     let Ok(permit) = state.places.clone().try_acquire_owned() else {

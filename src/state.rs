@@ -4,13 +4,14 @@
 //! connection.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Access;
 use crate::context::SessionContext;
+use crate::registry::Server;
 use crate::resume::Sessions;
 
 /// What every connection of the gateway uses. Cheap to clone through its `Arc`.
@@ -28,24 +29,50 @@ pub struct GatewayState {
     /// `maxSessions` places, one taken by each socket from its upgrade.
     pub places: Arc<Semaphore>,
     /// Whether every server's first start has ended (`/readyz`).
-    pub readiness: Readiness,
+    pub readiness: Arc<Readiness>,
 }
 
 /// Whether every server's first start attempt has ended (`/readyz`); once it has, it
-/// stays so.
-#[derive(Debug, Default)]
+/// stays so. Set by the starts themselves ([`Readiness::latch_after`]), not by a probe.
+#[derive(Debug)]
 pub struct Readiness {
-    started: AtomicBool,
+    started: watch::Sender<bool>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self {
+            started: watch::Sender::new(false),
+        }
+    }
 }
 
 impl Readiness {
     /// True once every server's first start attempt had ended.
     pub fn started(&self) -> bool {
-        self.started.load(Ordering::Acquire)
+        *self.started.borrow()
     }
 
-    /// Records that every server's first start attempt has ended.
-    pub fn mark_started(&self) {
-        self.started.store(true, Ordering::Release);
+    /// Waits until every server's first start attempt has ended.
+    pub async fn wait(&self) {
+        let mut rx = self.started.subscribe();
+        let _ = rx.wait_for(|started| *started).await;
+    }
+
+    /// Records, once each of `servers` has ended its first start attempt (ready or
+    /// down, or was removed meanwhile), that the gateway has started; gives up when
+    /// `shutdown` fires first.
+    pub async fn latch_after(&self, servers: Vec<Arc<Server>>, shutdown: CancellationToken) {
+        let starts = async {
+            for server in servers {
+                server.started_after(0).await;
+            }
+        };
+        tokio::select! {
+            _ = starts => {
+                self.started.send_replace(true);
+            }
+            _ = shutdown.cancelled() => {}
+        }
     }
 }

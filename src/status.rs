@@ -33,11 +33,7 @@ pub fn routes() -> Router<Arc<GatewayState>> {
 /// `GET /readyz`: 200 or 503, with every server's state.
 async fn readyz(State(state): State<Arc<GatewayState>>) -> Response {
     let servers = state.context.servers.snapshot();
-    let readiness = &state.readiness;
-    let started = readiness.started() || servers.values().all(|server| server.status().starts > 0);
-    if started {
-        readiness.mark_started();
-    }
+    let started = state.readiness.started();
     let draining = state.context.shutdown.is_cancelled();
     let ready = started && !draining;
     let listed: Vec<_> = servers

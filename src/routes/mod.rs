@@ -105,16 +105,17 @@ impl Routes {
             .ok_or_else(|| RouteError::UnknownServer(name.to_owned()))
     }
 
-    /// Takes in a POSTed message for server `name`: refused while shutting down, read and
-    /// looked into ([`Message::read`]), and counted against the caller's rate.
+    /// Takes in a POSTed message for server `name`: read and looked into
+    /// ([`Message::read`]), refused (with its id) while shutting down, and counted
+    /// against the caller's rate.
     async fn receive(&self, caller: &Caller, name: &str, body: Body) -> Result<Message, Refused> {
-        self.check_running()
-            .map_err(|e| e.about(Some(name), None))?;
         let limit = self.context().config.max_frame_bytes;
         let message = Message::read(body, limit).await.map_err(|mut refused| {
             refused.server = Some(name.to_owned());
             refused
         })?;
+        self.check_running()
+            .map_err(|e| e.about(Some(name), message.id.as_deref()))?;
         message.check_rate(caller, name)?;
         Ok(message)
     }

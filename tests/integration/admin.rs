@@ -302,7 +302,7 @@ async fn the_admin_api_adds_changes_restarts_and_removes_servers_in_the_file() {
 }
 
 /// A stdio server that never answers `initialize`: mcp-proxy waits for it.
-fn never_ready() -> Value {
+pub(crate) fn never_ready() -> Value {
     json!({"command": "node", "args": ["-e", "setInterval(() => {}, 1000)"]})
 }
 
@@ -341,6 +341,8 @@ async fn readyz_waits_for_every_first_start_and_then_stays_ready_while_a_server_
     client
         .wait_for("slow down", |f| is_status(f, "slow", "down"))
         .await;
+    // The first starts latch readiness themselves, a moment after they end.
+    gateway.gateway().first_starts_ended().await;
     let (status, body) = readyz().await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(

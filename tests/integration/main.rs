@@ -22,6 +22,7 @@ mod limits;
 mod logs;
 mod metrics;
 mod protocol_doc;
+mod readiness;
 mod reload;
 mod resume;
 mod resume_budget;
