@@ -433,11 +433,27 @@ impl ClientSession {
             .upstreams
             .get(&**name)
             .is_some_and(|u| u.server().is_removed() || !self.grant.may_use(name));
-        if let Some(upstream) = over.then(|| self.upstreams.remove(&**name)).flatten() {
-            upstream.end(UpstreamEnd::Removed).await;
+        let Some(upstream) = over.then(|| self.upstreams.remove(&**name)).flatten() else {
+            return self.push_status(name, ServerState::Removed).await;
+        };
+        upstream.end(UpstreamEnd::Removed).await;
+        // The answers in flight settle in a task of the session, so that frames for the
+        // other servers keep flowing meanwhile; `removed` follows them.
+        let outbox = self.link.outbox.clone();
+        let name = name.clone();
+        self.link.tasks.spawn(async move {
             upstream.settled(REMOVAL_DRAIN).await;
-        }
-        self.push_status(name, ServerState::Removed).await;
+            let _ = outbox
+                .push(|seq| {
+                    GatewayFrame::Status {
+                        server: &name,
+                        seq,
+                        state: ServerState::Removed,
+                    }
+                    .encode()
+                })
+                .await;
+        });
     }
 
     /// The access rules were replaced: the key goes on with what it may use now (servers
