@@ -217,6 +217,7 @@ impl Gateway {
                     registry,
                     start_wait,
                     shutdown: shutdown.clone(),
+                    metrics: metrics.clone(),
                 });
                 let task = admin::serve(listener, tls_acceptor.clone(), admin_state)?;
                 tracing::info!(%addr, "admin API listening");

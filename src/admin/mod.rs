@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::AdminKey;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::reload::Reloader;
 use crate::serve::{ConnectionsPerIp, PlainAccept};
@@ -47,6 +48,8 @@ pub struct AdminState {
     pub start_wait: Duration,
     /// Cancelled when the gateway shuts down: waits end, the listener stops.
     pub shutdown: CancellationToken,
+    /// The gateway's metrics, which `/metrics` shows.
+    pub metrics: Metrics,
 }
 
 /// A JSON error answer.
@@ -136,10 +139,10 @@ async fn require_key(
     response
 }
 
-/// `GET /metrics`: the Prometheus text format.
-async fn metrics() -> Response {
+/// `GET /metrics`: the gateway's own metrics in the Prometheus text format.
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
-    let mut response = crate::metrics::render().into_response();
+    let mut response = state.metrics.render().into_response();
     response
         .headers_mut()
         .insert(axum::http::header::CONTENT_TYPE, content_type);

@@ -30,6 +30,7 @@ use super::message::Message;
 use super::relay::ByteStream;
 use super::{Routes, ServerName};
 use crate::auth::Caller;
+use crate::metrics::Outcome;
 use crate::upstream::legacy::post_url;
 use crate::upstream::{Endpoint, Transport, UpstreamError};
 
@@ -218,13 +219,21 @@ async fn carry_message(
 ) -> Result<Response, Refused> {
     let about =
         |error: RouteError, id: Option<&serde_json::value::RawValue>| error.about(Some(name), id);
-    let Message { body, id } = routes.receive(caller, name, body).await?;
+    let Message { body, id, method } = routes.receive(caller, name, body).await?;
     let id = id.as_deref();
     let server = routes.server(caller, name).map_err(|e| about(e, id))?;
+    let meter = routes.meter(&server, method);
+    let body_len = body.len();
+    let refuse = |error: RouteError| {
+        if let Some(meter) = &meter {
+            meter.finish(Outcome::Gateway(error.code()));
+        }
+        about(error, id)
+    };
     let key = key_name(caller);
     let target = token
         .and_then(|token| routes.legacy.find(token, name, key.as_ref()))
-        .ok_or_else(|| about(RouteError::NoLegacySession(name.to_owned()), id))?;
+        .ok_or_else(|| refuse(RouteError::NoLegacySession(name.to_owned())))?;
     let request = Request {
         method: reqwest::Method::POST,
         url: target.post_url.clone(),
@@ -233,11 +242,12 @@ async fn carry_message(
         body: Some(body),
         expect: Expect::Anything,
     };
+    routes.sent(&server, body_len);
     let answer = exchange::send(&routes.context().http, request)
         .await
-        .map_err(|e| about(e.into(), id))?;
+        .map_err(|e| refuse(e.into()))?;
     let stop = routes.message_stop(routes.grant(caller, server, &target.endpoint));
-    Ok(routes.answer(name, answer, routes.exchange(), stop))
+    Ok(routes.answer(name, answer, routes.exchange(meter), stop))
 }
 
 /// A stream read up to its `endpoint` event.

@@ -2,13 +2,18 @@
 //! looked into only for its kind and `id`, and counted against the caller's rate
 //! limits like an `rpc` frame on the WebSocket. Its bytes go upstream as they came.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use super::error::{Refused, RouteError};
+
 use crate::auth::Caller;
 use crate::jsonrpc::{Head, Kind};
+use crate::metrics::{Metrics, Outcome, method_label};
+use crate::protocol::ErrorCode;
 
 /// A POSTed message.
 #[derive(Debug)]
@@ -17,6 +22,9 @@ pub struct Message {
     pub body: Bytes,
     /// The request's id, when the message is a request (for error answers).
     pub id: Option<Box<RawValue>>,
+    /// The request's method as the metrics label it ([`method_label`]), when the
+    /// message is a request.
+    pub method: Option<&'static str>,
 }
 
 impl Message {
@@ -31,29 +39,44 @@ impl Message {
             return Err(RouteError::Batch.into());
         }
         let head = Head::parse(text).map_err(|e| RouteError::NotJsonRpc(e.to_string()))?;
-        let id = match head.kind() {
-            Kind::Request => head.id.map(RawValue::to_owned),
-            Kind::Notification | Kind::Response => None,
+        let (id, method) = match head.kind() {
+            Kind::Request => (
+                head.id.map(RawValue::to_owned),
+                Some(method_label(head.method())),
+            ),
+            Kind::Notification | Kind::Response => (None, None),
             Kind::Invalid => {
                 let why = "it needs a `method` or an `id`";
                 return Err(RouteError::NotJsonRpc(why.into()).into());
             }
         };
-        Ok(Self { body, id })
+        Ok(Self { body, id, method })
     }
 
     /// Takes a token from the caller's buckets for a message to `server`, as for an `rpc`
-    /// frame: whatever server it names, the key's bucket first, then that server's.
-    pub fn check_rate(&self, caller: &Caller, server: &str) -> Result<(), Refused> {
+    /// frame: whatever server it names, the key's bucket first, then that server's. A
+    /// refusal counts in `metrics` as on the WebSocket.
+    pub fn check_rate(
+        &self,
+        caller: &Caller,
+        server: Option<&Arc<str>>,
+        name: &str,
+        metrics: &Metrics,
+    ) -> Result<(), Refused> {
         let Caller::Key(key) = caller else {
             return Ok(());
         };
-        key.check_rate(server).map_err(|over| {
+        key.check_rate(name).map_err(|over| {
+            metrics.rate_limited(&key.name);
+            if let (Some(server), Some(method)) = (server, self.method) {
+                let refused = Outcome::Gateway(ErrorCode::RateLimited);
+                metrics.request(server, method, refused, None);
+            }
             RouteError::RateLimited {
                 message: over.message(&key.name),
                 retry_after_ms: over.retry_after_ms,
             }
-            .about(Some(server), self.id.as_deref())
+            .about(Some(name), self.id.as_deref())
         })
     }
 }

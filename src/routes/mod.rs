@@ -42,9 +42,10 @@ use self::error::{Refused, RouteError};
 use self::exchange::Answer;
 use self::lifetime::Grant;
 use self::message::Message;
-use self::relay::{Held, Relay};
+use self::relay::{Held, Relay, Tally};
 use crate::auth::Caller;
 use crate::context::SessionContext;
+use crate::metrics::{Direction, Outcome, RequestMeter};
 use crate::registry::Server;
 use crate::state::GatewayState;
 use crate::upstream::{Endpoint, Transport};
@@ -116,8 +117,23 @@ impl Routes {
         })?;
         self.check_running()
             .map_err(|e| e.about(Some(name), message.id.as_deref()))?;
-        message.check_rate(caller, name)?;
+        let metrics = &self.context().metrics;
+        let configured = self.context().servers.get(name).map(|s| s.name.clone());
+        message.check_rate(caller, configured.as_ref(), name, metrics)?;
         Ok(message)
+    }
+
+    /// Starts measuring a request (`method` is its label) to `server`: its outcome and
+    /// latency count when its answer ends or it is refused ([`RequestMeter`]).
+    fn meter(&self, server: &Server, method: Option<&'static str>) -> Option<RequestMeter> {
+        let metrics = &self.context().metrics;
+        method.map(|method| RequestMeter::start(metrics, &server.name, method))
+    }
+
+    /// Counts a message of `bytes` bytes sent on to `server`.
+    fn sent(&self, server: &Server, bytes: usize) {
+        let metrics = &self.context().metrics;
+        metrics.message(&server.name, Direction::ToServer, bytes);
     }
 
     /// The server's ready instance, waiting up to `connectTimeoutMs` while it starts or
@@ -128,10 +144,11 @@ impl Routes {
     }
 
     /// What an exchange holds while its answer flows: its count among the exchanges a
-    /// shutdown waits for.
-    fn exchange(&self) -> Held {
+    /// shutdown waits for, and the request's meter.
+    fn exchange(&self, meter: Option<RequestMeter>) -> Held {
         Held {
             exchange: Some(self.gateway.connections.token()),
+            meter,
             ..Held::default()
         }
     }
@@ -160,7 +177,7 @@ impl Routes {
         Ok(Held {
             place: Some(place),
             key_slot,
-            ..self.exchange()
+            ..self.exchange(None)
         })
     }
 
@@ -230,20 +247,37 @@ impl Routes {
         held: Held,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> Response {
+        let metrics = &self.context().metrics;
+        let configured = self.context().servers.get(server).map(|s| s.name.clone());
         let (status, headers, body, outcome) = match answer {
             Answer::Flow {
                 status,
                 headers,
                 body,
             } => {
-                let relay = Relay::new(body, stop, held);
+                let mut relay = Relay::new(body, stop, held);
+                if let Some(server) = configured {
+                    let events = headers
+                        .get(axum::http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.starts_with("text/event-stream"));
+                    relay = relay.counted(Tally::new(metrics.clone(), server, events));
+                }
                 (status, headers, Body::from_stream(relay), "ok")
             }
             Answer::Refusal {
                 status,
                 headers,
                 body,
-            } => (status, headers, Body::from(body), "refused_by_server"),
+            } => {
+                if let Some(meter) = &held.meter {
+                    meter.finish(Outcome::Error);
+                }
+                if let Some(server) = configured {
+                    metrics.message(&server, Direction::ToClient, body.len());
+                }
+                (status, headers, Body::from(body), "refused_by_server")
+            }
         };
         self.record(server, outcome);
         let mut response = Response::new(body);

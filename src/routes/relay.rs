@@ -7,10 +7,13 @@
 //! upstream body, when the client goes away (the relay is dropped, which closes the
 //! upstream connection), or when `stop` fires (a shutdown). An upstream body that breaks
 //! breaks the client's too, never ending it cleanly, so that the client knows the stream
-//! was cut and may resume it.
+//! was cut and may resume it. A relay counts what flows ([`Tally`]: each event of an
+//! event stream, or a whole body, as one message to the client) and, for the answer to
+//! a request, the request's outcome and latency when it ends.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -20,6 +23,8 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::legacy::Registration;
 use crate::auth::ConnectionSlot;
+use crate::metrics::{Direction, Metrics, Outcome, RequestMeter};
+use crate::protocol::ErrorCode;
 
 /// An upstream body.
 pub type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
@@ -37,6 +42,8 @@ pub struct Held {
     pub key_slot: Option<ConnectionSlot>,
     /// The entry of a legacy SSE session, which names where its messages go.
     pub legacy: Option<Registration>,
+    /// The request whose answer this is, counted when the answer ends.
+    pub meter: Option<RequestMeter>,
 }
 
 /// An upstream body on its way to the client.
@@ -44,7 +51,8 @@ pub struct Relay {
     upstream: ByteStream,
     stop: Pin<Box<dyn Future<Output = ()> + Send>>,
     stopped: bool,
-    _held: Held,
+    tally: Option<Tally>,
+    held: Held,
 }
 
 impl Relay {
@@ -58,7 +66,86 @@ impl Relay {
             upstream,
             stop: Box::pin(stop),
             stopped: false,
-            _held: held,
+            tally: None,
+            held,
+        }
+    }
+
+    /// Counts the messages and bytes that flow to the client in `tally`.
+    pub fn counted(mut self, tally: Tally) -> Self {
+        self.tally = Some(tally);
+        self
+    }
+
+    /// The relay has ended: the request (if one is metered) counts with `outcome`.
+    fn end(&mut self, outcome: Outcome) {
+        self.stopped = true;
+        if let Some(tally) = &mut self.tally {
+            tally.end();
+        }
+        if let Some(meter) = &self.held.meter {
+            meter.finish(outcome);
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // The client went away before the answer ended.
+        if let Some(meter) = &self.held.meter {
+            meter.finish(Outcome::Cancelled);
+        }
+    }
+}
+
+/// Counts an answer's messages and bytes to the client: each event of an event stream
+/// (up to its blank line) as one message, a whole other body as one.
+pub struct Tally {
+    metrics: Metrics,
+    server: Arc<str>,
+    events: bool,
+    line_start: bool,
+    pending: usize,
+}
+
+impl Tally {
+    /// A tally for `server`'s answer; `events`: the answer is an event stream.
+    pub fn new(metrics: Metrics, server: Arc<str>, events: bool) -> Self {
+        Self {
+            metrics,
+            server,
+            events,
+            line_start: false,
+            pending: 0,
+        }
+    }
+
+    fn chunk(&mut self, bytes: &[u8]) {
+        let mut from = 0;
+        if self.events {
+            for (at, byte) in bytes.iter().enumerate() {
+                match byte {
+                    b'\n' if self.line_start => {
+                        let event = self.pending + at + 1 - from;
+                        self.metrics
+                            .message(&self.server, Direction::ToClient, event);
+                        self.pending = 0;
+                        from = at + 1;
+                    }
+                    b'\n' => self.line_start = true,
+                    b'\r' => {}
+                    _ => self.line_start = false,
+                }
+            }
+        }
+        self.pending += bytes.len() - from;
+    }
+
+    fn end(&mut self) {
+        if !self.events && self.pending > 0 {
+            let bytes = std::mem::take(&mut self.pending);
+            self.metrics
+                .message(&self.server, Direction::ToClient, bytes);
         }
     }
 }
@@ -72,17 +159,27 @@ impl Stream for Relay {
             return Poll::Ready(None);
         }
         if this.stop.as_mut().poll(cx).is_ready() {
-            this.stopped = true;
+            this.end(Outcome::Gateway(ErrorCode::ServerUnavailable));
             return Poll::Ready(None);
         }
         match this.upstream.as_mut().poll_next(cx) {
             Poll::Ready(Some(Err(err))) => {
-                this.stopped = true;
+                this.end(Outcome::Gateway(ErrorCode::UpstreamError));
                 let why = err.without_url().to_string();
                 tracing::debug!(%why, "upstream body broke; cutting the client's");
                 Poll::Ready(Some(Err(std::io::Error::other(why))))
             }
-            other => other.map(|item| item.map(|chunk| chunk.map_err(std::io::Error::other))),
+            Poll::Ready(Some(Ok(chunk))) => {
+                if let Some(tally) = &mut this.tally {
+                    tally.chunk(&chunk);
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(None) => {
+                this.end(Outcome::Ok);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 }

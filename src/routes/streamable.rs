@@ -24,6 +24,7 @@ use super::exchange::{self, Answer, Expect, Request};
 use super::message::Message;
 use super::{Routes, ServerName, legacy_only};
 use crate::auth::Caller;
+use crate::metrics::Outcome;
 
 /// How long a resumption (`GET` with `Last-Event-ID`) that the server refuses with 409
 /// is tried again. The server refuses while it still holds the broken stream being
@@ -80,12 +81,20 @@ async fn carry_message(
 ) -> Result<Response, Refused> {
     let about =
         |error: RouteError, id: Option<&serde_json::value::RawValue>| error.about(Some(name), id);
-    let Message { body, id } = routes.receive(caller, name, body).await?;
+    let Message { body, id, method } = routes.receive(caller, name, body).await?;
     let id = id.as_deref();
     let server = routes.server(caller, name).map_err(|e| about(e, id))?;
-    let endpoint = routes.endpoint(&server).await.map_err(|e| about(e, id))?;
+    let meter = routes.meter(&server, method);
+    let body_len = body.len();
+    let refuse = |error: RouteError| {
+        if let Some(meter) = &meter {
+            meter.finish(Outcome::Gateway(error.code()));
+        }
+        about(error, id)
+    };
+    let endpoint = routes.endpoint(&server).await.map_err(refuse)?;
     if legacy_only(&server, &endpoint) {
-        return Err(about(RouteError::LegacyOnly(name.to_owned()), id));
+        return Err(refuse(RouteError::LegacyOnly(name.to_owned())));
     }
     let request = Request {
         method: reqwest::Method::POST,
@@ -95,11 +104,12 @@ async fn carry_message(
         body: Some(body),
         expect: Expect::Message,
     };
+    routes.sent(&server, body_len);
     let answer = exchange::send(&routes.context().http, request)
         .await
-        .map_err(|e| about(e.into(), id))?;
+        .map_err(|e| refuse(e.into()))?;
     let stop = routes.message_stop(routes.grant(caller, server, &endpoint));
-    Ok(routes.answer(name, answer, routes.exchange(), stop))
+    Ok(routes.answer(name, answer, routes.exchange(meter), stop))
 }
 
 /// Opens (or resumes, with `Last-Event-ID`) an event stream and relays it.
@@ -172,5 +182,5 @@ async fn end_session(
         .await
         .map_err(|e| about(e.into()))?;
     let stop = routes.message_stop(routes.grant(caller, server, &endpoint));
-    Ok(routes.answer(name, answer, routes.exchange(), stop))
+    Ok(routes.answer(name, answer, routes.exchange(None), stop))
 }

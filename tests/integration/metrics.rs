@@ -446,3 +446,155 @@ async fn http_route_requests_are_counted_under_configured_names_only() {
     client.close().await;
     gateway.shutdown().await;
 }
+
+/// A gateway with its own registry and an admin listener; returns it and the admin's
+/// address.
+async fn gateway_with_admin(settings: Value) -> (TestGateway, std::net::SocketAddr) {
+    let mut settings = settings;
+    settings["admin"] = json!({"listen": "127.0.0.1:0", "key": ADMIN_KEY});
+    let (gateway, _) = gateway(json!({"everything": everything()}), settings).await;
+    let admin = gateway.gateway().admin_addr().expect("an admin listener");
+    (gateway, admin)
+}
+
+const ADMIN_KEY: &str = "metrics-admin-key-0123456789abcdef";
+
+/// `GET /metrics` of the admin listener at `admin`.
+async fn scrape(admin: std::net::SocketAddr) -> String {
+    let response = reqwest::Client::new()
+        .get(format!("http://{admin}/metrics"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert_eq!(response.status(), 200);
+    response.text().await.expect("metrics text")
+}
+
+#[tokio::test]
+async fn http_route_traffic_counts_per_server_and_each_admin_shows_its_own_gateway() {
+    const FLOOD: &str = "flood-key-0123456789abcdefgh";
+    let (plain, plain_admin) = gateway_with_admin(json!({})).await;
+    let keyed_settings = json!({"apiKeys": [{"name": "flood", "key": FLOOD, "servers": "*",
+        "rateLimit": {"perSecond": 0.001, "burst": 2}}]});
+    let (keyed, keyed_admin) = gateway_with_admin(keyed_settings).await;
+
+    // On the plain gateway: initialize, initialized, tools/list, tools/call.
+    let http = Http::new(plain.addr);
+    let path = "/servers/everything/mcp";
+    let init = crate::http_routes::initialize(1);
+    let response = http.post(path, &[], &init).await;
+    let session = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut sent = init.to_string().len();
+    let answer = Events::of(response).until(|m| m["id"] == 1).await.json();
+    assert!(answer["result"].is_object(), "{answer}");
+    let headers = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let initialized = crate::http_routes::initialized();
+    sent += initialized.to_string().len();
+    assert_eq!(http.post(path, &headers, &initialized).await.status(), 202);
+    let list = request(2, "tools/list", json!({}));
+    let call = request(
+        3,
+        "tools/call",
+        json!({"name": "echo", "arguments": {"message": "counted"}}),
+    );
+    for (message, id) in [(&list, 2), (&call, 3)] {
+        sent += message.to_string().len();
+        let response = http.post(path, &headers, message).await;
+        let answer = Events::of(response).until(|m| m["id"] == id).await.json();
+        assert!(answer["result"].is_object(), "{answer}");
+    }
+
+    // On the keyed gateway: two messages pass, the third is over the rate.
+    let keyed_http = Http::new(keyed.addr);
+    let flood = [("x-api-key", FLOOD)];
+    let mut statuses = Vec::new();
+    for id in 1..=3 {
+        let response = keyed_http
+            .post(path, &flood, &crate::http_routes::initialize(id))
+            .await;
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+
+    let everything_ok = |method| {
+        [
+            ("server", "everything"),
+            ("method", method),
+            ("outcome", "ok"),
+        ]
+    };
+    let deadline = tokio::time::Instant::now() + FRAME_WAIT;
+    let text = loop {
+        let text = scrape(plain_admin).await;
+        let done = ["initialize", "tools/list", "tools/call"]
+            .iter()
+            .all(|m| sample(&text, "mcpmux_requests_total", &everything_ok(m)) == Some(1.0));
+        if done || tokio::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for method in ["initialize", "tools/list", "tools/call"] {
+        let counted = sample(&text, "mcpmux_requests_total", &everything_ok(method));
+        assert_eq!(counted, Some(1.0), "{method}: {text}");
+        let timed = sample(
+            &text,
+            "mcpmux_request_duration_seconds_count",
+            &[("server", "everything"), ("method", method)],
+        );
+        assert_eq!(timed, Some(1.0), "{method}: {text}");
+    }
+    let up = [("server", "everything"), ("direction", "to_server")];
+    let down = [("server", "everything"), ("direction", "to_client")];
+    assert_eq!(
+        sample(&text, "mcpmux_messages_total", &up),
+        Some(4.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "mcpmux_message_bytes_total", &up),
+        Some(sent as f64),
+        "{text}"
+    );
+    let answers = sample(&text, "mcpmux_messages_total", &down).unwrap_or(0.0);
+    assert!(answers >= 3.0, "three answers at least: {text}");
+    assert!(!text.contains("mcpmux_rate_limited_total{"), "{text}");
+
+    // The keyed gateway's admin shows its own traffic only.
+    let keyed_text = scrape(keyed_admin).await;
+    assert_eq!(
+        sample(
+            &keyed_text,
+            "mcpmux_rate_limited_total",
+            &[("key", "flood")]
+        ),
+        Some(1.0),
+        "{keyed_text}"
+    );
+    let refused = [
+        ("server", "everything"),
+        ("method", "initialize"),
+        ("outcome", "rate_limited"),
+    ];
+    assert_eq!(
+        sample(&keyed_text, "mcpmux_requests_total", &refused),
+        Some(1.0),
+        "{keyed_text}"
+    );
+    let keyed_calls = sample(
+        &keyed_text,
+        "mcpmux_requests_total",
+        &everything_ok("tools/call"),
+    );
+    assert_eq!(keyed_calls, None, "{keyed_text}");
+    assert!(!keyed_text.contains(FLOOD) && !text.contains(FLOOD));
+    plain.shutdown().await;
+    keyed.shutdown().await;
+}
