@@ -1,6 +1,8 @@
 //! The admin API's server routes: list, put, delete, restart, and reload. A write is
 //! answered once its change is applied: the server's start attempt has ended (it is
-//! `ready`, or `down` with its error) or its child has stopped.
+//! `ready`, or `down` with its error) or its child has stopped; a change still being
+//! applied after the start wait (`startTimeoutMs` + 10 s) is answered 202 Accepted with
+//! the server's state then.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -47,30 +49,35 @@ pub async fn put(
             return error(StatusCode::BAD_REQUEST, why);
         }
     };
-    let existed = state.registry.get(&name).is_some();
     let outcome = match state.reloader.edit_server(&name, Some(entry)).await {
         Ok(outcome) => outcome,
         Err(err) => return refused(err, StatusCode::BAD_REQUEST),
     };
-    let change = match (existed, outcome.changed.contains(&name)) {
-        (false, _) => "added",
-        (true, true) => "changed",
-        (true, false) => "unchanged",
+    // Decided by the edit itself, under the lock that applied it.
+    let (change, mut code) = if outcome.added.contains(&name) {
+        ("added", StatusCode::CREATED)
+    } else if outcome.changed.contains(&name) {
+        ("changed", StatusCode::OK)
+    } else {
+        ("unchanged", StatusCode::OK)
     };
     let starting = outcome.starting.into_iter().find(|(n, _)| *n == name);
     let status = match starting {
         Some((_, starting)) => match wait(&state, starting.outcome()).await {
-            Some(status) => status,
-            None => return shutting_down(),
+            Waited::Done(status) => status,
+            Waited::Slow => {
+                code = StatusCode::ACCEPTED;
+                match state.registry.get(&name) {
+                    Some(server) => server.status(),
+                    None => return removed_meanwhile(),
+                }
+            }
+            Waited::ShuttingDown => return shutting_down(),
         },
         None => match state.registry.get(&name) {
             Some(server) => server.status(),
-            None => return error(StatusCode::CONFLICT, "the server was removed meanwhile"),
+            None => return removed_meanwhile(),
         },
-    };
-    let code = match change {
-        "added" => StatusCode::CREATED,
-        _ => StatusCode::OK,
     };
     answer_for(&state, &name, status, change, code).await
 }
@@ -91,11 +98,13 @@ pub async fn delete(State(state): State<Arc<AdminState>>, Path(name): Path<Strin
             stopping.done().await;
         }
     };
-    if wait(&state, stopped).await.is_none() {
-        return shutting_down();
-    }
+    let code = match wait(&state, stopped).await {
+        Waited::Done(()) => StatusCode::OK,
+        Waited::Slow => StatusCode::ACCEPTED,
+        Waited::ShuttingDown => return shutting_down(),
+    };
     let body = json!({"name": name, "state": "removed", "change": "removed"});
-    Json(body).into_response()
+    (code, Json(body)).into_response()
 }
 
 /// `POST /admin/servers/{name}/restart`: restarts the server with its entry.
@@ -105,10 +114,15 @@ pub async fn restart(State(state): State<Arc<AdminState>>, Path(name): Path<Stri
         Err(FleetError::Unknown(_)) => return unknown(&name),
         Err(err) => return refused(ReloadError::Server(err), StatusCode::CONFLICT),
     };
-    match wait(&state, starting.outcome()).await {
-        Some(status) => answer_for(&state, &name, status, "restarted", StatusCode::OK).await,
-        None => shutting_down(),
-    }
+    let (status, code) = match wait(&state, starting.outcome()).await {
+        Waited::Done(status) => (status, StatusCode::OK),
+        Waited::Slow => match state.registry.get(&name) {
+            Some(server) => (server.status(), StatusCode::ACCEPTED),
+            None => return removed_meanwhile(),
+        },
+        Waited::ShuttingDown => return shutting_down(),
+    };
+    answer_for(&state, &name, status, "restarted", code).await
 }
 
 /// `POST /admin/reload`: reads the configuration file again and applies it.
@@ -139,9 +153,11 @@ pub async fn reload(State(state): State<Arc<AdminState>>) -> Response {
             starting.outcome().await;
         }
     };
-    if wait(&state, settled).await.is_none() {
-        return shutting_down();
-    }
+    let code = match wait(&state, settled).await {
+        Waited::Done(()) => StatusCode::OK,
+        Waited::Slow => StatusCode::ACCEPTED,
+        Waited::ShuttingDown => return shutting_down(),
+    };
     let body = json!({
         "added": added,
         "removed": removed,
@@ -149,16 +165,30 @@ pub async fn reload(State(state): State<Arc<AdminState>>) -> Response {
         "accessChanged": access_changed,
         "restartNeeded": restart_needed,
     });
-    Json(body).into_response()
+    (code, Json(body)).into_response()
+}
+
+/// How waiting for a change to be applied ended.
+enum Waited<T> {
+    /// It was applied.
+    Done(T),
+    /// It is still being applied after the start wait: answered 202 Accepted.
+    Slow,
+    /// The gateway began to shut down.
+    ShuttingDown,
 }
 
 /// Waits for `done`, at most the start wait, and not past shutdown.
-async fn wait<T>(state: &AdminState, done: impl Future<Output = T>) -> Option<T> {
+async fn wait<T>(state: &AdminState, done: impl Future<Output = T>) -> Waited<T> {
     tokio::select! {
-        value = done => Some(value),
-        _ = tokio::time::sleep(state.start_wait) => None,
-        _ = state.shutdown.cancelled() => None,
+        value = done => Waited::Done(value),
+        _ = tokio::time::sleep(state.start_wait) => Waited::Slow,
+        _ = state.shutdown.cancelled() => Waited::ShuttingDown,
     }
+}
+
+fn removed_meanwhile() -> Response {
+    error(StatusCode::CONFLICT, "the server was removed meanwhile")
 }
 
 /// A server's description, with `change` saying what the request did.
@@ -171,7 +201,7 @@ async fn answer_for(
 ) -> Response {
     let config = state.reloader.config().await;
     let Some(server) = state.registry.get(name) else {
-        return error(StatusCode::CONFLICT, "the server was removed meanwhile");
+        return removed_meanwhile();
     };
     let mut body = describe(&server, &status, config.servers.get(name));
     body["change"] = Value::from(change);

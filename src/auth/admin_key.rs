@@ -13,20 +13,26 @@ use crate::config::{KeyMaterial, sha256};
 /// The key every admin request must present.
 #[derive(Debug)]
 pub struct AdminKey {
-    digest: RwLock<[u8; 32]>,
+    /// `None` once `gateway.admin` was removed: no key is accepted.
+    digest: RwLock<Option<[u8; 32]>>,
 }
 
 impl AdminKey {
     /// The configured key.
     pub fn new(key: &KeyMaterial) -> Self {
         Self {
-            digest: RwLock::new(key.digest()),
+            digest: RwLock::new(Some(key.digest())),
         }
     }
 
     /// Puts `key` in force from the next request on.
     pub fn replace(&self, key: &KeyMaterial) {
-        *self.digest.write().unwrap_or_else(|p| p.into_inner()) = key.digest();
+        *self.digest.write().unwrap_or_else(|p| p.into_inner()) = Some(key.digest());
+    }
+
+    /// Accepts no key from the next request on (`gateway.admin` was removed).
+    pub fn revoke(&self) {
+        *self.digest.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// True when `headers` present the key (and no other).
@@ -34,7 +40,9 @@ impl AdminKey {
         let Ok(Some(presented)) = presented_key(headers, false) else {
             return false;
         };
-        let digest = *self.digest.read().unwrap_or_else(|p| p.into_inner());
+        let Some(digest) = *self.digest.read().unwrap_or_else(|p| p.into_inner()) else {
+            return false;
+        };
         bool::from(sha256(presented.bytes()).ct_eq(&digest))
     }
 }
@@ -63,5 +71,7 @@ mod tests {
         key.replace(&KeyMaterial::Sha256(sha256(b"another-admin-key-0000")));
         assert!(!key.admits(&headers("x-api-key", "admin-key-0123456789")));
         assert!(key.admits(&headers("x-api-key", "another-admin-key-0000")));
+        key.revoke();
+        assert!(!key.admits(&headers("x-api-key", "another-admin-key-0000")));
     }
 }

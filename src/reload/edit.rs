@@ -51,6 +51,23 @@ pub fn read(path: &Path) -> Result<String, EditError> {
     std::fs::read_to_string(path).map_err(|source| io_error(path, source))
 }
 
+/// [`read`] on a thread for blocking work, off the async workers.
+pub async fn read_off_thread(path: &Path) -> Result<String, EditError> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || read(&owned))
+        .await
+        .unwrap_or_else(|join| Err(io_error(path, std::io::Error::other(join))))
+}
+
+/// [`write_atomically`] on a thread for blocking work (its `fsync` may take long), off
+/// the async workers.
+pub async fn write_off_thread(path: &Path, text: String) -> Result<(), EditError> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || write_atomically(&owned, &text))
+        .await
+        .unwrap_or_else(|join| Err(io_error(path, std::io::Error::other(join))))
+}
+
 /// Replaces the file at `path` (through a symbolic link: its target) by `text`, in one
 /// step: written to a temporary file in the same folder, with the same permissions,
 /// flushed to disk, then renamed over the file.

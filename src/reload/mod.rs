@@ -180,7 +180,7 @@ impl Reloader {
     pub async fn reload(&self) -> Result<Outcome, ReloadError> {
         let path = self.source.path.as_deref().ok_or(ReloadError::NoFile)?;
         let mut current = self.current.lock().await;
-        let text = edit::read(path)?;
+        let text = edit::read_off_thread(path).await?;
         if current.text.as_deref() == Some(text.as_str()) {
             return Ok(Outcome::default());
         }
@@ -210,12 +210,12 @@ impl Reloader {
     ) -> Result<Outcome, ReloadError> {
         let path = self.source.path.as_deref().ok_or(ReloadError::NoFile)?;
         let mut current = self.current.lock().await;
-        let text = edit::read(path)?;
+        let text = edit::read_off_thread(path).await?;
         Config::from_file_text(&text, path).map_err(ReloadError::FileInvalid)?;
         let edited = edit::with_server(&text, name, entry)?;
         let config = Config::from_file_text(&edited, path)?;
         let plan = self.plan(&current, config)?;
-        edit::write_atomically(path, &edited)?;
+        edit::write_off_thread(path, edited.clone()).await?;
         let outcome = self.execute(&mut current, plan, Some(edited));
         tracing::info!(server = %name, "the admin API changed the configuration: {}", outcome.summary());
         Ok(outcome)
@@ -299,10 +299,16 @@ impl Reloader {
             self.access.replace(&config.gateway);
             self.registry.announce_access();
         }
-        if let (true, Some(admin_key), Some(admin)) =
-            (admin_key_changed, &self.admin_key, &config.gateway.admin)
-        {
-            admin_key.replace(&admin.key);
+        if let (true, Some(admin_key)) = (admin_key_changed, &self.admin_key) {
+            match &config.gateway.admin {
+                Some(admin) => admin_key.replace(&admin.key),
+                None => {
+                    admin_key.revoke();
+                    tracing::warn!(
+                        "gateway.admin was removed: the admin API accepts no key from now on; its listener itself closes only when mcpmux restarts"
+                    );
+                }
+            }
         }
         let fleet = &mut current.fleet;
         let mut outcome = Outcome {

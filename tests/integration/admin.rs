@@ -419,3 +419,29 @@ async fn servers_lists_what_the_key_may_use_with_state_uptime_and_errors() {
     assert!(crasher["lastError"].is_string(), "{body}");
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn removing_gateway_admin_from_the_file_stops_accepting_its_key() {
+    let dir = crate::binary::TempDir::new();
+    let path = dir.0.join("mcpmux.json");
+    let admin = json!({"listen": "127.0.0.1:0", "key": ADMIN_KEY});
+    let text = config(
+        json!({"everything": everything()}),
+        json!({"watchConfig": false, "admin": admin}),
+    );
+    std::fs::write(&path, text.to_string()).expect("write config");
+    let gateway = TestGateway::start_from_file(&path).await;
+    let admin = Admin::new(gateway.gateway().admin_addr().expect("admin listener"));
+    assert_eq!(admin.get("/admin/servers").await.0, 200);
+
+    let text = config(
+        json!({"everything": everything()}),
+        json!({"watchConfig": false}),
+    );
+    std::fs::write(&path, text.to_string()).expect("write config");
+    gateway.gateway().reload().await;
+    let (status, body) = admin.get("/admin/servers").await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(admin.get("/metrics").await.0, 401);
+    gateway.shutdown().await;
+}
