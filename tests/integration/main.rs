@@ -5,6 +5,7 @@
 mod binary;
 mod harness;
 mod http_client;
+mod support;
 
 mod access;
 mod admin;
@@ -27,6 +28,7 @@ mod resume_budget;
 mod secret_urls;
 mod secrets;
 mod security;
+mod store;
 mod strict_upstream;
 mod upstream_faults;
 mod upstream_sockets;
