@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
+use crate::harness::root;
 use crate::harness::{Client, Ended, TestGateway, config, everything, progress_values};
-use crate::support::nginx::{Instance, Nginx};
+use crate::support::nginx::{Instance, Nginx, render, template};
 
 /// A server entry no test uses (a gateway needs one).
 fn idle_server() -> Value {
@@ -271,4 +272,17 @@ async fn a_resume_of_another_instances_session_gets_a_fresh_one() {
     assert_eq!(owner(&client.session_id()), "here");
     client.close().await;
     gateway.shutdown().await;
+}
+
+#[test]
+fn the_guide_shows_the_tested_nginx_configuration_rendered() {
+    let guide = std::fs::read_to_string(root().join("docs/deployment.md")).expect("guide");
+    let marker = "<!-- rendered from docs/deploy/nginx.conf.template -->\n```nginx\n";
+    let start = guide.find(marker).expect("the rendered block") + marker.len();
+    let shown = &guide[start..start + guide[start..].find("```").expect("block end")];
+    let instances = [
+        Instance::new("mcpmux-0", "10.0.0.10:7300".parse().unwrap()),
+        Instance::new("mcpmux-1", "10.0.0.11:7300".parse().unwrap()),
+    ];
+    assert_eq!(shown, render(&template(), "80", &instances));
 }

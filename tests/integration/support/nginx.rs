@@ -55,17 +55,16 @@ pub fn template() -> String {
 }
 
 /// Renders `template` for nginx listening at `listen`, in front of `instances`, as its
-/// header says: `{{listen}}` once; a line naming `{{instance}}` or `{{address}}` once
-/// per instance, with `{{backups}}` the other instances as backup servers.
+/// first paragraph says (which is left out): `{{listen}}` once; a line naming
+/// `{{instance}}` or `{{address}}` once per instance, with `{{backups}}` the other
+/// instances as backup servers.
 pub fn render(template: &str, listen: &str, instances: &[Instance]) -> String {
+    // The first paragraph says how to fill the template in: not part of the rendering.
+    let body = template
+        .split_once("\n\n")
+        .map_or(template, |(_, body)| body);
     let mut out = String::new();
-    for line in template.lines() {
-        if line.trim_start().starts_with('#') {
-            // Comments explain the placeholders; keep them out of the rendering.
-            out.push_str(line.split("{{").next().unwrap_or_default());
-            out.push('\n');
-            continue;
-        }
+    for line in body.lines() {
         if line.contains("{{instance}}") || line.contains("{{address}}") {
             for instance in instances {
                 let backups: Vec<String> = instances
