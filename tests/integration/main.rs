@@ -28,6 +28,7 @@ mod resume_budget;
 mod secret_urls;
 mod secrets;
 mod security;
+mod shared_limits;
 mod store;
 mod strict_upstream;
 mod upstream_faults;
