@@ -29,6 +29,7 @@ mod routing;
 mod secret_urls;
 mod secrets;
 mod security;
+mod shared_limits;
 mod store;
 mod strict_upstream;
 mod upstream_faults;
