@@ -1,6 +1,6 @@
 //! What every client session shares with the others: the configuration, the servers and
 //! their changes, the upstream HTTP client, the shutdown signal, the tracker of tasks
-//! that may outlive a session and the metrics; and a session's place among
+//! that may outlive a session, the metrics and the store shared with other instances; and a session's place among
 //! `maxSessions`.
 //!
 //! A narrow handle: it knows nothing of sockets, routes or the resume registry, so that
@@ -16,6 +16,7 @@ use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
 use crate::outbox::ResumeBudget;
 use crate::registry::Registry;
+use crate::store::Store;
 use crate::upstream::http::HttpClient;
 
 /// The gateway-wide things a client session uses.
@@ -35,6 +36,9 @@ pub struct SessionContext {
     pub resume_budget: Arc<ResumeBudget>,
     /// Where the gateway's metrics are recorded.
     pub metrics: Metrics,
+    /// What this instance shares with the others (in memory without a store).
+    #[allow(dead_code)] // read by the shared limits and sessions
+    pub(crate) store: Store,
 }
 
 /// A socket's place among `maxSessions`, taken when its upgrade is accepted: the socket

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -40,6 +40,7 @@ use crate::reload::{self, Reloader, Source};
 use crate::resume::Sessions;
 use crate::serve::{self, ConnectionsPerIp, PlainAccept};
 use crate::state::GatewayState;
+use crate::store::{Store, StoreError};
 use crate::supervisor::SupervisorConfig;
 use crate::tls::{self, PeerAddr, TlsError, TlsListener};
 use crate::upstream::UpstreamError;
@@ -63,6 +64,9 @@ pub enum GatewayError {
     /// The TLS certificate or key is not usable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The shared store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The admin API's listener could not be bound.
     #[error("cannot listen on {addr} for the admin API: {source}")]
     AdminListener {
@@ -128,7 +132,12 @@ impl Gateway {
             .metrics
             .clone()
             .unwrap_or_else(|| metrics::global().clone());
-        let access = Access::new(&gateway);
+        let store = Store::open(&gateway, &metrics)?;
+        if let Some(link) = store.redis() {
+            // Bounded: an unreachable Redis is an outage to serve through, not a failure.
+            link.ping().await;
+        }
+        let access = Access::with_store(&gateway, store.clone());
         let http = HttpClient::new(gateway.connect_timeout, gateway.max_upstream_message_bytes)?;
         let shutdown = CancellationToken::new();
         let supervision = SupervisorConfig {
@@ -194,7 +203,9 @@ impl Gateway {
                 background: TaskTracker::new(),
                 resume_budget: ResumeBudget::new(resume_budget_bytes),
                 metrics: metrics.clone(),
+                store: store.clone(),
             }),
+            store,
             sessions: Arc::new(Sessions::new(connections.clone())),
             connections,
             access,
@@ -268,7 +279,7 @@ impl Gateway {
                 tokio::spawn(serve::serve(incoming, app, header_timeout, stop))
             }
         };
-        tracing::info!(%local_addr, "mcpmux listening");
+        tracing::info!(%local_addr, instance = %state.store.instance(), "mcpmux listening");
         Ok(Self {
             state,
             local_addr,
@@ -339,6 +350,8 @@ impl Gateway {
         }
         context.background.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), context.background.wait()).await;
+        // Its sockets are closed: the other instances stop counting them at once.
+        self.state.store.close().await;
         self.reloader
             .shutdown(config.stop_grace + Duration::from_secs(2))
             .await;
@@ -350,11 +363,13 @@ impl Gateway {
     }
 }
 
-/// `GET /ws`: the subprotocol check, the socket limits, then the WebSocket.
+/// `GET /ws` (`?session=ID` when resuming): the subprotocol check, the socket limits,
+/// then the WebSocket.
 async fn upgrade(
     State(state): State<Arc<GatewayState>>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -384,10 +399,15 @@ async fn upgrade(
         return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
     };
     let place = Place::new(permit);
-    let admission = match state.access.admit_upgrade(caller, peer.ip()) {
+    let admission = match state.access.admit_upgrade(caller, peer.ip()).await {
         Ok(admission) => admission,
         Err(refusal) => return auth::refuse(&refusal, None),
     };
+    // The session a load balancer routed on; the hello must name the same one.
+    let routed = query
+        .as_deref()
+        .and_then(protocol::session_id::from_query)
+        .map(Box::<str>::from);
     let config = &state.context.config;
     let tracker = state.connections.clone();
     // Every line about this socket names it; `session` and `key` are known after hello.
@@ -398,7 +418,7 @@ async fn upgrade(
         .read_buffer_size(connection::READ_BUFFER_BYTES)
         .write_buffer_size(connection::WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| {
-            let serve = connection::serve(socket, state, place, admission);
+            let serve = connection::serve(socket, state, place, admission, routed);
             tracker.track_future(tracing::Instrument::instrument(serve, span))
         })
 }

@@ -46,7 +46,8 @@ pub type CloseReason = (u16, String);
 
 /// One client session.
 pub struct ClientSession {
-    /// The session id clients resume with (128 random bits, hex).
+    /// The session id clients resume with: this instance's name and 128 random bits
+    /// ([`protocol::session_id`]).
     pub id: String,
     context: Arc<SessionContext>,
     /// What upstream sessions borrow from this session (its outbox among it).
@@ -95,9 +96,9 @@ impl ClientSession {
             stream_idle_timeout: config.upstream_idle_timeout,
             metrics: context.metrics.clone(),
         };
-        let id: u128 = rand::random();
+        let id = protocol::session_id::new(&config.instance, rand::random());
         Self {
-            id: format!("{id:032x}"),
+            id,
             changes,
             context,
             link,
@@ -109,9 +110,10 @@ impl ClientSession {
         }
     }
 
-    /// The start of the id, for logs: the whole id lets its holder resume the session.
+    /// The start of the id, for logs (its instance and 8 hex digits): the whole id lets
+    /// its holder resume the session.
     pub fn log_id(&self) -> &str {
-        self.id.get(..8).unwrap_or(&self.id)
+        protocol::session_id::logged(&self.id)
     }
 
     /// What the session shares with the others.
@@ -198,7 +200,7 @@ impl ClientSession {
         reference: Option<&RawValue>,
     ) -> Option<CloseReason> {
         // Every rpc frame counts against the key's rate, whatever it names.
-        if let Err(limited) = self.grant.check_rate(server) {
+        if let Err(limited) = self.grant.check_rate(server).await {
             return self.rate_limited(server, message, reference, limited).await;
         }
         self.carry_rpc(server, message, body, reference).await;

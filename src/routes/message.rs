@@ -56,7 +56,7 @@ impl Message {
     /// Takes a token from the caller's buckets for a message to `server`, as for an `rpc`
     /// frame: whatever server it names, the key's bucket first, then that server's. A
     /// refusal counts in `metrics` as on the WebSocket.
-    pub fn check_rate(
+    pub async fn check_rate(
         &self,
         caller: &Caller,
         server: Option<&Arc<str>>,
@@ -66,7 +66,7 @@ impl Message {
         let Caller::Key(key) = caller else {
             return Ok(());
         };
-        key.check_rate(name).map_err(|over| {
+        key.check_rate(name).await.map_err(|over| {
             metrics.rate_limited(&key.name);
             if let (Some(server), Some(method)) = (server, self.method) {
                 let refused = Outcome::Gateway(ErrorCode::RateLimited);

@@ -119,7 +119,9 @@ impl Routes {
             .map_err(|e| e.about(Some(name), message.id.as_deref()))?;
         let metrics = &self.context().metrics;
         let configured = self.context().servers.get(name).map(|s| s.name.clone());
-        message.check_rate(caller, configured.as_ref(), name, metrics)?;
+        message
+            .check_rate(caller, configured.as_ref(), name, metrics)
+            .await?;
         Ok(message)
     }
 
@@ -155,11 +157,12 @@ impl Routes {
 
     /// What an event stream holds besides: a place among `maxSessions`, and one of its
     /// key's `maxConnections`, as a WebSocket does.
-    fn stream(&self, caller: &Caller) -> Result<Held, RouteError> {
+    async fn stream(&self, caller: &Caller) -> Result<Held, RouteError> {
         let key_slot = match caller {
             Caller::Key(key) => {
                 Some(
                     key.open_connection()
+                        .await
                         .ok_or_else(|| RouteError::TooManyStreams {
                             key: key.name.clone(),
                             max: key.max_connections().unwrap_or(0),

@@ -5,6 +5,7 @@
 mod binary;
 mod harness;
 mod http_client;
+mod support;
 
 mod access;
 mod admin;
@@ -26,9 +27,12 @@ mod readiness;
 mod reload;
 mod resume;
 mod resume_budget;
+mod routing;
 mod secret_urls;
 mod secrets;
 mod security;
+mod shared_limits;
+mod store;
 mod strict_upstream;
 mod upstream_faults;
 mod upstream_sockets;
