@@ -462,6 +462,10 @@ async fn write_loop(
                 }
             },
         };
+        // Let the tasks that are ready run first (the upstream streams and exchanges of
+        // this and other sessions): frames they produce in the same turn of the
+        // scheduler then leave in this batch's one write, instead of one write each.
+        tokio::task::yield_now().await;
         // The frames ready behind the first go with it, then one flush; the deadline
         // covers the batch. (Boxed: an idle writer then holds only its wait.)
         let batch = Box::pin(async {

@@ -246,23 +246,19 @@ impl Outbox {
     /// full. The seq and the frame's place are taken under the lock; the frame is built
     /// outside it.
     pub async fn push(&self, build: impl FnOnce(u64) -> String) -> Result<u64, Closed> {
-        let seq = loop {
-            let notified = self.writable.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut state = self.lock();
-                if state.closed {
-                    return Err(Closed);
+        // With room, the slot is taken at once; only a producer that finds the queue full
+        // registers to be woken (registering and unregistering costs two more locks).
+        let seq = match self.reserve() {
+            Some(reserved) => reserved?,
+            None => loop {
+                let notified = self.writable.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if let Some(reserved) = self.reserve() {
+                    break reserved?;
                 }
-                if state.detached || state.unsent_bytes < self.limits.queue_bytes {
-                    let seq = state.next_seq;
-                    state.next_seq += 1;
-                    state.frames.push_back((seq, None));
-                    break seq;
-                }
-            }
-            notified.await;
+                notified.await;
+            },
         };
         // Nothing is awaited from here until the frame is in its slot.
         let mut slot = Reserved {
@@ -273,6 +269,21 @@ impl Outbox {
         let text = Utf8Bytes::from(build(seq));
         slot.filled = true;
         self.fill(seq, text)
+    }
+
+    /// Reserves the next seq's slot if there is room: `None` when the producer must wait.
+    fn reserve(&self) -> Option<Result<u64, Closed>> {
+        let mut state = self.lock();
+        if state.closed {
+            return Some(Err(Closed));
+        }
+        if !state.detached && state.unsent_bytes >= self.limits.queue_bytes {
+            return None;
+        }
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.frames.push_back((seq, None));
+        Some(Ok(seq))
     }
 
     /// Puts a built frame in its reserved slot and counts it.

@@ -433,7 +433,7 @@ impl Reader {
 
     /// Handles one event; false when the session must stop reading.
     async fn handle(&mut self, event: SseEvent) -> bool {
-        match event.event.as_str() {
+        match event.event.as_ref() {
             "endpoint" => {
                 if let Some(tx) = self.endpoint.take() {
                     let resolved = post_url(&self.prober.get_url, &event.data);

@@ -138,9 +138,12 @@ impl Listener {
         let session = &self.session;
         stream.set_idle_timeout(session.stream_idle_timeout());
         let mut delivered = false;
+        // One wait for the session's end serves every event (not one per event).
+        let ended = session.ended();
+        tokio::pin!(ended);
         loop {
             let next = tokio::select! {
-                _ = session.ended() => return (StreamEnd::Stop, delivered),
+                _ = &mut ended => return (StreamEnd::Stop, delivered),
                 next = stream.next() => next,
             };
             let end = match next {
@@ -164,12 +167,11 @@ impl Listener {
                 }),
                 None => Some(StreamEnd::Closed),
             };
-            if let Some(id) = stream.last_event_id() {
-                if last_event_id.as_deref() != Some(id) {
+            if let Some(end) = end {
+                // Only a reopened stream needs the id, so it is copied once, at the end.
+                if let Some(id) = stream.last_event_id() {
                     *last_event_id = Some(id.to_owned());
                 }
-            }
-            if let Some(end) = end {
                 return (end, delivered);
             }
         }

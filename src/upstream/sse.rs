@@ -19,7 +19,9 @@
 //! - Bytes that are not UTF-8 in an event's data, event type or id are an error
 //!   ([`SseError::InvalidUtf8`]) rather than being replaced.
 
+use std::borrow::Cow;
 use std::mem;
+use std::sync::Arc;
 
 /// The UTF-8 byte order mark, skipped once at the very start of the stream.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -32,13 +34,15 @@ const LINE_SLACK: usize = 256;
 /// One dispatched event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SseEvent {
-    /// The event type; `"message"` when the block had no (or an empty) `event:` field.
-    pub event: String,
+    /// The event type; `"message"` when the block had no (or an empty) `event:` field
+    /// (then, and for `event: message`, nothing is allocated for it).
+    pub event: Cow<'static, str>,
     /// The data lines of the block joined with `\n`. May be empty (see the module doc).
     pub data: String,
     /// The stream's last event id in force when this event was dispatched: the latest
-    /// `id:` of this block or of an earlier one (ids persist, per the spec).
-    pub id: Option<String>,
+    /// `id:` of this block or of an earlier one (ids persist, per the spec). Shared with
+    /// the parser and the events after it that carry the same id.
+    pub id: Option<Arc<str>>,
     /// The `retry:` value (milliseconds) given in this event's own block, if any.
     pub retry: Option<u64>,
 }
@@ -86,10 +90,13 @@ pub struct SseParser {
     data: Vec<u8>,
     /// The event type buffer (empty means `message`).
     event_type: Vec<u8>,
-    /// The last event id buffer: set by `id:` lines, committed at each blank line.
-    id_buffer: Option<String>,
+    /// The last event id buffer: set by `id:` lines, committed at each blank line. Its
+    /// capacity is kept from line to line; `has_id` says whether it holds an id.
+    id_buffer: String,
+    /// The id buffer holds an id (an empty `id:` value clears it).
+    has_id: bool,
     /// The last event id string: the id buffer as of the latest blank line.
-    last_event_id: Option<String>,
+    last_event_id: Option<Arc<str>>,
     /// `retry:` given in the current block.
     block_retry: Option<u64>,
     /// The latest `retry:` given anywhere in the stream.
@@ -114,7 +121,8 @@ impl SseParser {
             line: Vec::new(),
             data: Vec::new(),
             event_type: Vec::new(),
-            id_buffer: None,
+            id_buffer: String::new(),
+            has_id: false,
             last_event_id: None,
             block_retry: None,
             retry: None,
@@ -293,7 +301,9 @@ impl SseParser {
             // An id containing NUL is ignored (falls through to the last arm).
             b"id" if !value.contains(&0) => {
                 let id = std::str::from_utf8(value).map_err(|_| SseError::InvalidUtf8)?;
-                self.id_buffer = (!id.is_empty()).then(|| id.to_owned());
+                self.id_buffer.clear();
+                self.id_buffer.push_str(id);
+                self.has_id = !id.is_empty();
             }
             // Only digits, so parsing fails only on overflow: then it is ignored.
             b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
@@ -314,22 +324,28 @@ impl SseParser {
     /// data buffer is not empty.
     fn dispatch(&mut self, out: &mut Vec<SseEvent>) -> Result<(), SseError> {
         self.in_event = false;
-        if self.last_event_id != self.id_buffer {
-            self.last_event_id.clone_from(&self.id_buffer);
+        let buffered = self.has_id.then_some(self.id_buffer.as_str());
+        if self.last_event_id.as_deref() != buffered {
+            self.last_event_id = buffered.map(Arc::from);
         }
         let retry = self.block_retry.take();
-        let event_type = mem::take(&mut self.event_type);
         if self.data.is_empty() {
+            self.event_type.clear();
             return Ok(());
         }
         let mut data = mem::take(&mut self.data);
         data.pop(); // the data buffer always ends with the `\n` of its last line
         let data = String::from_utf8(data).map_err(|_| SseError::InvalidUtf8)?;
-        let event = if event_type.is_empty() {
-            String::from("message")
-        } else {
-            String::from_utf8(event_type).map_err(|_| SseError::InvalidUtf8)?
+        let event = match self.event_type.as_slice() {
+            b"" | b"message" => Cow::Borrowed("message"),
+            other => Cow::Owned(
+                std::str::from_utf8(other)
+                    .map_err(|_| SseError::InvalidUtf8)?
+                    .to_owned(),
+            ),
         };
+        // The type's buffer keeps its capacity for the next block.
+        self.event_type.clear();
         out.push(SseEvent {
             event,
             data,
@@ -362,9 +378,9 @@ mod tests {
 
     fn ev(event: &str, data: &str, id: Option<&str>) -> SseEvent {
         SseEvent {
-            event: event.to_owned(),
+            event: Cow::Owned(event.to_owned()),
             data: data.to_owned(),
-            id: id.map(str::to_owned),
+            id: id.map(Arc::from),
             retry: None,
         }
     }
@@ -836,11 +852,11 @@ mod tests {
                 lines.push(String::new());
                 expected.push(SseEvent {
                     event: match spec.event.as_deref() {
-                        None | Some("") => "message".to_owned(),
-                        Some(event) => event.to_owned(),
+                        None | Some("") => "message".into(),
+                        Some(event) => event.to_owned().into(),
                     },
                     data: spec.data_lines.join("\n"),
-                    id: last_id.clone(),
+                    id: last_id.as_deref().map(Arc::from),
                     retry: spec.retry,
                 });
             }

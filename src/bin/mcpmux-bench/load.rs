@@ -31,7 +31,10 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Builds the text of request `id` (a JSON-RPC message).
 pub type MakeRequest = Arc<dyn Fn(u64) -> String + Send + Sync>;
 
-/// When calls count: those completing inside `[start, end]`.
+/// When calls count: those completing inside `[start, end]`. A loop that got no answer
+/// inside it (a slow call on a loaded machine, in a short smoke window) counts its first
+/// answer after it, and the window is then taken to end there: a figure is never made of
+/// no calls at all.
 #[derive(Clone, Copy, Debug)]
 pub struct Window {
     /// Calls completing before this are warm-up.
@@ -50,9 +53,9 @@ impl Window {
         }
     }
 
-    /// Its length in seconds.
-    pub fn seconds(&self) -> f64 {
-        (self.end - self.start).as_secs_f64()
+    /// Its length in seconds, up to `late` if a call counted after `end`.
+    pub fn seconds(&self, late: Option<Instant>) -> f64 {
+        (late.map_or(self.end, |late| late.max(self.end)) - self.start).as_secs_f64()
     }
 }
 
@@ -69,6 +72,8 @@ pub struct CallStats {
     pub answered: u64,
     /// Round-trip time of each counted call, in microseconds.
     pub latencies_us: Vec<u32>,
+    /// When the latest call counted after the window's end completed, if one did.
+    pub late: Option<Instant>,
 }
 
 impl CallStats {
@@ -79,6 +84,7 @@ impl CallStats {
         self.errors += other.errors;
         self.answered += other.answered;
         self.latencies_us.extend(other.latencies_us);
+        self.late = self.late.max(other.late);
     }
 
     fn record(&mut self, window: &Window, sent: Instant, bytes: usize, error: bool) {
@@ -87,7 +93,11 @@ impl CallStats {
         if error {
             self.errors += 1;
         }
-        if now >= window.start && now <= window.end {
+        let late = now > window.end;
+        if now >= window.start && (!late || self.calls == 0) {
+            if late {
+                self.late = Some(now);
+            }
             self.calls += 1;
             self.bytes += bytes as u64;
             let micros = (now - sent).as_micros();

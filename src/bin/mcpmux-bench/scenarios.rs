@@ -62,7 +62,7 @@ fn measured(mut stats: CallStats, window: &Window) -> anyhow::Result<Measured> {
     if stats.errors > 0 {
         bail!("{} calls were answered with errors", stats.errors);
     }
-    let seconds = window.seconds();
+    let seconds = window.seconds(stats.late);
     Ok(Measured {
         rate: stats.calls as f64 / seconds,
         p50: percentile(&mut stats.latencies_us, 50.0) / 1000.0,
