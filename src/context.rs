@@ -16,6 +16,7 @@ use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
 use crate::outbox::ResumeBudget;
 use crate::registry::Registry;
+use crate::store::sessions::SessionStore;
 use crate::upstream::http::HttpClient;
 
 /// The gateway-wide things a client session uses.
@@ -35,6 +36,9 @@ pub struct SessionContext {
     pub resume_budget: Arc<ResumeBudget>,
     /// Where the gateway's metrics are recorded.
     pub metrics: Metrics,
+    /// Where client sessions are kept for resume on another instance (in memory only,
+    /// unless a shared store is configured).
+    pub session_store: Arc<dyn SessionStore>,
 }
 
 /// A socket's place among `maxSessions`, taken when its upgrade is accepted: the socket

@@ -192,6 +192,7 @@ impl Gateway {
                 background: TaskTracker::new(),
                 resume_budget: ResumeBudget::new(resume_budget_bytes),
                 metrics: metrics.clone(),
+                session_store: Arc::new(crate::store::sessions::MemorySessions),
             }),
             sessions: Arc::new(Sessions::new(connections.clone())),
             connections,

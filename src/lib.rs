@@ -64,6 +64,7 @@ mod serve;
 mod session;
 mod state;
 pub mod status;
+mod store;
 pub mod supervisor;
 pub mod tls;
 pub mod upstream;
