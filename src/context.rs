@@ -1,6 +1,6 @@
 //! What every client session shares with the others: the configuration, the servers and
 //! their changes, the upstream HTTP client, the shutdown signal, the tracker of tasks
-//! that may outlive a session and the metrics; and a session's place among
+//! that may outlive a session, the metrics and the store shared with other instances; and a session's place among
 //! `maxSessions`.
 //!
 //! A narrow handle: it knows nothing of sockets, routes or the resume registry, so that
@@ -16,6 +16,7 @@ use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
 use crate::outbox::ResumeBudget;
 use crate::registry::Registry;
+use crate::store::Store;
 use crate::store::sessions::SessionStore;
 use crate::upstream::http::HttpClient;
 
@@ -39,6 +40,9 @@ pub struct SessionContext {
     /// Where client sessions are kept for resume on another instance (in memory only,
     /// unless a shared store is configured).
     pub session_store: Arc<dyn SessionStore>,
+    /// What this instance shares with the others (in memory without a store).
+    #[allow(dead_code)] // read by the shared limits and sessions
+    pub(crate) store: Store,
 }
 
 /// A socket's place among `maxSessions`, taken when its upgrade is accepted: the socket

@@ -40,6 +40,7 @@ use crate::reload::{self, Reloader, Source};
 use crate::resume::Sessions;
 use crate::serve::{self, ConnectionsPerIp, PlainAccept};
 use crate::state::GatewayState;
+use crate::store::{Store, StoreError, sessions};
 use crate::supervisor::SupervisorConfig;
 use crate::tls::{self, PeerAddr, TlsError, TlsListener};
 use crate::upstream::UpstreamError;
@@ -63,6 +64,9 @@ pub enum GatewayError {
     /// The TLS certificate or key is not usable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The shared store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The admin API's listener could not be bound.
     #[error("cannot listen on {addr} for the admin API: {source}")]
     AdminListener {
@@ -126,9 +130,22 @@ impl Gateway {
             .metrics
             .clone()
             .unwrap_or_else(|| metrics::global().clone());
+        let store = Store::open(&gateway, &metrics)?;
+        if let Some(link) = store.redis() {
+            // Bounded: an unreachable Redis is an outage to serve through, not a failure.
+            link.ping().await;
+        }
+        let session_store = sessions::open(&store, &gateway);
         let access = Access::new(&gateway);
         let http = HttpClient::new(gateway.connect_timeout, gateway.max_upstream_message_bytes)?;
         let shutdown = CancellationToken::new();
+        if session_store.shared() {
+            // Other instances may take this one's sessions once this lease lapses.
+            tokio::spawn(sessions::renew_lease(
+                session_store.clone(),
+                shutdown.clone(),
+            ));
+        }
         let supervision = SupervisorConfig {
             mcp_proxy: crate::config::resolve_mcp_proxy(
                 gateway.mcp_proxy.as_deref(),
@@ -192,8 +209,10 @@ impl Gateway {
                 background: TaskTracker::new(),
                 resume_budget: ResumeBudget::new(resume_budget_bytes),
                 metrics: metrics.clone(),
-                session_store: Arc::new(crate::store::sessions::MemorySessions),
+                session_store: session_store.clone(),
+                store: store.clone(),
             }),
+            store,
             sessions: Arc::new(Sessions::new(connections.clone())),
             connections,
             access,

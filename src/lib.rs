@@ -24,6 +24,8 @@
 //! - `resume`: every client session by id; holding and handing them over.
 //! - `session`: a client session: its upstream sessions, its outbox, frame handling.
 //! - `context`: what client sessions share, a narrow handle.
+//! - `store`: the state instances of a fleet share (rate limits, connection counts,
+//!   sessions): in memory, or in Redis.
 //! - `outbox`: a client session's sequenced, bounded outbound frames, kept for replay.
 //! - [`upstream`]: Streamable HTTP exchanges, the SSE parser, upstream sessions.
 //! - [`supervisor`]: mcp-proxy children for stdio servers, restarts, no orphans.

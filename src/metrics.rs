@@ -238,6 +238,11 @@ struct KeyLabels {
     key: Arc<str>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartLabels {
+    part: &'static str,
+}
+
 /// The child output streams, as the `stream` label says them.
 const STREAMS: [&str; 2] = ["stdout", "stderr"];
 
@@ -272,6 +277,8 @@ struct Inner {
     resumes: Family<OutcomeLabels, Counter>,
     socket_closes: Family<ReasonLabels, Counter>,
     rate_limited: Family<KeyLabels, Counter>,
+    store_up: Gauge,
+    store_fallbacks: Family<PartLabels, Counter>,
     servers: Arc<ServerReadings>,
 }
 
@@ -353,6 +360,20 @@ impl Metrics {
             "rpc frames refused for rate, by API key name",
             rate_limited.clone(),
         );
+        let store_up = Gauge::default();
+        store_up.set(1);
+        registry.register(
+            "mcpmux_store_up",
+            "1 while the shared store answers (always, without one), 0 while it does not",
+            store_up.clone(),
+        );
+        let store_fallbacks = Family::default();
+        registry.register(
+            "mcpmux_store_fallback",
+            "Decisions made in this instance's memory because the shared store did not answer, \
+             by part (rate, connections, sessions)",
+            store_fallbacks.clone(),
+        );
         let servers = Arc::new(ServerReadings::default());
         registry.register_collector(Box::new(servers.clone()));
         Self {
@@ -369,6 +390,8 @@ impl Metrics {
                 resumes,
                 socket_closes,
                 rate_limited,
+                store_up,
+                store_fallbacks,
                 servers,
             }),
         }
@@ -485,6 +508,18 @@ impl Metrics {
     pub fn rate_limited(&self, key: &Arc<str>) {
         let labels = KeyLabels { key: key.clone() };
         self.inner.rate_limited.get_or_create(&labels).inc();
+    }
+
+    /// Records whether the shared store answers (`mcpmux_store_up`).
+    pub fn store_up(&self, up: bool) {
+        self.inner.store_up.set(i64::from(up));
+    }
+
+    /// Counts a decision about `part` (`rate`, `connections`, `sessions`) made in this
+    /// instance's memory because the shared store did not answer.
+    pub fn store_fallback(&self, part: &'static str) {
+        let labels = PartLabels { part };
+        self.inner.store_fallbacks.get_or_create(&labels).inc();
     }
 
     /// Counts a request on an HTTP route. `server` counts only when it is a configured

@@ -848,7 +848,11 @@ mod tests {
             })
             .collect();
         outbox.restore(4, 7, stored);
-        let seqs: Vec<_> = texts(&outbox, 3).await.iter().map(|(s, _)| s.unwrap()).collect();
+        let seqs: Vec<_> = texts(&outbox, 3)
+            .await
+            .iter()
+            .map(|(s, _)| s.unwrap())
+            .collect();
         assert_eq!(seqs, [5, 6, 7]);
         assert_eq!(outbox.push(|_| "f8".into()).await.unwrap(), 8);
         assert_eq!(outbox.unstored(10)[0].seq, 8);

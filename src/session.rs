@@ -207,7 +207,8 @@ impl ClientSession {
                 .filter(|_| self.grant.may_use(&server));
             match target {
                 Some(target) if ids.movable && ids.session_id.is_some() => {
-                    let adopted = UpstreamSession::adopt(target, self.link.clone(), ids, self.log_id());
+                    let adopted =
+                        UpstreamSession::adopt(target, self.link.clone(), ids, self.log_id());
                     self.upstreams.insert(server, adopted);
                 }
                 _ => {
@@ -698,7 +699,8 @@ impl MirrorWriter {
             let stopping = stop.is_cancelled();
             let frames = self.outbox.unstored(MIRROR_BATCH);
             let pending = self.mirror.take_pending();
-            let changed = !frames.is_empty() || !pending.upstreams.is_empty() || pending.acked.is_some();
+            let changed =
+                !frames.is_empty() || !pending.upstreams.is_empty() || pending.acked.is_some();
             let mut failed = false;
             if changed || refresh {
                 refresh = false;

@@ -1,5 +1,5 @@
 //! The state of a running gateway that its connections and routes use: what sessions
-//! share ([`SessionContext`]), the resume registry, who may connect, the places among
+//! share ([`SessionContext`]), the store shared with other instances, the resume registry, who may connect, the places among
 //! `maxSessions`, and readiness. Owned by [`crate::gateway::Gateway`], lent to every
 //! connection.
 
@@ -12,12 +12,16 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Access;
 use crate::context::SessionContext;
 use crate::resume::Sessions;
+use crate::store::Store;
 
 /// What every connection of the gateway uses. Cheap to clone through its `Arc`.
 #[derive(Debug)]
 pub struct GatewayState {
     /// What client sessions share.
     pub context: Arc<SessionContext>,
+    /// What this instance shares with the others (the same handle as `context.store`).
+    #[allow(dead_code)] // read by the shared limits and sessions
+    pub(crate) store: Store,
     /// Every client session, attached or held for resume.
     pub sessions: Arc<Sessions>,
     /// One task per WebSocket connection (and per session held for resume), and one token

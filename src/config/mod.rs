@@ -15,12 +15,15 @@
 //!   `allowAnonymous`) and `tls`: their types and rules.
 //! - `origins`: the form of origins and host names.
 //! - `admin`: the admin API's listener and key (`gateway.admin`).
+//! - `store`: the instance's name and the store shared by instances (`gateway.instance`,
+//!   `gateway.store`).
 
 mod access;
 mod admin;
 mod expand;
 mod origins;
 mod raw;
+mod store;
 mod validate;
 
 #[cfg(test)]
@@ -30,6 +33,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use access::{
@@ -37,6 +41,7 @@ pub use access::{
 };
 pub use admin::{AdminConfig, DEFAULT_ADMIN_LISTEN};
 pub use origins::{normalize_origin, split_host_port};
+pub use store::{StoreConfig, default_instance};
 
 /// The pinned `mcp-proxy` npm version launched when no local or configured copy is found.
 pub const MCP_PROXY_VERSION: &str = "6.7.19";
@@ -205,6 +210,12 @@ pub struct GatewayConfig {
     /// `watchConfig`: re-read the configuration file when it changes (default true;
     /// SIGHUP and the admin API's reload work either way).
     pub watch_config: bool,
+    /// `instance`: this instance's name among those sharing a store (`[a-z0-9-]{1,32}`);
+    /// default [`default_instance`], a random name drawn once per process.
+    pub instance: Arc<str>,
+    /// `store`: where instances share rate limits, connection counts and sessions
+    /// (default: none, everything in this instance's memory).
+    pub store: StoreConfig,
 }
 
 impl Default for GatewayConfig {
@@ -240,6 +251,8 @@ impl Default for GatewayConfig {
             header_timeout: Duration::from_secs(10),
             admin: None,
             watch_config: true,
+            instance: default_instance(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -255,6 +268,8 @@ impl GatewayConfig {
             ("tls", self.tls != other.tls),
             ("mcpProxy", self.mcp_proxy != other.mcp_proxy),
             ("watchConfig", self.watch_config != other.watch_config),
+            ("instance", self.instance != other.instance),
+            ("store", self.store != other.store),
             (
                 "admin.listen",
                 self.admin.as_ref().map(|a| a.listen) != other.admin.as_ref().map(|a| a.listen),

@@ -90,6 +90,8 @@ macro_rules! gateway_numbers {
             pub admin: Option<Value>,
             #[serde(rename = "watchConfig")]
             pub watch_config: Option<bool>,
+            pub instance: Option<String>,
+            pub store: Option<Value>,
             $(
                 #[serde(rename = $key)]
                 $field: Option<u64>,
@@ -100,7 +102,7 @@ macro_rules! gateway_numbers {
             const KEYS: Keys = &[
                 "listen", "mcpProxy", $($key,)*
                 "apiKeys", "allowedOrigins", "allowedHosts", "allowAnonymous", "tls", "admin",
-                "watchConfig",
+                "watchConfig", "instance", "store",
             ];
         }
 

@@ -802,7 +802,9 @@ fn each_gateway_number_is_read_into_its_field() {
             "allowAnonymous",
             "tls",
             "admin",
-            "watchConfig"
+            "watchConfig",
+            "instance",
+            "store"
         ]
     );
     for &(key, n, field) in NUMBER_KEYS {
@@ -1095,4 +1097,98 @@ fn never_panics_on_truncated_or_mangled_input() {
             }
         }
     }
+}
+
+#[test]
+fn instance_is_a_short_lowercase_name_drawn_at_random_by_default() {
+    let g = parse(&gateway(r#"{"instance": "eu-west-1"}"#))
+        .unwrap()
+        .gateway;
+    assert_eq!(&*g.instance, "eu-west-1");
+    assert_eq!(
+        g.changes_needing_restart(&GatewayConfig::default()),
+        ["gateway.instance"]
+    );
+    let default = GatewayConfig::default().instance;
+    assert_eq!(default.len(), 8);
+    assert!(
+        default
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+        "{default}"
+    );
+    // Drawn once: re-reading the configuration keeps it.
+    assert_eq!(parse(&gateway("{}")).unwrap().gateway.instance, default);
+    assert_eq!(
+        parse(&gateway(&format!(
+            r#"{{"instance": "{}"}}"#,
+            "a".repeat(32)
+        )))
+        .unwrap()
+        .gateway
+        .instance
+        .len(),
+        32
+    );
+    for bad in [
+        r#""""#,
+        r#""EU""#,
+        r#""eu_1""#,
+        r#""eu.1""#,
+        r#""aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa""#,
+    ] {
+        invalid_at(
+            &gateway(&format!(r#"{{"instance": {bad}}}"#)),
+            "gateway.instance",
+            "is not a valid instance name; use 1 to 32 characters from a-z 0-9 -",
+        );
+    }
+    invalid_at(
+        &gateway(r#"{"instance": 7}"#),
+        "gateway.instance",
+        "invalid type",
+    );
+}
+
+#[test]
+fn store_takes_a_redis_url_that_no_message_quotes() {
+    let g = parse(&gateway(r#"{"store": {}}"#)).unwrap().gateway;
+    assert_eq!(g.store, StoreConfig::default());
+    let g = parse(&gateway(
+        r#"{"store": {"redis": "redis://:${TOKEN}@10.0.0.5:6380/2"}}"#,
+    ))
+    .unwrap()
+    .gateway;
+    let url = g.store.redis.as_ref().expect("redis");
+    assert_eq!(url.expose(), "redis://:s3cret@10.0.0.5:6380/2");
+    assert!(!format!("{g:?}").contains("s3cret"), "Debug hides the URL");
+    assert_eq!(
+        g.changes_needing_restart(&GatewayConfig::default()),
+        ["gateway.store"]
+    );
+    let plain = parse(&gateway(
+        r#"{"store": {"redis": "redis://127.0.0.1:6379"}}"#,
+    ));
+    assert!(plain.is_ok(), "{plain:?}");
+    for (url, needle) in [
+        ("http://:s3cret@host:6379", "is not a redis:// URL"),
+        ("redis://:s3cret@", "has no host"),
+        ("redis://:s3cret@:6379", "has no host"),
+        ("redis://:s3cret@host:port", "is not a valid Redis URL"),
+        ("redis://:s3cret@host:6379/db", "is not a valid Redis URL"),
+    ] {
+        let text = gateway(&format!(r#"{{"store": {{"redis": "{url}"}}}}"#));
+        invalid_at(&text, "gateway.store.redis", needle);
+        assert!(!err(&text).contains("s3cret"), "{url}");
+    }
+    invalid_at(
+        &gateway(r#"{"store": {"redis": "redis://:${NOPE}@host"}}"#),
+        "gateway.store.redis",
+        "environment variable NOPE is not set",
+    );
+    invalid_at(
+        &gateway(r#"{"store": {"memcached": "x"}}"#),
+        "gateway.store.memcached",
+        "unknown key",
+    );
 }

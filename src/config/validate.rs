@@ -297,6 +297,12 @@ impl Parser<'_> {
         if let Some(watch) = r.watch_config.take() {
             g.watch_config = watch;
         }
+        if let Some(name) = r.instance.take() {
+            g.instance = self.instance(&name)?;
+        }
+        if let Some(store) = r.store.take() {
+            g.store = self.store(&store)?;
+        }
         r.numbers(&mut g, |key, n| {
             if n == 0 || n > MAX_NUMBER {
                 let msg = format!(

@@ -29,26 +29,24 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use futures::future::BoxFuture;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{KEY_PREFIX, RedisLink, Store, StoreError};
+use crate::config::GatewayConfig;
 
 /// How long an instance counts as alive after its last renewal.
 pub const LEASE: Duration = Duration::from_secs(3);
 /// How often a live instance renews its lease.
 pub const LEASE_RENEW: Duration = Duration::from_secs(1);
-/// The most one store operation may take before it counts as failed.
-pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionStoreError {
-    /// Redis answered with an error, or the connection failed.
+    /// Redis failed or did not answer in time.
     #[error("the session store failed: {0}")]
-    Redis(#[from] redis::RedisError),
-    /// Redis did not answer within [`STORE_TIMEOUT`].
-    #[error("the session store did not answer within {} ms", STORE_TIMEOUT.as_millis())]
-    Timeout,
+    Store(#[from] StoreError),
     /// What the store holds is not what this gateway writes.
     #[error("the session store holds a malformed record: {0}")]
     Malformed(String),
@@ -307,9 +305,38 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {2}
 ";
 
+/// The session store `store` calls for: Redis when configured, else memory only.
+pub fn open(store: &Store, config: &GatewayConfig) -> Arc<dyn SessionStore> {
+    match store.redis() {
+        Some(link) => Arc::new(RedisSessions::new(
+            link.clone(),
+            store.instance().clone(),
+            config.resume_window,
+            config.resume_max_frames,
+        )),
+        None => Arc::new(MemorySessions),
+    }
+}
+
+/// Renews this instance's lease every [`LEASE_RENEW`] until `shutdown`; a failure is
+/// an outage the store's link reports.
+pub async fn renew_lease(store: Arc<dyn SessionStore>, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(LEASE_RENEW);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        if let Err(err) = store.renew_lease().await {
+            tracing::debug!(%err, "the instance lease was not renewed");
+        }
+    }
+}
+
 /// Sessions kept in Redis, shared by every instance that uses the same Redis.
 pub struct RedisSessions {
-    connection: ConnectionManager,
+    link: RedisLink,
     /// `mcpmux:`, the prefix of every key.
     prefix: String,
     /// This instance's name (`gateway.instance`).
@@ -330,21 +357,13 @@ impl fmt::Debug for RedisSessions {
 }
 
 impl RedisSessions {
-    /// Sessions of instance `instance` in the Redis behind `connection`, under `prefix`.
-    pub fn new(
-        connection: ConnectionManager,
-        prefix: &str,
-        instance: Arc<str>,
-        window: Duration,
-        max_frames: usize,
-    ) -> Self {
+    /// Sessions of instance `instance` in the Redis behind `link`.
+    pub fn new(link: RedisLink, instance: Arc<str>, window: Duration, max_frames: usize) -> Self {
         Self {
-            connection,
-            prefix: prefix.to_owned(),
+            link,
+            prefix: KEY_PREFIX.to_owned(),
             instance,
-            window_ms: u64::try_from(window.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1),
+            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1),
             max_frames: max_frames.max(1),
             take: redis::Script::new(TAKE_SCRIPT),
         }
@@ -360,19 +379,6 @@ impl RedisSessions {
 
     fn lease_prefix(&self) -> String {
         format!("{}instance:", self.prefix)
-    }
-
-    fn connection(&self) -> ConnectionManager {
-        self.connection.clone()
-    }
-}
-
-async fn bounded<T>(
-    work: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, SessionStoreError> {
-    match tokio::time::timeout(STORE_TIMEOUT, work).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(SessionStoreError::Timeout),
     }
 }
 
@@ -393,12 +399,16 @@ impl SessionStore for RedisSessions {
         key: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), SessionStoreError>> {
         Box::pin(async move {
+            let mut connection = self.link.connection();
             let hash = self.session_key(id);
             let mut pipe = redis::pipe();
             pipe.hset(&hash, "owner", &*self.instance).ignore();
             pipe.hset(&hash, "key", key.unwrap_or("")).ignore();
             pipe.pexpire(&hash, self.window_ms as i64).ignore();
-            bounded(pipe.query_async::<()>(&mut self.connection())).await
+            self.link
+                .call(pipe.query_async::<()>(&mut connection))
+                .await
+                .map_err(Into::into)
         })
     }
 
@@ -408,6 +418,7 @@ impl SessionStore for RedisSessions {
         batch: Batch<'a>,
     ) -> BoxFuture<'a, Result<(), SessionStoreError>> {
         Box::pin(async move {
+            let mut connection = self.link.connection();
             let hash = self.session_key(id);
             let stream = self.frames_key(id);
             let mut pipe = redis::pipe();
@@ -452,7 +463,10 @@ impl SessionStore for RedisSessions {
             if batch.frames.is_empty() {
                 pipe.pexpire(&stream, self.window_ms as i64).ignore();
             }
-            bounded(pipe.query_async::<()>(&mut self.connection())).await
+            self.link
+                .call(pipe.query_async::<()>(&mut connection))
+                .await
+                .map_err(Into::into)
         })
     }
 
@@ -462,15 +476,17 @@ impl SessionStore for RedisSessions {
         key: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Ownership, SessionStoreError>> {
         Box::pin(async move {
+            let mut connection = self.link.connection();
             let mut invocation = self.take.key(self.session_key(id));
             invocation
                 .arg(&*self.instance)
                 .arg(self.lease_prefix())
                 .arg(self.window_ms)
                 .arg(key.unwrap_or(""));
-            let mut connection = self.connection();
-            let answer: Vec<redis::Value> =
-                bounded(invocation.invoke_async(&mut connection)).await?;
+            let answer: Vec<redis::Value> = self
+                .link
+                .call(invocation.invoke_async(&mut connection))
+                .await?;
             let code: i64 = match answer.first() {
                 Some(value) => redis::from_redis_value_ref(value).map_err(malformed)?,
                 None => return Err(SessionStoreError::Malformed("empty answer".into())),
@@ -495,6 +511,7 @@ impl SessionStore for RedisSessions {
         after: u64,
     ) -> BoxFuture<'a, Result<Option<(StoredSession, Vec<KeptFrame>)>, SessionStoreError>> {
         Box::pin(async move {
+            let mut connection = self.link.connection();
             let mut pipe = redis::pipe();
             pipe.hgetall(self.session_key(id));
             pipe.cmd("XRANGE")
@@ -503,14 +520,15 @@ impl SessionStore for RedisSessions {
                 .arg("+");
             type Entry = (String, Vec<Vec<u8>>);
             let (fields, entries): (HashMap<String, String>, Vec<Entry>) =
-                bounded(pipe.query_async(&mut self.connection())).await?;
+                self.link.call(pipe.query_async(&mut connection)).await?;
             if fields.is_empty() {
                 return Ok(None);
             }
             let number = |name: &str| -> Result<u64, SessionStoreError> {
                 fields.get(name).map_or(Ok(0), |v| {
-                    v.parse()
-                        .map_err(|_| SessionStoreError::Malformed(format!("{name} is not a number")))
+                    v.parse().map_err(|_| {
+                        SessionStoreError::Malformed(format!("{name} is not a number"))
+                    })
                 })
             };
             let mut upstreams = Vec::new();
@@ -551,29 +569,41 @@ impl SessionStore for RedisSessions {
 
     fn release<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
         Box::pin(async move {
+            let mut connection = self.link.connection();
             let mut release = redis::cmd("HSET");
             release.arg(self.session_key(id)).arg("owner").arg("");
-            bounded(release.query_async::<()>(&mut self.connection())).await
+            self.link
+                .call(release.query_async::<()>(&mut connection))
+                .await
+                .map_err(Into::into)
         })
     }
 
     fn forget<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
         Box::pin(async move {
+            let mut connection = self.link.connection();
             let mut delete = redis::cmd("DEL");
             delete.arg(self.session_key(id)).arg(self.frames_key(id));
-            bounded(delete.query_async::<()>(&mut self.connection())).await
+            self.link
+                .call(delete.query_async::<()>(&mut connection))
+                .await
+                .map_err(Into::into)
         })
     }
 
     fn renew_lease(&self) -> BoxFuture<'_, Result<(), SessionStoreError>> {
         Box::pin(async move {
+            let mut connection = self.link.connection();
             let mut renew = redis::cmd("SET");
             renew
                 .arg(format!("{}{}", self.lease_prefix(), self.instance))
                 .arg("1")
                 .arg("PX")
                 .arg(u64::try_from(LEASE.as_millis()).unwrap_or(u64::MAX));
-            bounded(renew.query_async::<()>(&mut self.connection())).await
+            self.link
+                .call(renew.query_async::<()>(&mut connection))
+                .await
+                .map_err(Into::into)
         })
     }
 }

@@ -5,6 +5,7 @@
 mod binary;
 mod harness;
 mod http_client;
+mod support;
 
 mod access;
 mod admin;
@@ -24,9 +25,11 @@ mod protocol_doc;
 mod reload;
 mod resume;
 mod resume_budget;
+mod scale_sessions;
 mod secret_urls;
 mod secrets;
 mod security;
+mod store;
 mod strict_upstream;
 mod upstream_faults;
 mod upstream_sockets;

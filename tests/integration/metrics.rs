@@ -14,7 +14,7 @@ use crate::http_client::{Events, Http, json_answer};
 use crate::legacy_sse::LegacyProxy;
 
 /// The value of the sample `name{labels}` in `text` (all its labels given, any order).
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|line| {
@@ -49,7 +49,7 @@ async fn gateway(servers: Value, settings: Value) -> (TestGateway, Metrics) {
 }
 
 /// Waits until the rendered metrics satisfy `done`.
-async fn until(metrics: &Metrics, what: &str, done: impl Fn(&str) -> bool) -> String {
+pub(crate) async fn until(metrics: &Metrics, what: &str, done: impl Fn(&str) -> bool) -> String {
     let deadline = tokio::time::Instant::now() + FRAME_WAIT;
     loop {
         let text = metrics.render();

@@ -33,8 +33,8 @@ use tracing::Instrument;
 use self::barrier::Barrier;
 use self::order::{Sequencer, Ticket};
 use super::legacy::LegacySession;
-use super::listener::Listener;
 use super::link::Link;
+use super::listener::Listener;
 use super::{Endpoint, UpstreamError};
 use crate::jsonrpc::{self, Head, Kind};
 use crate::metrics::{Direction, OpenGuard, Outcome, RequestMeter};
@@ -348,7 +348,10 @@ impl UpstreamSession {
         tracing::debug!(parent: &self.span, end = ?why, "upstream session ended");
         let session_id = self.barrier.end();
         if let Some(mirror) = &self.link.mirror {
-            if !matches!(why, UpstreamEnd::HandedOver | UpstreamEnd::ClientSessionEnded) {
+            if !matches!(
+                why,
+                UpstreamEnd::HandedOver | UpstreamEnd::ClientSessionEnded
+            ) {
                 mirror.upstream_changed(&self.server.name, None);
             }
         }
