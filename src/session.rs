@@ -728,7 +728,8 @@ impl MirrorWriter {
                 if let Some(last) = frames.last() {
                     self.outbox.mark_stored(last.seq);
                 }
-                if !frames.is_empty() && !(stopping && failed) {
+                let more = !frames.is_empty();
+                if more && !(stopping && failed) {
                     continue;
                 }
             }

@@ -92,6 +92,9 @@ pub struct StoredSession {
     pub upstreams: Vec<(String, UpstreamIds)>,
 }
 
+/// A stored session and its frames after a seq, oldest first.
+pub type ReadSession = (StoredSession, Vec<KeptFrame>);
+
 /// The answer to a claim of ownership.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ownership {
@@ -224,7 +227,7 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
         &'a self,
         id: &'a str,
         after: u64,
-    ) -> BoxFuture<'a, Result<Option<(StoredSession, Vec<KeptFrame>)>, SessionStoreError>>;
+    ) -> BoxFuture<'a, Result<Option<ReadSession>, SessionStoreError>>;
 
     /// Gives session `id` up for another instance to take (a drain); its state stays.
     fn release<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>>;
@@ -275,7 +278,7 @@ impl SessionStore for MemorySessions {
         &'a self,
         _: &'a str,
         _: u64,
-    ) -> BoxFuture<'a, Result<Option<(StoredSession, Vec<KeptFrame>)>, SessionStoreError>> {
+    ) -> BoxFuture<'a, Result<Option<ReadSession>, SessionStoreError>> {
         nothing(None)
     }
     fn release<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
@@ -509,7 +512,7 @@ impl SessionStore for RedisSessions {
         &'a self,
         id: &'a str,
         after: u64,
-    ) -> BoxFuture<'a, Result<Option<(StoredSession, Vec<KeptFrame>)>, SessionStoreError>> {
+    ) -> BoxFuture<'a, Result<Option<ReadSession>, SessionStoreError>> {
         Box::pin(async move {
             let mut connection = self.link.connection();
             let mut pipe = redis::pipe();

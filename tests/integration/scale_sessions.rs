@@ -29,7 +29,8 @@ impl RemoteEverything {
     fn start() -> Self {
         let port = free_port();
         let dir = TempDir::new();
-        let script = root().join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+        let script =
+            root().join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
         let stdout = std::fs::File::create(dir.0.join("stdout.log")).expect("log file");
         let mut child = Command::new("node")
             .arg(script)
@@ -71,7 +72,9 @@ impl RemoteEverything {
 
     /// How many sessions it was asked to delete.
     fn deleted(&self) -> usize {
-        self.log().matches("Received session termination request").count()
+        self.log()
+            .matches("Received session termination request")
+            .count()
     }
 }
 
@@ -111,7 +114,10 @@ async fn lease_expired(redis: &RedisServer, name: &str) {
         if !exists {
             return;
         }
-        assert!(Instant::now() < deadline, "the lease of {name} never expired");
+        assert!(
+            Instant::now() < deadline,
+            "the lease of {name} never expired"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -181,8 +187,14 @@ async fn resume_elsewhere(addr: std::net::SocketAddr, cut: &Cut, remote: &Remote
     let lost = client.session_state("lost").await;
     assert_eq!(lost["server"], "local");
     assert_eq!(lost["reason"], "the instance that ran it stopped");
-    let last = cut.missed.last().expect("missed frames")["seq"].as_u64().unwrap();
-    assert_eq!(lost["seq"].as_u64(), Some(last + 1), "seqs go on contiguously");
+    let last = cut.missed.last().expect("missed frames")["seq"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        lost["seq"].as_u64(),
+        Some(last + 1),
+        "seqs go on contiguously"
+    );
     // The remote upstream session goes on, adopted by its id: no new initialize.
     let echo = client
         .call(
