@@ -22,7 +22,9 @@ use crate::auth::{Admission, Eviction};
 use crate::context::Place;
 use crate::metrics::{Metrics, SocketClose};
 use crate::outbox::Outbox;
-use crate::protocol::{ClientFrame, ClientInfo, Resume, Token, close_code, decode_client_frame};
+use crate::protocol::{
+    ClientFrame, ClientInfo, Resume, Token, close_code, decode_client_frame, session_id,
+};
 use crate::resume::{Claim, Handover, Refusal, hand_over, take_from_store};
 use crate::session::{ClientSession, CloseReason};
 use crate::state::GatewayState;
@@ -68,12 +70,14 @@ enum SocketEnd {
 
 /// Serves one upgraded WebSocket until it closes. `place` is its place among
 /// `maxSessions`, which passes to the session the hello opens; `admission` says what
-/// its key (if any was presented at the upgrade) may do.
+/// its key (if any was presented at the upgrade) may do; `routed` is the session its
+/// upgrade URL named (`?session=`), which a resume in `hello` must name too.
 pub async fn serve(
     socket: WebSocket,
     state: Arc<GatewayState>,
     place: Place,
     admission: Admission,
+    routed: Option<Box<str>>,
 ) {
     let context = state.context.clone();
     let _open = context.metrics.connection_opened();
@@ -98,6 +102,12 @@ pub async fn serve(
             return;
         }
     };
+    if let Some(reason) = routed_elsewhere(routed.as_deref(), resume.as_ref()) {
+        tracing::debug!(code = reason.0, reason = %reason.1, "hello refused");
+        drop(place);
+        send_close(&mut sink, reason).await;
+        return;
+    }
     // Subscribed before the key is judged, so that rules replaced meanwhile are seen.
     let changes = context.servers.subscribe();
     // The key: the one given at the upgrade, or the hello's token. The socket's place
@@ -146,7 +156,12 @@ pub async fn serve(
                 }
                 Err(refusal) => {
                     context.metrics.resume(false);
-                    tracing::debug!(%refusal, "resume refused; starting a fresh session");
+                    match session_id::owner(&session) {
+                        Some(owner) if owner != &*context.config.instance => {
+                            tracing::debug!(%owner, "resume of a session another instance owns; starting a fresh session");
+                        }
+                        _ => tracing::debug!(%refusal, "resume refused; starting a fresh session"),
+                    }
                     let fresh = ClientSession::new(context.clone(), place, grant, changes);
                     (fresh, false)
                 }
@@ -346,6 +361,21 @@ async fn read_hello(
             }
         }
     }
+}
+
+/// A 4500 close when the upgrade URL named one session and `hello` resumes another: the
+/// load balancer routed the socket on a session the client does not mean (a client
+/// bug). The named session is left alone; a `hello` without `resume` opens a fresh
+/// session wherever it landed.
+fn routed_elsewhere(routed: Option<&str>, resume: Option<&Resume>) -> Option<CloseReason> {
+    let (routed, resume) = (routed?, resume?);
+    (routed != resume.session).then(|| {
+        (
+            close_code::PROTOCOL_VIOLATION,
+            "hello resumes another session than the upgrade URL's ?session=; send the same id in both"
+                .to_owned(),
+        )
+    })
 }
 
 /// 1009 when the read failed because a message exceeded the limit; otherwise the

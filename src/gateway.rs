@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -348,11 +348,13 @@ impl Gateway {
     }
 }
 
-/// `GET /ws`: the subprotocol check, the socket limits, then the WebSocket.
+/// `GET /ws` (`?session=ID` when resuming): the subprotocol check, the socket limits,
+/// then the WebSocket.
 async fn upgrade(
     State(state): State<Arc<GatewayState>>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -385,6 +387,11 @@ async fn upgrade(
         Ok(admission) => admission,
         Err(refusal) => return auth::refuse(&refusal, None),
     };
+    // The session a load balancer routed on; the hello must name the same one.
+    let routed = query
+        .as_deref()
+        .and_then(protocol::session_id::from_query)
+        .map(Box::<str>::from);
     let config = &state.context.config;
     let tracker = state.connections.clone();
     // Every line about this socket names it; `session` and `key` are known after hello.
@@ -395,7 +402,7 @@ async fn upgrade(
         .read_buffer_size(connection::READ_BUFFER_BYTES)
         .write_buffer_size(connection::WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| {
-            let serve = connection::serve(socket, state, place, admission);
+            let serve = connection::serve(socket, state, place, admission, routed);
             tracker.track_future(tracing::Instrument::instrument(serve, span))
         })
 }

@@ -1043,6 +1043,7 @@ mod tests {
         metrics.resume(true);
         metrics.rate_limited(&name);
         metrics.http_route_request("s", "ok");
+        metrics.store_fallback("rate");
         let _open = (
             metrics.upstream_session_opened(&name),
             metrics.connection_opened(),
@@ -1057,7 +1058,7 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split(' ').next())
             .collect();
-        assert_eq!(names.len(), 13, "{text}");
+        assert_eq!(names.len(), 15, "{text}");
         for name in names {
             assert!(
                 readme.contains(&format!("| `{name}` |")),

@@ -42,6 +42,53 @@ pub mod close_code {
     pub const HELLO_TIMEOUT: u16 = 4508;
 }
 
+/// Client session ids (`protocol.md`, section 3, `welcome`): `<instance>.<32 hex
+/// digits>`, naming the gateway instance that owns the session so that a load balancer
+/// can send a resume there (`GET /ws?session=ID`). Clients treat ids as opaque.
+pub mod session_id {
+    /// Hex digits of an id shown in logs after its instance: the whole id lets its
+    /// holder resume the session, so logs show only its start.
+    const LOGGED_HEX: usize = 8;
+
+    /// A new session id for `instance` (a `gateway.instance`), from 128 random bits.
+    pub fn new(instance: &str, random: u128) -> String {
+        format!("{instance}.{random:032x}")
+    }
+
+    /// The instance that owns session `id`, when `id` has the gateway's form.
+    pub fn owner(id: &str) -> Option<&str> {
+        let (instance, random) = id.split_once('.')?;
+        let instance_ok = (1..=32).contains(&instance.len())
+            && instance
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let random_ok = random.len() == 32
+            && random
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        (instance_ok && random_ok).then_some(instance)
+    }
+
+    /// What logs show of session `id`: its instance and the first 8 hex digits.
+    pub fn logged(id: &str) -> &str {
+        let end = id.find('.').map_or(0, |dot| dot + 1) + LOGGED_HEX;
+        match id.get(..end) {
+            Some(start) => start,
+            None if id.len() <= end => id,
+            // Not the gateway's form: nothing of it.
+            None => "",
+        }
+    }
+
+    /// The first `session` parameter of an upgrade URL's query, as sent (ids need no
+    /// percent-encoding, and a load balancer routes on the raw value too).
+    pub fn from_query(query: &str) -> Option<&str> {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("session="))
+    }
+}
+
 /// Machine-readable error codes, used in `error` frames and in `error.data.gateway` of
 /// JSON-RPC error responses the gateway makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -541,6 +588,53 @@ fn decimal_len(n: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_ids_name_their_instance() {
+        let id = session_id::new("gw-1", 0x5f0c_8a61_d2e9_4b7f_9a3c_1e0d_8b6a_4f21);
+        assert_eq!(id, "gw-1.5f0c8a61d2e94b7f9a3c1e0d8b6a4f21");
+        assert_eq!(session_id::owner(&id), Some("gw-1"));
+        assert_eq!(session_id::logged(&id), "gw-1.5f0c8a61");
+        let small = session_id::new("a", 1);
+        assert_eq!(small, "a.00000000000000000000000000000001");
+        assert_eq!(session_id::owner(&small), Some("a"));
+    }
+
+    #[test]
+    fn ids_of_another_form_name_no_owner() {
+        for id in [
+            "5f0c8a61d2e94b7f9a3c1e0d8b6a4f21",
+            ".5f0c8a61d2e94b7f9a3c1e0d8b6a4f21",
+            "GW.5f0c8a61d2e94b7f9a3c1e0d8b6a4f21",
+            "gw.5F0C8A61D2E94B7F9A3C1E0D8B6A4F21",
+            "gw.5f0c8a61",
+            "gw.5f0c8a61d2e94b7f9a3c1e0d8b6a4f21.x",
+            "abcdefghijklmnopqrstuvwxyz0123456.5f0c8a61d2e94b7f9a3c1e0d8b6a4f21",
+            "",
+        ] {
+            assert_eq!(session_id::owner(id), None, "{id}");
+        }
+        // Logs never show more than the start, whatever the form.
+        assert_eq!(
+            session_id::logged("5f0c8a61d2e94b7f9a3c1e0d8b6a4f21"),
+            "5f0c8a61"
+        );
+        assert_eq!(session_id::logged("short"), "short");
+        assert_eq!(session_id::logged("é.é"), "é.é");
+        assert_eq!(session_id::logged("a.bééééééé"), "");
+    }
+
+    #[test]
+    fn the_url_session_is_the_first_session_parameter() {
+        assert_eq!(session_id::from_query("session=a.1"), Some("a.1"));
+        assert_eq!(
+            session_id::from_query("x=1&session=a.1&session=b.2"),
+            Some("a.1")
+        );
+        assert_eq!(session_id::from_query("sessions=a&xsession=b"), None);
+        assert_eq!(session_id::from_query("session="), Some(""));
+        assert_eq!(session_id::from_query(""), None);
+    }
 
     fn code_of(text: &str) -> ErrorCode {
         decode_client_frame(text).frame.unwrap_err().code

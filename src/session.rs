@@ -56,7 +56,8 @@ pub type CloseReason = (u16, String);
 
 /// One client session.
 pub struct ClientSession {
-    /// The session id clients resume with (128 random bits, hex).
+    /// The session id clients resume with: this instance's name and 128 random bits
+    /// ([`protocol::session_id`]).
     pub id: String,
     context: Arc<SessionContext>,
     /// What upstream sessions borrow from this session (its outbox among it).
@@ -97,8 +98,8 @@ impl ClientSession {
         grant: Grant,
         changes: broadcast::Receiver<Change>,
     ) -> Self {
-        let id: u128 = rand::random();
-        let mut session = Self::build(context, place, grant, changes, format!("{id:032x}"));
+        let id = protocol::session_id::new(&context.config.instance, rand::random());
+        let mut session = Self::build(context, place, grant, changes, id);
         session.start_mirror(true, 0);
         session
     }
@@ -186,7 +187,7 @@ impl ClientSession {
             idle: self.context.config.resume_window / 3,
         };
         let stop = CancellationToken::new();
-        let span = tracing::info_span!(parent: None, "store", session = %self.id.get(..8).unwrap_or(&self.id));
+        let span = tracing::info_span!(parent: None, "store", session = %self.log_id());
         let task = tokio::spawn(tracing::Instrument::instrument(
             writer.run(open, stop.clone()),
             span,
@@ -223,9 +224,10 @@ impl ClientSession {
         }
     }
 
-    /// The start of the id, for logs: the whole id lets its holder resume the session.
+    /// The start of the id, for logs (its instance and 8 hex digits): the whole id lets
+    /// its holder resume the session.
     pub fn log_id(&self) -> &str {
-        self.id.get(..8).unwrap_or(&self.id)
+        protocol::session_id::logged(&self.id)
     }
 
     /// What the session shares with the others.

@@ -65,12 +65,15 @@ pub(super) fn is_instance_name(name: &str) -> bool {
 impl Parser<'_> {
     /// `gateway.instance`.
     pub(super) fn instance(&self, name: &str) -> Result<Arc<str>, ConfigError> {
-        if !is_instance_name(name) {
+        // `${VAR}`: one file for every instance, each naming itself from its environment
+        // (a StatefulSet pod's name, say).
+        let name = self.expand(name, "gateway.instance")?;
+        if !is_instance_name(&name) {
             let msg = "is not a valid instance name; use 1 to 32 characters from a-z 0-9 - \
                        (it is part of every session id)";
             return self.fail("gateway.instance", msg);
         }
-        Ok(Arc::from(name))
+        Ok(Arc::from(name.as_str()))
     }
 
     /// `gateway.store`.

@@ -17,6 +17,7 @@ fn env(name: &str) -> Option<String> {
         "HOST" => Some("example.org".to_string()),
         "EMPTY" => Some(String::new()),
         "DOLLAR" => Some("${TOKEN}".to_string()),
+        "POD_NAME" => Some("mcpmux-2".to_string()),
         _ => None,
     }
 }
@@ -1147,6 +1148,25 @@ fn instance_is_a_short_lowercase_name_drawn_at_random_by_default() {
         &gateway(r#"{"instance": 7}"#),
         "gateway.instance",
         "invalid type",
+    );
+}
+
+#[test]
+fn instance_may_come_from_the_environment() {
+    let g = parse(&gateway(r#"{"instance": "${POD_NAME}"}"#))
+        .unwrap()
+        .gateway;
+    assert_eq!(&*g.instance, "mcpmux-2");
+    invalid_at(
+        &gateway(r#"{"instance": "${NOPE}"}"#),
+        "gateway.instance",
+        "environment variable NOPE is not set",
+    );
+    // The expanded name obeys the same rule.
+    invalid_at(
+        &gateway(r#"{"instance": "${HOST}"}"#),
+        "gateway.instance",
+        "is not a valid instance name",
     );
 }
 

@@ -200,7 +200,13 @@ impl Client {
 
     /// Opens a socket without sending anything.
     pub async fn raw(addr: SocketAddr) -> Socket {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        Self::raw_url(&format!("ws://{addr}/ws")).await
+    }
+
+    /// Opens a socket at `url` (`ws://HOST:PORT/ws`, perhaps with `?session=ID`)
+    /// without sending anything.
+    pub async fn raw_url(url: &str) -> Socket {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("WebSocket connects");
         ws

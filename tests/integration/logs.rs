@@ -110,7 +110,9 @@ async fn json_lines_carry_timestamp_level_message_and_span_fields() {
     assert_eq!(child["stream"], "stderr", "{child:?}");
 
     // The connection's span names its peer and session on each of its lines.
-    let prefix = &session[..8];
+    // Its instance and the first 8 hex digits of the id.
+    let dot = session.find('.').expect("<instance>.<hex>");
+    let prefix = &session[..dot + 9];
     let attached = find("attached", &|l| l["message"] == "client attached");
     assert_eq!(attached["spans"], "connection");
     assert_eq!(attached["session"], prefix);

@@ -25,6 +25,7 @@ mod protocol_doc;
 mod reload;
 mod resume;
 mod resume_budget;
+mod routing;
 mod scale_sessions;
 mod secret_urls;
 mod secrets;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,9 @@ async def test_a_cut_during_a_streaming_call_loses_nothing(keyed_gateway: Gatewa
     assert states.count(("reconnecting", None)) >= 2, states
     assert connection[0].code is None  # no close frame
     # The resume asked for the session in the URL (for load balancers) and in hello;
-    # the key went in hello only, hidden from frame listeners.
+    # the key went in hello only, hidden from frame listeners. The id names its
+    # gateway instance, and goes into the URL as it is: a balancer routes on it raw.
+    assert re.fullmatch(r"[a-z0-9-]{1,32}\.[0-9a-f]{32}", session), session
     assert relay.request_lines[0] == "GET /ws HTTP/1.1"
     assert relay.request_lines[-1] == f"GET /ws?session={session} HTTP/1.1"
     resume_hello = frames.sent("hello")[-1]

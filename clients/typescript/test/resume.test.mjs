@@ -76,7 +76,9 @@ test("a call survives a 3 s cut with every progress notification once, in order"
     );
     // mcp-proxy usually drops the last progress notification before a result.
     assert.ok(call.progress.length >= steps - 1, `received ${call.progress.length} of ${steps}`);
-    // The resuming upgrade named the session, for load balancers.
+    // The resuming upgrade named the session, for load balancers, as it is: the id
+    // names its gateway instance, and a balancer routes on the raw query.
+    assert.match(session, /^[a-z0-9-]{1,32}\.[0-9a-f]{32}$/);
     assert.ok(
       relay.requestLines.slice(1).some((line) => line.startsWith(`GET /ws?session=${session} `)),
       relay.requestLines.join("\n"),

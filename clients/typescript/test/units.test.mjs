@@ -25,6 +25,10 @@ test("a resuming upgrade URL names the session; errors name no credentials or qu
   assert.equal(upgradeUrl("ws://127.0.0.1:7300/ws", undefined), "ws://127.0.0.1:7300/ws");
   assert.equal(upgradeUrl("ws://127.0.0.1:7300/ws", "ab12"), "ws://127.0.0.1:7300/ws?session=ab12");
   assert.equal(upgradeUrl("wss://h.example/ws?session=old&x=1", "new"), "wss://h.example/ws?session=new&x=1");
+  // Ids name their instance: not percent-encoded, so a balancer's map of the raw query
+  // matches them.
+  const id = "mcpmux-0.5f0c8a61d2e94b7f9a3c1e0d8b6a4f21";
+  assert.equal(upgradeUrl("wss://h.example/ws", id), `wss://h.example/ws?session=${id}`);
   assert.equal(describeUrl("wss://user:pw@h.example:8443/ws?session=s#f"), "wss://h.example:8443/ws");
 });
 

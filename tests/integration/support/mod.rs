@@ -4,4 +4,5 @@
 // Each suite uses the part of these it needs.
 #![allow(dead_code)]
 
+pub mod nginx;
 pub mod redis;
