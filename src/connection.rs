@@ -112,7 +112,10 @@ pub async fn serve(
     let changes = context.servers.subscribe();
     // The key: the one given at the upgrade, or the hello's token. The socket's place
     // among its key's connections is held until this function returns.
-    let (grant, connection) = match admission.after_hello(token.as_ref().map(Token::expose)) {
+    let (grant, connection) = match admission
+        .after_hello(token.as_ref().map(Token::expose))
+        .await
+    {
         Ok(admitted) => (admitted.grant, admitted.connection),
         Err(reason) => {
             tracing::debug!(code = reason.0, reason = %reason.1, "hello refused");

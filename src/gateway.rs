@@ -136,7 +136,7 @@ impl Gateway {
             link.ping().await;
         }
         let session_store = sessions::open(&store, &gateway);
-        let access = Access::new(&gateway);
+        let access = Access::with_store(&gateway, store.clone());
         let http = HttpClient::new(gateway.connect_timeout, gateway.max_upstream_message_bytes)?;
         let shutdown = CancellationToken::new();
         if session_store.shared() {
@@ -276,7 +276,7 @@ impl Gateway {
                 tokio::spawn(serve::serve(incoming, app, header_timeout, stop))
             }
         };
-        tracing::info!(%local_addr, "mcpmux listening");
+        tracing::info!(%local_addr, instance = %state.store.instance(), "mcpmux listening");
         Ok(Self {
             state,
             local_addr,
@@ -338,6 +338,8 @@ impl Gateway {
         }
         context.background.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), context.background.wait()).await;
+        // Its sockets are closed: the other instances stop counting them at once.
+        self.state.store.close().await;
         self.reloader
             .shutdown(config.stop_grace + Duration::from_secs(2))
             .await;
@@ -383,7 +385,7 @@ async fn upgrade(
         return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
     };
     let place = Place::new(permit);
-    let admission = match state.access.admit_upgrade(caller, peer.ip()) {
+    let admission = match state.access.admit_upgrade(caller, peer.ip()).await {
         Ok(admission) => admission,
         Err(refusal) => return auth::refuse(&refusal, None),
     };

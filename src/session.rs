@@ -325,7 +325,7 @@ impl ClientSession {
         reference: Option<&RawValue>,
     ) -> Option<CloseReason> {
         // Every rpc frame counts against the key's rate, whatever it names.
-        if let Err(limited) = self.grant.check_rate(server) {
+        if let Err(limited) = self.grant.check_rate(server).await {
             return self.rate_limited(server, message, reference, limited).await;
         }
         self.carry_rpc(server, message, body, reference).await;

@@ -20,7 +20,6 @@ pub struct GatewayState {
     /// What client sessions share.
     pub context: Arc<SessionContext>,
     /// What this instance shares with the others (the same handle as `context.store`).
-    #[allow(dead_code)] // read by the shared limits and sessions
     pub(crate) store: Store,
     /// Every client session, attached or held for resume.
     pub sessions: Arc<Sessions>,

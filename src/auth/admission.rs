@@ -50,7 +50,7 @@ impl Admission {
     }
 
     /// Decides on the `hello` `token`: a close code and reason when the socket must go.
-    pub fn after_hello(self, token: Option<&str>) -> Result<Admitted, (u16, String)> {
+    pub async fn after_hello(self, token: Option<&str>) -> Result<Admitted, (u16, String)> {
         let unauthorized = |why: &str| (close_code::UNAUTHORIZED, why.to_owned());
         let keys = self.access.keys();
         // The rules may have been replaced since the upgrade.
@@ -84,7 +84,7 @@ impl Admission {
                 return Err(unauthorized("the API key is not valid"));
             }
             (Caller::Unverified, Some(Some(key))) => {
-                let Some(slot) = key.open_connection() else {
+                let Some(slot) = key.open_connection().await else {
                     let max = key.max_connections().unwrap_or(0);
                     let why = format!(
                         "API key \"{}\" has {max} sockets open already (maxConnections)",
@@ -177,11 +177,11 @@ impl Grant {
     }
 
     /// Takes a token for one `rpc` frame naming `server` from the key's buckets.
-    pub fn check_rate(&mut self, server: &str) -> Result<(), RateLimited> {
+    pub async fn check_rate(&mut self, server: &str) -> Result<(), RateLimited> {
         let Some(key) = &self.key else {
             return Ok(());
         };
-        let over = match key.check_rate(server) {
+        let over = match key.check_rate(server).await {
             Ok(()) => return Ok(()),
             Err(over) => over,
         };
@@ -207,108 +207,157 @@ mod tests {
         IpAddr::from([127, 0, 0, 1])
     }
 
-    #[test]
-    fn hello_tokens_must_match_the_upgrade() {
+    #[tokio::test]
+    async fn hello_tokens_must_match_the_upgrade() {
         let access = Access::new(&gateway(None, None));
         let key = access.keys().find(KEY.as_bytes()).unwrap();
-        let admit = |caller: Caller| access.admit_upgrade(caller, local()).unwrap();
+        let admit = async |caller: Caller| access.admit_upgrade(caller, local()).await.unwrap();
         let same = admit(Caller::Key(key.clone()))
+            .await
             .after_hello(Some(KEY))
+            .await
             .unwrap();
         assert_eq!(same.grant.key_name().map(|n| &**n), Some("dashboard"));
         assert!(same.connection.is_some());
         let code = |r: Result<Admitted, (u16, String)>| r.err().map(|e| e.0);
         assert_eq!(
-            code(admit(Caller::Key(key.clone())).after_hello(Some(OTHER))),
+            code(
+                admit(Caller::Key(key.clone()))
+                    .await
+                    .after_hello(Some(OTHER))
+                    .await
+            ),
             Some(4501)
         );
         assert_eq!(
-            code(admit(Caller::Key(key.clone())).after_hello(Some("nope"))),
+            code(
+                admit(Caller::Key(key.clone()))
+                    .await
+                    .after_hello(Some("nope"))
+                    .await
+            ),
             Some(4501)
         );
         assert_eq!(
-            code(admit(Caller::Unverified).after_hello(None)),
+            code(admit(Caller::Unverified).await.after_hello(None).await),
             Some(4501)
         );
         assert_eq!(
-            code(admit(Caller::Unverified).after_hello(Some("nope"))),
+            code(
+                admit(Caller::Unverified)
+                    .await
+                    .after_hello(Some("nope"))
+                    .await
+            ),
             Some(4501)
         );
-        let late = admit(Caller::Unverified).after_hello(Some(OTHER)).unwrap();
+        let late = admit(Caller::Unverified)
+            .await
+            .after_hello(Some(OTHER))
+            .await
+            .unwrap();
         assert_eq!(late.grant.key_name().map(|n| &**n), Some("ops"));
         assert!(late.grant.may_use("memory"));
         let anonymous = Access::new(&GatewayConfig::default());
         let open = anonymous
             .admit_upgrade(Caller::Anonymous, local())
+            .await
             .unwrap()
             .after_hello(Some("ignored"))
+            .await
             .unwrap();
         assert_eq!(open.grant.key_name(), None);
         assert!(open.grant.may_use("anything"));
     }
 
-    #[test]
-    fn max_connections_hold_at_the_upgrade_and_at_hello() {
+    #[tokio::test]
+    async fn max_connections_hold_at_the_upgrade_and_at_hello() {
         let access = Access::new(&gateway(Some(1), None));
         let key = access.keys().find(KEY.as_bytes()).unwrap();
         let first = access
             .admit_upgrade(Caller::Key(key.clone()), local())
+            .await
             .unwrap()
             .after_hello(None)
+            .await
             .unwrap();
         let refused = access
             .admit_upgrade(Caller::Key(key.clone()), local())
+            .await
             .unwrap_err();
         assert_eq!(refused.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
         assert!(refused.to_string().contains("maxConnections"));
         let late = access
             .admit_upgrade(Caller::Unverified, local())
+            .await
             .unwrap()
-            .after_hello(Some(KEY));
+            .after_hello(Some(KEY))
+            .await;
         assert_eq!(late.err().map(|e| e.0), Some(4029));
         drop(first);
         assert!(
             access
                 .admit_upgrade(Caller::Unverified, local())
+                .await
                 .unwrap()
                 .after_hello(Some(KEY))
+                .await
                 .is_ok()
         );
     }
 
-    #[test]
-    fn pending_sockets_are_limited_until_hello() {
+    #[tokio::test]
+    async fn pending_sockets_are_limited_until_hello() {
         let access = Access::new(&gateway(None, None));
-        let a = access.admit_upgrade(Caller::Unverified, local()).unwrap();
-        let _b = access.admit_upgrade(Caller::Unverified, local()).unwrap();
+        let a = access
+            .admit_upgrade(Caller::Unverified, local())
+            .await
+            .unwrap();
+        let _b = access
+            .admit_upgrade(Caller::Unverified, local())
+            .await
+            .unwrap();
         assert_eq!(
-            access.admit_upgrade(Caller::Unverified, local()).err(),
-            Some(Refusal::TooManyPending(2))
-        );
-        let _done = a.after_hello(Some(KEY)).unwrap();
-        assert!(access.admit_upgrade(Caller::Unverified, local()).is_ok());
-    }
-
-    #[test]
-    fn a_reload_revokes_removed_keys_and_narrows_the_others() {
-        let mut config = gateway(None, None);
-        let access = Access::new(&config);
-        let admit = |token| {
             access
                 .admit_upgrade(Caller::Unverified, local())
+                .await
+                .err(),
+            Some(Refusal::TooManyPending(2))
+        );
+        let _done = a.after_hello(Some(KEY)).await.unwrap();
+        assert!(
+            access
+                .admit_upgrade(Caller::Unverified, local())
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reload_revokes_removed_keys_and_narrows_the_others() {
+        let mut config = gateway(None, None);
+        let access = Access::new(&config);
+        let admit = async |token| {
+            access
+                .admit_upgrade(Caller::Unverified, local())
+                .await
                 .unwrap()
                 .after_hello(Some(token))
+                .await
                 .unwrap()
                 .grant
         };
-        let (mut dashboard, mut ops) = (admit(KEY), admit(OTHER));
+        let (mut dashboard, mut ops) = (admit(KEY).await, admit(OTHER).await);
         // A key at the upgrade that is gone by hello: 4503.
         let ops_key = access.keys().find(OTHER.as_bytes()).unwrap();
-        let early = access.admit_upgrade(Caller::Key(ops_key), local()).unwrap();
+        let early = access
+            .admit_upgrade(Caller::Key(ops_key), local())
+            .await
+            .unwrap();
         config.access.api_keys.remove(1);
         config.access.api_keys[0].servers = ServerGrant::Only(["memory".to_owned()].into());
         access.replace(&config);
-        assert_eq!(early.after_hello(None).err().map(|e| e.0), Some(4503));
+        assert_eq!(early.after_hello(None).await.err().map(|e| e.0), Some(4503));
         assert_eq!(ops.refresh(), Err(Revoked));
         assert_eq!(dashboard.refresh(), Ok(()));
         assert!(dashboard.may_use("memory") && !dashboard.may_use("everything"));
@@ -316,8 +365,10 @@ mod tests {
         let open = Access::new(&GatewayConfig::default());
         let mut anonymous = open
             .admit_upgrade(Caller::Anonymous, local())
+            .await
             .unwrap()
             .after_hello(None)
+            .await
             .unwrap()
             .grant;
         assert_eq!(anonymous.refresh(), Ok(()));
@@ -336,12 +387,14 @@ mod tests {
         ));
         let mut grant = access
             .admit_upgrade(Caller::Unverified, local())
+            .await
             .unwrap()
             .after_hello(Some(KEY))
+            .await
             .unwrap()
             .grant;
-        assert_eq!(grant.check_rate("everything"), Ok(()));
-        let refused = grant.check_rate("everything").unwrap_err();
+        assert_eq!(grant.check_rate("everything").await, Ok(()));
+        let refused = grant.check_rate("everything").await.unwrap_err();
         assert_eq!(refused.retry_after_ms, 1000);
         assert!(
             refused
@@ -354,7 +407,7 @@ mod tests {
         let mut closed = false;
         for _ in 0..40 {
             tokio::time::advance(std::time::Duration::from_millis(300)).await;
-            if let Err(refused) = grant.check_rate("everything") {
+            if let Err(refused) = grant.check_rate("everything").await {
                 closed |= refused.close;
             }
         }
@@ -363,6 +416,8 @@ mod tests {
             "a connection sending 3 frames a second against 1 is closed"
         );
         let mut free = Grant::anonymous();
-        assert!((0..1000).all(|_| free.check_rate("x").is_ok()));
+        for _ in 0..1000 {
+            assert!(free.check_rate("x").await.is_ok());
+        }
     }
 }

@@ -13,10 +13,14 @@
 //! When the configuration is reloaded, a key with the same name and the same key is the
 //! same key ([`KeyRing::after`]): it keeps its count of open connections, and its rate
 //! buckets unless its `rateLimit` changed. Any other key is a new one.
+//!
+//! The buckets and the count live in the store (`crate::store::limits`): in memory, or
+//! shared with the other instances through Redis, where they are found by the key's
+//! name (so there a key under a name keeps that name's count and buckets).
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::config::RateLimitConfig;
@@ -27,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::rate::{KeyLimits, OverLimit};
 use crate::config::{ApiKeyConfig, ServerGrant, sha256};
+use crate::store::Store;
+use crate::store::limits::{ConnectionCount, Counter};
 
 /// One configured API key.
 pub struct ApiKey {
@@ -41,7 +47,7 @@ pub struct ApiKey {
     max_connections: Option<usize>,
     /// Open sockets presenting this key, from the moment it was accepted until they close;
     /// shared with the same key after a reload.
-    open: Arc<AtomicUsize>,
+    open: ConnectionCount,
     /// This key's sessions held for resume, oldest first; at most `maxConnections`.
     held: Mutex<VecDeque<HeldEntry>>,
     /// Numbers the held sessions, to find each one's entry.
@@ -68,16 +74,17 @@ impl fmt::Debug for ApiKey {
 }
 
 impl ApiKey {
-    /// The key as configured.
-    pub fn new(config: &ApiKeyConfig) -> Self {
+    /// The key as configured, its limits kept in `store`.
+    pub(crate) fn new(config: &ApiKeyConfig, store: &Store) -> Self {
+        let name: Arc<str> = Arc::from(config.name.as_str());
         Self {
-            name: Arc::from(config.name.as_str()),
+            limits: Arc::new(KeyLimits::new(&name, config.rate_limit.as_ref(), store)),
+            open: store.connection_count(&name),
+            name,
             digest: config.key.digest(),
             servers: config.servers.clone(),
             rate: config.rate_limit.clone(),
-            limits: Arc::new(KeyLimits::new(config.rate_limit.as_ref())),
             max_connections: config.max_connections,
-            open: Arc::new(AtomicUsize::new(0)),
             held: Mutex::new(VecDeque::new()),
             held_count: AtomicU64::new(0),
         }
@@ -85,8 +92,8 @@ impl ApiKey {
 
     /// The key as configured now, continuing `previous` (the same key before a reload):
     /// its open connections, and its buckets if its rate limit is unchanged.
-    fn continuing(config: &ApiKeyConfig, previous: &ApiKey) -> Self {
-        let mut key = Self::new(config);
+    fn continuing(config: &ApiKeyConfig, previous: &ApiKey, store: &Store) -> Self {
+        let mut key = Self::new(config, store);
         key.open = previous.open.clone();
         if key.rate == previous.rate {
             key.limits = previous.limits.clone();
@@ -105,8 +112,8 @@ impl ApiKey {
     }
 
     /// Takes a token for one `rpc` frame to `server`.
-    pub fn check_rate(&self, server: &str) -> Result<(), OverLimit> {
-        self.limits.check(server)
+    pub async fn check_rate(&self, server: &str) -> Result<(), OverLimit> {
+        self.limits.check(server).await
     }
 
     /// `maxConnections`, if limited.
@@ -114,20 +121,19 @@ impl ApiKey {
         self.max_connections
     }
 
-    /// Counts one more open socket of this key, unless it has `maxConnections` already.
-    pub fn open_connection(self: &Arc<Self>) -> Option<ConnectionSlot> {
+    /// Counts one more open socket of this key, unless it has `maxConnections` already
+    /// (with a shared store: on all instances together).
+    pub async fn open_connection(self: &Arc<Self>) -> Option<ConnectionSlot> {
         let limit = self.max_connections.unwrap_or(usize::MAX);
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                (open < limit).then_some(open + 1)
-            })
-            .ok()?;
+        if !self.open.open(limit).await {
+            return None;
+        }
         Some(ConnectionSlot { key: self.clone() })
     }
 
-    /// Open sockets of this key.
+    /// Open sockets of this key on this instance.
     pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Acquire)
+        self.open.local()
     }
 
     /// Counts one more session of this key held for resume. `None` when the key has no
@@ -227,7 +233,7 @@ impl ConnectionSlot {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.key.open.fetch_sub(1, Ordering::AcqRel);
+        self.key.open.close();
     }
 }
 
@@ -238,22 +244,25 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
-    /// The ring of `apiKeys` (empty: the gateway takes no keys).
-    pub fn new(configs: &[ApiKeyConfig]) -> Self {
+    /// The ring of `apiKeys` (empty: the gateway takes no keys), their limits in `store`.
+    pub(crate) fn new(configs: &[ApiKeyConfig], store: &Store) -> Self {
         Self {
-            keys: configs.iter().map(|c| Arc::new(ApiKey::new(c))).collect(),
+            keys: configs
+                .iter()
+                .map(|c| Arc::new(ApiKey::new(c, store)))
+                .collect(),
         }
     }
 
     /// The ring of `configs` after a reload from `previous`: a key that is the same
     /// (name and key) continues its counts ([`ApiKey`]).
-    pub fn after(configs: &[ApiKeyConfig], previous: &KeyRing) -> Self {
+    pub(crate) fn after(configs: &[ApiKeyConfig], previous: &KeyRing, store: &Store) -> Self {
         let keys = configs
             .iter()
             .map(|config| {
-                let fresh = ApiKey::new(config);
+                let fresh = ApiKey::new(config, store);
                 let key = match previous.same(&fresh) {
-                    Some(old) => ApiKey::continuing(config, &old),
+                    Some(old) => ApiKey::continuing(config, &old, store),
                     None => fresh,
                 };
                 Arc::new(key)
@@ -296,6 +305,10 @@ mod tests {
     use super::*;
     use crate::config::{KeyMaterial, Rate, RateLimitConfig, Secret};
 
+    fn store() -> Store {
+        Store::memory("test".into())
+    }
+
     fn config(name: &str, key: KeyMaterial, servers: ServerGrant) -> ApiKeyConfig {
         ApiKeyConfig {
             name: name.into(),
@@ -307,18 +320,21 @@ mod tests {
     }
 
     fn ring() -> KeyRing {
-        KeyRing::new(&[
-            config(
-                "dashboard",
-                KeyMaterial::Plain(Secret::new("dashboard-key-0123456789")),
-                ServerGrant::Only(["everything".to_owned()].into()),
-            ),
-            config(
-                "ops",
-                KeyMaterial::Sha256(sha256(b"ops-key-abcdefghijklmnop")),
-                ServerGrant::All,
-            ),
-        ])
+        KeyRing::new(
+            &[
+                config(
+                    "dashboard",
+                    KeyMaterial::Plain(Secret::new("dashboard-key-0123456789")),
+                    ServerGrant::Only(["everything".to_owned()].into()),
+                ),
+                config(
+                    "ops",
+                    KeyMaterial::Sha256(sha256(b"ops-key-abcdefghijklmnop")),
+                    ServerGrant::All,
+                ),
+            ],
+            &store(),
+        )
     }
 
     #[test]
@@ -365,21 +381,21 @@ mod tests {
         assert!(!dump.contains("digest"), "{dump}");
     }
 
-    #[test]
-    fn connections_are_counted_until_their_slots_drop() {
+    #[tokio::test]
+    async fn connections_are_counted_until_their_slots_drop() {
         let mut limited = config(
             "a",
             KeyMaterial::Plain(Secret::new("aaaaaaaaaaaaaaaaaaaa")),
             ServerGrant::All,
         );
         limited.max_connections = Some(2);
-        let key = Arc::new(ApiKey::new(&limited));
-        let first = key.open_connection().unwrap();
-        let second = key.open_connection().unwrap();
-        assert!(key.open_connection().is_none());
+        let key = Arc::new(ApiKey::new(&limited, &store()));
+        let first = key.open_connection().await.unwrap();
+        let second = key.open_connection().await.unwrap();
+        assert!(key.open_connection().await.is_none());
         assert_eq!(key.open_connections(), 2);
         drop(first);
-        let third = key.open_connection().unwrap();
+        let third = key.open_connection().await.unwrap();
         assert_eq!(third.key().name, key.name);
         drop((second, third));
         assert_eq!(key.open_connections(), 0);
@@ -393,7 +409,7 @@ mod tests {
             ServerGrant::All,
         );
         limited.max_connections = Some(2);
-        let key = Arc::new(ApiKey::new(&limited));
+        let key = Arc::new(ApiKey::new(&limited, &store()));
         let (first, none) = key.hold_session().unwrap();
         let (second, none_either) = key.hold_session().unwrap();
         assert!(none.is_empty() && none_either.is_empty());
@@ -409,7 +425,11 @@ mod tests {
         assert_eq!(key.held_sessions(), 0);
         // A key without maxConnections does not count its held sessions.
         limited.max_connections = None;
-        assert!(Arc::new(ApiKey::new(&limited)).hold_session().is_none());
+        assert!(
+            Arc::new(ApiKey::new(&limited, &store()))
+                .hold_session()
+                .is_none()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -426,34 +446,34 @@ mod tests {
             }),
             servers: Default::default(),
         });
-        let before = KeyRing::new(std::slice::from_ref(&limited));
+        let before = KeyRing::new(std::slice::from_ref(&limited), &store());
         let key = before.find(b"aaaaaaaaaaaaaaaaaaaa").unwrap();
-        let slot = key.open_connection().unwrap();
-        assert!(key.check_rate("x").is_ok());
+        let slot = key.open_connection().await.unwrap();
+        assert!(key.check_rate("x").await.is_ok());
 
         // Same name and key, other servers: the same key, counts and bucket kept.
         let mut narrowed = limited.clone();
         narrowed.servers = ServerGrant::Only(["x".to_owned()].into());
-        let after = KeyRing::after(std::slice::from_ref(&narrowed), &before);
+        let after = KeyRing::after(std::slice::from_ref(&narrowed), &before, &store());
         let same = after.same(&key).expect("still configured");
         assert!(!same.may_use("y") && same.may_use("x"));
         assert_eq!(same.open_connections(), 1);
-        assert!(same.check_rate("x").is_err(), "the bucket went on");
+        assert!(same.check_rate("x").await.is_err(), "the bucket went on");
         drop(slot);
         assert_eq!(same.open_connections(), 0);
 
         // A new rate: a fresh bucket.
         let mut faster = narrowed.clone();
         faster.rate_limit = None;
-        let after = KeyRing::after(&[faster], &after);
-        assert!(after.same(&key).unwrap().check_rate("x").is_ok());
+        let after = KeyRing::after(&[faster], &after, &store());
+        assert!(after.same(&key).unwrap().check_rate("x").await.is_ok());
 
         // Another key under the same name, or the key under another name: not the same.
         let mut rekeyed = narrowed.clone();
         rekeyed.key = KeyMaterial::Plain(Secret::new("bbbbbbbbbbbbbbbbbbbb"));
         let mut renamed = narrowed.clone();
         renamed.name = "b".into();
-        let after = KeyRing::after(&[rekeyed, renamed], &before);
+        let after = KeyRing::after(&[rekeyed, renamed], &before, &store());
         assert!(after.same(&key).is_none());
     }
 
@@ -471,8 +491,8 @@ mod tests {
             }),
             servers: Default::default(),
         });
-        let key = ApiKey::new(&limited);
-        assert!(key.check_rate("x").is_ok());
-        assert!(key.check_rate("x").is_err());
+        let key = ApiKey::new(&limited, &store());
+        assert!(key.check_rate("x").await.is_ok());
+        assert!(key.check_rate("x").await.is_err());
     }
 }

@@ -48,6 +48,7 @@ pub use presented::{
 pub use rate::{OverLimit, STREAK_LIMIT, STREAK_PAUSE, Streak};
 
 use crate::config::GatewayConfig;
+use crate::store::Store;
 
 /// Why a request or socket is refused. The text is the response body or close reason; it
 /// never holds a key.
@@ -182,19 +183,27 @@ pub struct Access {
     /// Serves HTTPS: the gateway's own origin is `https`. Fixed for the process.
     tls: bool,
     pending: Arc<PendingPerIp>,
+    /// Where the keys' rate buckets and connection counts live.
+    store: Store,
 }
 
 impl Access {
-    /// The rules of `config`.
+    /// The rules of `config`, the keys' limits in this instance's memory.
     pub fn new(config: &GatewayConfig) -> Arc<Self> {
+        Self::with_store(config, Store::memory(config.instance.clone()))
+    }
+
+    /// The rules of `config`, the keys' limits in `store`.
+    pub(crate) fn with_store(config: &GatewayConfig, store: Store) -> Arc<Self> {
         let tls = config.tls.is_some();
         Arc::new(Self {
             rules: RwLock::new(Rules {
-                keys: Arc::new(KeyRing::new(&config.access.api_keys)),
+                keys: Arc::new(KeyRing::new(&config.access.api_keys, &store)),
                 origins: Arc::new(OriginPolicy::new(&config.access, tls)),
             }),
             tls,
             pending: PendingPerIp::new(config.max_pending_per_ip),
+            store,
         })
     }
 
@@ -202,7 +211,7 @@ impl Access {
     /// the same as before keeps its counts, [`KeyRing::after`]), origins and hosts.
     pub fn replace(&self, config: &GatewayConfig) {
         let mut rules = self.rules.write().unwrap_or_else(|p| p.into_inner());
-        let keys = KeyRing::after(&config.access.api_keys, &rules.keys);
+        let keys = KeyRing::after(&config.access.api_keys, &rules.keys, &self.store);
         *rules = Rules {
             keys: Arc::new(keys),
             origins: Arc::new(OriginPolicy::new(&config.access, self.tls)),
@@ -252,23 +261,21 @@ impl Access {
 
     /// Admits a WebSocket upgrade from `peer`: counts it against its key's `maxConnections`
     /// and against the address's `maxPendingPerIp` until `hello` is done.
-    pub fn admit_upgrade(
+    pub async fn admit_upgrade(
         self: &Arc<Self>,
         caller: Caller,
         peer: IpAddr,
     ) -> Result<Admission, Refusal> {
-        let connection = match &caller {
-            Caller::Key(key) => {
-                Some(
-                    key.open_connection()
-                        .ok_or_else(|| Refusal::TooManyConnections {
-                            key: key.name.clone(),
-                            max: key.max_connections().unwrap_or(0),
-                        })?,
-                )
-            }
-            Caller::Anonymous | Caller::Unverified => None,
-        };
+        let connection =
+            match &caller {
+                Caller::Key(key) => Some(key.open_connection().await.ok_or_else(|| {
+                    Refusal::TooManyConnections {
+                        key: key.name.clone(),
+                        max: key.max_connections().unwrap_or(0),
+                    }
+                })?),
+                Caller::Anonymous | Caller::Unverified => None,
+            };
         let pending = self
             .pending
             .enter(peer)

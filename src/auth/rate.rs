@@ -1,49 +1,20 @@
-//! Rate limits: a token bucket per API key (shared by all its connections) and per key and
-//! server, built on `governor`; and the rule that closes a connection that goes on sending
-//! while it is limited.
-//!
-//! The buckets read tokio's clock, so tests can pause and advance time.
+//! Rate limits: a token bucket per API key (shared by all its connections, and by every
+//! instance with a shared store) and per key and server, kept in the store
+//! (`crate::store::limits`); what a refusal tells the client; and the rule that closes a
+//! connection that goes on sending while it is limited.
 
-use std::collections::BTreeMap;
-use std::num::NonZeroU32;
 use std::time::Duration;
 
-use governor::clock::Clock;
-use governor::middleware::NoOpMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
 
-use crate::config::{Rate, RateLimitConfig};
+use crate::config::RateLimitConfig;
+use crate::store::Store;
+use crate::store::limits::{Bucket, Buckets, KeyBuckets};
 
 /// A streak of refusals is broken by a pause of at least this long between two of them.
 pub const STREAK_PAUSE: Duration = Duration::from_secs(1);
 /// A connection refused for rate without such a pause for this long is closed (4029).
 pub const STREAK_LIMIT: Duration = Duration::from_secs(10);
-
-/// governor's view of tokio's clock: the time since the clock was made.
-#[derive(Debug, Clone, Copy)]
-pub struct TokioClock {
-    origin: Instant,
-}
-
-impl Default for TokioClock {
-    fn default() -> Self {
-        Self {
-            origin: Instant::now(),
-        }
-    }
-}
-
-impl Clock for TokioClock {
-    type Instant = Duration;
-
-    fn now(&self) -> Duration {
-        self.origin.elapsed()
-    }
-}
-
-type Bucket = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
 
 /// Why a frame was refused: which limit, and when a frame would be accepted again.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,66 +42,41 @@ impl OverLimit {
     }
 }
 
-/// The buckets of one API key.
-#[derive(Debug, Default)]
+/// The buckets of one API key, with its rates for the messages.
+#[derive(Debug)]
 pub struct KeyLimits {
-    /// The clock of every bucket here: their instants count from its origin.
-    clock: TokioClock,
-    overall: Option<(Rate, Bucket)>,
-    servers: BTreeMap<String, (Rate, Bucket)>,
-}
-
-/// The longest refill period: one frame per 1e6 s (`perSecond` 1e-6).
-const MAX_PERIOD: Duration = Duration::from_secs(1_000_000);
-
-fn bucket(rate: Rate, clock: TokioClock) -> Bucket {
-    // The configuration bounds perSecond to [1e-6, 1e6], so the period is from 1 µs to
-    // 1e6 s; any other value is clamped there, never a panic.
-    let period = Duration::try_from_secs_f64(1.0 / rate.per_second)
-        .unwrap_or(MAX_PERIOD)
-        .clamp(Duration::from_micros(1), MAX_PERIOD);
-    let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
-    let quota = Quota::with_period(period)
-        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-        .allow_burst(burst);
-    RateLimiter::direct_with_clock(quota, clock)
+    config: Option<RateLimitConfig>,
+    buckets: KeyBuckets,
 }
 
 impl KeyLimits {
-    /// The buckets for a key's `rateLimit` (none: not limited).
-    pub fn new(config: Option<&RateLimitConfig>) -> Self {
-        let clock = TokioClock::default();
-        let Some(config) = config else {
-            return Self::default();
-        };
+    /// The buckets for the key `name`'s `rateLimit` (none: not limited), in `store`.
+    pub(crate) fn new(name: &str, config: Option<&RateLimitConfig>, store: &Store) -> Self {
         Self {
-            clock,
-            overall: config.overall.map(|rate| (rate, bucket(rate, clock))),
-            servers: config
-                .servers
-                .iter()
-                .map(|(name, rate)| (name.clone(), (*rate, bucket(*rate, clock))))
-                .collect(),
+            config: config.cloned(),
+            buckets: store.buckets(name, config),
         }
     }
 
     /// Takes a token for one frame to `server`: first from the key's bucket, then from the
     /// server's. A frame refused by the server's bucket has still used the key's token.
-    pub fn check(&self, server: &str) -> Result<(), OverLimit> {
-        if let Some((rate, bucket)) = &self.overall {
-            self.take(bucket, *rate, None)?;
-        }
-        if let Some((rate, bucket)) = self.servers.get(server) {
-            self.take(bucket, *rate, Some(server))?;
-        }
-        Ok(())
-    }
-
-    fn take(&self, bucket: &Bucket, rate: Rate, server: Option<&str>) -> Result<(), OverLimit> {
-        bucket.check().map_err(|not_until| OverLimit {
-            server: server.map(str::to_owned),
-            rate: (rate.per_second, rate.burst),
-            retry_after_ms: ceil_millis(not_until.wait_time_from(self.clock.now())),
+    pub async fn check(&self, server: &str) -> Result<(), OverLimit> {
+        let Err(refused) = self.buckets.take(server).await else {
+            return Ok(());
+        };
+        let config = self.config.as_ref();
+        let (server, rate) = match refused.bucket {
+            Bucket::Key => (None, config.and_then(|c| c.overall)),
+            Bucket::Server => (
+                Some(server.to_owned()),
+                config.and_then(|c| c.servers.get(server).copied()),
+            ),
+        };
+        let rate = rate.map_or((0.0, 0), |r| (r.per_second, r.burst));
+        Err(OverLimit {
+            server,
+            rate,
+            retry_after_ms: ceil_millis(refused.retry_after),
         })
     }
 }
@@ -165,69 +111,78 @@ impl Streak {
 mod tests {
     use super::*;
 
+    use crate::config::Rate;
+
     fn limits(overall: Option<(f64, u32)>, servers: &[(&str, f64, u32)]) -> KeyLimits {
         let rate = |(per_second, burst)| Rate { per_second, burst };
-        KeyLimits::new(Some(&RateLimitConfig {
+        let config = RateLimitConfig {
             overall: overall.map(rate),
             servers: servers
                 .iter()
                 .map(|&(name, p, b)| (name.to_owned(), rate((p, b))))
                 .collect(),
-        }))
+        };
+        KeyLimits::new("k", Some(&config), &Store::memory("test".into()))
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_bucket_allows_its_burst_then_its_rate() {
         let key = limits(Some((2.0, 3)), &[]);
         for _ in 0..3 {
-            assert_eq!(key.check("a"), Ok(()));
+            assert_eq!(key.check("a").await, Ok(()));
         }
-        let refused = key.check("a").unwrap_err();
+        let refused = key.check("a").await.unwrap_err();
         assert_eq!(refused.server, None);
         assert_eq!(refused.rate, (2.0, 3));
         assert_eq!(refused.retry_after_ms, 500);
         tokio::time::advance(Duration::from_millis(499)).await;
-        assert_eq!(key.check("a").unwrap_err().retry_after_ms, 1);
+        assert_eq!(key.check("a").await.unwrap_err().retry_after_ms, 1);
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(key.check("a"), Ok(()));
-        assert!(key.check("a").is_err());
+        assert_eq!(key.check("a").await, Ok(()));
+        assert!(key.check("a").await.is_err());
         // A long pause refills the burst, and no more.
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert_eq!((0..4).filter(|_| key.check("a").is_ok()).count(), 3);
+        let mut taken = 0;
+        for _ in 0..4 {
+            taken += usize::from(key.check("a").await.is_ok());
+        }
+        assert_eq!(taken, 3);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_server_bucket_limits_only_its_server() {
         let key = limits(None, &[("slow", 1.0, 1)]);
-        assert_eq!(key.check("slow"), Ok(()));
-        let refused = key.check("slow").unwrap_err();
+        assert_eq!(key.check("slow").await, Ok(()));
+        let refused = key.check("slow").await.unwrap_err();
         assert_eq!(refused.server.as_deref(), Some("slow"));
         assert_eq!(refused.retry_after_ms, 1000);
         for _ in 0..100 {
-            assert_eq!(key.check("fast"), Ok(()));
+            assert_eq!(key.check("fast").await, Ok(()));
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_overall_bucket_counts_frames_to_every_server() {
         let key = limits(Some((1.0, 2)), &[("a", 100.0, 100)]);
-        assert_eq!(key.check("a"), Ok(()));
-        assert_eq!(key.check("b"), Ok(()));
-        assert_eq!(key.check("a").unwrap_err().server, None);
-        assert_eq!(key.check("b").unwrap_err().server, None);
+        assert_eq!(key.check("a").await, Ok(()));
+        assert_eq!(key.check("b").await, Ok(()));
+        assert_eq!(key.check("a").await.unwrap_err().server, None);
+        assert_eq!(key.check("b").await.unwrap_err().server, None);
     }
 
     #[tokio::test(start_paused = true)]
     async fn fractional_rates_wait_seconds() {
         let key = limits(Some((0.5, 1)), &[]);
-        assert_eq!(key.check("a"), Ok(()));
-        assert_eq!(key.check("a").unwrap_err().retry_after_ms, 2000);
+        assert_eq!(key.check("a").await, Ok(()));
+        assert_eq!(key.check("a").await.unwrap_err().retry_after_ms, 2000);
     }
 
-    #[test]
-    fn no_limit_never_refuses() {
-        let key = KeyLimits::new(None);
-        assert!((0..10_000).all(|_| key.check("a").is_ok()));
+    #[tokio::test]
+    async fn no_limit_never_refuses() {
+        let key = KeyLimits::new("k", None, &Store::memory("test".into()));
+        for _ in 0..10_000 {
+            assert!(key.check("a").await.is_ok());
+        }
     }
 
     #[test]

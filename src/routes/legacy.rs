@@ -137,7 +137,7 @@ async fn open_stream(
     let about = |error: RouteError| error.about(Some(name), None);
     routes.check_running().map_err(about)?;
     let server = routes.server(caller, name).map_err(about)?;
-    let mut held = routes.stream(caller).map_err(about)?;
+    let mut held = routes.stream(caller).await.map_err(about)?;
     let endpoint = routes.endpoint(&server).await.map_err(about)?;
     let url = sse_url(&endpoint).map_err(|e| about(e.into()))?;
     let request = Request {

@@ -44,11 +44,11 @@ impl Message {
 
     /// Takes a token from the caller's buckets for a message to `server`, as for an `rpc`
     /// frame: whatever server it names, the key's bucket first, then that server's.
-    pub fn check_rate(&self, caller: &Caller, server: &str) -> Result<(), Refused> {
+    pub async fn check_rate(&self, caller: &Caller, server: &str) -> Result<(), Refused> {
         let Caller::Key(key) = caller else {
             return Ok(());
         };
-        key.check_rate(server).map_err(|over| {
+        key.check_rate(server).await.map_err(|over| {
             RouteError::RateLimited {
                 message: over.message(&key.name),
                 retry_after_ms: over.retry_after_ms,

@@ -111,7 +111,7 @@ impl Routes {
             refused.server = Some(name.to_owned());
             refused
         })?;
-        message.check_rate(caller, name)?;
+        message.check_rate(caller, name).await?;
         Ok(message)
     }
 
@@ -133,11 +133,12 @@ impl Routes {
 
     /// What an event stream holds besides: a place among `maxSessions`, and one of its
     /// key's `maxConnections`, as a WebSocket does.
-    fn stream(&self, caller: &Caller) -> Result<Held, RouteError> {
+    async fn stream(&self, caller: &Caller) -> Result<Held, RouteError> {
         let key_slot = match caller {
             Caller::Key(key) => {
                 Some(
                     key.open_connection()
+                        .await
                         .ok_or_else(|| RouteError::TooManyStreams {
                             key: key.name.clone(),
                             max: key.max_connections().unwrap_or(0),

@@ -151,7 +151,7 @@ async fn open_stream(
     let about = |error: RouteError| error.about(Some(name), None);
     routes.check_running().map_err(about)?;
     let server = routes.server(caller, name).map_err(about)?;
-    let held = routes.stream(caller).map_err(about)?;
+    let held = routes.stream(caller).await.map_err(about)?;
     let endpoint = routes.endpoint(&server).await.map_err(about)?;
     if legacy_only(&server, &endpoint) {
         return Err(about(RouteError::LegacyOnly(name.to_owned())));

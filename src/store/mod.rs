@@ -3,7 +3,7 @@
 //!
 //! A [`Store`] is a cheap handle. Each part of the shared state has its own module with
 //! a trait and two implementations, one in memory and one on Redis, so that they cannot
-//! drift: `limits` (rate buckets and connection counts), [`sessions`] (kept frames,
+//! drift: [`limits`] (rate buckets and connection counts), [`sessions`] (kept frames,
 //! upstream session ids and ownership of client sessions). The Redis parts use the
 //! [`RedisLink`]: one pooled, reconnecting connection, the key prefix `mcpmux:`, and
 //! the outage tracking every part reports to, so that an outage is logged once and
@@ -13,19 +13,20 @@
 //! parts decide in memory, and a background probe (a `PING` every 500 ms) sees both an
 //! outage and its end without waiting for traffic.
 
-// The parts that use the store (limits, sessions) build on these names.
-#![allow(dead_code)]
-
-pub(crate) mod sessions;
-
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::Notify;
 
-use crate::config::GatewayConfig;
+pub(crate) mod limits;
+pub(crate) mod sessions;
+
+use limits::{ConnectionCount, KeyBuckets, MemoryBuckets, MemoryCount, SharedLimits};
+
+use crate::config::{GatewayConfig, RateLimitConfig};
 use crate::metrics::Metrics;
 use crate::redact;
 
@@ -55,6 +56,8 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub(crate) struct Store {
     redis: Option<RedisLink>,
+    /// The limits' part of a Redis store.
+    limits: Option<Arc<SharedLimits>>,
     instance: Arc<str>,
 }
 
@@ -63,6 +66,7 @@ impl Store {
     pub(crate) fn memory(instance: Arc<str>) -> Self {
         Self {
             redis: None,
+            limits: None,
             instance,
         }
     }
@@ -76,10 +80,38 @@ impl Store {
             return Ok(Self::memory(instance));
         };
         let link = RedisLink::open(url.expose(), metrics.clone())?;
+        let limits = SharedLimits::new(link.clone(), metrics.clone(), instance.clone());
         Ok(Self {
             redis: Some(link),
+            limits: Some(Arc::new(limits)),
             instance,
         })
+    }
+
+    /// The rate buckets of the API key `name` with `config` (none: never refuses).
+    pub(crate) fn buckets(&self, name: &str, config: Option<&RateLimitConfig>) -> KeyBuckets {
+        match &self.limits {
+            Some(shared) => shared.buckets(name, config),
+            None => KeyBuckets::Memory(MemoryBuckets::new(config)),
+        }
+    }
+
+    /// A count of the open connections of the API key `name`. In memory, a new one for
+    /// each key (a key that continues after a reload keeps its own); in Redis, every key
+    /// of that name shares one.
+    pub(crate) fn connection_count(&self, name: &Arc<str>) -> ConnectionCount {
+        match &self.limits {
+            Some(shared) => shared.count(name),
+            None => ConnectionCount::Memory(Arc::new(MemoryCount::default())),
+        }
+    }
+
+    /// Leaves the fleet on shutdown: this instance's connection counts stop counting at
+    /// once, not when its lease would have expired.
+    pub(crate) async fn close(&self) {
+        if let Some(limits) = &self.limits {
+            limits.close().await;
+        }
     }
 
     /// The Redis link, when the store is Redis.
@@ -107,6 +139,8 @@ struct LinkInner {
     up: AtomicBool,
     /// True until the first answer or failure: start-up is not a recovery.
     first: AtomicBool,
+    /// Notified when Redis answers again after an outage.
+    recovered: Notify,
     metrics: Metrics,
 }
 
@@ -136,6 +170,7 @@ impl RedisLink {
             shown,
             up: AtomicBool::new(false),
             first: AtomicBool::new(true),
+            recovered: Notify::new(),
             metrics,
         });
         tokio::spawn(probe(Arc::downgrade(&inner)));
@@ -197,6 +232,7 @@ impl RedisLink {
         let first = self.inner.first.swap(false, Ordering::AcqRel);
         if !self.inner.up.swap(true, Ordering::AcqRel) {
             self.inner.metrics.store_up(true);
+            self.inner.recovered.notify_waiters();
             if first {
                 tracing::info!(redis = %self.inner.shown, "connected to the shared store");
             } else {
@@ -206,6 +242,11 @@ impl RedisLink {
                 );
             }
         }
+    }
+
+    /// Resolves the next time Redis answers again after an outage (or first answers).
+    pub(crate) async fn recovered(&self) {
+        self.inner.recovered.notified().await;
     }
 
     /// Asks Redis for a `PING`, recording the outcome; true when it answered.

@@ -30,6 +30,7 @@ mod scale_sessions;
 mod secret_urls;
 mod secrets;
 mod security;
+mod shared_limits;
 mod store;
 mod strict_upstream;
 mod upstream_faults;

@@ -1,12 +1,13 @@
 //! The shared store: a gateway with `gateway.store.redis` pointing at a real
 //! redis-server shows whether Redis answers (`mcpmux_store_up`), through an outage and
-//! back, and never shows the Redis password.
+//! back; the binary logs each outage once, and never the Redis password.
 
 use mcpmux::Options;
 use mcpmux::metrics::Metrics;
 use serde_json::json;
 
-use crate::harness::{Client, TestGateway, config, everything};
+use crate::binary::{Binary, Launch};
+use crate::harness::{Client, FRAME_WAIT, TestGateway, config, everything};
 use crate::metrics::{sample, until};
 use crate::support::redis::RedisServer;
 
@@ -66,4 +67,54 @@ async fn without_a_store_the_memory_store_is_up() {
     .await;
     assert_eq!(store_up(&metrics.render()), Some(1.0));
     gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_binary_logs_each_outage_once_and_never_the_password() {
+    const PASSWORD: &str = "outage-pass-7781";
+    let mut redis = RedisServer::start_with_password(PASSWORD);
+    let settings = json!({"instance": "logged", "store": {"redis": redis.url()}});
+    let launch = Launch {
+        log_filter: Some("info"),
+        ..Launch::default()
+    };
+    let config = config(json!({"everything": everything()}), settings);
+    let binary = Binary::launch(&config, launch);
+    binary
+        .log_line(&["mcpmux listening", "logged"], FRAME_WAIT)
+        .await;
+    binary
+        .log_line(&["connected to the shared store"], FRAME_WAIT)
+        .await;
+    let shown = format!("redis://***@127.0.0.1:{}", redis.port());
+    for outage in 1..=2 {
+        redis.stop();
+        let log = lines_of(&binary, "does not answer", outage).await;
+        let warning = log.lines().rfind(|l| l.contains("does not answer"));
+        assert!(
+            warning.is_some_and(|w| w.contains("WARN") && w.contains(&shown)),
+            "{log}"
+        );
+        redis.start_again();
+        let log = lines_of(&binary, "answers again", outage).await;
+        // One warning per outage, though the probe failed several times in each.
+        assert_eq!(log.matches("does not answer").count(), outage, "{log}");
+    }
+    assert!(!binary.log().contains(PASSWORD));
+}
+
+/// Waits until the binary's log holds `count` lines containing `needle`; returns the log.
+async fn lines_of(binary: &Binary, needle: &str, count: usize) -> String {
+    let deadline = tokio::time::Instant::now() + FRAME_WAIT;
+    loop {
+        let log = binary.log();
+        if log.matches(needle).count() >= count {
+            return log;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fewer than {count} lines with {needle:?}:\n{log}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

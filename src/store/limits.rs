@@ -1,0 +1,643 @@
+//! Rate limits and connection counts, per API key: in this instance's memory, or shared
+//! by every instance through Redis.
+//!
+//! Each has a trait ([`Buckets`], [`Counter`]) with two implementations, so that they
+//! cannot drift: the memory one is what a single instance does, and the Redis one falls
+//! back on it for each decision Redis does not answer in time.
+//!
+//! - **Rate**: one GCRA bucket per key and one per key and server, with `governor`'s
+//!   semantics (a burst of `burst` frames, then one every `1/perSecond` s). In Redis a
+//!   bucket is one key holding its theoretical arrival time in microseconds of Redis's
+//!   own clock (`TIME`), so that instances with skewed clocks agree; one Lua script
+//!   takes a token from the key's bucket and then the server's, atomically, in one round
+//!   trip (`EVALSHA`, loaded again on `NOSCRIPT`).
+//! - **Connections** (`maxConnections`): each instance keeps its own count per key, and
+//!   writes it into the Redis hash `mcpmux:conns:<key name>` (field: the instance name)
+//!   under a lease (`mcpmux:lease:<instance>`, 15 s, renewed every 5 s). A Lua script
+//!   admits a connection when the live instances' counts sum to less than the limit,
+//!   dropping the fields of instances whose lease expired. The renewal writes the
+//!   instance's exact counts again, so that the hash converges within one renewal after
+//!   an outage, a Redis restart or a lost release.
+//!
+//! While Redis does not answer (`RedisLink::is_up`), every decision is made in memory,
+//! per instance, and counted in `mcpmux_store_fallback_total`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{RedisLink, StoreError};
+use crate::config::{Rate, RateLimitConfig};
+use crate::metrics::Metrics;
+
+/// How long an instance's connection counts live in Redis without a renewal.
+pub(crate) const LEASE: Duration = Duration::from_secs(15);
+/// How often an instance renews its lease and writes its counts again.
+pub(crate) const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// How long a key's hash of counts lives after its last write (longer than a lease).
+const COUNTS_TTL: Duration = Duration::from_secs(60);
+
+/// Which bucket refused a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bucket {
+    /// The key's bucket, for every server.
+    Key,
+    /// The key's bucket for the server named.
+    Server,
+}
+
+/// A token refused: by which bucket, and when one would be given again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Refused {
+    pub(crate) bucket: Bucket,
+    pub(crate) retry_after: Duration,
+}
+
+/// The rate buckets of one API key.
+pub(crate) trait Buckets {
+    /// Takes a token for one frame to `server`: from the key's bucket, then from the
+    /// server's. A frame refused by the server's bucket has still used the key's token.
+    fn take(&self, server: &str) -> impl Future<Output = Result<(), Refused>> + Send;
+}
+
+/// A key's count of open connections.
+pub(crate) trait Counter {
+    /// Counts one more connection, unless the key has `max` open already.
+    fn open(&self, max: usize) -> impl Future<Output = bool> + Send;
+    /// Counts one connection fewer.
+    fn close(&self);
+    /// This instance's connections of the key.
+    fn local(&self) -> usize;
+}
+
+// ---------------------------------------------------------------------------------------
+// Rate: memory.
+
+/// governor's view of tokio's clock: the time since the clock was made (so tests can
+/// pause and advance time).
+#[derive(Debug, Clone, Copy)]
+struct TokioClock {
+    origin: Instant,
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
+
+type Governor = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
+
+/// The longest refill period: one frame per 1e6 s (`perSecond` 1e-6).
+const MAX_PERIOD: Duration = Duration::from_secs(1_000_000);
+
+/// The refill period of `rate`, from 1 µs to 1e6 s (the configuration bounds perSecond
+/// to [1e-6, 1e6]; any other value is clamped there, never a panic).
+fn period(rate: Rate) -> Duration {
+    Duration::try_from_secs_f64(1.0 / rate.per_second)
+        .unwrap_or(MAX_PERIOD)
+        .clamp(Duration::from_micros(1), MAX_PERIOD)
+}
+
+fn governor(rate: Rate, clock: TokioClock) -> Governor {
+    let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
+    let quota = Quota::with_period(period(rate))
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst);
+    RateLimiter::direct_with_clock(quota, clock)
+}
+
+/// A key's buckets in this instance's memory.
+#[derive(Debug, Default)]
+pub(crate) struct MemoryBuckets {
+    clock: TokioClock,
+    overall: Option<Governor>,
+    servers: BTreeMap<String, Governor>,
+}
+
+impl MemoryBuckets {
+    /// The buckets of a key's `rateLimit` (none: never refuses).
+    pub(crate) fn new(config: Option<&RateLimitConfig>) -> Self {
+        let clock = TokioClock::default();
+        let Some(config) = config else {
+            return Self::default();
+        };
+        Self {
+            clock,
+            overall: config.overall.map(|rate| governor(rate, clock)),
+            servers: config
+                .servers
+                .iter()
+                .map(|(name, rate)| (name.clone(), governor(*rate, clock)))
+                .collect(),
+        }
+    }
+
+    fn take_now(&self, server: &str) -> Result<(), Refused> {
+        if let Some(bucket) = &self.overall {
+            self.take_one(bucket, Bucket::Key)?;
+        }
+        if let Some(bucket) = self.servers.get(server) {
+            self.take_one(bucket, Bucket::Server)?;
+        }
+        Ok(())
+    }
+
+    fn take_one(&self, bucket: &Governor, which: Bucket) -> Result<(), Refused> {
+        bucket.check().map_err(|not_until| Refused {
+            bucket: which,
+            retry_after: not_until.wait_time_from(self.clock.now()),
+        })
+    }
+
+    fn is_unlimited(&self) -> bool {
+        self.overall.is_none() && self.servers.is_empty()
+    }
+}
+
+impl Buckets for MemoryBuckets {
+    fn take(&self, server: &str) -> impl Future<Output = Result<(), Refused>> + Send {
+        std::future::ready(self.take_now(server))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Rate: Redis.
+
+/// Takes a token from each bucket in KEYS in turn (ARGV: each one's interval in µs and
+/// burst), stopping at the first that refuses. Returns `{0, 0}`, or `{i, µs}`: bucket i
+/// refused, a token in that many µs. A bucket holds its theoretical arrival time (µs of
+/// Redis's clock) and expires once it is full again.
+const TAKE_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local stored = redis.call('GET', key)
+  local tat = now
+  if stored then tat = math.max(tonumber(stored), now) end
+  local new_tat = tat + interval
+  local allow_at = new_tat - interval * burst
+  if allow_at > now then
+    return {i, string.format('%.0f', math.ceil(allow_at - now))}
+  end
+  local ttl_ms = math.ceil((new_tat - now) / 1000) + 1
+  redis.call('SET', key, string.format('%.0f', new_tat), 'PX', string.format('%.0f', ttl_ms))
+end
+return {0, '0'}
+";
+
+/// A key's buckets in Redis, and the memory buckets it decides with while Redis does
+/// not answer.
+#[derive(Debug)]
+pub(crate) struct RedisBuckets {
+    link: RedisLink,
+    script: Arc<redis::Script>,
+    metrics: Metrics,
+    /// The key's bucket: its Redis key and its rate.
+    overall: Option<(String, Rate)>,
+    /// Each limited server's bucket.
+    servers: BTreeMap<String, (String, Rate)>,
+    fallback: MemoryBuckets,
+}
+
+impl RedisBuckets {
+    async fn take_shared(&self, server: &str) -> Result<Result<(), Refused>, StoreError> {
+        let mut invocation = self.script.prepare_invoke();
+        let mut which = Vec::with_capacity(2);
+        let buckets = [
+            (self.overall.as_ref(), Bucket::Key),
+            (self.servers.get(server), Bucket::Server),
+        ];
+        for (bucket, kind) in buckets {
+            let Some((key, rate)) = bucket else { continue };
+            let interval_us = (1e6 / rate.per_second).clamp(1.0, 1e12);
+            invocation.key(key).arg(interval_us).arg(rate.burst.max(1));
+            which.push(kind);
+        }
+        if which.is_empty() {
+            return Ok(Ok(()));
+        }
+        let mut connection = self.link.connection();
+        let (refused_at, retry_us): (usize, u64) = self
+            .link
+            .call(invocation.invoke_async(&mut connection))
+            .await?;
+        Ok(match refused_at.checked_sub(1).and_then(|i| which.get(i)) {
+            None => Ok(()),
+            Some(&bucket) => Err(Refused {
+                bucket,
+                retry_after: Duration::from_micros(retry_us),
+            }),
+        })
+    }
+}
+
+impl Buckets for RedisBuckets {
+    async fn take(&self, server: &str) -> Result<(), Refused> {
+        if self.link.is_up() {
+            if let Ok(verdict) = self.take_shared(server).await {
+                return verdict;
+            }
+        }
+        self.metrics.store_fallback("rate");
+        self.fallback.take_now(server)
+    }
+}
+
+/// A key's buckets, in memory or in Redis.
+#[derive(Debug)]
+pub(crate) enum KeyBuckets {
+    Memory(MemoryBuckets),
+    Redis(RedisBuckets),
+}
+
+impl Buckets for KeyBuckets {
+    async fn take(&self, server: &str) -> Result<(), Refused> {
+        match self {
+            Self::Memory(buckets) => buckets.take_now(server),
+            Self::Redis(buckets) => buckets.take(server).await,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Connections: memory.
+
+/// A key's open connections on this instance.
+#[derive(Debug, Default)]
+pub(crate) struct MemoryCount {
+    open: AtomicUsize,
+}
+
+impl MemoryCount {
+    fn open_now(&self, max: usize) -> bool {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .is_ok()
+    }
+}
+
+impl Counter for MemoryCount {
+    fn open(&self, max: usize) -> impl Future<Output = bool> + Send {
+        std::future::ready(self.open_now(max))
+    }
+
+    fn close(&self) {
+        // Never below zero, whatever the order of calls.
+        let _ = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    fn local(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Connections: Redis.
+
+/// Admits one connection of a key (KEYS[1], its hash of counts) for instance ARGV[1]
+/// when the live instances' counts sum to less than ARGV[2]. An instance is live when
+/// its lease (ARGV[3] .. name) exists; the fields of the others are dropped. Renews the
+/// caller's lease (ARGV[4] ms) and the hash's life (ARGV[5] ms). Returns 1 (admitted)
+/// or 0.
+const OPEN_SCRIPT: &str = r"
+redis.call('SET', ARGV[3] .. ARGV[1], '1', 'PX', ARGV[4])
+local fields = redis.call('HGETALL', KEYS[1])
+local total = 0
+for i = 1, #fields, 2 do
+  local instance = fields[i]
+  if instance == ARGV[1] or redis.call('EXISTS', ARGV[3] .. instance) == 1 then
+    total = total + tonumber(fields[i + 1])
+  else
+    redis.call('HDEL', KEYS[1], instance)
+  end
+end
+if total >= tonumber(ARGV[2]) then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+";
+
+/// Counts one connection fewer for instance ARGV[1] in KEYS[1], never below zero.
+const CLOSE_SCRIPT: &str = r"
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return n
+";
+
+/// A key's connections: this instance's count (shared by every entry of the key's
+/// name, across reloads) and the shared hash in Redis.
+#[derive(Debug, Clone)]
+pub(crate) struct RedisCount {
+    shared: Arc<SharedCounts>,
+    /// `mcpmux:conns:<key name>`.
+    hash: Arc<str>,
+    local: Arc<MemoryCount>,
+}
+
+impl RedisCount {
+    async fn open_shared(&self, max: usize) -> Result<bool, StoreError> {
+        let shared = &self.shared;
+        let mut connection = shared.link.connection();
+        let mut invocation = shared.open_script.prepare_invoke();
+        invocation
+            .key(&*self.hash)
+            .arg(&*shared.instance)
+            .arg(max)
+            .arg(shared.lease_prefix.as_str())
+            .arg(LEASE.as_millis() as u64)
+            .arg(COUNTS_TTL.as_millis() as u64);
+        let admitted: u8 = shared
+            .link
+            .call(invocation.invoke_async(&mut connection))
+            .await?;
+        Ok(admitted == 1)
+    }
+}
+
+impl Counter for RedisCount {
+    async fn open(&self, max: usize) -> bool {
+        // Counted here first: a renewal meanwhile writes one too many, never one too few.
+        if !self.local.open_now(max) {
+            return false;
+        }
+        if self.shared.link.is_up() {
+            match self.open_shared(max).await {
+                Ok(true) => return true,
+                Ok(false) => {
+                    self.local.close();
+                    return false;
+                }
+                Err(_) => {}
+            }
+        }
+        self.shared.metrics.store_fallback("connections");
+        true
+    }
+
+    fn close(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.local.close();
+            return;
+        };
+        let this = self.clone();
+        runtime.spawn(async move {
+            // Released in Redis first: a renewal meanwhile writes one too many at most.
+            let link = &this.shared.link;
+            if link.is_up() {
+                let mut connection = link.connection();
+                let mut invocation = this.shared.close_script.prepare_invoke();
+                invocation.key(&*this.hash).arg(&*this.shared.instance);
+                let _ = link
+                    .call(invocation.invoke_async::<i64>(&mut connection))
+                    .await;
+            }
+            this.local.close();
+        });
+    }
+
+    fn local(&self) -> usize {
+        self.local.local()
+    }
+}
+
+/// A key's connection count, in memory or in Redis. Cheap to clone: clones count the
+/// same connections.
+#[derive(Debug, Clone)]
+pub(crate) enum ConnectionCount {
+    Memory(Arc<MemoryCount>),
+    Redis(RedisCount),
+}
+
+impl Counter for ConnectionCount {
+    async fn open(&self, max: usize) -> bool {
+        match self {
+            Self::Memory(count) => count.open_now(max),
+            Self::Redis(count) => count.open(max).await,
+        }
+    }
+
+    fn close(&self) {
+        match self {
+            Self::Memory(count) => count.close(),
+            Self::Redis(count) => count.close(),
+        }
+    }
+
+    fn local(&self) -> usize {
+        match self {
+            Self::Memory(count) => count.local(),
+            Self::Redis(count) => count.local(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// What the Redis store keeps for the limits.
+
+/// The limits' part of a Redis store: the scripts, this instance's counts by key name,
+/// and the task that renews its lease.
+#[derive(Debug)]
+pub(crate) struct SharedLimits {
+    take_script: Arc<redis::Script>,
+    counts: Arc<SharedCounts>,
+}
+
+#[derive(Debug)]
+struct SharedCounts {
+    link: RedisLink,
+    metrics: Metrics,
+    instance: Arc<str>,
+    /// `mcpmux:lease:`.
+    lease_prefix: String,
+    open_script: redis::Script,
+    close_script: redis::Script,
+    /// This instance's count of each key name: bounded by the names configured (an
+    /// entry no key uses and that counts nothing is dropped at the next renewal).
+    by_name: Mutex<HashMap<Arc<str>, Arc<MemoryCount>>>,
+    /// Cancelled when the store closes: ends the renewal.
+    closed: CancellationToken,
+}
+
+impl SharedLimits {
+    /// The limits of `instance` on `link`; starts the renewal of its lease.
+    pub(crate) fn new(link: RedisLink, metrics: Metrics, instance: Arc<str>) -> Self {
+        let counts = Arc::new(SharedCounts {
+            lease_prefix: link.key("lease:"),
+            link,
+            metrics,
+            instance,
+            open_script: redis::Script::new(OPEN_SCRIPT),
+            close_script: redis::Script::new(CLOSE_SCRIPT),
+            by_name: Mutex::new(HashMap::new()),
+            closed: CancellationToken::new(),
+        });
+        tokio::spawn(renew(counts.clone()));
+        Self {
+            take_script: Arc::new(redis::Script::new(TAKE_SCRIPT)),
+            counts,
+        }
+    }
+
+    /// The buckets of the key `name` with `config` (none: never refuses).
+    pub(crate) fn buckets(&self, name: &str, config: Option<&RateLimitConfig>) -> KeyBuckets {
+        let fallback = MemoryBuckets::new(config);
+        let Some(config) = config.filter(|_| !fallback.is_unlimited()) else {
+            return KeyBuckets::Memory(fallback);
+        };
+        let link = &self.counts.link;
+        KeyBuckets::Redis(RedisBuckets {
+            link: link.clone(),
+            script: self.take_script.clone(),
+            metrics: self.counts.metrics.clone(),
+            overall: config
+                .overall
+                .map(|rate| (link.key(&format!("rate:{name}")), rate)),
+            servers: config
+                .servers
+                .iter()
+                .map(|(server, rate)| {
+                    let key = link.key(&format!("rate:{name}:{server}"));
+                    (server.clone(), (key, *rate))
+                })
+                .collect(),
+            fallback,
+        })
+    }
+
+    /// The connection count of the key `name`: every entry of that name shares it.
+    pub(crate) fn count(&self, name: &Arc<str>) -> ConnectionCount {
+        let local = self
+            .counts
+            .by_name
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name.clone())
+            .or_default()
+            .clone();
+        ConnectionCount::Redis(RedisCount {
+            shared: self.counts.clone(),
+            hash: Arc::from(self.counts.link.key(&format!("conns:{name}"))),
+            local,
+        })
+    }
+
+    /// Ends the renewal and gives up the lease: the other instances stop counting this
+    /// one's connections at once.
+    pub(crate) async fn close(&self) {
+        let counts = &self.counts;
+        counts.closed.cancel();
+        if counts.link.is_up() {
+            let lease = format!("{}{}", counts.lease_prefix, counts.instance);
+            let mut connection = counts.link.connection();
+            let del = redis::cmd("DEL").arg(lease).to_owned();
+            let _ = counts
+                .link
+                .call(del.query_async::<i64>(&mut connection))
+                .await;
+        }
+    }
+}
+
+/// Renews the lease and writes this instance's exact counts every [`RENEW_EVERY`], and
+/// at once when Redis answers again after an outage, until the store closes.
+async fn renew(counts: Arc<SharedCounts>) {
+    let mut interval = tokio::time::interval(RENEW_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = counts.closed.cancelled() => return,
+            _ = interval.tick() => {}
+            () = counts.link.recovered() => {}
+        }
+        if counts.link.is_up() {
+            let _ = write_counts(&counts).await;
+        }
+    }
+}
+
+/// One pipeline: the lease, then each key's count of this instance (a zero removes the
+/// field).
+async fn write_counts(counts: &SharedCounts) -> Result<(), StoreError> {
+    let snapshot: Vec<(Arc<str>, usize)> = {
+        let mut by_name = counts
+            .by_name
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        by_name.retain(|_, count| Arc::strong_count(count) > 1 || count.local() > 0);
+        by_name
+            .iter()
+            .map(|(name, count)| (name.clone(), count.local()))
+            .collect()
+    };
+    let instance = &*counts.instance;
+    let mut pipe = redis::pipe();
+    let lease = format!("{}{instance}", counts.lease_prefix);
+    pipe.cmd("SET")
+        .arg(lease)
+        .arg("1")
+        .arg("PX")
+        .arg(LEASE.as_millis() as u64)
+        .ignore();
+    for (name, open) in snapshot {
+        let hash = counts.link.key(&format!("conns:{name}"));
+        if open == 0 {
+            pipe.cmd("HDEL").arg(&hash).arg(instance).ignore();
+        } else {
+            pipe.cmd("HSET").arg(&hash).arg(instance).arg(open).ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(&hash)
+                .arg(COUNTS_TTL.as_millis() as u64)
+                .ignore();
+        }
+    }
+    let mut connection = counts.link.connection();
+    counts
+        .link
+        .call(pipe.query_async::<()>(&mut connection))
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_memory_count_stops_at_its_limit_and_never_goes_below_zero() {
+        let count = MemoryCount::default();
+        assert!(count.open(2).await && count.open(2).await);
+        assert!(!count.open(2).await);
+        count.close();
+        assert!(count.open(2).await);
+        for _ in 0..5 {
+            count.close();
+        }
+        assert_eq!(count.local(), 0);
+    }
+}
