@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::binary::{Binary, Launch, TempDir, kill};
 use crate::harness::{Client, config, everything, root};
+use crate::support::nginx::{Instance, Nginx};
 use crate::support::redis::{RedisServer, free_port};
 
 /// The real server-everything in Streamable HTTP mode on a free loopback port, its
@@ -173,9 +174,14 @@ async fn stream_then_cut(addr: std::net::SocketAddr) -> (Client, Cut) {
     )
 }
 
-/// Resumes `cut` on `addr` and checks what the brief of a moved session promises.
-async fn resume_elsewhere(addr: std::net::SocketAddr, cut: &Cut, remote: &RemoteEverything) {
-    let mut client = Client::resume(addr, &cut.session, cut.last_seq).await;
+/// Resumes `cut` at `url` (an instance other than the session's owner, or a balancer
+/// in front of several) and checks what a moved session promises.
+async fn resume_elsewhere(url: &str, cut: &Cut, remote: &RemoteEverything) {
+    let hello =
+        json!({"type": "hello", "resume": {"session": cut.session, "last_seq": cut.last_seq}});
+    let mut client = Client::greet(Client::raw_url(url).await, hello)
+        .await
+        .unwrap_or_else(|e| panic!("no welcome: {e:?}"));
     assert_eq!(client.welcome["resumed"], true, "{}", client.welcome);
     assert_eq!(client.welcome["session"], cut.session.as_str());
     // Every missed frame, once, in order, with its original seq.
@@ -230,7 +236,7 @@ async fn a_session_whose_instance_was_killed_resumes_on_another_with_every_frame
     kill(a.child.id(), libc::SIGKILL);
     drop(client);
     lease_expired(&redis, "inst-a").await;
-    resume_elsewhere(b.addr, &cut, &remote).await;
+    resume_elsewhere(&format!("ws://{}/ws", b.addr), &cut, &remote).await;
     drop(b);
 }
 
@@ -249,7 +255,7 @@ async fn a_drained_instance_hands_its_sessions_over() {
     let status = a.child.wait().expect("mcpmux exits");
     assert!(status.success(), "{status:?}");
     // Released on the drain: no lease to wait for.
-    resume_elsewhere(b.addr, &cut, &remote).await;
+    resume_elsewhere(&format!("ws://{}/ws", b.addr), &cut, &remote).await;
     drop(b);
 }
 
@@ -276,4 +282,43 @@ async fn a_resume_sent_to_another_instance_leaves_a_live_owner_alone() {
         .await;
     assert!(echo["message"]["result"].is_object(), "{echo}");
     let _: Value = echo;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_nginx_a_killed_owners_session_resumes_on_the_other_instance() {
+    let redis = RedisServer::start();
+    let remote = RemoteEverything::start();
+    let gateways = [
+        gateway("inst-g", &redis, &remote),
+        gateway("inst-h", &redis, &remote),
+    ];
+    let instances: Vec<Instance> = [("inst-g", &gateways[0]), ("inst-h", &gateways[1])]
+        .iter()
+        .map(|(name, g)| Instance::new(name, g.addr))
+        .collect();
+    let nginx = Nginx::start(&instances);
+    let (client, cut) = stream_then_cut(nginx.addr).await;
+    // The session id names its owner; nginx sent the new connection to one of them.
+    let owner = cut
+        .session
+        .split_once('.')
+        .expect("instance.hex")
+        .0
+        .to_owned();
+    let killed = if owner == "inst-g" { 0 } else { 1 };
+    assert!(["inst-g", "inst-h"].contains(&owner.as_str()), "{owner}");
+    kill(gateways[killed].child.id(), libc::SIGKILL);
+    drop(client);
+    lease_expired(&redis, &owner).await;
+    // The resume names its session in the URL: nginx tries the dead owner first, then
+    // the other instance, which takes the session over.
+    resume_elsewhere(&nginx.ws_url(Some(&cut.session)), &cut, &remote).await;
+    let survivor = &gateways[1 - killed];
+    survivor
+        .log_line(
+            &["client session taken over from another instance"],
+            Duration::from_secs(5),
+        )
+        .await;
+    drop(nginx);
 }
