@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use governor::clock::Clock;
@@ -498,7 +498,7 @@ impl SharedLimits {
             by_name: Mutex::new(HashMap::new()),
             closed: CancellationToken::new(),
         });
-        tokio::spawn(renew(counts.clone()));
+        tokio::spawn(renew(Arc::downgrade(&counts), counts.closed.clone()));
         Self {
             take_script: Arc::new(redis::Script::new(TAKE_SCRIPT)),
             counts,
@@ -566,16 +566,24 @@ impl SharedLimits {
 }
 
 /// Renews the lease and writes this instance's exact counts every [`RENEW_EVERY`], and
-/// at once when Redis answers again after an outage, until the store closes.
-async fn renew(counts: Arc<SharedCounts>) {
+/// at once when Redis answers again after an outage, until the store closes or is
+/// dropped.
+async fn renew(counts: Weak<SharedCounts>, closed: CancellationToken) {
     let mut interval = tokio::time::interval(RENEW_EVERY);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let Some(link) = counts.upgrade().map(|c| c.link.clone()) else {
+            return;
+        };
         tokio::select! {
-            () = counts.closed.cancelled() => return,
+            () = closed.cancelled() => return,
             _ = interval.tick() => {}
-            () = counts.link.recovered() => {}
+            () = link.recovered() => {}
         }
+        drop(link);
+        let Some(counts) = counts.upgrade() else {
+            return;
+        };
         if counts.link.is_up() {
             let _ = write_counts(&counts).await;
         }

@@ -12,7 +12,20 @@ async fn welcome_lists_every_server_and_ping_is_answered() {
     let mut client = Client::connect(shared_gateway()).await;
     let welcome = &client.welcome;
     assert_eq!(welcome["protocol"], "mcpmux.v1");
-    assert_eq!(welcome["session"].as_str().map(str::len), Some(32));
+    // `<instance>.<32 hex digits>`; an instance without a name draws 8 characters.
+    let session = welcome["session"].as_str().expect("session");
+    let (instance, random) = session.split_once('.').expect("<instance>.<hex>");
+    assert!(
+        instance.len() == 8
+            && instance
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+        "{session}"
+    );
+    assert!(
+        random.len() == 32 && random.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{session}"
+    );
     let names: Vec<&str> = welcome["servers"]
         .as_array()
         .expect("servers")

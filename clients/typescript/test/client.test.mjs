@@ -21,7 +21,7 @@ after(async () => {
 });
 
 test("welcome lists the servers and the session", () => {
-  assert.match(mux.session, /^[0-9a-f]{32}$/);
+  assert.match(mux.session, /^[a-z0-9-]{1,32}\.[0-9a-f]{32}$/);
   assert.deepEqual([...mux.servers.keys()].sort(), ["everything", "memory"]);
   assert.equal(mux.server("everything").state, "ready");
 });
