@@ -25,7 +25,7 @@ use crate::outbox::Outbox;
 use crate::protocol::{
     ClientFrame, ClientInfo, Resume, Token, close_code, decode_client_frame, session_id,
 };
-use crate::resume::{Claim, Handover, hand_over};
+use crate::resume::{Claim, Handover, Refusal, hand_over, take_from_store};
 use crate::session::{ClientSession, CloseReason};
 use crate::state::GatewayState;
 
@@ -140,6 +140,22 @@ pub async fn serve(
                 Ok(session) => {
                     context.metrics.resume(true);
                     (session, true)
+                }
+                Err(Refusal::Unknown) => {
+                    // Not held here: with a shared store, its owner may have stopped.
+                    let claimant = (place, grant, changes);
+                    match take_from_store(&context, claimant, &session, last_seq).await {
+                        Ok(session) => {
+                            context.metrics.resume(true);
+                            (session, true)
+                        }
+                        Err((refusal, (place, grant, changes))) => {
+                            context.metrics.resume(false);
+                            tracing::debug!(%refusal, "resume refused; starting a fresh session");
+                            let fresh = ClientSession::new(context.clone(), place, grant, changes);
+                            (fresh, false)
+                        }
+                    }
                 }
                 Err(refusal) => {
                     context.metrics.resume(false);

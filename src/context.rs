@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::outbox::ResumeBudget;
 use crate::registry::Registry;
 use crate::store::Store;
+use crate::store::sessions::SessionStore;
 use crate::upstream::http::HttpClient;
 
 /// The gateway-wide things a client session uses.
@@ -36,6 +37,9 @@ pub struct SessionContext {
     pub resume_budget: Arc<ResumeBudget>,
     /// Where the gateway's metrics are recorded.
     pub metrics: Metrics,
+    /// Where client sessions are kept for resume on another instance (in memory only,
+    /// unless a shared store is configured).
+    pub session_store: Arc<dyn SessionStore>,
     /// What this instance shares with the others (in memory without a store).
     #[allow(dead_code)] // read by the shared limits and sessions
     pub(crate) store: Store,

@@ -40,7 +40,7 @@ use crate::reload::{self, Reloader, Source};
 use crate::resume::Sessions;
 use crate::serve::{self, ConnectionsPerIp, PlainAccept};
 use crate::state::GatewayState;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, sessions};
 use crate::supervisor::SupervisorConfig;
 use crate::tls::{self, PeerAddr, TlsError, TlsListener};
 use crate::upstream::UpstreamError;
@@ -137,9 +137,17 @@ impl Gateway {
             // Bounded: an unreachable Redis is an outage to serve through, not a failure.
             link.ping().await;
         }
+        let session_store = sessions::open(&store, &gateway);
         let access = Access::with_store(&gateway, store.clone());
         let http = HttpClient::new(gateway.connect_timeout, gateway.max_upstream_message_bytes)?;
         let shutdown = CancellationToken::new();
+        if session_store.shared() {
+            // Other instances may take this one's sessions once this lease lapses.
+            tokio::spawn(sessions::renew_lease(
+                session_store.clone(),
+                shutdown.clone(),
+            ));
+        }
         let supervision = SupervisorConfig {
             mcp_proxy: crate::config::resolve_mcp_proxy(
                 gateway.mcp_proxy.as_deref(),
@@ -203,6 +211,7 @@ impl Gateway {
                 background: TaskTracker::new(),
                 resume_budget: ResumeBudget::new(resume_budget_bytes),
                 metrics: metrics.clone(),
+                session_store: session_store.clone(),
                 store: store.clone(),
             }),
             store,

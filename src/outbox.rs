@@ -28,6 +28,11 @@
 //!
 //! Frames outside the sequence (`pong`) are written first and never kept; a `pong`
 //! requested while another is still queued is not queued twice.
+//!
+//! With a shared session store ([`Outbox::mirrored`]), a frame is given to the writer
+//! only once it is in the store ([`Outbox::unstored`] hands frames to the task that
+//! writes them, [`Outbox::mark_stored`] lets the writer have them): whatever a client
+//! saw can be resumed on another instance. Without one, the writer never checks.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -35,6 +40,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
+
+use crate::store::sessions::KeptFrame;
 
 /// One frame ready for the socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +162,10 @@ pub struct Outbox {
     closed: Notify,
     limits: Limits,
     budget: Option<Membership>,
+    /// Frames go to a shared store before the writer may have them.
+    mirrored: bool,
+    /// Woken when a frame is ready for the store (mirrored outboxes only).
+    storable: Notify,
 }
 
 #[derive(Debug)]
@@ -182,6 +193,10 @@ struct State {
     /// A producer failed while building its frame: its slot stays empty, and the writer
     /// stops there.
     broken: bool,
+    /// Mirrored outboxes: the highest seq in the store (the writer stops after it) and
+    /// the next seq to hand to the store.
+    stored: u64,
+    to_store: u64,
 }
 
 /// What the writer finds at the cursor.
@@ -196,17 +211,27 @@ enum Next {
 impl Outbox {
     /// An empty, attached outbox whose first frame gets seq 1, outside any budget.
     pub fn new(limits: Limits) -> Self {
-        Self::build(limits, None)
+        Self::build(limits, None, false)
+    }
+
+    /// An outbox whose frames go to a shared store before the writer may have them,
+    /// counting against `budget`.
+    pub fn mirrored(limits: Limits, budget: &Arc<ResumeBudget>) -> Arc<Self> {
+        Self::registered(limits, budget, true)
     }
 
     /// An outbox whose kept frames count against `budget`.
     pub fn with_budget(limits: Limits, budget: &Arc<ResumeBudget>) -> Arc<Self> {
+        Self::registered(limits, budget, false)
+    }
+
+    fn registered(limits: Limits, budget: &Arc<ResumeBudget>, mirrored: bool) -> Arc<Self> {
         let id = budget.next_id.fetch_add(1, Ordering::Relaxed);
         let membership = Membership {
             budget: budget.clone(),
             id,
         };
-        let outbox = Arc::new(Self::build(limits, Some(membership)));
+        let outbox = Arc::new(Self::build(limits, Some(membership), mirrored));
         budget
             .outboxes
             .lock()
@@ -215,7 +240,7 @@ impl Outbox {
         outbox
     }
 
-    fn build(limits: Limits, budget: Option<Membership>) -> Self {
+    fn build(limits: Limits, budget: Option<Membership>, mirrored: bool) -> Self {
         Self {
             state: Mutex::new(State {
                 frames: VecDeque::new(),
@@ -229,6 +254,8 @@ impl Outbox {
                 closed: false,
                 overflowed: false,
                 broken: false,
+                stored: 0,
+                to_store: 1,
             }),
             readable: Notify::new(),
             writable: Notify::new(),
@@ -239,6 +266,8 @@ impl Outbox {
                 keep_bytes: limits.keep_bytes.max(1),
             },
             budget,
+            mirrored,
+            storable: Notify::new(),
         }
     }
 
@@ -307,7 +336,11 @@ impl Outbox {
             self.wake_all();
             return Err(Closed);
         }
-        self.readable.notify_one();
+        if self.mirrored {
+            self.storable.notify_one();
+        } else {
+            self.readable.notify_one();
+        }
         if room {
             // Pass the turn on: the next waiting producer may fit too.
             self.writable.notify_one();
@@ -466,6 +499,14 @@ impl Outbox {
         }
         // Kept frames have consecutive seqs, so the cursor's frame is found by index.
         let cursor = state.cursor;
+        if self.mirrored && cursor > state.stored {
+            // Not in the store yet: the store's writer wakes us.
+            return if state.closed && state.stored + 1 >= state.next_seq {
+                Next::End
+            } else {
+                Next::Wait
+            };
+        }
         let slot = state.frames.front().and_then(|(front, _)| {
             let index = usize::try_from(cursor.checked_sub(*front)?).ok()?;
             state.frames.get(index).map(|(_, text)| text.clone())
@@ -549,6 +590,75 @@ impl Outbox {
         Ok(())
     }
 
+    /// Mirrored outboxes: up to `max` built frames not yet handed to the store, in seq
+    /// order (none when the next is still being built).
+    pub fn unstored(&self, max: usize) -> Vec<KeptFrame> {
+        let mut state = self.lock();
+        let Some(front) = state.frames.front().map(|(seq, _)| *seq) else {
+            return Vec::new();
+        };
+        let start = state.to_store.max(front);
+        let mut batch = Vec::new();
+        let first = usize::try_from(start - front).unwrap_or(usize::MAX);
+        for (seq, text) in state.frames.iter().skip(first).take(max) {
+            match text {
+                Some(text) => batch.push(KeptFrame {
+                    seq: *seq,
+                    text: text.clone(),
+                }),
+                None => break,
+            }
+        }
+        if let Some(last) = batch.last() {
+            state.to_store = last.seq + 1;
+        }
+        batch
+    }
+
+    /// Mirrored outboxes: frames up to `seq` were written to the store (or given up on
+    /// while it is unreachable): the writer may have them.
+    pub fn mark_stored(&self, seq: u64) {
+        let mut state = self.lock();
+        state.stored = state.stored.max(seq);
+        drop(state);
+        self.readable.notify_one();
+    }
+
+    /// Mirrored outboxes: resolves when a frame may be ready for the store.
+    pub async fn storable(&self) {
+        self.storable.notified().await;
+    }
+
+    /// True while built frames wait to be handed to the store.
+    pub fn has_unstored(&self) -> bool {
+        let state = self.lock();
+        let front = state.frames.front().map_or(state.next_seq, |(seq, _)| *seq);
+        let start = state.to_store.max(front);
+        state
+            .frames
+            .get(usize::try_from(start - front).unwrap_or(usize::MAX))
+            .is_some_and(|(_, text)| text.is_some())
+    }
+
+    /// A fresh outbox takes over a session resumed from the store: `frames` (every frame
+    /// after `last_seq`, already stored) are written next, and new frames follow
+    /// `stored`.
+    pub fn restore(&self, last_seq: u64, stored: u64, frames: Vec<KeptFrame>) {
+        let mut state = self.lock();
+        for frame in frames {
+            let len = frame.text.len();
+            state.frames.push_back((frame.seq, Some(frame.text)));
+            state.unsent_bytes += len;
+            self.keep(&mut state, len);
+        }
+        state.cursor = last_seq + 1;
+        state.next_seq = stored + 1;
+        state.stored = stored;
+        state.to_store = stored + 1;
+        drop(state);
+        self.readable.notify_one();
+    }
+
     /// Closes the outbox: producers get [`Closed`]; the writer drains what is queued.
     pub fn close(&self) {
         self.lock().closed = true;
@@ -587,6 +697,7 @@ impl Outbox {
         self.readable.notify_waiters();
         self.writable.notify_waiters();
         self.closed.notify_waiters();
+        self.storable.notify_one();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -715,6 +826,47 @@ mod tests {
             outbox.next(outbox.attachment()).await.unwrap().text.len(),
             100
         );
+    }
+
+    #[tokio::test]
+    async fn a_mirrored_outbox_gives_the_writer_only_stored_frames() {
+        let budget = ResumeBudget::new(1 << 20);
+        let outbox = Outbox::mirrored(limits(1024, 100, 100_000), &budget);
+        for i in 1..=3 {
+            outbox.push(|_| format!("f{i}")).await.unwrap();
+        }
+        assert_eq!(outbox.try_next(outbox.attachment()), None);
+        let batch = outbox.unstored(2);
+        assert_eq!(batch.iter().map(|f| f.seq).collect::<Vec<_>>(), [1, 2]);
+        assert!(outbox.has_unstored());
+        outbox.mark_stored(2);
+        assert_eq!(texts(&outbox, 2).await[1], (Some(2), "f2".to_owned()));
+        assert_eq!(outbox.try_next(outbox.attachment()), None);
+        assert_eq!(outbox.unstored(10)[0].seq, 3);
+        assert!(!outbox.has_unstored());
+        outbox.mark_stored(3);
+        assert_eq!(texts(&outbox, 1).await[0].0, Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_restored_outbox_replays_the_stored_frames_then_numbers_on() {
+        let budget = ResumeBudget::new(1 << 20);
+        let outbox = Outbox::mirrored(limits(1024, 100, 100_000), &budget);
+        let stored = (5..=7)
+            .map(|seq| KeptFrame {
+                seq,
+                text: Utf8Bytes::from(format!("f{seq}")),
+            })
+            .collect();
+        outbox.restore(4, 7, stored);
+        let seqs: Vec<_> = texts(&outbox, 3)
+            .await
+            .iter()
+            .map(|(s, _)| s.unwrap())
+            .collect();
+        assert_eq!(seqs, [5, 6, 7]);
+        assert_eq!(outbox.push(|_| "f8".into()).await.unwrap(), 8);
+        assert_eq!(outbox.unstored(10)[0].seq, 8);
     }
 
     #[tokio::test]

@@ -12,6 +12,13 @@
 //! session is registered with its key's name, and a claim with another key finds no
 //! session (and leaves it alone).
 //!
+//! With a shared session store (several instances, docs/scale-out.md), a claim for a
+//! session this instance does not hold goes to the store ([`take_from_store`]): if
+//! the session's owner is gone (its lease expired) or released it (a drain), this
+//! instance takes it, with every frame after `last_seq` (all of them or none), adopts
+//! its upstream sessions with remote servers and reports the others `lost`. An owner
+//! still alive keeps its session: the claimant gets a fresh one.
+//!
 //! A detached session's holder keeps it working: upstream calls go on, status changes
 //! are applied, and every frame produced is kept in the outbox (bounded by
 //! `resumeMaxFrames`/`resumeMaxBytes`). A key with `maxConnections` has at most that
@@ -25,9 +32,14 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
-use crate::auth::HeldSlot;
+use tokio::sync::broadcast;
+
+use crate::auth::{Grant, HeldSlot};
+use crate::context::{Place, SessionContext};
 use crate::outbox::Unresumable;
+use crate::registry::Change;
 use crate::session::ClientSession;
+use crate::store::sessions::{Ownership, SessionStoreError, contiguous};
 
 /// How long a claim waits for the session's owner to answer.
 const CLAIM_WAIT: Duration = Duration::from_secs(5);
@@ -48,6 +60,77 @@ pub enum Refusal {
     /// Frames after `last_seq` are not all kept.
     #[error("{0}")]
     Incomplete(#[from] Unresumable),
+    /// Another instance, still alive, owns the session.
+    #[error("the session is owned by another live instance")]
+    OwnedElsewhere,
+    /// The shared session store could not be asked.
+    #[error("{0}")]
+    Store(String),
+}
+
+impl From<SessionStoreError> for Refusal {
+    fn from(err: SessionStoreError) -> Self {
+        Self::Store(err.to_string())
+    }
+}
+
+/// What a claim from the store needs of the claiming socket: its place among
+/// `maxSessions`, what its key may do, and the change broadcast it subscribed to. Given
+/// back when the claim is refused, for a fresh session.
+pub type Claimant = (Place, Grant, broadcast::Receiver<Change>);
+
+/// Takes session `id` from the shared store for a socket that has every frame up to
+/// `last_seq` (see the module header). On refusal the claimant's parts come back.
+pub async fn take_from_store(
+    context: &Arc<SessionContext>,
+    claimant: Claimant,
+    id: &str,
+    last_seq: u64,
+) -> Result<ClientSession, (Refusal, Claimant)> {
+    let store = &context.session_store;
+    if !store.shared() {
+        return Err((Refusal::Unknown, claimant));
+    }
+    let key = claimant.1.key_name().cloned();
+    match store.take(id, key.as_deref()).await {
+        Ok(Ownership::Taken) => {}
+        Ok(Ownership::Unknown) => return Err((Refusal::Unknown, claimant)),
+        Ok(Ownership::Elsewhere(owner)) => {
+            tracing::debug!(%owner, "resume of a session a live instance owns; leaving it alone");
+            return Err((Refusal::OwnedElsewhere, claimant));
+        }
+        Err(err) => return Err((err.into(), claimant)),
+    }
+    let (stored, frames) = match store.read(id, last_seq).await {
+        Ok(Some(read)) => read,
+        Ok(None) => return Err((Refusal::Expired, claimant)),
+        Err(err) => return Err((err.into(), claimant)),
+    };
+    if !contiguous(last_seq, stored.last_seq, &frames) {
+        // Never a partial replay: the session ends here (its frames go; its upstream
+        // sessions are left to their servers' idle timeouts).
+        if let Err(err) = store.forget(id).await {
+            tracing::debug!(%err, "could not forget an unresumable session");
+        }
+        let why = match last_seq > stored.last_seq {
+            true => Unresumable::Future(last_seq),
+            false => Unresumable::Incomplete(last_seq),
+        };
+        return Err((why.into(), claimant));
+    }
+    let replayed = frames.len();
+    let upstreams = stored.upstreams.clone();
+    let mut session = ClientSession::from_store(
+        context.clone(),
+        claimant,
+        id.to_owned(),
+        last_seq,
+        &stored,
+        frames,
+    );
+    tracing::info!(session = %session.log_id(), last_seq, replayed, upstreams = upstreams.len(), "client session taken over from another instance");
+    session.adopt_upstreams(upstreams).await;
+    Ok(session)
 }
 
 /// A new socket's claim on a session: it has every frame up to `last_seq`.

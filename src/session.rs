@@ -18,6 +18,8 @@ use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, broadcast};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Grant, RateLimited};
@@ -31,6 +33,9 @@ use crate::protocol::{
     decode_client_frame,
 };
 use crate::registry::{Change, Server, StatusChange};
+use crate::store::sessions::{
+    Batch, KeptFrame, SessionMirror, SessionStore, StoredSession, UpstreamIds,
+};
 use crate::upstream::UpstreamError;
 use crate::upstream::link::Link;
 use crate::upstream::session::{UpstreamEnd, UpstreamSession};
@@ -40,6 +45,11 @@ const TASKS_DRAIN: Duration = Duration::from_secs(2);
 /// How long the requests in flight to a removed server may take to be answered before
 /// `removed` is sent.
 const REMOVAL_DRAIN: Duration = Duration::from_secs(2);
+
+/// The most frames written to the store in one batch.
+const MIRROR_BATCH: usize = 64;
+/// Why a stdio server's upstream session is lost after its client session moved.
+pub const STOPPED_INSTANCE: &str = "the instance that ran it stopped";
 
 /// A reason to close the socket: a close code and a sentence.
 pub type CloseReason = (u16, String);
@@ -64,8 +74,18 @@ pub struct ClientSession {
     /// The servers its client has been shown (in `welcome` or a `status` frame) and not
     /// told `removed` since.
     shown: BTreeSet<Arc<str>>,
+    /// With a shared session store: what is written to it.
+    mirror: Option<Arc<SessionMirror>>,
+    /// The task writing it.
+    pump: Option<Pump>,
     /// This session's place among `maxSessions`, given back when it ends (is dropped).
     _place: Place,
+}
+
+/// The task that writes a session's frames and ids to the shared store.
+struct Pump {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
 }
 
 impl ClientSession {
@@ -78,14 +98,54 @@ impl ClientSession {
         grant: Grant,
         changes: broadcast::Receiver<Change>,
     ) -> Self {
+        let id = protocol::session_id::new(&context.config.instance, rand::random());
+        let mut session = Self::build(context, place, grant, changes, id);
+        session.start_mirror(true, 0);
+        session
+    }
+
+    /// A session another instance owned, taken from the shared store: `frames` (every
+    /// frame after `last_seq`, contiguous) are written first; its upstream sessions are
+    /// adopted with [`Self::adopt_upstreams`].
+    pub fn from_store(
+        context: Arc<SessionContext>,
+        (place, grant, changes): (Place, Grant, broadcast::Receiver<Change>),
+        id: String,
+        last_seq: u64,
+        stored: &StoredSession,
+        frames: Vec<KeptFrame>,
+    ) -> Self {
+        let mut session = Self::build(context, place, grant, changes, id);
+        session.received = stored.received;
+        session
+            .link
+            .outbox
+            .restore(last_seq, stored.last_seq, frames);
+        session.start_mirror(false, stored.received);
+        session
+    }
+
+    fn build(
+        context: Arc<SessionContext>,
+        place: Place,
+        grant: Grant,
+        changes: broadcast::Receiver<Change>,
+        id: String,
+    ) -> Self {
         let config = &context.config;
+        let shared = context.session_store.shared();
         let limits = Limits {
             queue_bytes: config.outbound_queue_bytes,
             keep_frames: config.resume_max_frames,
             keep_bytes: config.resume_max_bytes,
         };
+        let mirror = shared.then(|| SessionMirror::new(id.clone(), 0));
+        let outbox = match shared {
+            true => Outbox::mirrored(limits, &context.resume_budget),
+            false => Outbox::with_budget(limits, &context.resume_budget),
+        };
         let link = Link {
-            outbox: Outbox::with_budget(limits, &context.resume_budget),
+            outbox,
             http: context.http.clone(),
             tasks: TaskTracker::new(),
             background: context.background.clone(),
@@ -95,8 +155,8 @@ impl ClientSession {
             ready_wait: config.connect_timeout,
             stream_idle_timeout: config.upstream_idle_timeout,
             metrics: context.metrics.clone(),
+            mirror: mirror.clone(),
         };
-        let id = protocol::session_id::new(&config.instance, rand::random());
         Self {
             id,
             changes,
@@ -106,7 +166,61 @@ impl ClientSession {
             grant,
             received: 0,
             shown: BTreeSet::new(),
+            mirror,
+            pump: None,
             _place: place,
+        }
+    }
+
+    /// Starts writing this session to the shared store (if one is configured); `open`
+    /// records it as new first.
+    fn start_mirror(&mut self, open: bool, received: u64) {
+        let Some(mirror) = &self.mirror else {
+            return;
+        };
+        mirror.set_received(received);
+        let writer = MirrorWriter {
+            store: self.context.session_store.clone(),
+            outbox: self.link.outbox.clone(),
+            mirror: mirror.clone(),
+            key: self.grant.key_name().cloned(),
+            idle: self.context.config.resume_window / 3,
+        };
+        let stop = CancellationToken::new();
+        let span = tracing::info_span!(parent: None, "store", session = %self.log_id());
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            writer.run(open, stop.clone()),
+            span,
+        ));
+        self.pump = Some(Pump { stop, task });
+    }
+
+    /// Adopts the upstream sessions a client session taken from the store had on its
+    /// previous instance: those with remote servers go on by their ids; the others (stdio
+    /// servers, whose children died with that instance; servers gone or not allowed
+    /// here) are reported `lost`.
+    pub async fn adopt_upstreams(&mut self, upstreams: Vec<(String, UpstreamIds)>) {
+        for (server, ids) in upstreams {
+            let target = self
+                .context
+                .servers
+                .get(&server)
+                .filter(|_| self.grant.may_use(&server));
+            match target {
+                Some(target) if ids.movable && ids.session_id.is_some() => {
+                    let adopted =
+                        UpstreamSession::adopt(target, self.link.clone(), ids, self.log_id());
+                    self.upstreams.insert(server, adopted);
+                }
+                _ => {
+                    if let Some(mirror) = &self.mirror {
+                        mirror.upstream_changed(&server, None);
+                    }
+                    self.link
+                        .push_session(&server, SessionState::Lost, Some(STOPPED_INSTANCE))
+                        .await;
+                }
+            }
         }
     }
 
@@ -154,6 +268,9 @@ impl ClientSession {
     /// without a copy); `Some` closes the connection.
     pub async fn on_text(&mut self, frame: Utf8Bytes) -> Option<CloseReason> {
         self.received += 1;
+        if let Some(mirror) = &self.mirror {
+            mirror.set_received(self.received);
+        }
         let decoded = decode_client_frame(frame.as_str());
         let reference = decoded.reference;
         match decoded.frame {
@@ -173,7 +290,12 @@ impl ClientSession {
                     .outbox
                     .push_unsequenced(GatewayFrame::Pong.encode());
             }
-            Ok(ClientFrame::Ack { seq }) => self.link.outbox.ack(seq),
+            Ok(ClientFrame::Ack { seq }) => {
+                self.link.outbox.ack(seq);
+                if let Some(mirror) = &self.mirror {
+                    mirror.acked(seq);
+                }
+            }
             Ok(ClientFrame::Close { server }) => self.on_close(&server, reference).await,
             Ok(ClientFrame::Rpc { server, message }) => {
                 // The same buffer, counted once more: the message is not copied.
@@ -187,6 +309,9 @@ impl ClientSession {
     /// Answers a binary message, which the protocol does not have.
     pub async fn on_binary(&mut self) {
         self.received += 1;
+        if let Some(mirror) = &self.mirror {
+            mirror.set_received(self.received);
+        }
         let message = "binary frames are not part of mcpmux.v1; send each frame as JSON text";
         self.error_frame(ErrorCode::BadFrame, message, None, None)
             .await;
@@ -529,7 +654,13 @@ impl ClientSession {
 
     /// Ends the session: optionally lets in-flight requests finish for up to `drain`,
     /// then ends every upstream session (DELETE) and closes the outbox.
+    ///
+    /// With a shared store, a drain (the gateway stopping) hands the session over
+    /// instead: its frames are flushed to the store, its upstream sessions with remote
+    /// servers are left for the instance that resumes it (not deleted), those with stdio
+    /// servers are deleted, and its ownership is released. Otherwise it is forgotten.
     pub async fn finish(mut self, drain: Option<Duration>) {
+        let hand_over = drain.is_some() && self.mirror.is_some();
         // Nobody reads any more: producers must not wait for a socket.
         self.link.outbox.detach();
         if let Some(grace) = drain {
@@ -537,12 +668,99 @@ impl ClientSession {
             let _ = tokio::time::timeout(grace, self.link.inflight.acquire_many(all)).await;
         }
         for (_, upstream) in self.upstreams.drain() {
-            upstream.end(UpstreamEnd::ClientSessionEnded).await;
+            let why = match hand_over && upstream.movable() {
+                true => UpstreamEnd::HandedOver,
+                false => UpstreamEnd::ClientSessionEnded,
+            };
+            upstream.end(why).await;
         }
         self.link.outbox.close();
         self.link.tasks.close();
         let _ = tokio::time::timeout(TASKS_DRAIN, self.link.tasks.wait()).await;
+        if let Some(pump) = self.pump.take() {
+            pump.stop.cancel();
+            let _ = pump.task.await;
+            let store = &self.context.session_store;
+            let done = match hand_over {
+                true => store.release(&self.id).await,
+                false => store.forget(&self.id).await,
+            };
+            if let Err(err) = done {
+                tracing::warn!(session = %self.log_id(), %err, "the session store did not take the end of a client session");
+            }
+        }
         tracing::debug!(session = %self.log_id(), "client session ended");
+    }
+}
+
+/// Writes one session's frames (before the socket is given them), upstream ids, acks
+/// and received count to the shared store, in batches; refreshes its expiry while idle.
+struct MirrorWriter {
+    store: Arc<dyn SessionStore>,
+    outbox: Arc<Outbox>,
+    mirror: Arc<SessionMirror>,
+    key: Option<Arc<str>>,
+    idle: Duration,
+}
+
+impl MirrorWriter {
+    async fn run(self, open: bool, stop: CancellationToken) {
+        let id = &self.mirror.id;
+        if open {
+            if let Err(err) = self.store.open(id, self.key.as_deref()).await {
+                tracing::warn!(%err, "the session store did not record a new client session; it can be resumed only on this instance");
+            }
+        }
+        let mut failing = false;
+        let mut refresh = false;
+        loop {
+            let stopping = stop.is_cancelled();
+            let frames = self.outbox.unstored(MIRROR_BATCH);
+            let pending = self.mirror.take_pending();
+            let changed =
+                !frames.is_empty() || !pending.upstreams.is_empty() || pending.acked.is_some();
+            let mut failed = false;
+            if changed || refresh {
+                refresh = false;
+                let batch = Batch {
+                    frames: &frames,
+                    pending: &pending,
+                    received: self.mirror.received(),
+                };
+                match self.store.append(id, batch).await {
+                    Ok(()) if failing => {
+                        failing = false;
+                        tracing::info!("the session store takes this session's frames again");
+                    }
+                    Ok(()) => {}
+                    Err(err) => {
+                        failed = true;
+                        if !failing {
+                            failing = true;
+                            tracing::warn!(%err, "frames could not be written to the session store; until it answers, this session can be resumed only on this instance");
+                        }
+                        self.mirror.restore(pending);
+                    }
+                }
+                // Written, or given up on: the client is never held back by the store.
+                if let Some(last) = frames.last() {
+                    self.outbox.mark_stored(last.seq);
+                }
+                let more = !frames.is_empty();
+                if more && !(stopping && failed) {
+                    continue;
+                }
+            }
+            if stopping {
+                return;
+            }
+            tokio::select! {
+                _ = self.outbox.storable() => {}
+                _ = self.mirror.wake.notified() => {}
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(self.idle) => refresh = true,
+            }
+        }
     }
 }
 

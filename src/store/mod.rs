@@ -3,7 +3,8 @@
 //!
 //! A [`Store`] is a cheap handle. Each part of the shared state has its own module with
 //! a trait and two implementations, one in memory and one on Redis, so that they cannot
-//! drift: [`limits`] (rate buckets and connection counts). The Redis parts use the
+//! drift: [`limits`] (rate buckets and connection counts), [`sessions`] (kept frames,
+//! upstream session ids and ownership of client sessions). The Redis parts use the
 //! [`RedisLink`]: one pooled, reconnecting connection, the key prefix `mcpmux:`, and
 //! the outage tracking every part reports to, so that an outage is logged once and
 //! shown by `mcpmux_store_up`.
@@ -21,6 +22,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Notify;
 
 pub(crate) mod limits;
+pub(crate) mod sessions;
 
 use limits::{ConnectionCount, KeyBuckets, MemoryBuckets, MemoryCount, SharedLimits};
 

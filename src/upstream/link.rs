@@ -14,6 +14,7 @@ use crate::jsonrpc;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::protocol::{self, ErrorCode, GatewayFrame, SessionState};
+use crate::store::sessions::SessionMirror;
 
 /// A client session's resources, shared with its upstream sessions.
 #[derive(Debug, Clone)]
@@ -40,6 +41,9 @@ pub struct Link {
     pub stream_idle_timeout: Duration,
     /// Where requests, messages and upstream sessions are counted.
     pub metrics: Metrics,
+    /// With a shared session store: where upstream session ids are recorded, so that
+    /// another instance can adopt them.
+    pub mirror: Option<Arc<SessionMirror>>,
 }
 
 impl Link {

@@ -45,10 +45,14 @@ impl Listener {
         Self { session }
     }
 
-    /// Forwards the stream until the session ends, resuming it when it breaks.
-    pub(super) async fn run(self, first: Option<Result<Option<EventStream>, UpstreamError>>) {
+    /// Forwards the stream until the session ends, resuming it when it breaks. Without
+    /// `first`, opens it, after `last_event_id` if given (an adopted session's stream).
+    pub(super) async fn run(
+        self,
+        first: Option<Result<Option<EventStream>, UpstreamError>>,
+        mut last_event_id: Option<String>,
+    ) {
         let session = &self.session;
-        let mut last_event_id: Option<String> = None;
         let mut failures = 0u32;
         let mut next_open = first;
         loop {
@@ -171,6 +175,7 @@ impl Listener {
                 // Only a reopened stream needs the id, so it is copied once, at the end.
                 if let Some(id) = stream.last_event_id() {
                     *last_event_id = Some(id.to_owned());
+                    session.record(Some(id));
                 }
                 return (end, delivered);
             }

@@ -160,7 +160,7 @@ fn main() -> anyhow::Result<()> {
             &'a scenarios::Context,
             &'a mut report::Report,
         ) -> futures::future::BoxFuture<'a, anyhow::Result<()>>;
-        let all: [(&str, Scenario); 6] = [
+        let all: [(&str, Scenario); 7] = [
             ("a", |c, r| {
                 Box::pin(scenarios::a_through_versus_direct(c, r))
             }),
@@ -169,6 +169,7 @@ fn main() -> anyhow::Result<()> {
             ("d", |c, r| Box::pin(scenarios::d_idle(c, r))),
             ("e", |c, r| Box::pin(scenarios::e_peer(c, r))),
             ("f", |c, r| Box::pin(scenarios::f_kept_for_resume(c, r))),
+            ("g", |c, r| Box::pin(scenarios::g_session_store(c, r))),
         ];
         for (name, run) in all {
             if wanted(name) {

@@ -200,6 +200,41 @@ pub fn start_upstream() -> anyhow::Result<(Proc, SocketAddr)> {
     Ok((proc, addr))
 }
 
+/// redis-server on a free loopback port, without persistence; returns it and its URL.
+pub fn start_redis() -> anyhow::Result<(Proc, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .spawn()
+        .context("cannot start redis-server (scripts/setup installs it)")?;
+    let mut proc = Proc {
+        child,
+        leftovers: Vec::new(),
+    };
+    let stdout = proc.child.stdout.take().context("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if line.contains("Ready to accept connections") {
+                let _ = tx.send(());
+            }
+            line.clear();
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .context("redis-server did not get ready")?;
+    Ok((proc, format!("redis://127.0.0.1:{port}")))
+}
+
 /// mcp-proxy in front of server-everything (stdio), as mcpmux runs it: returns the
 /// process, its `/mcp` URL and its API key.
 pub async fn start_mcp_proxy(root: &Path) -> anyhow::Result<(Proc, String, String)> {

@@ -1001,3 +1001,82 @@ pub async fn f_kept_for_resume(ctx: &Context, report: &mut Report) -> anyhow::Re
     drop(upstream);
     Ok(())
 }
+
+/// Scenario g: what writing every frame to the Redis session store costs. Echo calls
+/// (one response frame each) on the fast upstream through two mcpmux processes, one
+/// without a store and one with `gateway.store.redis` (a redis-server the bench starts),
+/// in the same rounds.
+pub async fn g_session_store(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
+    let (upstream, upstream_addr) = procs::start_upstream()?;
+    let (redis, redis_url) = procs::start_redis()?;
+    let url = format!("http://{upstream_addr}/mcp");
+    let plain = remote_config("fast", &url, json!({}));
+    let mut stored = plain.clone();
+    stored["gateway"]["store"] = json!({"redis": redis_url});
+    let (memory_gateway, memory_addr) = procs::start_mcpmux(&ctx.mcpmux, &plain)?;
+    let (redis_gateway, redis_addr) = procs::start_mcpmux(&ctx.mcpmux, &stored)?;
+    let sockets = if ctx.plan.smoke { 2 } else { 16 };
+    let inflight = 4;
+    let make = load::echo_request(None);
+    let mut memory_sockets = mcpmux_sockets(memory_addr, "fast", sockets, "bench-g").await?;
+    let mut redis_sockets = mcpmux_sockets(redis_addr, "fast", sockets, "bench-g").await?;
+    let (mut rates, mut cpus) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    let mut redis_cpu = Vec::new();
+    for round in 0..ctx.plan.rounds {
+        for side in order(round) {
+            let window = ctx.window();
+            let (index, gateway, socks) = match side {
+                Side::Direct => (0, &memory_gateway, &mut memory_sockets),
+                Side::Gateway => (1, &redis_gateway, &mut redis_sockets),
+            };
+            let (result, cpu) = with_cpu(
+                &[gateway, &redis],
+                ws_loops(std::mem::take(socks), Some("fast"), inflight, &make, window),
+            )
+            .await;
+            let (stats, back) = result?;
+            *socks = back;
+            let m = measured(stats, &window)?;
+            rates[index].push(m.rate);
+            cpus[index].push(m.per_call(cpu[0]));
+            if index == 1 {
+                redis_cpu.push(m.per_call(cpu[1]));
+            }
+        }
+    }
+    let label = format!("echo, {sockets} sockets x {inflight} in flight");
+    for (index, side) in [(0, "no store"), (1, "Redis store")] {
+        report.add(
+            "g",
+            format!("{label}, {side}"),
+            "frames/s",
+            rates[index].clone(),
+            None,
+        );
+        report.add(
+            "g",
+            format!("{label}, {side}: gateway CPU per frame"),
+            "us",
+            cpus[index].clone(),
+            None,
+        );
+    }
+    report.add(
+        "g",
+        format!("{label}: gateway CPU added per frame by the store"),
+        "us",
+        diff(&cpus[1], &cpus[0]),
+        None,
+    );
+    report.add(
+        "g",
+        format!("{label}: redis-server CPU per frame"),
+        "us",
+        redis_cpu,
+        None,
+    );
+    report.note("g", "one response frame per call; with the store each frame is in Redis (XADD, pipelined per session) before it is written to its socket");
+    drop((memory_sockets, redis_sockets));
+    drop((memory_gateway, redis_gateway, redis, upstream));
+    Ok(())
+}

@@ -335,7 +335,8 @@ impl UpstreamSession {
             return;
         }
         let first = self.open_stream(None).await;
-        let listen = Listener::new(self.clone()).run(first);
+        self.record(None);
+        let listen = Listener::new(self.clone()).run(first, None);
         self.link
             .tasks
             .spawn(listen.instrument(self.span().clone()));

@@ -34,11 +34,13 @@ use self::barrier::Barrier;
 use self::order::{Sequencer, Ticket};
 use super::legacy::LegacySession;
 use super::link::Link;
+use super::listener::Listener;
 use super::{Endpoint, UpstreamError};
 use crate::jsonrpc::{self, Head, Kind};
 use crate::metrics::{Direction, OpenGuard, Outcome, RequestMeter};
 use crate::protocol::{ErrorCode, SessionState};
 use crate::registry::Server;
+use crate::store::sessions::UpstreamIds;
 
 /// The most a DELETE at the end of a session may take.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -58,6 +60,9 @@ pub enum UpstreamEnd {
     /// The server was removed from the configuration, or the client's key may no longer
     /// use it: its requests in flight are answered as for an unknown server.
     Removed,
+    /// The gateway is draining with a shared session store: the upstream session is
+    /// left to the instance that resumes its client session (not deleted).
+    HandedOver,
 }
 
 /// A client message on its way upstream.
@@ -159,6 +164,66 @@ impl UpstreamSession {
             span,
             exchanges: TaskTracker::new(),
         })
+    }
+
+    /// Goes on with an upstream session another instance opened, by its stored ids:
+    /// requests carry its `Mcp-Session-Id` and protocol version, and its standalone
+    /// stream is reopened after its last event.
+    pub fn adopt(server: Arc<Server>, link: Link, ids: UpstreamIds, session: &str) -> Arc<Self> {
+        let adopted = Self::new(server, link, false, session);
+        adopted.barrier.open(ids.session_id.as_deref());
+        adopted.barrier.set_protocol_version(ids.protocol_version);
+        adopted.opened();
+        let listening = adopted.clone();
+        let listen = async move {
+            let ready = listening
+                .endpoint
+                .get_or_try_init(|| listening.server.ready_endpoint(listening.link.ready_wait))
+                .await;
+            if let Err(err) = ready {
+                let message = format!(
+                    "the server's event stream could not be reopened after the session moved ({err}); notifications sent meanwhile may be missing"
+                );
+                return listening.report_stream_gap(&message).await;
+            }
+            Listener::new(listening.clone())
+                .run(None, ids.last_event_id)
+                .await;
+        };
+        let span = adopted.span.clone();
+        adopted.link.tasks.spawn(listen.instrument(span));
+        adopted
+    }
+
+    /// Records this session's ids for adoption by another instance (with a shared
+    /// session store only), with the standalone stream's last event id.
+    pub(in crate::upstream) fn record(&self, last_event_id: Option<&str>) {
+        let Some(mirror) = &self.link.mirror else {
+            return;
+        };
+        if self.is_ended() {
+            return;
+        }
+        let (session_id, protocol_version) = self.barrier.headers();
+        let ids = UpstreamIds {
+            session_id,
+            protocol_version,
+            last_event_id: last_event_id.map(str::to_owned),
+            movable: self.movable(),
+        };
+        mirror.upstream_changed(&self.server.name, Some(ids));
+    }
+
+    /// Whether another instance could go on with this session: not with a stdio
+    /// server (its mcp-proxy child is local to this instance), nor over the legacy
+    /// HTTP+SSE transport (bound to its stream).
+    pub fn movable(&self) -> bool {
+        self.server.status().pid.is_none()
+            && !self.server.speaks_legacy_sse()
+            && self
+                .endpoint
+                .get()
+                .is_some_and(|e| e.transport != super::Transport::LegacySse)
     }
 
     /// The server this session is with.
@@ -282,7 +347,17 @@ impl UpstreamSession {
         drop(self.lock_open().take());
         tracing::debug!(parent: &self.span, end = ?why, "upstream session ended");
         let session_id = self.barrier.end();
+        if let Some(mirror) = &self.link.mirror {
+            if !matches!(
+                why,
+                UpstreamEnd::HandedOver | UpstreamEnd::ClientSessionEnded
+            ) {
+                mirror.upstream_changed(&self.server.name, None);
+            }
+        }
         match why {
+            // Left for the instance that resumes the client session.
+            UpstreamEnd::HandedOver => {}
             // The upstream forgot the session, or its instance is gone.
             UpstreamEnd::Lost(reason) => {
                 self.link

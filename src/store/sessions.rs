@@ -1,0 +1,678 @@
+//! What a client session leaves in the store so that another instance can resume it:
+//! its kept frames, the ids of its upstream sessions, and who owns it.
+//!
+//! [`SessionStore`] is the trait; [`MemorySessions`] (the default) stores nothing (a
+//! session lives and is resumed only in the memory of its instance, as on a single
+//! gateway), [`RedisSessions`] keeps, per client session:
+//! - `mcpmux:frames:{id}`: a Redis Stream of its kept frames, each under the id
+//!   `<seq>-1`, capped at about `resumeMaxFrames` entries, trimmed on `ack`;
+//! - `mcpmux:session:{id}`: a hash with its owner (an instance name, empty once released
+//!   by a drain), the API key that opened it, the highest seq stored, the client frames
+//!   read (`welcome.received`), and one field `up:{server}` per upstream session with its
+//!   ids (JSON: `Mcp-Session-Id`, negotiated version, the standalone stream's last event
+//!   id, and whether it can move to another instance).
+//!
+//! Both expire `resumeWindowMs` after their last write; the owner refreshes them while
+//! the session lives. An instance is alive while `mcpmux:instance:{name}` exists: it
+//! renews that lease every [`LEASE_RENEW`]; a dead instance's lease expires after
+//! [`LEASE`], and its sessions may then be taken by another instance (an atomic Lua
+//! script checks owner and lease and sets the new owner in one step).
+//!
+//! Ordering rule: a frame is in the store before the socket is given it (see
+//! [`crate::outbox`]), so anything a client saw can be resumed elsewhere.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{KEY_PREFIX, RedisLink, Store, StoreError};
+use crate::config::GatewayConfig;
+
+/// How long an instance counts as alive after its last renewal.
+pub const LEASE: Duration = Duration::from_secs(3);
+/// How often a live instance renews its lease.
+pub const LEASE_RENEW: Duration = Duration::from_secs(1);
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionStoreError {
+    /// Redis failed or did not answer in time.
+    #[error("the session store failed: {0}")]
+    Store(#[from] StoreError),
+    /// What the store holds is not what this gateway writes.
+    #[error("the session store holds a malformed record: {0}")]
+    Malformed(String),
+}
+
+/// One kept frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptFrame {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its JSON text, exactly as sent.
+    pub text: Utf8Bytes,
+}
+
+/// The ids of one upstream session, enough for another instance to go on with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamIds {
+    /// `Mcp-Session-Id`, if the server gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// The negotiated protocol version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+    /// The id of the last event of the standalone GET stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_id: Option<String>,
+    /// False for sessions that cannot move: with a stdio server (its mcp-proxy child is
+    /// local to the instance) or over the legacy HTTP+SSE transport (bound to its
+    /// stream).
+    pub movable: bool,
+}
+
+/// What the store holds about a session, read by the instance that takes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredSession {
+    /// The API key that opened it (`None` on a gateway without keys).
+    pub key: Option<String>,
+    /// The highest seq stored (0: none yet).
+    pub last_seq: u64,
+    /// Client frames read after `hello`, as of the last write.
+    pub received: u64,
+    /// Its upstream sessions, by server name.
+    pub upstreams: Vec<(String, UpstreamIds)>,
+}
+
+/// A stored session and its frames after a seq, oldest first.
+pub type ReadSession = (StoredSession, Vec<KeptFrame>);
+
+/// The answer to a claim of ownership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// The caller owns the session now.
+    Taken,
+    /// A live instance owns it: leave it alone.
+    Elsewhere(String),
+    /// The store knows no such session.
+    Unknown,
+}
+
+/// Changes of one client session waiting for the next write: the frames come from its
+/// outbox, the rest from here.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// Upstream sessions changed (`Some`) or ended (`None`), by server name.
+    pub upstreams: HashMap<String, Option<UpstreamIds>>,
+    /// The client acknowledged every frame up to this seq.
+    pub acked: Option<u64>,
+}
+
+/// What a client session shares with the task that writes it to the store: the
+/// upstream changes not yet written and the count of client frames read. Only sessions
+/// of a gateway with a persistent store have one.
+#[derive(Debug)]
+pub struct SessionMirror {
+    /// The client session's id.
+    pub id: String,
+    pending: Mutex<Pending>,
+    received: AtomicU64,
+    /// Woken when something is pending.
+    pub wake: Notify,
+}
+
+impl SessionMirror {
+    /// A mirror of session `id`.
+    pub fn new(id: String, received: u64) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            pending: Mutex::default(),
+            received: AtomicU64::new(received),
+            wake: Notify::new(),
+        })
+    }
+
+    /// An upstream session with `server` changed its ids (or ended: `None`).
+    pub fn upstream_changed(&self, server: &str, ids: Option<UpstreamIds>) {
+        self.lock().upstreams.insert(server.to_owned(), ids);
+        self.wake.notify_one();
+    }
+
+    /// The client acknowledged every frame up to `seq`.
+    pub fn acked(&self, seq: u64) {
+        let mut pending = self.lock();
+        pending.acked = pending.acked.max(Some(seq));
+        drop(pending);
+        self.wake.notify_one();
+    }
+
+    /// The client session has read `count` client frames.
+    pub fn set_received(&self, count: u64) {
+        self.received.store(count, Ordering::Relaxed);
+    }
+
+    /// Client frames read so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Takes what is pending.
+    pub fn take_pending(&self) -> Pending {
+        std::mem::take(&mut *self.lock())
+    }
+
+    /// Puts back what a failed write took, under what changed since.
+    pub fn restore(&self, failed: Pending) {
+        let mut pending = self.lock();
+        for (server, ids) in failed.upstreams {
+            pending.upstreams.entry(server).or_insert(ids);
+        }
+        pending.acked = pending.acked.max(failed.acked);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One write of a session: frames, upstream changes, the received count.
+#[derive(Debug)]
+pub struct Batch<'a> {
+    /// Frames in seq order (possibly none).
+    pub frames: &'a [KeptFrame],
+    /// Upstream changes.
+    pub pending: &'a Pending,
+    /// Client frames read.
+    pub received: u64,
+}
+
+/// Where client sessions are kept for resume on another instance.
+pub trait SessionStore: Send + Sync + fmt::Debug {
+    /// True when sessions outlive their instance (the store is shared); false for the
+    /// in-memory default, which then needs nothing written.
+    fn shared(&self) -> bool;
+
+    /// Records a new session, owned by this instance, opened by `key`.
+    fn open<'a>(
+        &'a self,
+        id: &'a str,
+        key: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), SessionStoreError>>;
+
+    /// Writes a batch of session `id` (and refreshes its expiry).
+    fn append<'a>(
+        &'a self,
+        id: &'a str,
+        batch: Batch<'a>,
+    ) -> BoxFuture<'a, Result<(), SessionStoreError>>;
+
+    /// Takes ownership of session `id` for a claimant with `key` if its owner is gone
+    /// (its lease expired) or released it. A session opened by another key is unknown.
+    fn take<'a>(
+        &'a self,
+        id: &'a str,
+        key: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Ownership, SessionStoreError>>;
+
+    /// What is stored of session `id`, with its frames after `after`, oldest first.
+    fn read<'a>(
+        &'a self,
+        id: &'a str,
+        after: u64,
+    ) -> BoxFuture<'a, Result<Option<ReadSession>, SessionStoreError>>;
+
+    /// Gives session `id` up for another instance to take (a drain); its state stays.
+    fn release<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>>;
+
+    /// Session `id` is over: everything stored of it goes.
+    fn forget<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>>;
+
+    /// Renews this instance's lease (called every [`LEASE_RENEW`]).
+    fn renew_lease(&self) -> BoxFuture<'_, Result<(), SessionStoreError>>;
+}
+
+/// The default: sessions live in the memory of their instance only, and nothing is
+/// written anywhere.
+#[derive(Debug, Default)]
+pub struct MemorySessions;
+
+fn nothing<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, Result<T, SessionStoreError>> {
+    Box::pin(std::future::ready(Ok(value)))
+}
+
+impl SessionStore for MemorySessions {
+    fn shared(&self) -> bool {
+        false
+    }
+    fn open<'a>(
+        &'a self,
+        _: &'a str,
+        _: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), SessionStoreError>> {
+        nothing(())
+    }
+    fn append<'a>(
+        &'a self,
+        _: &'a str,
+        _: Batch<'a>,
+    ) -> BoxFuture<'a, Result<(), SessionStoreError>> {
+        nothing(())
+    }
+    fn take<'a>(
+        &'a self,
+        _: &'a str,
+        _: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Ownership, SessionStoreError>> {
+        // A session not in this instance's memory is unknown.
+        nothing(Ownership::Unknown)
+    }
+    fn read<'a>(
+        &'a self,
+        _: &'a str,
+        _: u64,
+    ) -> BoxFuture<'a, Result<Option<ReadSession>, SessionStoreError>> {
+        nothing(None)
+    }
+    fn release<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
+        nothing(())
+    }
+    fn forget<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
+        nothing(())
+    }
+    fn renew_lease(&self) -> BoxFuture<'_, Result<(), SessionStoreError>> {
+        nothing(())
+    }
+}
+
+/// Takes a session: KEYS[1] its hash; ARGV[1] this instance, ARGV[2] the prefix of
+/// instance leases, ARGV[3] the expiry (ms), ARGV[4] the claimant's key name (empty:
+/// none). Returns {0} unknown (or opened by another key), {1, owner} owned by a live
+/// instance, {2} taken.
+const TAKE_SCRIPT: &str = r"
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if not owner then return {0} end
+if (redis.call('HGET', KEYS[1], 'key') or '') ~= ARGV[4] then return {0} end
+if owner ~= '' and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. owner) == 1 then
+  return {1, owner}
+end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {2}
+";
+
+/// The session store `store` calls for: Redis when configured, else memory only.
+pub fn open(store: &Store, config: &GatewayConfig) -> Arc<dyn SessionStore> {
+    match store.redis() {
+        Some(link) => Arc::new(RedisSessions::new(
+            link.clone(),
+            store.instance().clone(),
+            config.resume_window,
+            config.resume_max_frames,
+        )),
+        None => Arc::new(MemorySessions),
+    }
+}
+
+/// Renews this instance's lease every [`LEASE_RENEW`] until `shutdown`; a failure is
+/// an outage the store's link reports.
+pub async fn renew_lease(store: Arc<dyn SessionStore>, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(LEASE_RENEW);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        if let Err(err) = store.renew_lease().await {
+            tracing::debug!(%err, "the instance lease was not renewed");
+        }
+    }
+}
+
+/// Sessions kept in Redis, shared by every instance that uses the same Redis.
+pub struct RedisSessions {
+    link: RedisLink,
+    /// `mcpmux:`, the prefix of every key.
+    prefix: String,
+    /// This instance's name (`gateway.instance`).
+    instance: Arc<str>,
+    /// `resumeWindowMs`: the expiry of a session's keys after their last write.
+    window_ms: u64,
+    /// `resumeMaxFrames`: the approximate cap of a session's stream.
+    max_frames: usize,
+    take: redis::Script,
+}
+
+impl fmt::Debug for RedisSessions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSessions")
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisSessions {
+    /// Sessions of instance `instance` in the Redis behind `link`.
+    pub fn new(link: RedisLink, instance: Arc<str>, window: Duration, max_frames: usize) -> Self {
+        Self {
+            link,
+            prefix: KEY_PREFIX.to_owned(),
+            instance,
+            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1),
+            max_frames: max_frames.max(1),
+            take: redis::Script::new(TAKE_SCRIPT),
+        }
+    }
+
+    fn frames_key(&self, id: &str) -> String {
+        format!("{}frames:{id}", self.prefix)
+    }
+
+    fn session_key(&self, id: &str) -> String {
+        format!("{}session:{id}", self.prefix)
+    }
+
+    fn lease_prefix(&self) -> String {
+        format!("{}instance:", self.prefix)
+    }
+}
+
+const UPSTREAM_FIELD: &str = "up:";
+
+fn malformed(err: impl fmt::Display) -> SessionStoreError {
+    SessionStoreError::Malformed(err.to_string())
+}
+
+impl SessionStore for RedisSessions {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn open<'a>(
+        &'a self,
+        id: &'a str,
+        key: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), SessionStoreError>> {
+        Box::pin(async move {
+            let mut connection = self.link.connection();
+            let hash = self.session_key(id);
+            let mut pipe = redis::pipe();
+            pipe.hset(&hash, "owner", &*self.instance).ignore();
+            pipe.hset(&hash, "key", key.unwrap_or("")).ignore();
+            pipe.pexpire(&hash, self.window_ms as i64).ignore();
+            self.link
+                .call(pipe.query_async::<()>(&mut connection))
+                .await
+                .map_err(Into::into)
+        })
+    }
+
+    fn append<'a>(
+        &'a self,
+        id: &'a str,
+        batch: Batch<'a>,
+    ) -> BoxFuture<'a, Result<(), SessionStoreError>> {
+        Box::pin(async move {
+            let mut connection = self.link.connection();
+            let hash = self.session_key(id);
+            let stream = self.frames_key(id);
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for frame in batch.frames {
+                pipe.cmd("XADD")
+                    .arg(&stream)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(self.max_frames)
+                    .arg(format!("{}-1", frame.seq))
+                    .arg("f")
+                    .arg(frame.text.as_bytes())
+                    .ignore();
+            }
+            if let Some(last) = batch.frames.last() {
+                pipe.hset(&hash, "seq", last.seq).ignore();
+                pipe.pexpire(&stream, self.window_ms as i64).ignore();
+            }
+            for (server, ids) in &batch.pending.upstreams {
+                let field = format!("{UPSTREAM_FIELD}{server}");
+                match ids {
+                    Some(ids) => {
+                        let json = serde_json::to_string(ids)
+                            .map_err(|e| SessionStoreError::Malformed(e.to_string()))?;
+                        pipe.hset(&hash, field, json).ignore();
+                    }
+                    None => {
+                        pipe.hdel(&hash, field).ignore();
+                    }
+                }
+            }
+            if let Some(acked) = batch.pending.acked {
+                pipe.cmd("XTRIM")
+                    .arg(&stream)
+                    .arg("MINID")
+                    .arg(format!("{}-0", acked.saturating_add(1)))
+                    .ignore();
+            }
+            pipe.hset(&hash, "received", batch.received).ignore();
+            pipe.pexpire(&hash, self.window_ms as i64).ignore();
+            if batch.frames.is_empty() {
+                pipe.pexpire(&stream, self.window_ms as i64).ignore();
+            }
+            self.link
+                .call(pipe.query_async::<()>(&mut connection))
+                .await
+                .map_err(Into::into)
+        })
+    }
+
+    fn take<'a>(
+        &'a self,
+        id: &'a str,
+        key: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Ownership, SessionStoreError>> {
+        Box::pin(async move {
+            let mut connection = self.link.connection();
+            let mut invocation = self.take.key(self.session_key(id));
+            invocation
+                .arg(&*self.instance)
+                .arg(self.lease_prefix())
+                .arg(self.window_ms)
+                .arg(key.unwrap_or(""));
+            let answer: Vec<redis::Value> = self
+                .link
+                .call(invocation.invoke_async(&mut connection))
+                .await?;
+            let code: i64 = match answer.first() {
+                Some(value) => redis::from_redis_value_ref(value).map_err(malformed)?,
+                None => return Err(SessionStoreError::Malformed("empty answer".into())),
+            };
+            Ok(match code {
+                0 => Ownership::Unknown,
+                1 => {
+                    let owner: String = match answer.get(1) {
+                        Some(value) => redis::from_redis_value_ref(value).map_err(malformed)?,
+                        None => String::new(),
+                    };
+                    Ownership::Elsewhere(owner)
+                }
+                _ => Ownership::Taken,
+            })
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        id: &'a str,
+        after: u64,
+    ) -> BoxFuture<'a, Result<Option<ReadSession>, SessionStoreError>> {
+        Box::pin(async move {
+            let mut connection = self.link.connection();
+            let mut pipe = redis::pipe();
+            pipe.hgetall(self.session_key(id));
+            pipe.cmd("XRANGE")
+                .arg(self.frames_key(id))
+                .arg(format!("{}-0", after.saturating_add(1)))
+                .arg("+");
+            type Entry = (String, Vec<Vec<u8>>);
+            let (fields, entries): (HashMap<String, String>, Vec<Entry>) =
+                self.link.call(pipe.query_async(&mut connection)).await?;
+            if fields.is_empty() {
+                return Ok(None);
+            }
+            let number = |name: &str| -> Result<u64, SessionStoreError> {
+                fields.get(name).map_or(Ok(0), |v| {
+                    v.parse().map_err(|_| {
+                        SessionStoreError::Malformed(format!("{name} is not a number"))
+                    })
+                })
+            };
+            let mut upstreams = Vec::new();
+            for (field, value) in &fields {
+                if let Some(server) = field.strip_prefix(UPSTREAM_FIELD) {
+                    let ids: UpstreamIds = serde_json::from_str(value)
+                        .map_err(|e| SessionStoreError::Malformed(e.to_string()))?;
+                    upstreams.push((server.to_owned(), ids));
+                }
+            }
+            upstreams.sort_by(|a, b| a.0.cmp(&b.0));
+            let stored = StoredSession {
+                key: fields.get("key").filter(|k| !k.is_empty()).cloned(),
+                last_seq: number("seq")?,
+                received: number("received")?,
+                upstreams,
+            };
+            let mut frames = Vec::with_capacity(entries.len());
+            for (entry_id, mut values) in entries {
+                let seq = entry_id
+                    .split_once('-')
+                    .and_then(|(seq, _)| seq.parse().ok())
+                    .ok_or_else(|| SessionStoreError::Malformed("a frame id".into()))?;
+                // Fields and values alternate: `f`, the frame.
+                let text = values
+                    .pop()
+                    .filter(|_| values.len() == 1)
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+                    .ok_or_else(|| SessionStoreError::Malformed("a frame".into()))?;
+                frames.push(KeptFrame {
+                    seq,
+                    text: Utf8Bytes::from(text),
+                });
+            }
+            Ok(Some((stored, frames)))
+        })
+    }
+
+    fn release<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
+        Box::pin(async move {
+            let mut connection = self.link.connection();
+            let mut release = redis::cmd("HSET");
+            release.arg(self.session_key(id)).arg("owner").arg("");
+            self.link
+                .call(release.query_async::<()>(&mut connection))
+                .await
+                .map_err(Into::into)
+        })
+    }
+
+    fn forget<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
+        Box::pin(async move {
+            let mut connection = self.link.connection();
+            let mut delete = redis::cmd("DEL");
+            delete.arg(self.session_key(id)).arg(self.frames_key(id));
+            self.link
+                .call(delete.query_async::<()>(&mut connection))
+                .await
+                .map_err(Into::into)
+        })
+    }
+
+    fn renew_lease(&self) -> BoxFuture<'_, Result<(), SessionStoreError>> {
+        Box::pin(async move {
+            let mut connection = self.link.connection();
+            let mut renew = redis::cmd("SET");
+            renew
+                .arg(format!("{}{}", self.lease_prefix(), self.instance))
+                .arg("1")
+                .arg("PX")
+                .arg(u64::try_from(LEASE.as_millis()).unwrap_or(u64::MAX));
+            self.link
+                .call(renew.query_async::<()>(&mut connection))
+                .await
+                .map_err(Into::into)
+        })
+    }
+}
+
+/// Whether `frames`, read after `last_seq` from a session whose highest stored seq is
+/// `stored`, are exactly every frame after `last_seq`: a resume is never partial.
+pub fn contiguous(last_seq: u64, stored: u64, frames: &[KeptFrame]) -> bool {
+    if last_seq > stored {
+        return false;
+    }
+    let expected = stored - last_seq;
+    u64::try_from(frames.len()).is_ok_and(|n| n == expected)
+        && frames
+            .iter()
+            .zip(last_seq + 1..)
+            .all(|(frame, seq)| frame.seq == seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(seqs: &[u64]) -> Vec<KeptFrame> {
+        seqs.iter()
+            .map(|&seq| KeptFrame {
+                seq,
+                text: Utf8Bytes::from(format!("{{\"seq\":{seq}}}")),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_every_frame_after_last_seq_is_a_resume() {
+        assert!(contiguous(3, 6, &frames(&[4, 5, 6])));
+        assert!(contiguous(6, 6, &frames(&[])));
+        assert!(contiguous(0, 0, &frames(&[])));
+        // Trimmed at the front, a gap inside, missing at the end, a future last_seq.
+        assert!(!contiguous(3, 6, &frames(&[5, 6])));
+        assert!(!contiguous(3, 6, &frames(&[4, 6])));
+        assert!(!contiguous(3, 6, &frames(&[4, 5])));
+        assert!(!contiguous(7, 6, &frames(&[])));
+    }
+
+    #[test]
+    fn upstream_ids_round_trip_without_empty_fields() {
+        let ids = UpstreamIds {
+            session_id: Some("abc".into()),
+            protocol_version: Some("2025-11-25".into()),
+            last_event_id: None,
+            movable: true,
+        };
+        let json = serde_json::to_string(&ids).unwrap();
+        assert_eq!(
+            json,
+            r#"{"session_id":"abc","protocol_version":"2025-11-25","movable":true}"#
+        );
+        assert_eq!(serde_json::from_str::<UpstreamIds>(&json).unwrap(), ids);
+    }
+
+    #[test]
+    fn a_failed_write_is_restored_under_newer_changes() {
+        let mirror = SessionMirror::new("s".into(), 0);
+        mirror.upstream_changed("a", Some(UpstreamIds::default()));
+        let failed = mirror.take_pending();
+        mirror.upstream_changed("a", None);
+        mirror.restore(failed);
+        assert_eq!(mirror.take_pending().upstreams.get("a"), Some(&None));
+    }
+}

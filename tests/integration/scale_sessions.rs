@@ -1,0 +1,324 @@
+//! Sessions that outlive their instance: two real `mcpmux` binaries share a real
+//! redis-server; a remote server (the real server-everything over Streamable HTTP)
+//! is reachable from both, and each runs its own stdio server-everything. A client's
+//! instance is killed (SIGKILL) or drained (SIGTERM) after the client read part of a
+//! stream of notifications; the client resumes on the other instance and gets every
+//! frame after its `last_seq` once, in order, goes on in the SAME upstream session with
+//! the remote server (the server saw one initialize, and no DELETE), and is told its
+//! stdio upstream session was lost.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::binary::{Binary, Launch, TempDir, kill};
+use crate::harness::{Client, config, everything, root};
+use crate::support::nginx::{Instance, Nginx};
+use crate::support::redis::{RedisServer, free_port};
+
+/// The real server-everything in Streamable HTTP mode on a free loopback port, its
+/// standard output (one line per session it initializes or deletes) kept in a file.
+struct RemoteEverything {
+    child: Child,
+    port: u16,
+    dir: TempDir,
+}
+
+impl RemoteEverything {
+    fn start() -> Self {
+        let port = free_port();
+        let dir = TempDir::new();
+        let script =
+            root().join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+        let stdout = std::fs::File::create(dir.0.join("stdout.log")).expect("log file");
+        let mut child = Command::new("node")
+            .arg(script)
+            .arg("streamableHttp")
+            .env("PORT", port.to_string())
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("node starts");
+        // It says so on standard error once it listens.
+        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut line = String::new();
+        while !line.contains("listening on port") {
+            line.clear();
+            let read = stderr.read_line(&mut line).expect("a line");
+            assert!(read > 0, "server-everything ended before listening");
+        }
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while stderr.read_line(&mut sink).is_ok_and(|n| n > 0) {
+                sink.clear();
+            }
+        });
+        Self { child, port, dir }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/mcp", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("stdout.log")).unwrap_or_default()
+    }
+
+    /// How many sessions it has initialized.
+    fn initialized(&self) -> usize {
+        self.log().matches("Session initialized with ID").count()
+    }
+
+    /// How many sessions it was asked to delete.
+    fn deleted(&self) -> usize {
+        self.log()
+            .matches("Received session termination request")
+            .count()
+    }
+}
+
+impl Drop for RemoteEverything {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn gateway(instance: &str, redis: &RedisServer, remote: &RemoteEverything) -> Binary {
+    let servers = json!({
+        "remote": {"url": remote.url()},
+        "local": everything(),
+    });
+    let gateway = json!({"instance": instance, "store": {"redis": redis.url()}});
+    Binary::launch(
+        &config(servers, gateway),
+        Launch {
+            log_filter: Some("mcpmux=debug"),
+            ..Launch::default()
+        },
+    )
+}
+
+/// Waits until instance `name`'s lease in Redis has expired (it was killed).
+async fn lease_expired(redis: &RedisServer, name: &str) {
+    let mut connection = redis.connection().await;
+    let key = format!("mcpmux:instance:{name}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .expect("EXISTS");
+        if !exists {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lease of {name} never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What the client had when its instance went away: its session, the seq it resumes
+/// after, and the frames after it, which it must get again exactly.
+struct Cut {
+    session: String,
+    last_seq: u64,
+    missed: Vec<Value>,
+}
+
+/// Opens a session on `addr` with both servers, runs a stream of 20 progress
+/// notifications from the remote server to its response, and keeps only the frames up
+/// to the 5th notification as processed.
+async fn stream_then_cut(addr: std::net::SocketAddr) -> (Client, Cut) {
+    let mut client = Client::connect(addr).await;
+    client.initialize("remote").await;
+    client.initialize("local").await;
+    let id = json!("stream");
+    client
+        .start_long_operation("remote", &id, 1, 20, "t1")
+        .await;
+    let mut frames = Vec::new();
+    loop {
+        let frame = client.next().await;
+        let done = crate::harness::is_response(&frame, "remote", &id);
+        if frame.get("seq").is_some() {
+            frames.push(frame);
+        }
+        if done {
+            break;
+        }
+    }
+    let progress: Vec<usize> = frames
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f["message"]["method"] == "notifications/progress")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(progress.len(), 20, "{frames:?}");
+    let cut_at = progress[4];
+    let last_seq = frames[cut_at]["seq"].as_u64().expect("seq");
+    let missed = frames.split_off(cut_at + 1);
+    let session = client.session_id();
+    (
+        client,
+        Cut {
+            session,
+            last_seq,
+            missed,
+        },
+    )
+}
+
+/// Resumes `cut` at `url` (an instance other than the session's owner, or a balancer
+/// in front of several) and checks what a moved session promises.
+async fn resume_elsewhere(url: &str, cut: &Cut, remote: &RemoteEverything) {
+    let hello =
+        json!({"type": "hello", "resume": {"session": cut.session, "last_seq": cut.last_seq}});
+    let mut client = Client::greet(Client::raw_url(url).await, hello)
+        .await
+        .unwrap_or_else(|e| panic!("no welcome: {e:?}"));
+    assert_eq!(client.welcome["resumed"], true, "{}", client.welcome);
+    assert_eq!(client.welcome["session"], cut.session.as_str());
+    // Every missed frame, once, in order, with its original seq.
+    for expected in &cut.missed {
+        let frame = client.next().await;
+        assert_eq!(&frame, expected);
+    }
+    // Then the stdio server's upstream session: lost with the instance.
+    let lost = client.session_state("lost").await;
+    assert_eq!(lost["server"], "local");
+    assert_eq!(lost["reason"], "the instance that ran it stopped");
+    let last = cut.missed.last().expect("missed frames")["seq"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        lost["seq"].as_u64(),
+        Some(last + 1),
+        "seqs go on contiguously"
+    );
+    // The remote upstream session goes on, adopted by its id: no new initialize.
+    let echo = client
+        .call(
+            "remote",
+            json!("after"),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"message": "still here"}}),
+        )
+        .await;
+    assert!(
+        echo["message"]["result"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("still here")),
+        "{echo}"
+    );
+    assert_eq!(remote.initialized(), 1, "{}", remote.log());
+    assert_eq!(remote.deleted(), 0, "{}", remote.log());
+    assert!(
+        client
+            .take_buffered(|f| f["type"] == "session" && f["server"] == "remote")
+            .is_empty()
+    );
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_instance_was_killed_resumes_on_another_with_every_frame() {
+    let redis = RedisServer::start();
+    let remote = RemoteEverything::start();
+    let a = gateway("inst-a", &redis, &remote);
+    let b = gateway("inst-b", &redis, &remote);
+    let (client, cut) = stream_then_cut(a.addr).await;
+    kill(a.child.id(), libc::SIGKILL);
+    drop(client);
+    lease_expired(&redis, "inst-a").await;
+    resume_elsewhere(&format!("ws://{}/ws", b.addr), &cut, &remote).await;
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_instance_hands_its_sessions_over() {
+    let redis = RedisServer::start();
+    let remote = RemoteEverything::start();
+    let mut a = gateway("inst-c", &redis, &remote);
+    let b = gateway("inst-d", &redis, &remote);
+    let (mut client, cut) = stream_then_cut(a.addr).await;
+    kill(a.child.id(), libc::SIGTERM);
+    match client.closed().await {
+        crate::harness::Ended::Closed(code, _) => assert_eq!(code, 1001),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    let status = a.child.wait().expect("mcpmux exits");
+    assert!(status.success(), "{status:?}");
+    // Released on the drain: no lease to wait for.
+    resume_elsewhere(&format!("ws://{}/ws", b.addr), &cut, &remote).await;
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_sent_to_another_instance_leaves_a_live_owner_alone() {
+    let redis = RedisServer::start();
+    let remote = RemoteEverything::start();
+    let a = gateway("inst-e", &redis, &remote);
+    let b = gateway("inst-f", &redis, &remote);
+    let mut owner = Client::connect(a.addr).await;
+    owner.initialize("remote").await;
+    let session = owner.session_id();
+    let elsewhere = Client::resume(b.addr, &session, 0).await;
+    assert_eq!(elsewhere.welcome["resumed"], false);
+    assert_ne!(elsewhere.welcome["session"], session.as_str());
+    // The owner's session is untouched: it goes on working.
+    let echo = owner
+        .call(
+            "remote",
+            json!(2),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"message": "mine"}}),
+        )
+        .await;
+    assert!(echo["message"]["result"].is_object(), "{echo}");
+    let _: Value = echo;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_nginx_a_killed_owners_session_resumes_on_the_other_instance() {
+    let redis = RedisServer::start();
+    let remote = RemoteEverything::start();
+    let gateways = [
+        gateway("inst-g", &redis, &remote),
+        gateway("inst-h", &redis, &remote),
+    ];
+    let instances: Vec<Instance> = [("inst-g", &gateways[0]), ("inst-h", &gateways[1])]
+        .iter()
+        .map(|(name, g)| Instance::new(name, g.addr))
+        .collect();
+    let nginx = Nginx::start(&instances);
+    let (client, cut) = stream_then_cut(nginx.addr).await;
+    // The session id names its owner; nginx sent the new connection to one of them.
+    let owner = cut
+        .session
+        .split_once('.')
+        .expect("instance.hex")
+        .0
+        .to_owned();
+    let killed = if owner == "inst-g" { 0 } else { 1 };
+    assert!(["inst-g", "inst-h"].contains(&owner.as_str()), "{owner}");
+    kill(gateways[killed].child.id(), libc::SIGKILL);
+    drop(client);
+    lease_expired(&redis, &owner).await;
+    // The resume names its session in the URL: nginx tries the dead owner first, then
+    // the other instance, which takes the session over.
+    resume_elsewhere(&nginx.ws_url(Some(&cut.session)), &cut, &remote).await;
+    let survivor = &gateways[1 - killed];
+    survivor
+        .log_line(
+            &["client session taken over from another instance"],
+            Duration::from_secs(5),
+        )
+        .await;
+    drop(nginx);
+}
