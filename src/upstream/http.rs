@@ -485,6 +485,35 @@ fn describe(err: reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::Transport;
+
+    #[test]
+    fn per_request_headers_replace_configured_ones_of_the_same_name() {
+        let client = HttpClient::new(Duration::from_secs(1), 1024).unwrap();
+        let mut configured = reqwest::header::HeaderMap::new();
+        configured.insert("authorization", HeaderValue::from_static("Bearer k"));
+        configured.insert("mcp-session-id", HeaderValue::from_static("configured"));
+        let endpoint = Endpoint {
+            url: "http://127.0.0.1:9/mcp".parse().unwrap(),
+            headers: configured,
+            generation: 0,
+            transport: Transport::StreamableHttp,
+        };
+        let headers = Headers {
+            session_id: Some("s1"),
+            protocol_version: Some("2025-11-25"),
+            ..Headers::default()
+        };
+        let request = client.request(reqwest::Method::POST, &endpoint, headers);
+        let sent = request.headers();
+        assert_eq!(request.url(), &endpoint.url);
+        assert_eq!(sent["authorization"], "Bearer k");
+        let ids: Vec<_> = sent.get_all("mcp-session-id").iter().collect();
+        assert_eq!(ids, [&HeaderValue::from_static("s1")]);
+        assert_eq!(sent["mcp-protocol-version"], "2025-11-25");
+        assert!(sent.get("mcp-method").is_none());
+        assert!(sent.get("last-event-id").is_none());
+    }
 
     fn stream_of(chunks: &[&'static [u8]], max_event_bytes: usize) -> EventStream {
         let chunks: Vec<reqwest::Result<Bytes>> =
