@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use reqwest::StatusCode;
-use reqwest::header::{self, HeaderValue};
+use reqwest::header::{self, HeaderName, HeaderValue};
 
 use super::sse::{SseEvent, SseParser};
 use super::{Endpoint, UpstreamError};
@@ -26,6 +26,14 @@ use crate::redact::Scrubber;
 
 /// The most of an error body that is quoted back to the client.
 const ERROR_BODY_QUOTE: usize = 512;
+const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
+const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const JSON_OR_EVENTS: HeaderValue = HeaderValue::from_static("application/json, text/event-stream");
+const EVENTS: HeaderValue = HeaderValue::from_static("text/event-stream");
 /// TCP keepalive on every upstream connection: the first probe after this much silence.
 /// Long-lived streams (the standalone GET, legacy SSE) may be silent for long; keepalive
 /// notices a peer that vanished without closing (a NAT or load balancer that dropped the
@@ -130,11 +138,11 @@ impl HttpClient {
         headers: Headers<'_>,
         body: impl Into<reqwest::Body>,
     ) -> Result<PostOutcome, UpstreamError> {
-        let request = self
-            .request(reqwest::Method::POST, endpoint, headers)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json, text/event-stream")
-            .body(body);
+        let mut request = self.request(reqwest::Method::POST, endpoint, headers);
+        let fixed = request.headers_mut();
+        fixed.insert(header::CONTENT_TYPE, JSON);
+        fixed.insert(header::ACCEPT, JSON_OR_EVENTS);
+        *request.body_mut() = Some(body.into());
         let response = self.send(request).await?;
         let session_id = response
             .headers()
@@ -159,9 +167,8 @@ impl HttpClient {
         endpoint: &Endpoint,
         headers: Headers<'_>,
     ) -> Result<Option<EventStream>, UpstreamError> {
-        let request = self
-            .request(reqwest::Method::GET, endpoint, headers)
-            .header(header::ACCEPT, "text/event-stream");
+        let mut request = self.request(reqwest::Method::GET, endpoint, headers);
+        request.headers_mut().insert(header::ACCEPT, EVENTS);
         let response = self.send(request).await?;
         match response.status() {
             StatusCode::METHOD_NOT_ALLOWED => Ok(None),
@@ -194,36 +201,35 @@ impl HttpClient {
         }
     }
 
+    /// A request built from the endpoint's parsed URL and header map, with no
+    /// builder in between: the builder would merge the headers into a map of its own
+    /// and parse every header name again, for each message.
     fn request(
         &self,
         method: reqwest::Method,
         endpoint: &Endpoint,
         headers: Headers<'_>,
-    ) -> reqwest::RequestBuilder {
-        let mut request = self
-            .client
-            .request(method, endpoint.url.clone())
-            .headers(endpoint.headers.clone());
+    ) -> reqwest::Request {
+        let mut request = reqwest::Request::new(method, endpoint.url.clone());
+        let map = request.headers_mut();
+        *map = endpoint.headers.clone();
         let optional = [
-            ("mcp-session-id", headers.session_id),
-            ("mcp-protocol-version", headers.protocol_version),
-            ("mcp-method", headers.method),
-            ("mcp-name", headers.name),
-            ("last-event-id", headers.last_event_id),
+            (MCP_SESSION_ID, headers.session_id),
+            (MCP_PROTOCOL_VERSION, headers.protocol_version),
+            (MCP_METHOD, headers.method),
+            (MCP_NAME, headers.name),
+            (LAST_EVENT_ID, headers.last_event_id),
         ];
         for (name, value) in optional {
             if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
-                request = request.header(name, value);
+                map.insert(name, value);
             }
         }
         request
     }
 
-    async fn send(
-        &self,
-        request: reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        match tokio::time::timeout(self.header_timeout, request.send()).await {
+    async fn send(&self, request: reqwest::Request) -> Result<reqwest::Response, UpstreamError> {
+        match tokio::time::timeout(self.header_timeout, self.client.execute(request)).await {
             Err(_) => Err(UpstreamError::Timeout(self.header_timeout)),
             Ok(Err(err)) => Err(send_error(err, self.header_timeout)),
             Ok(Ok(response)) => Ok(response),
@@ -479,6 +485,35 @@ fn describe(err: reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::Transport;
+
+    #[test]
+    fn per_request_headers_replace_configured_ones_of_the_same_name() {
+        let client = HttpClient::new(Duration::from_secs(1), 1024).unwrap();
+        let mut configured = reqwest::header::HeaderMap::new();
+        configured.insert("authorization", HeaderValue::from_static("Bearer k"));
+        configured.insert("mcp-session-id", HeaderValue::from_static("configured"));
+        let endpoint = Endpoint {
+            url: "http://127.0.0.1:9/mcp".parse().unwrap(),
+            headers: configured,
+            generation: 0,
+            transport: Transport::StreamableHttp,
+        };
+        let headers = Headers {
+            session_id: Some("s1"),
+            protocol_version: Some("2025-11-25"),
+            ..Headers::default()
+        };
+        let request = client.request(reqwest::Method::POST, &endpoint, headers);
+        let sent = request.headers();
+        assert_eq!(request.url(), &endpoint.url);
+        assert_eq!(sent["authorization"], "Bearer k");
+        let ids: Vec<_> = sent.get_all("mcp-session-id").iter().collect();
+        assert_eq!(ids, [&HeaderValue::from_static("s1")]);
+        assert_eq!(sent["mcp-protocol-version"], "2025-11-25");
+        assert!(sent.get("mcp-method").is_none());
+        assert!(sent.get("last-event-id").is_none());
+    }
 
     fn stream_of(chunks: &[&'static [u8]], max_event_bytes: usize) -> EventStream {
         let chunks: Vec<reqwest::Result<Bytes>> =
