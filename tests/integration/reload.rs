@@ -291,6 +291,47 @@ async fn a_removed_server_answers_its_calls_in_flight_as_unknown_then_says_remov
     gateway.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_server_removed_and_added_again_at_once_says_removed_before_starting() {
+    let dir = TempDir::new();
+    let both = json!({"everything": everything(), "extra": everything()});
+    let path = file_with(&dir, both.clone());
+    let gateway = TestGateway::start_from_file(&path).await;
+    let mut client = Client::connect(gateway.addr).await;
+    client.initialize("extra").await;
+    // A call in flight: `removed` waits for its answer.
+    let long = json!("long");
+    client
+        .start_long_operation("extra", &long, 60, 60, "long")
+        .await;
+    client
+        .wait_for("first progress", |f| {
+            f["server"] == "extra" && f["message"]["method"] == "notifications/progress"
+        })
+        .await;
+    client.take_buffered(|f| f["type"] == "status");
+    file_with(&dir, json!({"everything": everything()}));
+    gateway.gateway().reload().await;
+    file_with(&dir, both);
+    gateway.gateway().reload().await;
+    client
+        .wait_for("extra ready again", |f| is_status(f, "extra", "ready"))
+        .await;
+    let states: Vec<Value> = client
+        .take_buffered(|f| f["type"] == "status" && f["server"] == "extra")
+        .into_iter()
+        .map(|f| f["state"].clone())
+        .collect();
+    assert_eq!(
+        states,
+        ["removed", "starting"],
+        "in the order they happened"
+    );
+    let answer = client.response("extra", &long).await;
+    assert_eq!(gateway_code(&answer), "unknown_server", "{answer}");
+    gateway.shutdown().await;
+}
+
 const ADMIN_KEY: &str = "admin-key-for-the-tests-0123";
 
 fn admin_section() -> Value {
