@@ -247,17 +247,7 @@ async fn carry_message(
         .await
         .map_err(|e| refuse(e.into()))?;
     let grant = routes.grant(caller, server, &target.endpoint);
-    let asked = Asked {
-        server: name.to_owned(),
-        id: id.map(serde_json::value::RawValue::to_owned),
-    };
-    routes.answer(
-        answer,
-        routes.exchange(meter),
-        grant,
-        Until::Answered,
-        asked,
-    )
+    routes.answer_message(answer, meter, grant, name, id)
 }
 
 /// A stream read up to its `endpoint` event.

@@ -38,6 +38,7 @@ use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde_json::value::RawValue;
 
 use self::error::{Refused, RouteError};
 use self::exchange::Answer;
@@ -296,6 +297,23 @@ impl Routes {
         *response.status_mut() = status;
         *response.headers_mut() = headers;
         Ok(response)
+    }
+
+    /// [`Routes::answer`] for the answer to a POSTed message (`id`: the request's), with
+    /// its `meter`.
+    fn answer_message(
+        &self,
+        answer: Answer,
+        meter: Option<RequestMeter>,
+        grant: Grant,
+        name: &str,
+        id: Option<&RawValue>,
+    ) -> Result<Response, Refused> {
+        let asked = Asked {
+            server: name.to_owned(),
+            id: id.map(RawValue::to_owned),
+        };
+        self.answer(answer, self.exchange(meter), grant, Until::Answered, asked)
     }
 
     /// Counts one request on an MCP route by its outcome: `ok`, `refused_by_server` (an

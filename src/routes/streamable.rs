@@ -17,7 +17,6 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::error::{Refused, RouteError};
@@ -111,17 +110,7 @@ async fn carry_message(
         .await
         .map_err(|e| refuse(e.into()))?;
     let grant = routes.grant(caller, server, &endpoint);
-    let asked = Asked {
-        server: name.to_owned(),
-        id: id.map(RawValue::to_owned),
-    };
-    routes.answer(
-        answer,
-        routes.exchange(meter),
-        grant,
-        Until::Answered,
-        asked,
-    )
+    routes.answer_message(answer, meter, grant, name, id)
 }
 
 /// Opens (or resumes, with `Last-Event-ID`) an event stream and relays it.

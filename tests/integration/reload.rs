@@ -199,11 +199,12 @@ fn file_with(dir: &TempDir, servers: Value) -> std::path::PathBuf {
     path
 }
 
-#[tokio::test]
-async fn a_removed_server_answers_its_calls_in_flight_as_unknown_then_says_removed() {
-    let dir = TempDir::new();
+/// A gateway on `everything` and `extra` read from a file in `dir`, and a client of both
+/// with a long call to `extra` in flight (its first progress seen). Returns the servers
+/// (to write back) and the call's id.
+async fn extra_busy(dir: &TempDir) -> (TestGateway, Client, Value, Value) {
     let both = json!({"everything": everything(), "extra": everything()});
-    let path = file_with(&dir, both.clone());
+    let path = file_with(dir, both.clone());
     let gateway = TestGateway::start_from_file(&path).await;
     let mut client = Client::connect(gateway.addr).await;
     client.initialize("everything").await;
@@ -217,6 +218,13 @@ async fn a_removed_server_answers_its_calls_in_flight_as_unknown_then_says_remov
             f["server"] == "extra" && f["message"]["method"] == "notifications/progress"
         })
         .await;
+    (gateway, client, both, long)
+}
+
+#[tokio::test]
+async fn a_removed_server_answers_its_calls_in_flight_as_unknown_then_says_removed() {
+    let dir = TempDir::new();
+    let (gateway, mut client, both, long) = extra_busy(&dir).await;
 
     file_with(&dir, json!({"everything": everything()}));
     gateway.gateway().reload().await;
@@ -294,21 +302,8 @@ async fn a_removed_server_answers_its_calls_in_flight_as_unknown_then_says_remov
 #[tokio::test]
 async fn a_server_removed_and_added_again_at_once_says_removed_before_starting() {
     let dir = TempDir::new();
-    let both = json!({"everything": everything(), "extra": everything()});
-    let path = file_with(&dir, both.clone());
-    let gateway = TestGateway::start_from_file(&path).await;
-    let mut client = Client::connect(gateway.addr).await;
-    client.initialize("extra").await;
     // A call in flight: `removed` waits for its answer.
-    let long = json!("long");
-    client
-        .start_long_operation("extra", &long, 60, 60, "long")
-        .await;
-    client
-        .wait_for("first progress", |f| {
-            f["server"] == "extra" && f["message"]["method"] == "notifications/progress"
-        })
-        .await;
+    let (gateway, mut client, both, long) = extra_busy(&dir).await;
     client.take_buffered(|f| f["type"] == "status");
     file_with(&dir, json!({"everything": everything()}));
     gateway.gateway().reload().await;
