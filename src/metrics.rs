@@ -357,7 +357,7 @@ impl Metrics {
         let rate_limited = Family::default();
         registry.register(
             "mcpmux_rate_limited",
-            "rpc frames refused for rate, by API key name",
+            "rpc frames and HTTP-route messages refused for rate, by API key name",
             rate_limited.clone(),
         );
         let store_up = Gauge::default();

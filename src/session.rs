@@ -9,6 +9,8 @@
 //! client (in `welcome` and `status` frames), so that a server removed from the
 //! configuration, or one its key may no longer use, is reported `removed` exactly once,
 //! after the requests in flight to it have been answered as for an unknown server.
+//! Meanwhile the server may be added (or allowed) again: its later status frames wait in
+//! the server's lane ([`Lane`]) so that they follow `removed`, never precede it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use serde_json::value::RawValue;
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,6 +52,8 @@ const REMOVAL_DRAIN: Duration = Duration::from_secs(2);
 const MIRROR_BATCH: usize = 64;
 /// Why a stdio server's upstream session is lost after its client session moved.
 pub const STOPPED_INSTANCE: &str = "the instance that ran it stopped";
+/// How many status steps of one server may wait in its lane; one more waits for room.
+const LANE_STEPS: usize = 8;
 
 /// A reason to close the socket: a close code and a sentence.
 pub type CloseReason = (u16, String);
@@ -78,6 +82,8 @@ pub struct ClientSession {
     mirror: Option<Arc<SessionMirror>>,
     /// The task writing it.
     pump: Option<Pump>,
+    /// The lanes of servers whose `removed` was delayed: at most one per server name.
+    lanes: HashMap<Arc<str>, Lane>,
     /// This session's place among `maxSessions`, given back when it ends (is dropped).
     _place: Place,
 }
@@ -168,6 +174,7 @@ impl ClientSession {
             shown: BTreeSet::new(),
             mirror,
             pump: None,
+            lanes: HashMap::new(),
             _place: place,
         }
     }
@@ -524,7 +531,7 @@ impl ClientSession {
             return;
         }
         self.shown.insert(name.clone());
-        self.push_status(name, change.state).await;
+        self.status(name, change.state).await;
         let stale = self
             .upstreams
             .get(&**name)
@@ -539,12 +546,14 @@ impl ClientSession {
         }
     }
 
-    async fn push_status(&self, server: &str, state: ServerState) {
-        let _ = self
-            .link
-            .outbox
-            .push(|seq| GatewayFrame::Status { server, seq, state }.encode())
-            .await;
+    /// Sends a status frame for `server`, after its delayed `removed` if one waits.
+    async fn status(&self, server: &Arc<str>, state: ServerState) {
+        if let Some(lane) = self.lanes.get(server) {
+            if lane.send(Step::Status(state)).await.is_ok() {
+                return;
+            }
+        }
+        push_status(&self.link.outbox, server, state).await;
     }
 
     /// A server the client was shown is gone for it (removed from the configuration,
@@ -561,26 +570,21 @@ impl ClientSession {
             .get(&**name)
             .is_some_and(|u| u.server().is_removed() || !self.grant.may_use(name));
         let Some(upstream) = over.then(|| self.upstreams.remove(&**name)).flatten() else {
-            return self.push_status(name, ServerState::Removed).await;
+            return self.status(name, ServerState::Removed).await;
         };
         upstream.end(UpstreamEnd::Removed).await;
-        // The answers in flight settle in a task of the session, so that frames for the
-        // other servers keep flowing meanwhile; `removed` follows them.
-        let outbox = self.link.outbox.clone();
-        let name = name.clone();
-        self.link.tasks.spawn(async move {
-            upstream.settled(REMOVAL_DRAIN).await;
-            let _ = outbox
-                .push(|seq| {
-                    GatewayFrame::Status {
-                        server: &name,
-                        seq,
-                        state: ServerState::Removed,
-                    }
-                    .encode()
-                })
-                .await;
-        });
+        // The answers in flight settle in the server's lane, so that frames for the
+        // other servers keep flowing meanwhile; `removed` follows them, and any later
+        // status of the server follows `removed`.
+        let lane = match self.lanes.get(name) {
+            Some(lane) => lane.clone(),
+            None => {
+                let lane = Lane::open(&self.link, name.clone());
+                self.lanes.insert(name.clone(), lane.clone());
+                lane
+            }
+        };
+        let _ = lane.send(Step::Removed(upstream)).await;
     }
 
     /// The access rules were replaced: the key goes on with what it may use now (servers
@@ -609,7 +613,7 @@ impl ClientSession {
             .collect();
         for (name, state) in gained {
             self.shown.insert(name.clone());
-            self.push_status(&name, state).await;
+            self.status(&name, state).await;
         }
         None
     }
@@ -674,6 +678,7 @@ impl ClientSession {
             };
             upstream.end(why).await;
         }
+        self.lanes.clear();
         self.link.outbox.close();
         self.link.tasks.close();
         let _ = tokio::time::timeout(TASKS_DRAIN, self.link.tasks.wait()).await;
@@ -761,6 +766,53 @@ impl MirrorWriter {
                 _ = tokio::time::sleep(self.idle) => refresh = true,
             }
         }
+    }
+}
+
+async fn push_status(outbox: &Outbox, server: &str, state: ServerState) {
+    let _ = outbox
+        .push(|seq| GatewayFrame::Status { server, seq, state }.encode())
+        .await;
+}
+
+/// What a server's lane sends, in order.
+enum Step {
+    /// `removed`, once the answers in flight of this upstream session have settled (up
+    /// to `REMOVAL_DRAIN`).
+    Removed(Arc<UpstreamSession>),
+    /// A status frame.
+    Status(ServerState),
+}
+
+/// The status frames of one server, sent in order by a task of the session: opened when
+/// a `removed` must wait for answers in flight, so that a status of the server added
+/// again meanwhile follows it. At most one per server name; its steps are bounded
+/// ([`LANE_STEPS`]): one more waits for room (for at most `REMOVAL_DRAIN`). It ends with
+/// the session.
+#[derive(Clone)]
+struct Lane(mpsc::Sender<Step>);
+
+impl Lane {
+    fn open(link: &Link, server: Arc<str>) -> Self {
+        let (steps, mut queued) = mpsc::channel(LANE_STEPS);
+        let outbox = link.outbox.clone();
+        link.tasks.spawn(async move {
+            while let Some(step) = queued.recv().await {
+                let state = match step {
+                    Step::Removed(upstream) => {
+                        upstream.settled(REMOVAL_DRAIN).await;
+                        ServerState::Removed
+                    }
+                    Step::Status(state) => state,
+                };
+                push_status(&outbox, &server, state).await;
+            }
+        });
+        Self(steps)
+    }
+
+    async fn send(&self, step: Step) -> Result<(), mpsc::error::SendError<Step>> {
+        self.0.send(step).await
     }
 }
 

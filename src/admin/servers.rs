@@ -1,8 +1,9 @@
 //! The admin API's server routes: list, put, delete, restart, and reload. A write is
 //! answered once its change is applied: the server's start attempt has ended (it is
 //! `ready`, or `down` with its error) or its child has stopped; a change still being
-//! applied after the start wait (`startTimeoutMs` + 10 s) is answered 202 Accepted with
-//! the server's state then.
+//! applied after the start wait (`startTimeoutMs` + 10 s), or when a shutdown begins
+//! meanwhile, is answered 202 Accepted with the server's state then. An entry equal to
+//! the one in force is answered 200 `unchanged`, the file not written.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -61,10 +62,15 @@ pub async fn put(
     } else {
         ("unchanged", StatusCode::OK)
     };
+    if let Some((_, err)) = outcome.failed.into_iter().find(|(n, _)| *n == name) {
+        // In the file, but its start could not begin.
+        return refused(ReloadError::Server(err), StatusCode::BAD_REQUEST);
+    }
     let starting = outcome.starting.into_iter().find(|(n, _)| *n == name);
     let status = match starting {
         Some((_, starting)) => match wait(&state, starting.outcome()).await {
             Waited::Done(status) => status,
+            // Applied, its start not over: what happened so far.
             Waited::Slow => {
                 code = StatusCode::ACCEPTED;
                 match state.registry.get(&name) {
@@ -72,7 +78,6 @@ pub async fn put(
                     None => return removed_meanwhile(),
                 }
             }
-            Waited::ShuttingDown => return shutting_down(),
         },
         None => match state.registry.get(&name) {
             Some(server) => server.status(),
@@ -100,8 +105,8 @@ pub async fn delete(State(state): State<Arc<AdminState>>, Path(name): Path<Strin
     };
     let code = match wait(&state, stopped).await {
         Waited::Done(()) => StatusCode::OK,
+        // Removed; its child not stopped yet.
         Waited::Slow => StatusCode::ACCEPTED,
-        Waited::ShuttingDown => return shutting_down(),
     };
     let body = json!({"name": name, "state": "removed", "change": "removed"});
     (code, Json(body)).into_response()
@@ -120,7 +125,6 @@ pub async fn restart(State(state): State<Arc<AdminState>>, Path(name): Path<Stri
             Some(server) => (server.status(), StatusCode::ACCEPTED),
             None => return removed_meanwhile(),
         },
-        Waited::ShuttingDown => return shutting_down(),
     };
     answer_for(&state, &name, status, "restarted", code).await
 }
@@ -144,6 +148,7 @@ pub async fn reload(State(state): State<Arc<AdminState>>) -> Response {
         restart_needed,
         starting,
         stopping,
+        failed,
     } = outcome;
     let settled = async {
         for (_, stopping) in stopping {
@@ -156,9 +161,13 @@ pub async fn reload(State(state): State<Arc<AdminState>>) -> Response {
     let code = match wait(&state, settled).await {
         Waited::Done(()) => StatusCode::OK,
         Waited::Slow => StatusCode::ACCEPTED,
-        Waited::ShuttingDown => return shutting_down(),
     };
+    let failed: Vec<Value> = failed
+        .iter()
+        .map(|(name, err)| json!({"name": name, "error": err.to_string()}))
+        .collect();
     let body = json!({
+        "failed": failed,
         "added": added,
         "removed": removed,
         "changed": changed,
@@ -172,18 +181,18 @@ pub async fn reload(State(state): State<Arc<AdminState>>) -> Response {
 enum Waited<T> {
     /// It was applied.
     Done(T),
-    /// It is still being applied after the start wait: answered 202 Accepted.
+    /// It is still being applied after the start wait, or the gateway began to shut
+    /// down meanwhile: the change is in force, what it started or stopped is not over;
+    /// answered 202 Accepted.
     Slow,
-    /// The gateway began to shut down.
-    ShuttingDown,
 }
 
-/// Waits for `done`, at most the start wait, and not past shutdown.
+/// Waits for `done`, at most the start wait, and not past the start of a shutdown.
 async fn wait<T>(state: &AdminState, done: impl Future<Output = T>) -> Waited<T> {
     tokio::select! {
         value = done => Waited::Done(value),
         _ = tokio::time::sleep(state.start_wait) => Waited::Slow,
-        _ = state.shutdown.cancelled() => Waited::ShuttingDown,
+        _ = state.shutdown.cancelled() => Waited::Slow,
     }
 }
 
@@ -242,10 +251,6 @@ fn refused(err: ReloadError, invalid: StatusCode) -> Response {
 
 fn unknown(name: &str) -> Response {
     error(StatusCode::NOT_FOUND, FleetError::Unknown(name.to_owned()))
-}
-
-fn shutting_down() -> Response {
-    error(StatusCode::SERVICE_UNAVAILABLE, FleetError::ShuttingDown)
 }
 
 fn is_server_name(name: &str) -> bool {

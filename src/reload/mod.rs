@@ -12,7 +12,9 @@
 //! address, TLS, timeouts and limits) are logged as needing a restart.
 //!
 //! Changes are applied one at a time, under one lock; the starts and stops they cause
-//! are waited for by the caller, outside it.
+//! are waited for by the caller, outside it. An edit runs in a task of its own, so that
+//! once begun it is written and applied whole even if its caller goes away (an admin
+//! client that disconnects): the file never holds a change that is not in force.
 
 mod edit;
 mod watch;
@@ -78,6 +80,8 @@ pub struct Outcome {
     pub starting: Vec<(String, Starting)>,
     /// The servers being stopped.
     pub stopping: Vec<(String, Stopping)>,
+    /// Servers added or changed whose start could not begin, and why.
+    pub failed: Vec<(String, FleetError)>,
 }
 
 impl Outcome {
@@ -202,8 +206,25 @@ impl Reloader {
 
     /// Puts `entry` (a configuration entry as written, `${VAR}` and all) in the file as
     /// server `name`, or takes it out (`None`), and applies the result. The file is
-    /// written only once the result is known to be valid.
+    /// written only once the result is known to be valid, and not at all when nothing
+    /// would change. It runs in a task of its own: dropping the returned future does not
+    /// stop it half-way.
     pub async fn edit_server(
+        self: &Arc<Self>,
+        name: &str,
+        entry: Option<Value>,
+    ) -> Result<Outcome, ReloadError> {
+        let reloader = self.clone();
+        let name = name.to_owned();
+        let edit = tokio::spawn(async move { reloader.edit_server_now(&name, entry).await });
+        match edit.await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => Err(ReloadError::Server(FleetError::ShuttingDown)),
+        }
+    }
+
+    async fn edit_server_now(
         &self,
         name: &str,
         entry: Option<Value>,
@@ -215,6 +236,9 @@ impl Reloader {
         let edited = edit::with_server(&text, name, entry)?;
         let config = Config::from_file_text(&edited, path)?;
         let plan = self.plan(&current, config)?;
+        if plan.is_empty() {
+            return Ok(Outcome::default());
+        }
         edit::write_off_thread(path, edited.clone()).await?;
         let outcome = self.execute(&mut current, plan, Some(edited));
         tracing::info!(server = %name, "the admin API changed the configuration: {}", outcome.summary());
@@ -229,9 +253,16 @@ impl Reloader {
         Ok(starting)
     }
 
-    /// Stops every server (waiting up to `wait`); nothing changes after this.
+    /// Stops every server (waiting up to `wait`); nothing changes after this. A change
+    /// being applied is waited for up to `wait` too; past that the servers are left to
+    /// end with the process (a child is killed when its handle is dropped).
     pub async fn shutdown(&self, wait: Duration) {
-        self.current.lock().await.fleet.shutdown(wait).await;
+        match tokio::time::timeout(wait, self.current.lock()).await {
+            Ok(mut current) => current.fleet.shutdown(wait).await,
+            Err(_) => tracing::warn!(
+                "a configuration change was still being applied at shutdown; not waiting for it"
+            ),
+        }
     }
 
     fn apply(
@@ -336,7 +367,10 @@ impl Reloader {
             };
             match started {
                 Ok(starting) => outcome.starting.push((name.clone(), starting)),
-                Err(err) => tracing::warn!(server = %name, %err, "cannot start the server"),
+                Err(err) => {
+                    tracing::warn!(server = %name, %err, "cannot start the server");
+                    outcome.failed.push((name.clone(), err));
+                }
             }
             match was_there {
                 true => outcome.changed.push(name),
@@ -369,6 +403,18 @@ struct Plan {
     config: Config,
 }
 
+impl Plan {
+    /// True when applying it would change nothing.
+    fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.changed.is_empty()
+            && !self.access_changed
+            && !self.admin_key_changed
+            && self.restart_needed.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,7 +426,7 @@ mod tests {
     struct Setup {
         dir: PathBuf,
         path: PathBuf,
-        reloader: Reloader,
+        reloader: Arc<Reloader>,
         registry: Arc<Registry>,
     }
 
@@ -420,7 +466,14 @@ mod tests {
             local_addr: local_addr.parse().unwrap(),
             listen_fixed: false,
         };
-        let reloader = Reloader::new(config, fleet, access, None, registry.clone(), source);
+        let reloader = Arc::new(Reloader::new(
+            config,
+            fleet,
+            access,
+            None,
+            registry.clone(),
+            source,
+        ));
         Setup {
             dir,
             path,
@@ -535,7 +588,7 @@ mod tests {
         assert_eq!(written["mcpServers"]["b"], remote(2));
         let outcome = s.reloader.edit_server("a", None).await.unwrap();
         assert_eq!(outcome.removed, ["a"]);
-        let no_file = Reloader::new(
+        let no_file = Arc::new(Reloader::new(
             s.reloader.config().await,
             Fleet::new(
                 s.registry.clone(),
@@ -558,11 +611,42 @@ mod tests {
                 local_addr: "127.0.0.1:1".parse().unwrap(),
                 listen_fixed: false,
             },
-        );
+        ));
         assert!(matches!(no_file.reload().await, Err(ReloadError::NoFile)));
         assert!(matches!(
             no_file.edit_server("x", None).await,
             Err(ReloadError::NoFile)
         ));
+    }
+
+    #[tokio::test]
+    async fn an_edit_whose_caller_goes_away_is_written_and_applied_whole() {
+        let text = file(serde_json::json!({"a": remote(1)}), serde_json::json!({}));
+        let s = setup("cancel", &text, "127.0.0.1:7300");
+        let mut changes = s.registry.subscribe();
+        {
+            let edit = std::pin::pin!(s.reloader.edit_server("b", Some(remote(2))));
+            assert!(futures::poll!(edit).is_pending());
+        }
+        // Dropped after it began: it goes on to the end.
+        loop {
+            match changes.recv().await.unwrap() {
+                crate::registry::Change::Status(c) if &*c.server == "b" => break,
+                _ => {}
+            }
+        }
+        assert!(s.registry.get("b").is_some(), "applied");
+        let written: Value =
+            serde_json::from_str(&std::fs::read_to_string(&s.path).unwrap()).unwrap();
+        assert_eq!(written["mcpServers"]["b"], remote(2), "and written");
+    }
+
+    #[tokio::test]
+    async fn an_edit_that_changes_nothing_does_not_write() {
+        let text = file(serde_json::json!({"a": remote(1)}), serde_json::json!({}));
+        let s = setup("same", &text, "127.0.0.1:7300");
+        let outcome = s.reloader.edit_server("a", Some(remote(1))).await.unwrap();
+        assert!(outcome.is_empty(), "{outcome:?}");
+        assert_eq!(std::fs::read_to_string(&s.path).unwrap(), text, "untouched");
     }
 }

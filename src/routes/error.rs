@@ -21,6 +21,9 @@ pub enum RouteError {
         "name the server: send the header \"X-MCP-Server: NAME\" (once), or use /servers/NAME/mcp"
     )]
     NoServerNamed,
+    /// A `/servers/{name}/...` path whose name is not UTF-8 once percent-decoded.
+    #[error("the server name in the path is not valid UTF-8 once percent-decoded")]
+    BadServerName,
     /// No server of that name, or one the caller's key may not use: the same answer.
     #[error("no server is named {0:?}; GET /status lists the servers")]
     UnknownServer(String),
@@ -71,6 +74,12 @@ pub enum RouteError {
         "no open SSE stream of this server and key has this session; open GET /servers/{0}/sse again"
     )]
     NoLegacySession(String),
+    /// The server's instance the request went to is gone (its entry changed, or it
+    /// restarted) before the answer did.
+    #[error(
+        "server {0:?} changed or restarted before it answered; send the request again (initialize first if the server answers 404 for its session)"
+    )]
+    InstanceGone(String),
     /// The upstream could not be reached, did not answer in time, or answered unusably.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -80,14 +89,16 @@ impl RouteError {
     /// The gateway error code (`error.data.gateway`).
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::NoServerNamed | Self::TooLarge(_) | Self::NotJsonRpc(_) => ErrorCode::BadFrame,
+            Self::NoServerNamed | Self::BadServerName | Self::TooLarge(_) | Self::NotJsonRpc(_) => {
+                ErrorCode::BadFrame
+            }
             Self::UnknownServer(_) => ErrorCode::UnknownServer,
             Self::Batch => ErrorCode::Batch,
             Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::TooManyStreams { .. } | Self::Full => ErrorCode::TooManySessions,
             Self::ShuttingDown => ErrorCode::ServerUnavailable,
             Self::LegacyOnly(_) => ErrorCode::UpstreamError,
-            Self::NoLegacySession(_) => ErrorCode::SessionLost,
+            Self::NoLegacySession(_) | Self::InstanceGone(_) => ErrorCode::SessionLost,
             Self::Upstream(err) => err.code(),
         }
     }
@@ -95,13 +106,17 @@ impl RouteError {
     /// The HTTP status of the answer.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NoServerNamed | Self::NotJsonRpc(_) | Self::Batch | Self::LegacyOnly(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::NoServerNamed
+            | Self::BadServerName
+            | Self::NotJsonRpc(_)
+            | Self::Batch
+            | Self::LegacyOnly(_) => StatusCode::BAD_REQUEST,
             Self::UnknownServer(_) | Self::NoLegacySession(_) => StatusCode::NOT_FOUND,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } | Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Full | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Full | Self::ShuttingDown | Self::InstanceGone(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Upstream(err) => match err.code() {
                 ErrorCode::ServerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,

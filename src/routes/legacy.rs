@@ -27,8 +27,8 @@ use rand::Rng;
 use super::error::{Refused, RouteError};
 use super::exchange::{self, Answer, Expect, Request};
 use super::message::Message;
-use super::relay::ByteStream;
-use super::{Routes, ServerName};
+use super::relay::{Asked, ByteStream};
+use super::{Routes, ServerName, Until};
 use crate::auth::Caller;
 use crate::metrics::Outcome;
 use crate::upstream::legacy::post_url;
@@ -159,8 +159,8 @@ async fn open_stream(
         body,
     } = answer
     else {
-        let stop = routes.stream_stop(routes.grant(caller, server, &endpoint));
-        return Ok(routes.answer(name, answer, held, stop));
+        let grant = routes.grant(caller, server, &endpoint);
+        return routes.answer(answer, held, grant, Until::Stream, Asked::nothing(name));
     };
     let wait = http.header_timeout();
     let opened = tokio::time::timeout(wait, until_endpoint(body))
@@ -183,8 +183,8 @@ async fn open_stream(
         headers,
         body,
     };
-    let stop = routes.stream_stop(routes.grant(caller, server, &endpoint));
-    Ok(routes.answer(name, answer, held, stop))
+    let grant = routes.grant(caller, server, &endpoint);
+    routes.answer(answer, held, grant, Until::Stream, Asked::nothing(name))
 }
 
 /// `POST /servers/{name}/messages?session=TOKEN`.
@@ -246,8 +246,8 @@ async fn carry_message(
     let answer = exchange::send(&routes.context().http, request)
         .await
         .map_err(|e| refuse(e.into()))?;
-    let stop = routes.message_stop(routes.grant(caller, server, &target.endpoint));
-    Ok(routes.answer(name, answer, routes.exchange(meter), stop))
+    let grant = routes.grant(caller, server, &target.endpoint);
+    routes.answer_message(answer, meter, grant, name, id)
 }
 
 /// A stream read up to its `endpoint` event.

@@ -6,7 +6,10 @@
 //! removed, and when the instance it flows from goes away (the server's entry changed, or
 //! it restarted, went down or is restarting): the upstream session it belonged to is gone
 //! with that instance. Every change of the registry's broadcast (a status or the access
-//! rules) checks the stream again; falling behind the broadcast checks it too.
+//! rules) checks the stream again, except a status change of another server; falling
+//! behind the broadcast checks it too. What ended the grant says what the client is
+//! told ([`Grant::lost`]): `unknown_server` when the server or the access to it is gone,
+//! `session_lost` when its instance is.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,8 +17,8 @@ use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::auth::{Access, Caller};
-use crate::protocol::ServerState;
-use crate::registry::{Registry, Server};
+use crate::protocol::{ErrorCode, ServerState};
+use crate::registry::{Change, Registry, Server};
 
 /// What a relayed answer was opened under.
 pub struct Grant {
@@ -32,37 +35,49 @@ pub struct Grant {
 }
 
 impl Grant {
-    /// Resolves once the grant no longer holds. Subscribes at once, before checking, so
-    /// that no change between the check and the wait goes unseen.
-    pub fn lost(self) -> impl Future<Output = ()> + Send + 'static {
+    /// Resolves once the grant no longer holds, with why (see [`Grant::check`]).
+    /// Subscribes at once, before checking, so that no change between the check and the
+    /// wait goes unseen. A status change of another server does not wake it.
+    pub fn lost(self) -> impl Future<Output = ErrorCode> + Send + 'static {
         let mut changes = self.registry.subscribe();
         async move {
             loop {
-                if !self.holds() {
-                    return;
+                if let Err(why) = self.check() {
+                    return why;
                 }
-                match changes.recv().await {
-                    Ok(_) | Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => return,
+                loop {
+                    match changes.recv().await {
+                        Ok(Change::Status(change)) if change.server != self.server.name => {}
+                        Ok(_) | Err(RecvError::Lagged(_)) => break,
+                        Err(RecvError::Closed) => return ErrorCode::ServerUnavailable,
+                    }
                 }
             }
         }
     }
 
-    /// True while the server is the same, its instance the same and ready, and the
-    /// caller may still use it.
-    fn holds(&self) -> bool {
+    /// `Ok` while the server is the same, its instance the same and ready, and the
+    /// caller may still use it; otherwise what the client is told: `unknown_server`
+    /// (the server was removed, or the caller may no longer use it) or `session_lost`
+    /// (its entry changed, or its instance went away).
+    pub fn check(&self) -> Result<(), ErrorCode> {
         let name = &*self.server.name;
-        let current = self
-            .registry
-            .get(name)
-            .is_some_and(|s| Arc::ptr_eq(&s, &self.server));
+        let Some(current) = self.registry.get(name) else {
+            return Err(ErrorCode::UnknownServer);
+        };
+        if !self.caller_may_use(name) {
+            return Err(ErrorCode::UnknownServer);
+        }
         let status = self.server.status();
-        let same_instance = status.state == ServerState::Ready
+        let same_instance = Arc::ptr_eq(&current, &self.server)
+            && status.state == ServerState::Ready
             && status
                 .endpoint
                 .is_some_and(|e| e.generation == self.generation);
-        current && same_instance && self.caller_may_use(name)
+        match same_instance {
+            true => Ok(()),
+            false => Err(ErrorCode::SessionLost),
+        }
     }
 
     /// The caller's key as the rules in force know it (removed or changed: gone) may

@@ -25,6 +25,7 @@ mod legacy;
 mod lifetime;
 mod message;
 mod relay;
+mod scan;
 mod streamable;
 
 use std::future::Future;
@@ -37,15 +38,17 @@ use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde_json::value::RawValue;
 
 use self::error::{Refused, RouteError};
 use self::exchange::Answer;
 use self::lifetime::Grant;
 use self::message::Message;
-use self::relay::{Held, Relay, Tally};
+use self::relay::{Asked, Held, Relay, Tally};
 use crate::auth::Caller;
 use crate::context::SessionContext;
 use crate::metrics::{Direction, Outcome, RequestMeter};
+use crate::protocol::ErrorCode;
 use crate::registry::Server;
 use crate::state::GatewayState;
 use crate::upstream::{Endpoint, Transport};
@@ -196,25 +199,17 @@ impl Routes {
         }
     }
 
-    /// When a relayed event stream stops at the latest: as soon as the gateway shuts down,
-    /// or `grant` no longer holds.
-    fn stream_stop(&self, grant: Grant) -> impl Future<Output = ()> + Send + 'static {
+    /// When a relayed answer stops at the latest, and with what code: once `grant` no
+    /// longer holds (`unknown_server` or `session_lost`, [`lifetime`]), or on shutdown
+    /// (`server_unavailable`): at once for an event stream of its own ([`Until::Stream`]),
+    /// `shutdownGraceMs` after it for the answer to a message ([`Until::Answered`]), as
+    /// requests in flight on a WebSocket.
+    fn stop(&self, grant: Grant, until: Until) -> impl Future<Output = ErrorCode> + Send + 'static {
         let shutdown = self.context().shutdown.clone();
-        let lost = grant.lost();
-        async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = lost => {}
-            }
-        }
-    }
-
-    /// When a relayed answer to a message stops at the latest: `shutdownGraceMs` after the
-    /// gateway began to shut down, as requests in flight on a WebSocket, or once `grant`
-    /// no longer holds.
-    fn message_stop(&self, grant: Grant) -> impl Future<Output = ()> + Send + 'static {
-        let shutdown = self.context().shutdown.clone();
-        let grace = self.context().config.shutdown_grace;
+        let grace = match until {
+            Until::Stream => std::time::Duration::ZERO,
+            Until::Answered => self.context().config.shutdown_grace,
+        };
         let lost = grant.lost();
         async move {
             let drained = async {
@@ -222,8 +217,8 @@ impl Routes {
                 tokio::time::sleep(grace).await;
             };
             tokio::select! {
-                _ = drained => {}
-                _ = lost => {}
+                _ = drained => ErrorCode::ServerUnavailable,
+                why = lost => why,
             }
         }
     }
@@ -242,28 +237,43 @@ impl Routes {
     }
 
     /// The client's answer to an upstream's: a success flows on through a [`Relay`]
-    /// holding `held` until `stop`; an upstream's own refusal is passed on whole.
+    /// holding `held` while `grant` holds ([`Routes::stop`]); an upstream's own refusal
+    /// is passed on whole. A success whose grant is gone already (the server changed
+    /// while the request was on its way) is refused as the stop would have cut it.
     fn answer(
         &self,
-        server: &str,
         answer: Answer,
         held: Held,
-        stop: impl Future<Output = ()> + Send + 'static,
-    ) -> Response {
+        grant: Grant,
+        until: Until,
+        asked: Asked,
+    ) -> Result<Response, Refused> {
         let metrics = &self.context().metrics;
-        let configured = self.context().servers.get(server).map(|s| s.name.clone());
+        let server = asked.server.clone();
+        let configured = self.context().servers.get(&server).map(|s| s.name.clone());
         let (status, headers, body, outcome) = match answer {
             Answer::Flow {
                 status,
                 headers,
                 body,
             } => {
-                let mut relay = Relay::new(body, stop, held);
+                if let Err(code) = grant.check() {
+                    if let Some(meter) = &held.meter {
+                        meter.finish(Outcome::Gateway(code));
+                    }
+                    let error = match code {
+                        ErrorCode::UnknownServer => RouteError::UnknownServer(server.clone()),
+                        _ => RouteError::InstanceGone(server.clone()),
+                    };
+                    return Err(error.about(Some(&server), asked.id.as_deref()));
+                }
+                let events = headers
+                    .get(axum::http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("text/event-stream"));
+                let stop = self.stop(grant, until);
+                let mut relay = Relay::new(body, events, stop, held).answering(asked);
                 if let Some(server) = configured {
-                    let events = headers
-                        .get(axum::http::header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|v| v.starts_with("text/event-stream"));
                     relay = relay.counted(Tally::new(metrics.clone(), server, events));
                 }
                 (status, headers, Body::from_stream(relay), "ok")
@@ -282,11 +292,28 @@ impl Routes {
                 (status, headers, Body::from(body), "refused_by_server")
             }
         };
-        self.record(server, outcome);
+        self.record(&server, outcome);
         let mut response = Response::new(body);
         *response.status_mut() = status;
         *response.headers_mut() = headers;
-        response
+        Ok(response)
+    }
+
+    /// [`Routes::answer`] for the answer to a POSTed message (`id`: the request's), with
+    /// its `meter`.
+    fn answer_message(
+        &self,
+        answer: Answer,
+        meter: Option<RequestMeter>,
+        grant: Grant,
+        name: &str,
+        id: Option<&RawValue>,
+    ) -> Result<Response, Refused> {
+        let asked = Asked {
+            server: name.to_owned(),
+            id: id.map(RawValue::to_owned),
+        };
+        self.answer(answer, self.exchange(meter), grant, Until::Answered, asked)
     }
 
     /// Counts one request on an MCP route by its outcome: `ok`, `refused_by_server` (an
@@ -298,6 +325,15 @@ impl Routes {
     }
 }
 
+/// How long a relayed answer may flow after the gateway begins to shut down.
+#[derive(Debug, Clone, Copy)]
+enum Until {
+    /// An event stream of its own (`GET`, a legacy stream): it ends at once.
+    Stream,
+    /// The answer to a message: it may flow for `shutdownGraceMs`.
+    Answered,
+}
+
 /// True when the server can be reached only through the legacy HTTP+SSE transport.
 fn legacy_only(server: &Server, endpoint: &Endpoint) -> bool {
     match endpoint.transport {
@@ -307,8 +343,9 @@ fn legacy_only(server: &Server, endpoint: &Endpoint) -> bool {
     }
 }
 
-/// The server an MCP route request names: the `{name}` of its path, or on `/mcp` its
-/// one `X-MCP-Server` header. Without one it is refused (and counted) before anything.
+/// The server an MCP route request names: the `{name}` of its path, or on `/mcp` (only)
+/// its one `X-MCP-Server` header. Without one, or with a path name that is not UTF-8
+/// once decoded, it is refused (400, counted) before anything.
 pub struct ServerName(pub String);
 
 impl FromRequestParts<Arc<Routes>> for ServerName {
@@ -318,7 +355,12 @@ impl FromRequestParts<Arc<Routes>> for ServerName {
         parts: &mut Parts,
         routes: &Arc<Routes>,
     ) -> Result<Self, Self::Rejection> {
-        let by_path = RawPathParams::from_request_parts(parts, routes)
+        if parts.uri.path() == "/mcp" {
+            return named_by_header(&parts.headers)
+                .map(Self)
+                .map_err(|error| routes.refused(error.into()));
+        }
+        RawPathParams::from_request_parts(parts, routes)
             .await
             .ok()
             .and_then(|params| {
@@ -326,13 +368,9 @@ impl FromRequestParts<Arc<Routes>> for ServerName {
                     .iter()
                     .find(|(key, _)| *key == "name")
                     .map(|(_, name)| name.to_owned())
-            });
-        match by_path {
-            Some(name) => Ok(Self(name)),
-            None => named_by_header(&parts.headers)
-                .map(Self)
-                .map_err(|error| routes.refused(error.into())),
-        }
+            })
+            .map(Self)
+            .ok_or_else(|| routes.refused(RouteError::BadServerName.into()))
     }
 }
 

@@ -22,7 +22,8 @@ use tokio::time::Instant;
 use super::error::{Refused, RouteError};
 use super::exchange::{self, Answer, Expect, Request};
 use super::message::Message;
-use super::{Routes, ServerName, legacy_only};
+use super::relay::Asked;
+use super::{Routes, ServerName, Until, legacy_only};
 use crate::auth::Caller;
 use crate::metrics::Outcome;
 
@@ -108,8 +109,8 @@ async fn carry_message(
     let answer = exchange::send(&routes.context().http, request)
         .await
         .map_err(|e| refuse(e.into()))?;
-    let stop = routes.message_stop(routes.grant(caller, server, &endpoint));
-    Ok(routes.answer(name, answer, routes.exchange(meter), stop))
+    let grant = routes.grant(caller, server, &endpoint);
+    routes.answer_message(answer, meter, grant, name, id)
 }
 
 /// Opens (or resumes, with `Last-Event-ID`) an event stream and relays it.
@@ -149,8 +150,8 @@ async fn open_stream(
                 tokio::time::sleep(RESUME_CONFLICT_PAUSE).await;
             }
             answer => {
-                let stop = routes.stream_stop(routes.grant(caller, server, &endpoint));
-                return Ok(routes.answer(name, answer, held, stop));
+                let grant = routes.grant(caller, server, &endpoint);
+                return routes.answer(answer, held, grant, Until::Stream, Asked::nothing(name));
             }
         }
     }
@@ -181,6 +182,7 @@ async fn end_session(
     let answer = exchange::send(&routes.context().http, request)
         .await
         .map_err(|e| about(e.into()))?;
-    let stop = routes.message_stop(routes.grant(caller, server, &endpoint));
-    Ok(routes.answer(name, answer, routes.exchange(None), stop))
+    let grant = routes.grant(caller, server, &endpoint);
+    let held = routes.exchange(None);
+    routes.answer(answer, held, grant, Until::Answered, Asked::nothing(name))
 }

@@ -445,3 +445,51 @@ async fn removing_gateway_admin_from_the_file_stops_accepting_its_key() {
     assert_eq!(admin.get("/metrics").await.0, 401);
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn two_puts_at_once_of_a_new_name_are_one_add_and_one_change() {
+    let dir = crate::binary::TempDir::new();
+    let path = dir.0.join("mcpmux.json");
+    let file = config(
+        json!({"everything": everything()}),
+        json!({"watchConfig": false, "admin": {"listen": "127.0.0.1:0", "key": ADMIN_KEY}}),
+    );
+    std::fs::write(&path, file.to_string()).expect("write config");
+    let gateway = TestGateway::start_from_file(&path).await;
+    let admin = Admin::new(
+        gateway
+            .gateway()
+            .admin_addr()
+            .expect("the admin API listens"),
+    );
+    // Nothing listens on port 1: each start ends at once (down), the entries differ.
+    let first = json!({"url": "http://127.0.0.1:1/first"});
+    let second = json!({"url": "http://127.0.0.1:1/second"});
+    let ((a, body_a), (b, body_b)) = tokio::join!(
+        admin.put("/admin/servers/twin", &first),
+        admin.put("/admin/servers/twin", &second),
+    );
+    let mut changes = [(a, body_a["change"].clone()), (b, body_b["change"].clone())];
+    changes.sort_by_key(|(status, _)| *status);
+    assert_eq!(
+        changes,
+        [(200, json!("changed")), (201, json!("added"))],
+        "{body_a} {body_b}"
+    );
+    // The same entry again: unchanged, and the file is not written (a write renames a
+    // new file over it).
+    use std::os::unix::fs::MetadataExt;
+    let inode = || std::fs::metadata(&path).expect("the file").ino();
+    let before = inode();
+    let written = std::fs::read_to_string(&path).expect("the file");
+    let entry: Value =
+        serde_json::from_str::<Value>(&written).expect("JSON")["mcpServers"]["twin"].clone();
+    let (status, body) = admin.put("/admin/servers/twin", &entry).await;
+    assert_eq!(
+        (status, &body["change"]),
+        (200, &json!("unchanged")),
+        "{body}"
+    );
+    assert_eq!(inode(), before, "not written again");
+    gateway.shutdown().await;
+}

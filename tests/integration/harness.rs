@@ -110,14 +110,19 @@ impl TestGateway {
     /// Starts a gateway for the configuration file at `path` on 127.0.0.1:0: the file
     /// can then be changed and reloaded ([`Gateway::reload`], or its watch).
     pub async fn start_from_file(path: &std::path::Path) -> Self {
+        Self::start_from_file_with(path, Options::default()).await
+    }
+
+    /// [`TestGateway::start_from_file`] with `options` (its `config_path` is `path`).
+    pub async fn start_from_file_with(path: &std::path::Path, options: Options) -> Self {
         init_logs();
         let config = Config::load(path).unwrap_or_else(|e| panic!("test config rejected: {e}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let options = mcpmux::Options {
+        let options = Options {
             config_path: Some(path.to_path_buf()),
-            ..mcpmux::Options::default()
+            ..options
         };
         let gateway = Gateway::start_with(config, listener, options)
             .await

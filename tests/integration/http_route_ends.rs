@@ -2,7 +2,8 @@
 //! they were opened under (protocol.md, section 12.1): a key removed from the file or
 //! no longer allowed the server, a server removed, a server whose entry changed. Each
 //! against the real server-everything and server-memory behind the real mcp-proxy, the
-//! file changed and reloaded while the streams flow.
+//! file changed and reloaded while the streams flow; and a remote server (a standalone
+//! mcp-proxy) that stays up while its entry changes, so that the gateway alone ends them.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,7 @@ use crate::binary::TempDir;
 use crate::harness::{TestGateway, config, everything, memory};
 use crate::http_client::{Events, Http, json_answer};
 use crate::http_routes::{long_operation, open_session};
+use crate::legacy_sse::LegacyProxy;
 
 const DASHBOARD: &str = "dashboard-key-0123456789abcdef";
 const OPS: &str = "ops-key-0123456789abcdefghij";
@@ -174,5 +176,61 @@ async fn streams_end_when_their_server_is_removed_or_changed() {
     let (status, _, body) =
         json_answer(http.post("/servers/everything/mcp", &headers, &list).await).await;
     assert_eq!(status, 404, "{body}");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn answers_of_a_remote_server_that_stays_up_end_when_its_entry_changes() {
+    let proxy = LegacyProxy::serving("stream").await;
+    let url = format!("http://127.0.0.1:{}/mcp", proxy.port);
+    let dir = TempDir::new();
+    let path = file(&dir);
+    write(
+        &path,
+        json!({"far": {"url": url}, "memory": memory()}),
+        None,
+    );
+    let gateway = TestGateway::start_from_file(&path).await;
+    let http = Http::new(gateway.addr);
+    let (session, mut stream) = standalone(&http, "/servers/far/mcp", &[]).await;
+    let headers = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let call = http
+        .post(
+            "/servers/far/mcp",
+            &headers,
+            &long_operation("far-1", 60, 60),
+        )
+        .await;
+    assert_eq!(call.status(), 200);
+    let mut call = Events::of(call);
+    assert_eq!(call.next().await.json()["method"], "notifications/progress");
+
+    // Its entry changed; the remote server itself is untouched and keeps running.
+    let changed = json!({"url": url, "headers": {"X-Changed": "1"}});
+    write(&path, json!({"far": changed, "memory": memory()}), None);
+    gateway.gateway().reload().await;
+    ends(&mut stream, "the GET stream of a changed remote server").await;
+    let last = call.until(|m| m["id"] == "far-1").await.json();
+    assert_eq!(last["error"]["data"]["gateway"], "session_lost", "{last}");
+    ends(&mut call, "the call stream after its error").await;
+    // The session is the remote server's: it goes on through the changed entry.
+    let list = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list"});
+    let answer = http.post("/servers/far/mcp", &headers, &list).await;
+    assert_eq!(answer.status(), 200);
+    let tools = Events::of(answer).until(|m| m["id"] == 9).await.json();
+    assert!(tools["result"]["tools"].is_array(), "{tools}");
+
+    // Removed: the next stream ends with it, and the server is unknown.
+    let (_, mut stream) = standalone(&http, "/servers/far/mcp", &[]).await;
+    write(&path, json!({"memory": memory()}), None);
+    gateway.gateway().reload().await;
+    ends(&mut stream, "the GET stream of a removed remote server").await;
+    let (status, _, body) = json_answer(http.post("/servers/far/mcp", &headers, &list).await).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["data"]["gateway"], "unknown_server", "{body}");
+    drop(proxy);
     gateway.shutdown().await;
 }

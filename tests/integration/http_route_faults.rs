@@ -19,9 +19,13 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 
-use crate::binary::{Binary, Launch};
+use mcpmux::Options;
+use mcpmux::metrics::Metrics;
+
+use crate::binary::{Binary, Launch, TempDir};
 use crate::harness::{Client, TestGateway, config};
 use crate::http_client::{End, Events, Http, json_answer};
+use crate::metrics::{sample, until};
 
 const OPS: &str = "ops-key-0123456789abcdefghij";
 /// The header each remote entry configures: mcpmux's credential for the upstream.
@@ -157,6 +161,29 @@ async fn fake_mcp(
             tokio::time::sleep(Duration::from_secs(60)).await;
             StatusCode::NO_CONTENT.into_response()
         }
+        // The first half of a JSON answer; the rest never comes.
+        "half" => {
+            let half = Bytes::from(r#"{"jsonrpc":"2.0","id":"#);
+            let body = futures::stream::iter([Ok::<_, std::io::Error>(half)])
+                .chain(futures::stream::pending());
+            Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from_stream(body))
+                .expect("response")
+        }
+        "error" => {
+            let error = json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": "no such tool"}});
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                error.to_string(),
+            )
+                .into_response()
+        }
+        "event-error" => {
+            let error = json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": "no such tool"}});
+            let events = [Ok::<_, std::io::Error>(event(&progress)), Ok(event(&error))];
+            event_stream(Body::from_stream(futures::stream::iter(events)))
+        }
         _ => StatusCode::NOT_FOUND.into_response(),
     }
 }
@@ -217,6 +244,9 @@ fn fakes_config(addr: SocketAddr) -> Value {
         "unauthorized",
         "gone",
         "stall",
+        "half",
+        "error",
+        "event-error",
     ] {
         servers.insert(mode.into(), remote(mode));
     }
@@ -550,4 +580,125 @@ async fn route_logs_never_show_a_key_at_trace_level() {
             assert!(!log.contains(&form), "the log shows a secret (as {form:?})");
         }
     }
+}
+
+/// A gateway on the fakes read from a file in `dir`, counting in a registry of its own.
+async fn gateway_from_file(dir: &TempDir, addr: SocketAddr) -> (TestGateway, Metrics) {
+    let path = dir.0.join("mcpmux.json");
+    std::fs::write(&path, fakes_config(addr).to_string()).expect("write config");
+    let metrics = Metrics::new();
+    let options = Options {
+        metrics: Some(metrics.clone()),
+        ..Options::default()
+    };
+    let gateway = TestGateway::start_from_file_with(&path, options).await;
+    (gateway, metrics)
+}
+
+#[tokio::test]
+async fn answers_cut_by_a_change_end_with_the_error_for_their_request() {
+    let (addr, _fake) = start_fake().await;
+    let dir = TempDir::new();
+    let (gateway, metrics) = gateway_from_file(&dir, addr).await;
+    let http = Http::new(gateway.addr);
+    let key = [("x-api-key", OPS)];
+    let gated = http.post("/servers/gated/mcp", &key, &call("g-1")).await;
+    let mut gated = Events::of(gated);
+    assert_eq!(
+        gated.next().await.json()["method"],
+        "notifications/progress"
+    );
+    let half = http.post("/servers/half/mcp", &key, &call("h-1")).await;
+    assert_eq!(half.status(), 200);
+    let mut half = half.bytes_stream();
+    let first = half.next().await.expect("a chunk").expect("bytes");
+    assert!(first.starts_with(b"{"), "{first:?}");
+
+    // gated removed, half's entry changed: both answers are cut.
+    let mut changed = fakes_config(addr);
+    let servers = changed["mcpServers"].as_object_mut().expect("servers");
+    servers.remove("gated");
+    servers["half"]["headers"]["X-Changed"] = json!("1");
+    std::fs::write(dir.0.join("mcpmux.json"), changed.to_string()).expect("write config");
+    gateway.gateway().reload().await;
+
+    let last = gated.next().await.json();
+    assert_eq!(last["id"], "g-1", "{last}");
+    assert_eq!(last["error"]["data"]["gateway"], "unknown_server", "{last}");
+    assert_eq!(last["error"]["data"]["server"], "gated", "{last}");
+    assert_eq!(gated.next_or_end().await.unwrap_err(), End::Clean);
+    // A JSON answer cut half-way never looks whole.
+    let rest = half.next().await.expect("the end of the body");
+    assert!(rest.is_err(), "{rest:?}");
+    until(&metrics, "the cut request counted", |text| {
+        sample(
+            text,
+            "mcpmux_requests_total",
+            &[
+                ("server", "half"),
+                ("method", "tools/call"),
+                ("outcome", "session_lost"),
+            ],
+        ) == Some(1.0)
+    })
+    .await;
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn json_rpc_errors_of_the_server_count_as_error() {
+    let (addr, _fake) = start_fake().await;
+    let dir = TempDir::new();
+    let (gateway, metrics) = gateway_from_file(&dir, addr).await;
+    let http = Http::new(gateway.addr);
+    let key = [("x-api-key", OPS)];
+    let (status, _, body) =
+        json_answer(http.post("/servers/error/mcp", &key, &call("e-1")).await).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (200, &json!(-32602)),
+        "{body}"
+    );
+    let mut events = Events::of(
+        http.post("/servers/event-error/mcp", &key, &call("e-2"))
+            .await,
+    );
+    events.until(|m| m["id"] == "e-2").await;
+    let (status, _, _) =
+        json_answer(http.post("/servers/echo/mcp", &key, &call("e-3")).await).await;
+    assert_eq!(status, 200);
+    let count = |text: &str, server: &str, outcome: &str| {
+        sample(
+            text,
+            "mcpmux_requests_total",
+            &[
+                ("server", server),
+                ("method", "tools/call"),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    let text = until(&metrics, "three requests counted", |text| {
+        count(text, "echo", "ok").is_some()
+            && count(text, "error", "error").is_some()
+            && count(text, "event-error", "error").is_some()
+    })
+    .await;
+    assert_eq!(count(&text, "error", "ok"), None);
+    assert_eq!(count(&text, "event-error", "ok"), None);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_path_name_that_is_not_utf8_is_400_not_the_header_server() {
+    let (gateway, _fake) = gateway_with_fakes().await;
+    let http = Http::new(gateway.addr);
+    let headers = [("x-api-key", OPS), ("x-mcp-server", "echo")];
+    let (status, _, body) =
+        json_answer(http.post("/servers/%FF/mcp", &headers, &call("p-1")).await).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["data"]["gateway"], "bad_frame", "{body}");
+    let (status, _, body) = json_answer(http.post("/mcp", &headers, &call("p-2")).await).await;
+    assert_eq!((status, &body["id"]), (200, &json!("p-2")), "{body}");
+    gateway.shutdown().await;
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::harness::{Client, TestGateway, config, root, tool_text};
 
-/// A standalone mcp-proxy serving `/sse` and `/messages`, stopped (with its stdio
+/// A standalone mcp-proxy serving `/sse` and `/messages` (or `/mcp`), stopped (with its stdio
 /// server, which shares its process group) when dropped.
 pub struct LegacyProxy {
     child: Child,
@@ -22,6 +22,12 @@ pub struct LegacyProxy {
 impl LegacyProxy {
     /// Starts mcp-proxy on a free port and waits until `/ping` answers.
     pub async fn start() -> Self {
+        Self::serving("sse").await
+    }
+
+    /// Starts mcp-proxy serving only the transport `server` (`sse` or `stream`: then
+    /// `/mcp`), on a free port, and waits until `/ping` answers.
+    pub async fn serving(server: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -30,7 +36,7 @@ impl LegacyProxy {
         let child = Command::new("node")
             .arg(modules.join("mcp-proxy/dist/bin/mcp-proxy.mjs"))
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--server", "sse", "--", "node"])
+            .args(["--server", server, "--", "node"])
             .arg(modules.join("@modelcontextprotocol/server-everything/dist/index.js"))
             .arg("stdio")
             .stdin(Stdio::null())

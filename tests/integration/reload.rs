@@ -199,11 +199,12 @@ fn file_with(dir: &TempDir, servers: Value) -> std::path::PathBuf {
     path
 }
 
-#[tokio::test]
-async fn a_removed_server_answers_its_calls_in_flight_as_unknown_then_says_removed() {
-    let dir = TempDir::new();
+/// A gateway on `everything` and `extra` read from a file in `dir`, and a client of both
+/// with a long call to `extra` in flight (its first progress seen). Returns the servers
+/// (to write back) and the call's id.
+async fn extra_busy(dir: &TempDir) -> (TestGateway, Client, Value, Value) {
     let both = json!({"everything": everything(), "extra": everything()});
-    let path = file_with(&dir, both.clone());
+    let path = file_with(dir, both.clone());
     let gateway = TestGateway::start_from_file(&path).await;
     let mut client = Client::connect(gateway.addr).await;
     client.initialize("everything").await;
@@ -217,6 +218,13 @@ async fn a_removed_server_answers_its_calls_in_flight_as_unknown_then_says_remov
             f["server"] == "extra" && f["message"]["method"] == "notifications/progress"
         })
         .await;
+    (gateway, client, both, long)
+}
+
+#[tokio::test]
+async fn a_removed_server_answers_its_calls_in_flight_as_unknown_then_says_removed() {
+    let dir = TempDir::new();
+    let (gateway, mut client, both, long) = extra_busy(&dir).await;
 
     file_with(&dir, json!({"everything": everything()}));
     gateway.gateway().reload().await;
@@ -288,6 +296,34 @@ async fn a_removed_server_answers_its_calls_in_flight_as_unknown_then_says_remov
         .call("extra", json!("again"), "tools/call", echo_params("again"))
         .await;
     assert_eq!(tool_text(&echo), "Echo: again");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_server_removed_and_added_again_at_once_says_removed_before_starting() {
+    let dir = TempDir::new();
+    // A call in flight: `removed` waits for its answer.
+    let (gateway, mut client, both, long) = extra_busy(&dir).await;
+    client.take_buffered(|f| f["type"] == "status");
+    file_with(&dir, json!({"everything": everything()}));
+    gateway.gateway().reload().await;
+    file_with(&dir, both);
+    gateway.gateway().reload().await;
+    client
+        .wait_for("extra ready again", |f| is_status(f, "extra", "ready"))
+        .await;
+    let states: Vec<Value> = client
+        .take_buffered(|f| f["type"] == "status" && f["server"] == "extra")
+        .into_iter()
+        .map(|f| f["state"].clone())
+        .collect();
+    assert_eq!(
+        states,
+        ["removed", "starting"],
+        "in the order they happened"
+    );
+    let answer = client.response("extra", &long).await;
+    assert_eq!(gateway_code(&answer), "unknown_server", "{answer}");
     gateway.shutdown().await;
 }
 
