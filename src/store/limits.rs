@@ -12,15 +12,18 @@
 //!   takes a token from the key's bucket and then the server's, atomically, in one round
 //!   trip (`EVALSHA`, loaded again on `NOSCRIPT`).
 //! - **Connections** (`maxConnections`): each instance keeps its own count per key, and
-//!   writes it into the Redis hash `mcpmux:conns:<key name>` (field: the instance name)
-//!   under a lease (`mcpmux:lease:<instance>`, 15 s, renewed every 5 s). A Lua script
-//!   admits a connection when the live instances' counts sum to less than the limit,
-//!   dropping the fields of instances whose lease expired. The renewal writes the
-//!   instance's exact counts again, so that the hash converges within one renewal after
-//!   an outage, a Redis restart or a lost release.
+//!   writes it into the Redis hash `mcpmux:conns:<key name>` (field: the instance name),
+//!   counted while the instance's lease (`mcpmux:instance:<instance>`, held by the
+//!   store) exists. A Lua script admits a connection when the live instances' counts
+//!   sum to less than the limit, dropping the fields of instances whose lease expired.
+//!   Every [`RENEW_EVERY`] the instance writes its exact counts again, so that the hash
+//!   converges within one renewal after an outage, a Redis restart, a lost release or
+//!   a cancelled admission; a renewal excludes the admissions and releases in flight
+//!   (a read-write lock), so it never overwrites one it did not see.
 //!
-//! While Redis does not answer (`RedisLink::is_up`), every decision is made in memory,
-//! per instance, and counted in `mcpmux_store_fallback_total`.
+//! While Redis cannot be reached (`RedisLink::is_up`), every decision is made in
+//! memory, per instance, and counted in `mcpmux_store_fallback_total`; so is a decision
+//! Redis answered with an error.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
