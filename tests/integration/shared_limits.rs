@@ -1,7 +1,8 @@
 //! Limits shared by instances through a real redis-server: two gateways in this process,
 //! each with the real server-everything behind real mcp-proxy, one key's rate and
 //! `maxConnections` holding across both; and each instance falling back on its own
-//! limits while Redis is stopped, then sharing again once it is back.
+//! limits while Redis is stopped, then sharing again once it is back; a hung Redis and an
+//! error answer decided around.
 
 use std::time::Instant;
 
@@ -298,6 +299,41 @@ async fn a_hung_redis_delays_frames_and_upgrades_but_answers_them() {
     assert!(ping(&mut client, 3, false).await);
     assert_eq!(fallbacks(&metrics, "rate"), rate_fallbacks, "shared again");
     other.close().await;
+    client.close().await;
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_error_answer_is_decided_in_memory_without_an_outage() {
+    let redis = RedisServer::start();
+    let key = json!({"rateLimit": {"perSecond": 1000, "burst": 1000}});
+    let (gateway, metrics) = instance(&redis, "error-answer", key).await;
+    let mut client = connect(&gateway).await;
+    assert!(ping(&mut client, 1, false).await);
+    assert_eq!(fallbacks(&metrics, "rate"), 0.0);
+
+    // Out of memory: Redis refuses the bucket's write with an error, and still answers.
+    let mut admin = redis.connection().await;
+    let set_maxmemory = |bytes: u64| {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("SET").arg("maxmemory").arg(bytes);
+        cmd
+    };
+    let () = set_maxmemory(1)
+        .query_async(&mut admin)
+        .await
+        .expect("CONFIG SET");
+    assert!(ping(&mut client, 2, false).await, "decided in memory");
+    assert_eq!(fallbacks(&metrics, "rate"), 1.0);
+    let store_up = sample(&metrics.render(), "mcpmux_store_up", &[]);
+    assert_eq!(store_up, Some(1.0), "an error answer is no outage");
+
+    let () = set_maxmemory(0)
+        .query_async(&mut admin)
+        .await
+        .expect("CONFIG SET");
+    assert!(ping(&mut client, 3, false).await);
+    assert_eq!(fallbacks(&metrics, "rate"), 1.0, "shared again at once");
     client.close().await;
     gateway.shutdown().await;
 }
