@@ -9,8 +9,10 @@
 //! client (in `welcome` and `status` frames), so that a server removed from the
 //! configuration, or one its key may no longer use, is reported `removed` exactly once,
 //! after the requests in flight to it have been answered as for an unknown server.
-//! Meanwhile the server may be added (or allowed) again: its later status frames wait in
-//! the server's lane ([`Lane`]) so that they follow `removed`, never precede it.
+//! The wait for those answers runs in a task of the session, so that frames of other
+//! servers keep flowing. Meanwhile the server may be added (or allowed) again: a status
+//! frame for it, or a client frame to it, first waits for that task (at most
+//! `REMOVAL_DRAIN`), so that nothing about the server comes before its `removed`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use serde_json::value::RawValue;
-use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio::sync::{Semaphore, broadcast};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -52,8 +54,6 @@ const REMOVAL_DRAIN: Duration = Duration::from_secs(2);
 const MIRROR_BATCH: usize = 64;
 /// Why a stdio server's upstream session is lost after its client session moved.
 pub const STOPPED_INSTANCE: &str = "the instance that ran it stopped";
-/// How many status steps of one server may wait in its lane; one more waits for room.
-const LANE_STEPS: usize = 8;
 
 /// A reason to close the socket: a close code and a sentence.
 pub type CloseReason = (u16, String);
@@ -82,8 +82,9 @@ pub struct ClientSession {
     mirror: Option<Arc<SessionMirror>>,
     /// The task writing it.
     pump: Option<Pump>,
-    /// The lanes of servers whose `removed` was delayed: at most one per server name.
-    lanes: HashMap<Arc<str>, Lane>,
+    /// The tasks sending a `removed` once the answers in flight to that server settled:
+    /// at most one per server name, finished ones pruned at each removal.
+    removals: HashMap<Arc<str>, JoinHandle<()>>,
     /// This session's place among `maxSessions`, given back when it ends (is dropped).
     _place: Place,
 }
@@ -174,7 +175,7 @@ impl ClientSession {
             shown: BTreeSet::new(),
             mirror,
             pump: None,
-            lanes: HashMap::new(),
+            removals: HashMap::new(),
             _place: place,
         }
     }
@@ -399,6 +400,8 @@ impl ClientSession {
         body: Bytes,
         reference: Option<&RawValue>,
     ) {
+        // Nothing about a server added again may come before its delayed `removed`.
+        self.after_removal(server).await;
         let head = match Head::parse(message.get()) {
             Ok(head) if head.kind() != Kind::Invalid => head,
             Ok(_) => {
@@ -491,6 +494,7 @@ impl ClientSession {
     }
 
     async fn on_close(&mut self, server: &str, reference: Option<&RawValue>) {
+        self.after_removal(server).await;
         if self.context.servers.get(server).is_none() || !self.grant.may_use(server) {
             let why = UpstreamError::UnknownServer(server.to_owned()).to_string();
             return self
@@ -547,13 +551,18 @@ impl ClientSession {
     }
 
     /// Sends a status frame for `server`, after its delayed `removed` if one waits.
-    async fn status(&self, server: &Arc<str>, state: ServerState) {
-        if let Some(lane) = self.lanes.get(server) {
-            if lane.send(Step::Status(state)).await.is_ok() {
-                return;
-            }
-        }
+    async fn status(&mut self, server: &Arc<str>, state: ServerState) {
+        self.after_removal(server).await;
         push_status(&self.link.outbox, server, state).await;
+    }
+
+    /// Waits until the delayed `removed` of `server`, if one is pending, was sent: what
+    /// follows about a server added again comes after it. Bounded by `REMOVAL_DRAIN`
+    /// (the task's own wait) plus room in the outbox.
+    async fn after_removal(&mut self, server: &str) {
+        if let Some(removal) = self.removals.remove(server) {
+            let _ = removal.await;
+        }
     }
 
     /// A server the client was shown is gone for it (removed from the configuration,
@@ -573,18 +582,17 @@ impl ClientSession {
             return self.status(name, ServerState::Removed).await;
         };
         upstream.end(UpstreamEnd::Removed).await;
-        // The answers in flight settle in the server's lane, so that frames for the
-        // other servers keep flowing meanwhile; `removed` follows them, and any later
-        // status of the server follows `removed`.
-        let lane = match self.lanes.get(name) {
-            Some(lane) => lane.clone(),
-            None => {
-                let lane = Lane::open(&self.link, name.clone());
-                self.lanes.insert(name.clone(), lane.clone());
-                lane
-            }
-        };
-        let _ = lane.send(Step::Removed(upstream)).await;
+        // The answers in flight settle in a task, so that frames for the other servers
+        // keep flowing meanwhile; `removed` follows them, and anything later about the
+        // server waits for it (`after_removal`).
+        self.removals.retain(|_, removal| !removal.is_finished());
+        let outbox = self.link.outbox.clone();
+        let server = name.clone();
+        let removal = self.link.tasks.spawn(async move {
+            upstream.settled(REMOVAL_DRAIN).await;
+            push_status(&outbox, &server, ServerState::Removed).await;
+        });
+        self.removals.insert(name.clone(), removal);
     }
 
     /// The access rules were replaced: the key goes on with what it may use now (servers
@@ -678,7 +686,6 @@ impl ClientSession {
             };
             upstream.end(why).await;
         }
-        self.lanes.clear();
         self.link.outbox.close();
         self.link.tasks.close();
         let _ = tokio::time::timeout(TASKS_DRAIN, self.link.tasks.wait()).await;
@@ -773,47 +780,6 @@ async fn push_status(outbox: &Outbox, server: &str, state: ServerState) {
     let _ = outbox
         .push(|seq| GatewayFrame::Status { server, seq, state }.encode())
         .await;
-}
-
-/// What a server's lane sends, in order.
-enum Step {
-    /// `removed`, once the answers in flight of this upstream session have settled (up
-    /// to `REMOVAL_DRAIN`).
-    Removed(Arc<UpstreamSession>),
-    /// A status frame.
-    Status(ServerState),
-}
-
-/// The status frames of one server, sent in order by a task of the session: opened when
-/// a `removed` must wait for answers in flight, so that a status of the server added
-/// again meanwhile follows it. At most one per server name; its steps are bounded
-/// ([`LANE_STEPS`]): one more waits for room (for at most `REMOVAL_DRAIN`). It ends with
-/// the session.
-#[derive(Clone)]
-struct Lane(mpsc::Sender<Step>);
-
-impl Lane {
-    fn open(link: &Link, server: Arc<str>) -> Self {
-        let (steps, mut queued) = mpsc::channel(LANE_STEPS);
-        let outbox = link.outbox.clone();
-        link.tasks.spawn(async move {
-            while let Some(step) = queued.recv().await {
-                let state = match step {
-                    Step::Removed(upstream) => {
-                        upstream.settled(REMOVAL_DRAIN).await;
-                        ServerState::Removed
-                    }
-                    Step::Status(state) => state,
-                };
-                push_status(&outbox, &server, state).await;
-            }
-        });
-        Self(steps)
-    }
-
-    async fn send(&self, step: Step) -> Result<(), mpsc::error::SendError<Step>> {
-        self.0.send(step).await
-    }
 }
 
 fn millis(duration: Duration) -> u64 {
