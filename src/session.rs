@@ -216,9 +216,9 @@ impl ClientSession {
                     if let Some(mirror) = &self.mirror {
                         mirror.upstream_changed(&server, None);
                     }
+                    // No writer runs yet and the replay may fill the queue: never wait.
                     self.link
-                        .push_session(&server, SessionState::Lost, Some(STOPPED_INSTANCE))
-                        .await;
+                        .push_session_now(&server, SessionState::Lost, Some(STOPPED_INSTANCE));
                 }
             }
         }

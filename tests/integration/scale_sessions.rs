@@ -87,11 +87,24 @@ impl Drop for RemoteEverything {
 }
 
 fn gateway(instance: &str, redis: &RedisServer, remote: &RemoteEverything) -> Binary {
+    gateway_with(instance, redis, remote, json!({}))
+}
+
+/// As [`gateway`], with more gateway settings.
+fn gateway_with(
+    instance: &str,
+    redis: &RedisServer,
+    remote: &RemoteEverything,
+    settings: Value,
+) -> Binary {
     let servers = json!({
         "remote": {"url": remote.url()},
         "local": everything(),
     });
-    let gateway = json!({"instance": instance, "store": {"redis": redis.url()}});
+    let mut gateway = json!({"instance": instance, "store": {"redis": redis.url()}});
+    if let (Some(base), Some(extra)) = (gateway.as_object_mut(), settings.as_object()) {
+        base.extend(extra.clone());
+    }
     Binary::launch(
         &config(servers, gateway),
         Launch {
@@ -236,6 +249,24 @@ async fn a_session_whose_instance_was_killed_resumes_on_another_with_every_frame
     kill(a.child.id(), libc::SIGKILL);
     drop(client);
     lease_expired(&redis, "inst-a").await;
+    resume_elsewhere(&format!("ws://{}/ws", b.addr), &cut, &remote).await;
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_larger_than_the_socket_queue_is_taken_over_whole() {
+    let redis = RedisServer::start();
+    let remote = RemoteEverything::start();
+    // The 15 missed frames alone are several times the queue's size.
+    let small = json!({"outboundQueueBytes": 256});
+    let a = gateway_with("inst-i", &redis, &remote, small.clone());
+    let b = gateway_with("inst-j", &redis, &remote, small);
+    let (client, cut) = stream_then_cut(a.addr).await;
+    let replay: usize = cut.missed.iter().map(|f| f.to_string().len()).sum();
+    assert!(replay > 256, "replay of {replay} bytes");
+    kill(a.child.id(), libc::SIGKILL);
+    drop(client);
+    lease_expired(&redis, "inst-i").await;
     resume_elsewhere(&format!("ws://{}/ws", b.addr), &cut, &remote).await;
     drop(b);
 }
