@@ -139,15 +139,11 @@ impl Gateway {
         }
         let session_store = sessions::open(&store, &gateway);
         let access = Access::with_store(&gateway, store.clone());
+        // The instance name is claimed and the counts written before anything is
+        // accepted; a name another live gateway holds is refused here.
+        store.join().await?;
         let http = HttpClient::new(gateway.connect_timeout, gateway.max_upstream_message_bytes)?;
         let shutdown = CancellationToken::new();
-        if session_store.shared() {
-            // Other instances may take this one's sessions once this lease lapses.
-            tokio::spawn(sessions::renew_lease(
-                session_store.clone(),
-                shutdown.clone(),
-            ));
-        }
         let supervision = SupervisorConfig {
             mcp_proxy: crate::config::resolve_mcp_proxy(
                 gateway.mcp_proxy.as_deref(),

@@ -73,3 +73,4 @@ pub mod upstream;
 
 pub use config::Config;
 pub use gateway::{Gateway, GatewayError, Options};
+pub use store::StoreError;

@@ -124,6 +124,11 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
     let config = Config::load(file)?;
     println!("{}: ok", file.display());
     println!("listen: {}", config.gateway.listen);
+    println!("instance: {}", config.gateway.instance);
+    if let Some(redis) = &config.gateway.store.redis {
+        // The password is never printed.
+        println!("store: {}", mcpmux::redact::url(redis.expose()));
+    }
     print_access(&config.gateway);
     for (name, server) in &config.servers {
         match server {

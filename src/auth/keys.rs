@@ -124,8 +124,7 @@ impl ApiKey {
     /// Counts one more open socket of this key, unless it has `maxConnections` already
     /// (with a shared store: on all instances together).
     pub async fn open_connection(self: &Arc<Self>) -> Option<ConnectionSlot> {
-        let limit = self.max_connections.unwrap_or(usize::MAX);
-        if !self.open.open(limit).await {
+        if !self.open.open(self.max_connections).await {
             return None;
         }
         Some(ConnectionSlot { key: self.clone() })

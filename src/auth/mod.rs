@@ -266,6 +266,11 @@ impl Access {
         caller: Caller,
         peer: IpAddr,
     ) -> Result<Admission, Refusal> {
+        // The address's pending sockets first: it costs no call to the store.
+        let pending = self
+            .pending
+            .enter(peer)
+            .ok_or(Refusal::TooManyPending(self.pending.limit()))?;
         let connection =
             match &caller {
                 Caller::Key(key) => Some(key.open_connection().await.ok_or_else(|| {
@@ -276,10 +281,6 @@ impl Access {
                 })?),
                 Caller::Anonymous | Caller::Unverified => None,
             };
-        let pending = self
-            .pending
-            .enter(peer)
-            .ok_or(Refusal::TooManyPending(self.pending.limit()))?;
         Ok(Admission::new(self.clone(), caller, connection, pending))
     }
 }

@@ -40,11 +40,11 @@ use super::{RedisLink, StoreError};
 use crate::config::{Rate, RateLimitConfig};
 use crate::metrics::Metrics;
 
-/// How long an instance's connection counts live in Redis without a renewal.
-pub(crate) const LEASE: Duration = Duration::from_secs(15);
-/// How often an instance renews its lease and writes its counts again.
+/// How often an instance writes its exact counts again.
 pub(crate) const RENEW_EVERY: Duration = Duration::from_secs(5);
-/// How long a key's hash of counts lives after its last write (longer than a lease).
+/// How long a key's hash of counts lives after its last write: longer than a renewal
+/// period, so a live instance's field never expires; a hash nobody writes (every
+/// instance gone) is removed after it.
 const COUNTS_TTL: Duration = Duration::from_secs(60);
 
 /// Which bucket refused a token.
@@ -72,8 +72,9 @@ pub(crate) trait Buckets {
 
 /// A key's count of open connections.
 pub(crate) trait Counter {
-    /// Counts one more connection, unless the key has `max` open already.
-    fn open(&self, max: usize) -> impl Future<Output = bool> + Send;
+    /// Counts one more connection, unless the key has `max` open already (`None`:
+    /// never refuses, and asks no one).
+    fn open(&self, max: Option<usize>) -> impl Future<Output = bool> + Send;
     /// Counts one connection fewer.
     fn close(&self);
     /// This instance's connections of the key.
@@ -196,14 +197,15 @@ for i, key in ipairs(KEYS) do
   local burst = tonumber(ARGV[2 * i])
   local stored = redis.call('GET', key)
   local tat = now
-  if stored then tat = math.max(tonumber(stored), now) end
+  -- Never further ahead than a full bucket: a clock stepped back refuses no longer.
+  if stored then tat = math.min(math.max(tonumber(stored), now), now + interval * burst) end
   local new_tat = tat + interval
   local allow_at = new_tat - interval * burst
   if allow_at > now then
     return {i, string.format('%.0f', math.ceil(allow_at - now))}
   end
   local ttl_ms = math.ceil((new_tat - now) / 1000) + 1
-  redis.call('SET', key, string.format('%.0f', new_tat), 'PX', string.format('%.0f', ttl_ms))
+  redis.call('SET', key, string.format('%.3f', new_tat), 'PX', string.format('%.0f', ttl_ms))
 end
 return {0, '0'}
 ";
@@ -256,6 +258,10 @@ impl RedisBuckets {
 
 impl Buckets for RedisBuckets {
     async fn take(&self, server: &str) -> Result<(), Refused> {
+        if self.overall.is_none() && !self.servers.contains_key(server) {
+            // No bucket for this server: nothing to decide, nothing to fall back on.
+            return Ok(());
+        }
         if self.link.is_up() {
             if let Ok(verdict) = self.take_shared(server).await {
                 return verdict;
@@ -277,7 +283,8 @@ impl Buckets for KeyBuckets {
     async fn take(&self, server: &str) -> Result<(), Refused> {
         match self {
             Self::Memory(buckets) => buckets.take_now(server),
-            Self::Redis(buckets) => buckets.take(server).await,
+            // Boxed: the futures of a store without Redis stay small.
+            Self::Redis(buckets) => Box::pin(buckets.take(server)).await,
         }
     }
 }
@@ -302,8 +309,8 @@ impl MemoryCount {
 }
 
 impl Counter for MemoryCount {
-    fn open(&self, max: usize) -> impl Future<Output = bool> + Send {
-        std::future::ready(self.open_now(max))
+    fn open(&self, max: Option<usize>) -> impl Future<Output = bool> + Send {
+        std::future::ready(self.open_now(max.unwrap_or(usize::MAX)))
     }
 
     fn close(&self) {
@@ -324,10 +331,8 @@ impl Counter for MemoryCount {
 /// Admits one connection of a key (KEYS[1], its hash of counts) for instance ARGV[1]
 /// when the live instances' counts sum to less than ARGV[2]. An instance is live when
 /// its lease (ARGV[3] .. name) exists; the fields of the others are dropped. Renews the
-/// caller's lease (ARGV[4] ms) and the hash's life (ARGV[5] ms). Returns 1 (admitted)
-/// or 0.
+/// hash's life (ARGV[4] ms). Returns 1 (admitted) or 0.
 const OPEN_SCRIPT: &str = r"
-redis.call('SET', ARGV[3] .. ARGV[1], '1', 'PX', ARGV[4])
 local fields = redis.call('HGETALL', KEYS[1])
 local total = 0
 for i = 1, #fields, 2 do
@@ -340,7 +345,7 @@ for i = 1, #fields, 2 do
 end
 if total >= tonumber(ARGV[2]) then return 0 end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 ";
 
@@ -351,6 +356,38 @@ if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
 return n
 ";
 
+/// This instance's connections of one key name, as Redis should count them.
+#[derive(Debug, Default)]
+struct InstanceCount {
+    /// Open here.
+    open: MemoryCount,
+    /// Closed here, and not yet released in Redis: a renewal writes `open +
+    /// unreleased`, since each of these will still decrement the hash.
+    unreleased: AtomicUsize,
+}
+
+impl InstanceCount {
+    /// What Redis should hold for this instance once every release in flight landed.
+    fn in_redis(&self) -> usize {
+        self.open.local() + self.unreleased.load(Ordering::Acquire)
+    }
+}
+
+/// A connection counted here whose admission is not decided yet: dropped (the
+/// opening future was cancelled), it counts the connection out again.
+struct Opening<'a> {
+    count: &'a InstanceCount,
+    decided: bool,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if !self.decided {
+            self.count.open.close();
+        }
+    }
+}
+
 /// A key's connections: this instance's count (shared by every entry of the key's
 /// name, across reloads) and the shared hash in Redis.
 #[derive(Debug, Clone)]
@@ -358,7 +395,7 @@ pub(crate) struct RedisCount {
     shared: Arc<SharedCounts>,
     /// `mcpmux:conns:<key name>`.
     hash: Arc<str>,
-    local: Arc<MemoryCount>,
+    local: Arc<InstanceCount>,
 }
 
 impl RedisCount {
@@ -371,7 +408,6 @@ impl RedisCount {
             .arg(&*shared.instance)
             .arg(max)
             .arg(shared.lease_prefix.as_str())
-            .arg(LEASE.as_millis() as u64)
             .arg(COUNTS_TTL.as_millis() as u64);
         let admitted: u8 = shared
             .link
@@ -379,51 +415,83 @@ impl RedisCount {
             .await?;
         Ok(admitted == 1)
     }
-}
 
-impl Counter for RedisCount {
-    async fn open(&self, max: usize) -> bool {
-        // Counted here first: a renewal meanwhile writes one too many, never one too few.
-        if !self.local.open_now(max) {
+    async fn open_limited(&self, max: usize) -> bool {
+        if self.shared.closed.is_cancelled() {
             return false;
         }
+        // A renewal waits for this decision: it never writes a count that misses it.
+        let _writing = self.shared.writing.read().await;
+        // Counted here first; counted out again if this future is dropped before the
+        // decision (a hash that counted it meanwhile is corrected by the next renewal).
+        if !self.local.open.open_now(max) {
+            return false;
+        }
+        let mut opening = Opening {
+            count: &self.local,
+            decided: false,
+        };
         if self.shared.link.is_up() {
             match self.open_shared(max).await {
-                Ok(true) => return true,
-                Ok(false) => {
-                    self.local.close();
-                    return false;
+                Ok(true) => {
+                    opening.decided = true;
+                    return true;
                 }
+                Ok(false) => return false,
                 Err(_) => {}
             }
         }
+        opening.decided = true;
         self.shared.metrics.store_fallback("connections");
         true
     }
+}
+
+impl Counter for RedisCount {
+    async fn open(&self, max: Option<usize>) -> bool {
+        match max {
+            Some(max) => self.open_limited(max).await,
+            // Not limited: nothing to ask Redis; the renewal writes it for the others.
+            None => self.local.open.open_now(usize::MAX),
+        }
+    }
 
     fn close(&self) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.local.close();
+        // Free here at once; the hash is released in the background.
+        if self.local.open.local() == 0 {
             return;
-        };
+        }
+        self.local.unreleased.fetch_add(1, Ordering::AcqRel);
+        self.local.open.close();
         let this = self.clone();
-        runtime.spawn(async move {
-            // Released in Redis first: a renewal meanwhile writes one too many at most.
-            let link = &this.shared.link;
-            if link.is_up() {
-                let mut connection = link.connection();
-                let mut invocation = this.shared.close_script.prepare_invoke();
-                invocation.key(&*this.hash).arg(&*this.shared.instance);
-                let _ = link
-                    .call(invocation.invoke_async::<i64>(&mut connection))
-                    .await;
+        let release = async move {
+            {
+                let _writing = this.shared.writing.read().await;
+                let link = &this.shared.link;
+                if link.is_up() && !this.shared.closed.is_cancelled() {
+                    let mut connection = link.connection();
+                    let mut invocation = this.shared.close_script.prepare_invoke();
+                    invocation.key(&*this.hash).arg(&*this.shared.instance);
+                    // Not answered: the next renewal writes the exact count.
+                    let _ = link
+                        .call(invocation.invoke_async::<i64>(&mut connection))
+                        .await;
+                }
+                this.local.unreleased.fetch_sub(1, Ordering::AcqRel);
             }
-            this.local.close();
-        });
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(release);
+            }
+            Err(_) => {
+                self.local.unreleased.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 
     fn local(&self) -> usize {
-        self.local.local()
+        self.local.open.local()
     }
 }
 
@@ -436,10 +504,11 @@ pub(crate) enum ConnectionCount {
 }
 
 impl Counter for ConnectionCount {
-    async fn open(&self, max: usize) -> bool {
+    async fn open(&self, max: Option<usize>) -> bool {
         match self {
-            Self::Memory(count) => count.open_now(max),
-            Self::Redis(count) => count.open(max).await,
+            Self::Memory(count) => count.open_now(max.unwrap_or(usize::MAX)),
+            // Boxed: the futures of a store without Redis stay small.
+            Self::Redis(count) => Box::pin(count.open(max)).await,
         }
     }
 
@@ -462,11 +531,12 @@ impl Counter for ConnectionCount {
 // What the Redis store keeps for the limits.
 
 /// The limits' part of a Redis store: the scripts, this instance's counts by key name,
-/// and the task that renews its lease.
+/// and the task that writes them.
 #[derive(Debug)]
 pub(crate) struct SharedLimits {
     take_script: Arc<redis::Script>,
     counts: Arc<SharedCounts>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Debug)]
@@ -474,35 +544,57 @@ struct SharedCounts {
     link: RedisLink,
     metrics: Metrics,
     instance: Arc<str>,
-    /// `mcpmux:lease:`.
+    /// `mcpmux:instance:`, the prefix of the instances' leases (`super::Lease`).
     lease_prefix: String,
     open_script: redis::Script,
     close_script: redis::Script,
     /// This instance's count of each key name: bounded by the names configured (an
-    /// entry no key uses and that counts nothing is dropped at the next renewal).
-    by_name: Mutex<HashMap<Arc<str>, Arc<MemoryCount>>>,
-    /// Cancelled when the store closes: ends the renewal.
+    /// entry no key uses and that counts nothing is dropped once a renewal removed its
+    /// field).
+    by_name: Mutex<HashMap<Arc<str>, Arc<InstanceCount>>>,
+    /// Held (shared) by each admission and release while it is in Redis, and
+    /// (exclusive) by a renewal: a renewal's exact counts never overwrite an increment
+    /// or a decrement it did not see.
+    writing: tokio::sync::RwLock<()>,
+    /// Cancelled when the store closes: ends the renewal, refuses new connections.
     closed: CancellationToken,
 }
 
 impl SharedLimits {
-    /// The limits of `instance` on `link`; starts the renewal of its lease.
+    /// The limits of `instance` on `link`; [`SharedLimits::start`] starts writing them.
     pub(crate) fn new(link: RedisLink, metrics: Metrics, instance: Arc<str>) -> Self {
         let counts = Arc::new(SharedCounts {
-            lease_prefix: link.key("lease:"),
+            lease_prefix: link.key("instance:"),
             link,
             metrics,
             instance,
             open_script: redis::Script::new(OPEN_SCRIPT),
             close_script: redis::Script::new(CLOSE_SCRIPT),
             by_name: Mutex::new(HashMap::new()),
+            writing: tokio::sync::RwLock::new(()),
             closed: CancellationToken::new(),
         });
-        tokio::spawn(renew(Arc::downgrade(&counts), counts.closed.clone()));
         Self {
             take_script: Arc::new(redis::Script::new(TAKE_SCRIPT)),
             counts,
+            task: Mutex::new(None),
         }
+    }
+
+    /// Writes this instance's counts once (before the gateway accepts connections:
+    /// what a previous process of this name left is replaced), then every
+    /// [`RENEW_EVERY`] and whenever Redis answers again after an outage.
+    pub(crate) async fn start(&self) {
+        let recoveries = self.counts.link.recoveries();
+        if self.counts.link.is_up() {
+            let _ = write_counts(&self.counts).await;
+        }
+        let task = tokio::spawn(renew(
+            Arc::downgrade(&self.counts),
+            self.counts.closed.clone(),
+            recoveries,
+        ));
+        *self.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
     }
 
     /// The buckets of the key `name` with `config` (none: never refuses).
@@ -548,39 +640,56 @@ impl SharedLimits {
         })
     }
 
-    /// Ends the renewal and gives up the lease: the other instances stop counting this
-    /// one's connections at once.
-    pub(crate) async fn close(&self) {
+    /// Stops counting in Redis: refuses new connections, ends the renewal and waits
+    /// for it and for every admission and release in flight. Returns the hashes this
+    /// instance may have a field in, for the store to remove them with its lease.
+    pub(crate) async fn close(&self) -> Vec<String> {
         let counts = &self.counts;
         counts.closed.cancel();
-        if counts.link.is_up() {
-            let lease = format!("{}{}", counts.lease_prefix, counts.instance);
-            let mut connection = counts.link.connection();
-            let del = redis::cmd("DEL").arg(lease).to_owned();
-            let _ = counts
-                .link
-                .call(del.query_async::<i64>(&mut connection))
-                .await;
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
         }
+        let _writing = counts.writing.write().await;
+        let names: Vec<Arc<str>> = counts
+            .by_name
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        names
+            .iter()
+            .map(|name| counts.link.key(&format!("conns:{name}")))
+            .collect()
     }
 }
 
-/// Renews the lease and writes this instance's exact counts every [`RENEW_EVERY`], and
-/// at once when Redis answers again after an outage, until the store closes or is
-/// dropped.
-async fn renew(counts: Weak<SharedCounts>, closed: CancellationToken) {
+/// Writes this instance's exact counts every [`RENEW_EVERY`], and at once when Redis
+/// answers again after an outage, until the store closes or is dropped.
+async fn renew(
+    counts: Weak<SharedCounts>,
+    closed: CancellationToken,
+    mut recoveries: tokio::sync::watch::Receiver<u64>,
+) {
     let mut interval = tokio::time::interval(RENEW_EVERY);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is now: start() has just written them.
+    interval.tick().await;
     loop {
-        let Some(link) = counts.upgrade().map(|c| c.link.clone()) else {
-            return;
-        };
         tokio::select! {
             () = closed.cancelled() => return,
             _ = interval.tick() => {}
-            () = link.recovered() => {}
+            changed = recoveries.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
         }
-        drop(link);
         let Some(counts) = counts.upgrade() else {
             return;
         };
@@ -590,59 +699,88 @@ async fn renew(counts: Weak<SharedCounts>, closed: CancellationToken) {
     }
 }
 
-/// One pipeline: the lease, then each key's count of this instance (a zero removes the
-/// field).
+/// One pipeline: each key's count of this instance (a zero removes the field), while
+/// no admission or release is in Redis. An entry that counts nothing and that no key
+/// uses is dropped once its field is removed.
 async fn write_counts(counts: &SharedCounts) -> Result<(), StoreError> {
-    let snapshot: Vec<(Arc<str>, usize)> = {
-        let mut by_name = counts
-            .by_name
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        by_name.retain(|_, count| Arc::strong_count(count) > 1 || count.local() > 0);
-        by_name
-            .iter()
-            .map(|(name, count)| (name.clone(), count.local()))
-            .collect()
-    };
+    let _writing = counts.writing.write().await;
+    let snapshot: Vec<(Arc<str>, usize)> = counts
+        .by_name
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .map(|(name, count)| (name.clone(), count.in_redis()))
+        .collect();
     let instance = &*counts.instance;
     let mut pipe = redis::pipe();
-    let lease = format!("{}{instance}", counts.lease_prefix);
-    pipe.cmd("SET")
-        .arg(lease)
-        .arg("1")
-        .arg("PX")
-        .arg(LEASE.as_millis() as u64)
-        .ignore();
-    for (name, open) in snapshot {
+    for (name, open) in &snapshot {
         let hash = counts.link.key(&format!("conns:{name}"));
-        if open == 0 {
+        if *open == 0 {
             pipe.cmd("HDEL").arg(&hash).arg(instance).ignore();
         } else {
-            pipe.cmd("HSET").arg(&hash).arg(instance).arg(open).ignore();
+            pipe.cmd("HSET")
+                .arg(&hash)
+                .arg(instance)
+                .arg(*open)
+                .ignore();
             pipe.cmd("PEXPIRE")
                 .arg(&hash)
                 .arg(COUNTS_TTL.as_millis() as u64)
                 .ignore();
         }
     }
+    if snapshot.is_empty() {
+        return Ok(());
+    }
     let mut connection = counts.link.connection();
     counts
         .link
         .call(pipe.query_async::<()>(&mut connection))
-        .await
+        .await?;
+    counts
+        .by_name
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|_, count| Arc::strong_count(count) > 1 || count.in_redis() > 0);
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// An admission cancelled while Redis decides (the client went away during the
+    /// upgrade) leaves the key's count as it was.
+    #[tokio::test]
+    async fn a_cancelled_admission_counts_nothing() {
+        // A Redis that accepts connections and never answers (a fault).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let holder = tokio::spawn(async move {
+            let mut sockets = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                sockets.push(socket);
+            }
+        });
+        let link = RedisLink::open(&format!("redis://{addr}"), Metrics::new()).unwrap();
+        link.mark_ok();
+        let limits = SharedLimits::new(link, Metrics::new(), Arc::from("a"));
+        let count = limits.count(&Arc::from("key"));
+        let mut opening = Box::pin(count.open(Some(3)));
+        assert!(futures::poll!(&mut opening).is_pending());
+        assert_eq!(count.local(), 1, "counted while Redis decides");
+        drop(opening);
+        assert_eq!(count.local(), 0, "the cancelled admission is counted out");
+        holder.abort();
+    }
+
     #[tokio::test]
     async fn a_memory_count_stops_at_its_limit_and_never_goes_below_zero() {
         let count = MemoryCount::default();
-        assert!(count.open(2).await && count.open(2).await);
-        assert!(!count.open(2).await);
+        assert!(count.open(Some(2)).await && count.open(Some(2)).await);
+        assert!(!count.open(Some(2)).await);
         count.close();
-        assert!(count.open(2).await);
+        assert!(count.open(Some(2)).await);
         for _ in 0..5 {
             count.close();
         }

@@ -9,17 +9,25 @@
 //! the outage tracking every part reports to, so that an outage is logged once and
 //! shown by `mcpmux_store_up`.
 //!
-//! Every Redis call is bounded ([`CALL_TIMEOUT`]); while Redis does not answer, the
+//! Every Redis call is bounded ([`CALL_TIMEOUT`]); while Redis cannot be reached, the
 //! parts decide in memory, and a background probe (a `PING` every 500 ms) sees both an
-//! outage and its end without waiting for traffic.
+//! outage and its end without waiting for traffic. An error answer is no outage: that
+//! decision alone is made in memory.
+//!
+//! The store also holds this instance's lease, `mcpmux:instance:<name>` (a random token
+//! of the process, [`LEASE`], renewed every [`LEASE_RENEW`] by one task): both parts
+//! count an instance alive while it exists, and a second live process claiming the
+//! same name is refused at start ([`Store::join`]).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::Notify;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 pub(crate) mod limits;
 pub(crate) mod sessions;
@@ -36,20 +44,50 @@ pub(crate) const CALL_TIMEOUT: Duration = Duration::from_millis(200);
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// The prefix of every key mcpmux writes in Redis.
 pub(crate) const KEY_PREFIX: &str = "mcpmux:";
+/// How long an instance counts as alive after its last renewal of its lease
+/// (`mcpmux:instance:<name>`): its sessions may be taken and its connections stop
+/// counting that long after it died.
+pub(crate) const LEASE: Duration = Duration::from_secs(3);
+/// How often a live instance renews its lease.
+pub(crate) const LEASE_RENEW: Duration = Duration::from_secs(1);
+/// The fewest seconds between two logs of Redis answering with an error.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Why the store could not be opened or a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// `gateway.store.redis` could not be used (the URL is never shown: it may hold a
     /// password).
-    #[error("cannot use gateway.store.redis: {0}")]
-    Url(String),
+    #[error("cannot use gateway.store.redis: not a valid redis:// URL")]
+    Url,
     /// Redis answered with an error, or the connection failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     /// Redis did not answer within the call timeout.
     #[error("redis did not answer within {} ms", CALL_TIMEOUT.as_millis())]
     Timeout,
+    /// Another running gateway holds this instance name in the shared store.
+    #[error(
+        "another running gateway uses the instance name \"{0}\" with this store; give each instance its own gateway.instance"
+    )]
+    InstanceTaken(Arc<str>),
+}
+
+impl StoreError {
+    /// Whether this error means Redis cannot be reached (an outage), rather than an
+    /// answer that was an error.
+    fn is_outage(&self) -> bool {
+        match self {
+            Self::Timeout => true,
+            Self::Redis(err) => {
+                err.is_io_error()
+                    || err.is_connection_dropped()
+                    || err.is_connection_refusal()
+                    || err.is_timeout()
+            }
+            Self::Url | Self::InstanceTaken(_) => false,
+        }
+    }
 }
 
 /// The shared store: a cheap handle, in memory unless Redis is configured.
@@ -58,6 +96,8 @@ pub(crate) struct Store {
     redis: Option<RedisLink>,
     /// The limits' part of a Redis store.
     limits: Option<Arc<SharedLimits>>,
+    /// This instance's lease in a Redis store.
+    lease: Option<Arc<Lease>>,
     instance: Arc<str>,
 }
 
@@ -67,6 +107,7 @@ impl Store {
         Self {
             redis: None,
             limits: None,
+            lease: None,
             instance,
         }
     }
@@ -81,11 +122,39 @@ impl Store {
         };
         let link = RedisLink::open(url.expose(), metrics.clone())?;
         let limits = SharedLimits::new(link.clone(), metrics.clone(), instance.clone());
+        let lease = Lease::new(link.clone(), &instance);
         Ok(Self {
             redis: Some(link),
             limits: Some(Arc::new(limits)),
+            lease: Some(Arc::new(lease)),
             instance,
         })
+    }
+
+    /// Joins the fleet, before the gateway accepts anything: claims this instance's
+    /// name (refused while another live process holds it; one that died is waited
+    /// for, at most one [`LEASE`]), writes its counts, and starts renewing both. With
+    /// Redis unreachable, the gateway starts anyway: the renewal claims the name once
+    /// Redis answers.
+    pub(crate) async fn join(&self) -> Result<(), StoreError> {
+        let (Some(lease), Some(limits)) = (&self.lease, &self.limits) else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + LEASE + LEASE_RENEW;
+        loop {
+            match lease.claim().await {
+                Ok(true) => break,
+                Ok(false) if Instant::now() < deadline => {
+                    tokio::time::sleep(LEASE_RENEW / 4).await;
+                }
+                Ok(false) => return Err(StoreError::InstanceTaken(self.instance.clone())),
+                // Not answered: an outage to serve through.
+                Err(_) => break,
+            }
+        }
+        limits.start().await;
+        lease.start();
+        Ok(())
     }
 
     /// The rate buckets of the API key `name` with `config` (none: never refuses).
@@ -106,11 +175,26 @@ impl Store {
         }
     }
 
-    /// Leaves the fleet on shutdown: this instance's connection counts stop counting at
-    /// once, not when its lease would have expired.
+    /// Leaves the fleet on shutdown: the renewals end (and are awaited), connections
+    /// are no longer counted in Redis, and the lease and this instance's counts go in
+    /// one step, so the other instances stop counting them at once.
     pub(crate) async fn close(&self) {
-        if let Some(limits) = &self.limits {
-            limits.close().await;
+        let (Some(lease), Some(limits)) = (&self.lease, &self.limits) else {
+            return;
+        };
+        lease.stop().await;
+        let hashes = limits.close().await;
+        let link = &lease.link;
+        if link.is_up() {
+            let mut invocation = lease.leave_script.key(&lease.key);
+            for hash in &hashes {
+                invocation.key(hash);
+            }
+            invocation.arg(&lease.token).arg(&*self.instance);
+            let mut connection = link.connection();
+            let _ = link
+                .call(invocation.invoke_async::<()>(&mut connection))
+                .await;
         }
     }
 
@@ -122,6 +206,115 @@ impl Store {
     /// This instance's name (`gateway.instance`).
     pub(crate) fn instance(&self) -> &Arc<str> {
         &self.instance
+    }
+}
+
+/// Claims KEYS[1] (an instance's lease) for the token ARGV[1] for ARGV[2] ms, when it
+/// is free or already this process's. Returns 1 (held) or 0 (another process holds it).
+const CLAIM_SCRIPT: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
+/// Gives up KEYS[1] (the lease, if token ARGV[1] holds it) and removes the field
+/// ARGV[2] (the instance) from each hash of counts in KEYS[2..], in one step.
+const LEAVE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+for i = 2, #KEYS do redis.call('HDEL', KEYS[i], ARGV[2]) end
+return 0
+";
+
+/// This instance's lease, `mcpmux:instance:<name>`, holding a token of this process:
+/// what every part (sessions, connection counts) checks to know an instance is alive.
+#[derive(Debug)]
+struct Lease {
+    link: RedisLink,
+    key: String,
+    token: String,
+    claim_script: redis::Script,
+    leave_script: redis::Script,
+    stopped: CancellationToken,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Lease {
+    fn new(link: RedisLink, instance: &str) -> Self {
+        let token: String = {
+            use rand::Rng;
+            let mut rng = rand::rng();
+            (0..16)
+                .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+                .collect()
+        };
+        Self {
+            key: link.key(&format!("instance:{instance}")),
+            link,
+            token,
+            claim_script: redis::Script::new(CLAIM_SCRIPT),
+            leave_script: redis::Script::new(LEAVE_SCRIPT),
+            stopped: CancellationToken::new(),
+            task: Mutex::new(None),
+        }
+    }
+
+    /// Claims or renews the lease: false when another process holds it.
+    async fn claim(&self) -> Result<bool, StoreError> {
+        let mut invocation = self.claim_script.key(&self.key);
+        invocation
+            .arg(&self.token)
+            .arg(u64::try_from(LEASE.as_millis()).unwrap_or(u64::MAX));
+        let mut connection = self.link.connection();
+        let held: u8 = self
+            .link
+            .call(invocation.invoke_async(&mut connection))
+            .await?;
+        Ok(held == 1)
+    }
+
+    /// Starts the renewal, every [`LEASE_RENEW`] until [`Lease::stop`].
+    fn start(self: &Arc<Self>) {
+        let lease = Arc::downgrade(self);
+        let stopped = self.stopped.clone();
+        let task = tokio::spawn(async move {
+            let mut interval = tokio::time::interval(LEASE_RENEW);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stopped.cancelled() => return,
+                    _ = interval.tick() => {}
+                }
+                let Some(lease) = lease.upgrade() else { return };
+                if let Ok(false) = lease.claim().await {
+                    tracing::error!(
+                        "another running gateway uses this instance name with the same store: \
+                         sessions and connection counts of the two are mixed up; give each \
+                         instance its own gateway.instance"
+                    );
+                }
+            }
+        });
+        *self.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
+    }
+
+    /// Ends the renewal and waits for it.
+    async fn stop(&self) {
+        self.stopped.cancel();
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.stopped.cancel();
     }
 }
 
@@ -139,8 +332,13 @@ struct LinkInner {
     up: AtomicBool,
     /// True until the first answer or failure: start-up is not a recovery.
     first: AtomicBool,
-    /// Notified when Redis answers again after an outage.
-    recovered: Notify,
+    /// Counts the calls that found Redis unreachable: a call that succeeds ends an
+    /// outage only if none failed since it was issued.
+    failures: AtomicU64,
+    /// Counts the times Redis answered again after an outage (or first answered).
+    recoveries: watch::Sender<u64>,
+    /// When an error answer was last logged.
+    error_logged: Mutex<Option<Instant>>,
     metrics: Metrics,
 }
 
@@ -156,8 +354,7 @@ impl std::fmt::Debug for RedisLink {
 impl RedisLink {
     fn open(url: &str, metrics: Metrics) -> Result<Self, StoreError> {
         let shown = redact::url(url);
-        let client = redis::Client::open(url)
-            .map_err(|_| StoreError::Url("not a valid redis:// URL".into()))?;
+        let client = redis::Client::open(url).map_err(|_| StoreError::Url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CALL_TIMEOUT))
             .set_response_timeout(Some(CALL_TIMEOUT))
@@ -170,7 +367,9 @@ impl RedisLink {
             shown,
             up: AtomicBool::new(false),
             first: AtomicBool::new(true),
-            recovered: Notify::new(),
+            failures: AtomicU64::new(0),
+            recoveries: watch::Sender::new(0),
+            error_logged: Mutex::new(None),
             metrics,
         });
         tokio::spawn(probe(Arc::downgrade(&inner)));
@@ -193,27 +392,55 @@ impl RedisLink {
         self.inner.up.load(Ordering::Acquire)
     }
 
-    /// Runs one Redis call within [`CALL_TIMEOUT`], recording its outcome: a failure
-    /// starts an outage, a success ends one.
+    /// Runs one Redis call within [`CALL_TIMEOUT`], recording its outcome: not reaching
+    /// Redis starts an outage; an answer ends one, unless a call issued later found
+    /// Redis unreachable; an error answer is logged (at most every 10 s) and is no
+    /// outage.
     pub(crate) async fn call<T, F>(&self, call: F) -> Result<T, StoreError>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
+        let failures = self.inner.failures.load(Ordering::Acquire);
         let result = match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => Err(StoreError::Redis(err)),
             Err(_) => Err(StoreError::Timeout),
         };
         match &result {
-            Ok(_) => self.mark_ok(),
-            Err(err) => self.mark_failed(err),
+            Ok(_) => {
+                if self.inner.failures.load(Ordering::Acquire) == failures {
+                    self.mark_ok();
+                }
+            }
+            Err(err) if err.is_outage() => self.mark_failed(err),
+            Err(err) => self.log_error(err),
         }
         result
+    }
+
+    /// Logs an error answer, at most once every [`ERROR_LOG_EVERY`].
+    fn log_error(&self, err: &StoreError) {
+        let mut logged = self
+            .inner
+            .error_logged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if logged.is_some_and(|at| at.elapsed() < ERROR_LOG_EVERY) {
+            return;
+        }
+        *logged = Some(Instant::now());
+        tracing::warn!(
+            redis = %self.inner.shown,
+            %err,
+            "the shared store answered with an error: this decision was made in this \
+             instance's memory"
+        );
     }
 
     /// Records that Redis did not answer: the first failure of an outage logs a warning
     /// and sets `mcpmux_store_up` to 0.
     pub(crate) fn mark_failed(&self, err: &StoreError) {
+        self.inner.failures.fetch_add(1, Ordering::AcqRel);
         let first = self.inner.first.swap(false, Ordering::AcqRel);
         if self.inner.up.swap(false, Ordering::AcqRel) || first {
             self.inner.metrics.store_up(false);
@@ -232,7 +459,7 @@ impl RedisLink {
         let first = self.inner.first.swap(false, Ordering::AcqRel);
         if !self.inner.up.swap(true, Ordering::AcqRel) {
             self.inner.metrics.store_up(true);
-            self.inner.recovered.notify_waiters();
+            self.inner.recoveries.send_modify(|n| *n += 1);
             if first {
                 tracing::info!(redis = %self.inner.shown, "connected to the shared store");
             } else {
@@ -244,9 +471,10 @@ impl RedisLink {
         }
     }
 
-    /// Resolves the next time Redis answers again after an outage (or first answers).
-    pub(crate) async fn recovered(&self) {
-        self.inner.recovered.notified().await;
+    /// A receiver that changes each time Redis answers again after an outage (or first
+    /// answers): no recovery is missed between two looks.
+    pub(crate) fn recoveries(&self) -> watch::Receiver<u64> {
+        self.inner.recoveries.subscribe()
     }
 
     /// Asks Redis for a `PING`, recording the outcome; true when it answered.

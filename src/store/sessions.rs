@@ -13,9 +13,9 @@
 //!   id, and whether it can move to another instance).
 //!
 //! Both expire `resumeWindowMs` after their last write; the owner refreshes them while
-//! the session lives. An instance is alive while `mcpmux:instance:{name}` exists: it
-//! renews that lease every [`LEASE_RENEW`]; a dead instance's lease expires after
-//! [`LEASE`], and its sessions may then be taken by another instance (an atomic Lua
+//! the session lives. An instance is alive while its lease `mcpmux:instance:{name}`
+//! exists (held and renewed by the store, [`super::LEASE`]); a dead instance's lease
+//! expires, and its sessions may then be taken by another instance (an atomic Lua
 //! script checks owner and lease and sets the new owner in one step).
 //!
 //! Ordering rule: a frame is in the store before the socket is given it (see
@@ -31,15 +31,9 @@ use axum::extract::ws::Utf8Bytes;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use super::{KEY_PREFIX, RedisLink, Store, StoreError};
 use crate::config::GatewayConfig;
-
-/// How long an instance counts as alive after its last renewal.
-pub const LEASE: Duration = Duration::from_secs(3);
-/// How often a live instance renews its lease.
-pub const LEASE_RENEW: Duration = Duration::from_secs(1);
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -234,9 +228,6 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
 
     /// Session `id` is over: everything stored of it goes.
     fn forget<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>>;
-
-    /// Renews this instance's lease (called every [`LEASE_RENEW`]).
-    fn renew_lease(&self) -> BoxFuture<'_, Result<(), SessionStoreError>>;
 }
 
 /// The default: sessions live in the memory of their instance only, and nothing is
@@ -287,9 +278,6 @@ impl SessionStore for MemorySessions {
     fn forget<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
         nothing(())
     }
-    fn renew_lease(&self) -> BoxFuture<'_, Result<(), SessionStoreError>> {
-        nothing(())
-    }
 }
 
 /// Takes a session: KEYS[1] its hash; ARGV[1] this instance, ARGV[2] the prefix of
@@ -318,22 +306,6 @@ pub fn open(store: &Store, config: &GatewayConfig) -> Arc<dyn SessionStore> {
             config.resume_max_frames,
         )),
         None => Arc::new(MemorySessions),
-    }
-}
-
-/// Renews this instance's lease every [`LEASE_RENEW`] until `shutdown`; a failure is
-/// an outage the store's link reports.
-pub async fn renew_lease(store: Arc<dyn SessionStore>, shutdown: CancellationToken) {
-    let mut interval = tokio::time::interval(LEASE_RENEW);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = interval.tick() => {}
-        }
-        if let Err(err) = store.renew_lease().await {
-            tracing::debug!(%err, "the instance lease was not renewed");
-        }
     }
 }
 
@@ -589,22 +561,6 @@ impl SessionStore for RedisSessions {
             delete.arg(self.session_key(id)).arg(self.frames_key(id));
             self.link
                 .call(delete.query_async::<()>(&mut connection))
-                .await
-                .map_err(Into::into)
-        })
-    }
-
-    fn renew_lease(&self) -> BoxFuture<'_, Result<(), SessionStoreError>> {
-        Box::pin(async move {
-            let mut connection = self.link.connection();
-            let mut renew = redis::cmd("SET");
-            renew
-                .arg(format!("{}{}", self.lease_prefix(), self.instance))
-                .arg("1")
-                .arg("PX")
-                .arg(u64::try_from(LEASE.as_millis()).unwrap_or(u64::MAX));
-            self.link
-                .call(renew.query_async::<()>(&mut connection))
                 .await
                 .map_err(Into::into)
         })

@@ -1,6 +1,7 @@
 //! The shared store: a gateway with `gateway.store.redis` pointing at a real
 //! redis-server shows whether Redis answers (`mcpmux_store_up`), through an outage and
-//! back; the binary logs each outage once, and never the Redis password.
+//! back; the binary logs each outage once, and never the Redis password; two running
+//! gateways cannot share an instance name.
 
 use mcpmux::Options;
 use mcpmux::metrics::Metrics;
@@ -117,4 +118,63 @@ async fn lines_of(binary: &Binary, needle: &str, count: usize) -> String {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn a_second_gateway_with_a_taken_instance_name_is_refused() {
+    let redis = RedisServer::start();
+    let (first, _) = gateway_on(&redis, "twin").await;
+    let settings = json!({"instance": "twin", "store": {"redis": redis.url()}});
+    let config = mcpmux::Config::parse(
+        &config(json!({"everything": everything()}), settings.clone()).to_string(),
+        "test config",
+        &|_| None,
+    )
+    .expect("config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let refused = mcpmux::Gateway::start_with(config, listener, Options::default()).await;
+    match refused {
+        Err(err) => {
+            let text = err.to_string();
+            assert!(
+                text.contains("instance name \"twin\"") && text.contains("gateway.instance"),
+                "{text}"
+            );
+        }
+        Ok(_) => panic!("a second gateway named twin started"),
+    }
+
+    // Once the first has left (its lease removed), the name is free at once.
+    first.shutdown().await;
+    let (again, _) = gateway_on(&redis, "twin").await;
+    again.shutdown().await;
+}
+
+#[test]
+fn check_config_shows_the_instance_and_the_store_without_its_password() {
+    const PASSWORD: &str = "check-pass-3307";
+    let settings = json!({
+        "instance": "checked-1",
+        "store": {"redis": format!("redis://:{PASSWORD}@127.0.0.1:6390/2")},
+    });
+    let dir = crate::binary::TempDir::new();
+    let path = dir.0.join("mcpmux.json");
+    let config = config(json!({"everything": everything()}), settings);
+    std::fs::write(&path, config.to_string()).expect("write config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mcpmux"))
+        .args(["check-config", path.to_str().expect("utf-8 path")])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("check-config runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("instance: checked-1"), "{text}");
+    assert!(
+        text.contains("store: redis://***@127.0.0.1:6390/2"),
+        "{text}"
+    );
+    assert!(!text.contains(PASSWORD), "{text}");
 }

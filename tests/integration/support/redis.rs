@@ -1,6 +1,6 @@
 //! A real `redis-server` on a free loopback port, for the tests of instances sharing a
 //! store: no persistence, its files in a temp dir, killed on drop. `stop` and `start`
-//! (or `restart`) make an outage on the same port.
+//! (or `restart`) make an outage on the same port; `pause` and `resume` a hung server.
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener};
@@ -69,9 +69,30 @@ impl RedisServer {
     /// Kills it (SIGKILL: an outage, not a shutdown) and waits for it to end.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A paused server dies of SIGKILL all the same.
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops it with SIGSTOP: its sockets stay open and nothing is answered (a hung
+    /// Redis, not a dead one).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} redis-server");
     }
 
     /// Starts it again on the same port, empty (nothing is persisted).
