@@ -34,7 +34,7 @@ use crate::protocol::{
 };
 use crate::registry::{Change, Server, StatusChange};
 use crate::store::sessions::{
-    Batch, KeptFrame, SessionMirror, SessionStore, StoredSession, UpstreamIds,
+    Batch, KeptFrame, SessionMirror, SessionStore, SessionStoreError, StoredSession, UpstreamIds,
 };
 use crate::upstream::UpstreamError;
 use crate::upstream::link::Link;
@@ -685,7 +685,9 @@ impl ClientSession {
                 true => store.release(&self.id).await,
                 false => store.forget(&self.id).await,
             };
-            if let Err(err) = done {
+            if let Err(SessionStoreError::NotOwner) = done {
+                tracing::debug!(session = %self.log_id(), "another instance owns the ended session; left to it");
+            } else if let Err(err) = done {
                 tracing::warn!(session = %self.log_id(), %err, "the session store did not take the end of a client session");
             }
         }
@@ -713,6 +715,8 @@ impl MirrorWriter {
         }
         let mut failing = false;
         let mut refresh = false;
+        // Another instance took the session over: nothing more is written.
+        let mut disowned = false;
         loop {
             let stopping = stop.is_cancelled();
             let frames = self.outbox.unstored(MIRROR_BATCH);
@@ -720,7 +724,12 @@ impl MirrorWriter {
             let changed =
                 !frames.is_empty() || !pending.upstreams.is_empty() || pending.acked.is_some();
             let mut failed = false;
-            if changed || refresh {
+            if disowned {
+                if let Some(last) = frames.last() {
+                    self.outbox.mark_stored(last.seq);
+                    continue;
+                }
+            } else if changed || refresh {
                 refresh = false;
                 let batch = Batch {
                     frames: &frames,
@@ -733,6 +742,12 @@ impl MirrorWriter {
                         tracing::info!("the session store takes this session's frames again");
                     }
                     Ok(()) => {}
+                    Err(SessionStoreError::NotOwner) => {
+                        disowned = true;
+                        tracing::info!(
+                            "another instance took this session over; its frames are no longer stored"
+                        );
+                    }
                     Err(err) => {
                         failed = true;
                         if !failing {

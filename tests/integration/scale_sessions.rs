@@ -336,3 +336,55 @@ async fn through_nginx_a_killed_owners_session_resumes_on_the_other_instance() {
         .await;
     drop(nginx);
 }
+
+/// One field of session `id`'s hash in Redis.
+async fn session_field(redis: &RedisServer, id: &str, field: &str) -> Option<String> {
+    let mut connection = redis.connection().await;
+    redis::cmd("HGET")
+        .arg(format!("mcpmux:session:{id}"))
+        .arg(field)
+        .query_async(&mut connection)
+        .await
+        .expect("HGET")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_writes_nothing_more_of_a_session_another_took() {
+    let redis = RedisServer::start();
+    let remote = RemoteEverything::start();
+    let mut a = gateway("inst-k", &redis, &remote);
+    let mut client = Client::connect(a.addr).await;
+    client.initialize("local").await;
+    let session = client.session_id();
+    let seq = session_field(&redis, &session, "seq").await;
+    assert!(seq.is_some(), "the session's frames are stored");
+    // Another instance takes the session over (as its take script would).
+    let mut connection = redis.connection().await;
+    let _: () = redis::cmd("HSET")
+        .arg(format!("mcpmux:session:{session}"))
+        .arg("owner")
+        .arg("inst-z")
+        .query_async(&mut connection)
+        .await
+        .expect("HSET");
+    // Frames made on the former owner still reach its socket, but not the store.
+    let echo = client
+        .call(
+            "local",
+            json!("late"),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"message": "late"}}),
+        )
+        .await;
+    assert!(echo["message"]["result"].is_object(), "{echo}");
+    assert_eq!(session_field(&redis, &session, "seq").await, seq);
+    // Nor does its drain release the session the other instance holds.
+    kill(a.child.id(), libc::SIGTERM);
+    let status = a.child.wait().expect("mcpmux exits");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        session_field(&redis, &session, "owner").await.as_deref(),
+        Some("inst-z")
+    );
+    assert_eq!(session_field(&redis, &session, "seq").await, seq);
+}
