@@ -729,7 +729,8 @@ impl MirrorWriter {
                     self.outbox.mark_stored(last.seq);
                     continue;
                 }
-            } else if changed || refresh {
+            } else if changed || refresh || stopping {
+                // The last write always carries `received`.
                 refresh = false;
                 let batch = Batch {
                     frames: &frames,

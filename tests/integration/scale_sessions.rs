@@ -388,3 +388,26 @@ async fn an_instance_writes_nothing_more_of_a_session_another_took() {
     );
     assert_eq!(session_field(&redis, &session, "seq").await, seq);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_stores_the_count_of_client_frames_read_last() {
+    let redis = RedisServer::start();
+    let remote = RemoteEverything::start();
+    let mut a = gateway("inst-l", &redis, &remote);
+    let (mut client, cut) = stream_then_cut(a.addr).await;
+    // Stored with the stream's last frame: every client frame sent so far.
+    let before: u64 = session_field(&redis, &cut.session, "received")
+        .await
+        .and_then(|v| v.parse().ok())
+        .expect("received stored");
+    // One more client frame, answered outside the sequence (nothing stored for it).
+    client.send(json!({"type": "ping"})).await;
+    client.wait_for("pong", |f| f["type"] == "pong").await;
+    kill(a.child.id(), libc::SIGTERM);
+    let status = a.child.wait().expect("mcpmux exits");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        session_field(&redis, &cut.session, "received").await,
+        Some((before + 1).to_string())
+    );
+}
