@@ -48,6 +48,8 @@ const REMOVAL_DRAIN: Duration = Duration::from_secs(2);
 
 /// The most frames written to the store in one batch.
 const MIRROR_BATCH: usize = 64;
+/// The shortest interval at which a session's keys are refreshed while idle.
+const MIN_IDLE_REFRESH: Duration = Duration::from_millis(100);
 /// Why a stdio server's upstream session is lost after its client session moved.
 pub const STOPPED_INSTANCE: &str = "the instance that ran it stopped";
 
@@ -184,7 +186,8 @@ impl ClientSession {
             outbox: self.link.outbox.clone(),
             mirror: mirror.clone(),
             key: self.grant.key_name().cloned(),
-            idle: self.context.config.resume_window / 3,
+            // Clamped: a tiny window must not make the refresh spin.
+            idle: (self.context.config.resume_window / 3).max(MIN_IDLE_REFRESH),
         };
         let stop = CancellationToken::new();
         let span = tracing::info_span!(parent: None, "store", session = %self.log_id());

@@ -561,7 +561,11 @@ impl SessionStore for RedisSessions {
             upstreams.sort_by(|a, b| a.0.cmp(&b.0));
             let stored = StoredSession {
                 key: fields.get("key").filter(|k| !k.is_empty()).cloned(),
-                last_seq: number("seq")?,
+                // The next seq follows it: the highest is refused as malformed.
+                last_seq: number("seq").and_then(|seq| match seq {
+                    u64::MAX => Err(SessionStoreError::Malformed("seq is out of range".into())),
+                    seq => Ok(seq),
+                })?,
                 received: number("received")?,
                 upstreams,
             };
@@ -631,10 +635,14 @@ pub fn contiguous(last_seq: u64, stored: u64, frames: &[KeptFrame]) -> bool {
         return false;
     }
     let expected = stored - last_seq;
+    // Checked: both come from outside (the client, the store) and may be hostile.
+    let Some(first) = last_seq.checked_add(1) else {
+        return expected == 0 && frames.is_empty();
+    };
     u64::try_from(frames.len()).is_ok_and(|n| n == expected)
         && frames
             .iter()
-            .zip(last_seq + 1..)
+            .zip(first..)
             .all(|(frame, seq)| frame.seq == seq)
 }
 
@@ -655,6 +663,9 @@ mod tests {
     fn only_every_frame_after_last_seq_is_a_resume() {
         assert!(contiguous(3, 6, &frames(&[4, 5, 6])));
         assert!(contiguous(6, 6, &frames(&[])));
+        // Hostile numbers from the store or the client answer, never overflow.
+        assert!(contiguous(u64::MAX, u64::MAX, &frames(&[])));
+        assert!(!contiguous(u64::MAX - 1, u64::MAX, &frames(&[])));
         assert!(contiguous(0, 0, &frames(&[])));
         // Trimmed at the front, a gap inside, missing at the end, a future last_seq.
         assert!(!contiguous(3, 6, &frames(&[5, 6])));
