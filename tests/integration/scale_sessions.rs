@@ -334,6 +334,11 @@ async fn through_nginx_a_killed_owners_session_resumes_on_the_other_instance() {
             Duration::from_secs(5),
         )
         .await;
+    // nginx logs the owner it routed by, never the session id.
+    let log = nginx.access_log();
+    let secret = cut.session.split_once('.').expect("instance.hex").1;
+    assert!(!log.contains(secret), "{log}");
+    assert!(log.contains(&format!("owner={owner}")), "{log}");
     drop(nginx);
 }
 
