@@ -277,13 +277,13 @@ impl Outbox {
     pub async fn push(&self, build: impl FnOnce(u64) -> String) -> Result<u64, Closed> {
         // With room, the slot is taken at once; only a producer that finds the queue full
         // registers to be woken (registering and unregistering costs two more locks).
-        let seq = match self.reserve() {
+        let seq = match self.reserve(true) {
             Some(reserved) => reserved?,
             None => loop {
                 let notified = self.writable.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                if let Some(reserved) = self.reserve() {
+                if let Some(reserved) = self.reserve(true) {
                     break reserved?;
                 }
                 notified.await;
@@ -300,13 +300,30 @@ impl Outbox {
         self.fill(seq, text)
     }
 
-    /// Reserves the next seq's slot if there is room: `None` when the producer must wait.
-    fn reserve(&self) -> Option<Result<u64, Closed>> {
+    /// Queues the frame `build(seq)` writes without waiting for room: for the few frames
+    /// a session taken over from the store queues before its socket's writer runs (the
+    /// replay alone may fill the queue). Still bounded by what the outbox keeps.
+    pub fn push_now(&self, build: impl FnOnce(u64) -> String) -> Result<u64, Closed> {
+        // Without the room check a reservation is always made (`None` never comes).
+        let seq = self.reserve(false).unwrap_or(Err(Closed))?;
+        let mut slot = Reserved {
+            outbox: self,
+            seq,
+            filled: false,
+        };
+        let text = Utf8Bytes::from(build(seq));
+        slot.filled = true;
+        self.fill(seq, text)
+    }
+
+    /// Reserves the next seq's slot if there is room (or `room` is not asked for): `None`
+    /// when the producer must wait.
+    fn reserve(&self, room: bool) -> Option<Result<u64, Closed>> {
         let mut state = self.lock();
         if state.closed {
             return Some(Err(Closed));
         }
-        if !state.detached && state.unsent_bytes >= self.limits.queue_bytes {
+        if room && !state.detached && state.unsent_bytes >= self.limits.queue_bytes {
             return None;
         }
         let seq = state.next_seq;

@@ -16,8 +16,11 @@
 //! session this instance does not hold goes to the store ([`take_from_store`]): if
 //! the session's owner is gone (its lease expired) or released it (a drain), this
 //! instance takes it, with every frame after `last_seq` (all of them or none), adopts
-//! its upstream sessions with remote servers and reports the others `lost`. An owner
-//! still alive keeps its session: the claimant gets a fresh one.
+//! its upstream sessions with remote servers and reports the others `lost`. A balancer
+//! fails over at once when an instance dies, before its lease lapses: a claim that
+//! finds the owner's lease alive asks again until the lease had time to lapse
+//! ([`OWNER_WAIT`]). An owner still alive after that keeps its session: the claimant
+//! gets a fresh one.
 //!
 //! A detached session's holder keeps it working: upstream calls go on, status changes
 //! are applied, and every frame produced is kept in the outbox (bounded by
@@ -40,9 +43,15 @@ use crate::outbox::Unresumable;
 use crate::registry::Change;
 use crate::session::ClientSession;
 use crate::store::sessions::{Ownership, SessionStoreError, contiguous};
+use crate::store::{LEASE, LEASE_RENEW};
 
 /// How long a claim waits for the session's owner to answer.
 const CLAIM_WAIT: Duration = Duration::from_secs(5);
+/// How long a claim from the store waits for the lease of the session's owner to lapse
+/// (a lease's life and one renewal more): an owner whose lease outlives it is alive.
+const OWNER_WAIT: Duration = LEASE.saturating_add(LEASE_RENEW);
+/// How often a claim from the store asks again while the owner's lease lives.
+const OWNER_POLL: Duration = Duration::from_millis(250);
 
 /// Why a resume was refused; the client gets a fresh session.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -92,14 +101,24 @@ pub async fn take_from_store(
         return Err((Refusal::Unknown, claimant));
     }
     let key = claimant.1.key_name().cloned();
-    match store.take(id, key.as_deref()).await {
-        Ok(Ownership::Taken) => {}
-        Ok(Ownership::Unknown) => return Err((Refusal::Unknown, claimant)),
-        Ok(Ownership::Elsewhere(owner)) => {
-            tracing::debug!(%owner, "resume of a session a live instance owns; leaving it alone");
-            return Err((Refusal::OwnedElsewhere, claimant));
+    // A killed owner's lease lives on for a while: ask again until it had time to lapse.
+    let give_up = tokio::time::Instant::now() + OWNER_WAIT;
+    loop {
+        match store.take(id, key.as_deref()).await {
+            Ok(Ownership::Taken) => break,
+            Ok(Ownership::Unknown) => return Err((Refusal::Unknown, claimant)),
+            Ok(Ownership::Elsewhere(owner)) => {
+                if tokio::time::Instant::now() >= give_up {
+                    tracing::debug!(%owner, "resume of a session a live instance owns; leaving it alone");
+                    return Err((Refusal::OwnedElsewhere, claimant));
+                }
+                tokio::select! {
+                    _ = context.shutdown.cancelled() => return Err((Refusal::Expired, claimant)),
+                    _ = tokio::time::sleep(OWNER_POLL) => {}
+                }
+            }
+            Err(err) => return Err((err.into(), claimant)),
         }
-        Err(err) => return Err((err.into(), claimant)),
     }
     let (stored, frames) = match store.read(id, last_seq).await {
         Ok(Some(read)) => read,

@@ -38,7 +38,7 @@ use crate::protocol::{
 };
 use crate::registry::{Change, Server, StatusChange};
 use crate::store::sessions::{
-    Batch, KeptFrame, SessionMirror, SessionStore, StoredSession, UpstreamIds,
+    Batch, KeptFrame, SessionMirror, SessionStore, SessionStoreError, StoredSession, UpstreamIds,
 };
 use crate::upstream::UpstreamError;
 use crate::upstream::link::Link;
@@ -52,6 +52,8 @@ const REMOVAL_DRAIN: Duration = Duration::from_secs(2);
 
 /// The most frames written to the store in one batch.
 const MIRROR_BATCH: usize = 64;
+/// The shortest interval at which a session's keys are refreshed while idle.
+const MIN_IDLE_REFRESH: Duration = Duration::from_millis(100);
 /// Why a stdio server's upstream session is lost after its client session moved.
 pub const STOPPED_INSTANCE: &str = "the instance that ran it stopped";
 
@@ -192,7 +194,8 @@ impl ClientSession {
             outbox: self.link.outbox.clone(),
             mirror: mirror.clone(),
             key: self.grant.key_name().cloned(),
-            idle: self.context.config.resume_window / 3,
+            // Clamped: a tiny window must not make the refresh spin.
+            idle: (self.context.config.resume_window / 3).max(MIN_IDLE_REFRESH),
         };
         let stop = CancellationToken::new();
         let span = tracing::info_span!(parent: None, "store", session = %self.log_id());
@@ -224,9 +227,9 @@ impl ClientSession {
                     if let Some(mirror) = &self.mirror {
                         mirror.upstream_changed(&server, None);
                     }
+                    // No writer runs yet and the replay may fill the queue: never wait.
                     self.link
-                        .push_session(&server, SessionState::Lost, Some(STOPPED_INSTANCE))
-                        .await;
+                        .push_session_now(&server, SessionState::Lost, Some(STOPPED_INSTANCE));
                 }
             }
         }
@@ -697,7 +700,9 @@ impl ClientSession {
                 true => store.release(&self.id).await,
                 false => store.forget(&self.id).await,
             };
-            if let Err(err) = done {
+            if let Err(SessionStoreError::NotOwner) = done {
+                tracing::debug!(session = %self.log_id(), "another instance owns the ended session; left to it");
+            } else if let Err(err) = done {
                 tracing::warn!(session = %self.log_id(), %err, "the session store did not take the end of a client session");
             }
         }
@@ -725,6 +730,8 @@ impl MirrorWriter {
         }
         let mut failing = false;
         let mut refresh = false;
+        // Another instance took the session over: nothing more is written.
+        let mut disowned = false;
         loop {
             let stopping = stop.is_cancelled();
             let frames = self.outbox.unstored(MIRROR_BATCH);
@@ -732,7 +739,13 @@ impl MirrorWriter {
             let changed =
                 !frames.is_empty() || !pending.upstreams.is_empty() || pending.acked.is_some();
             let mut failed = false;
-            if changed || refresh {
+            if disowned {
+                if let Some(last) = frames.last() {
+                    self.outbox.mark_stored(last.seq);
+                    continue;
+                }
+            } else if changed || refresh || stopping {
+                // The last write always carries `received`.
                 refresh = false;
                 let batch = Batch {
                     frames: &frames,
@@ -745,6 +758,12 @@ impl MirrorWriter {
                         tracing::info!("the session store takes this session's frames again");
                     }
                     Ok(()) => {}
+                    Err(SessionStoreError::NotOwner) => {
+                        disowned = true;
+                        tracing::info!(
+                            "another instance took this session over; its frames are no longer stored"
+                        );
+                    }
                     Err(err) => {
                         failed = true;
                         if !failing {

@@ -44,6 +44,10 @@ pub enum SessionStoreError {
     /// What the store holds is not what this gateway writes.
     #[error("the session store holds a malformed record: {0}")]
     Malformed(String),
+    /// Another instance owns the session now (it took it over): this one writes no more
+    /// of it.
+    #[error("another instance owns the session now")]
+    NotOwner,
 }
 
 /// One kept frame.
@@ -296,6 +300,55 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {2}
 ";
 
+/// Appends a batch, only while this instance owns the session: KEYS[1] its hash,
+/// KEYS[2] its stream; ARGV[1] this instance, ARGV[2] the expiry (ms), ARGV[3] the
+/// stream's approximate cap, ARGV[4] `received`, ARGV[5] the lowest id to keep (empty:
+/// no trim), ARGV[6] the number of frames n, then n pairs (seq, frame), then pairs
+/// (upstream field, ids as JSON; empty: removed). Returns 0 (not the owner) or 1.
+const APPEND_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+local n = tonumber(ARGV[6])
+local i = 7
+for _ = 1, n do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], ARGV[i] .. '-1', 'f', ARGV[i + 1])
+  i = i + 2
+end
+if n > 0 then redis.call('HSET', KEYS[1], 'seq', ARGV[i - 2]) end
+while i < #ARGV do
+  if ARGV[i + 1] == '' then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+  i = i + 2
+end
+if ARGV[5] ~= '' then redis.call('XTRIM', KEYS[2], 'MINID', ARGV[5]) end
+redis.call('HSET', KEYS[1], 'received', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+";
+
+/// Releases a session (a drain), only while this instance owns it: KEYS[1] its hash,
+/// KEYS[2] its stream; ARGV[1] this instance, ARGV[2] the expiry (ms). Returns 0 (not
+/// the owner) or 1.
+const RELEASE_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'owner', '')
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+";
+
+/// Forgets a session, unless another instance owns it: KEYS[1] its hash, KEYS[2] its
+/// stream; ARGV[1] this instance. Returns 0 (another owner) or 1.
+const FORGET_SCRIPT: &str = r"
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner and owner ~= '' and owner ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+";
+
 /// The session store `store` calls for: Redis when configured, else memory only.
 pub fn open(store: &Store, config: &GatewayConfig) -> Arc<dyn SessionStore> {
     match store.redis() {
@@ -321,6 +374,9 @@ pub struct RedisSessions {
     /// `resumeMaxFrames`: the approximate cap of a session's stream.
     max_frames: usize,
     take: redis::Script,
+    append: redis::Script,
+    release: redis::Script,
+    forget: redis::Script,
 }
 
 impl fmt::Debug for RedisSessions {
@@ -341,6 +397,9 @@ impl RedisSessions {
             window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1),
             max_frames: max_frames.max(1),
             take: redis::Script::new(TAKE_SCRIPT),
+            append: redis::Script::new(APPEND_SCRIPT),
+            release: redis::Script::new(RELEASE_SCRIPT),
+            forget: redis::Script::new(FORGET_SCRIPT),
         }
     }
 
@@ -394,54 +453,39 @@ impl SessionStore for RedisSessions {
     ) -> BoxFuture<'a, Result<(), SessionStoreError>> {
         Box::pin(async move {
             let mut connection = self.link.connection();
-            let hash = self.session_key(id);
-            let stream = self.frames_key(id);
-            let mut pipe = redis::pipe();
-            pipe.atomic();
+            let mut invocation = self.append.key(self.session_key(id));
+            invocation.key(self.frames_key(id));
+            invocation
+                .arg(&*self.instance)
+                .arg(self.window_ms)
+                .arg(self.max_frames)
+                .arg(batch.received);
+            match batch.pending.acked {
+                Some(acked) => invocation.arg(format!("{}-0", acked.saturating_add(1))),
+                None => invocation.arg(""),
+            };
+            invocation.arg(batch.frames.len());
             for frame in batch.frames {
-                pipe.cmd("XADD")
-                    .arg(&stream)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(self.max_frames)
-                    .arg(format!("{}-1", frame.seq))
-                    .arg("f")
-                    .arg(frame.text.as_bytes())
-                    .ignore();
-            }
-            if let Some(last) = batch.frames.last() {
-                pipe.hset(&hash, "seq", last.seq).ignore();
-                pipe.pexpire(&stream, self.window_ms as i64).ignore();
+                invocation.arg(frame.seq).arg(frame.text.as_bytes());
             }
             for (server, ids) in &batch.pending.upstreams {
-                let field = format!("{UPSTREAM_FIELD}{server}");
+                invocation.arg(format!("{UPSTREAM_FIELD}{server}"));
                 match ids {
                     Some(ids) => {
                         let json = serde_json::to_string(ids)
                             .map_err(|e| SessionStoreError::Malformed(e.to_string()))?;
-                        pipe.hset(&hash, field, json).ignore();
+                        invocation.arg(json);
                     }
                     None => {
-                        pipe.hdel(&hash, field).ignore();
+                        invocation.arg("");
                     }
                 }
             }
-            if let Some(acked) = batch.pending.acked {
-                pipe.cmd("XTRIM")
-                    .arg(&stream)
-                    .arg("MINID")
-                    .arg(format!("{}-0", acked.saturating_add(1)))
-                    .ignore();
-            }
-            pipe.hset(&hash, "received", batch.received).ignore();
-            pipe.pexpire(&hash, self.window_ms as i64).ignore();
-            if batch.frames.is_empty() {
-                pipe.pexpire(&stream, self.window_ms as i64).ignore();
-            }
-            self.link
-                .call(pipe.query_async::<()>(&mut connection))
-                .await
-                .map_err(Into::into)
+            owned(
+                self.link
+                    .call(invocation.invoke_async(&mut connection))
+                    .await?,
+            )
         })
     }
 
@@ -517,7 +561,11 @@ impl SessionStore for RedisSessions {
             upstreams.sort_by(|a, b| a.0.cmp(&b.0));
             let stored = StoredSession {
                 key: fields.get("key").filter(|k| !k.is_empty()).cloned(),
-                last_seq: number("seq")?,
+                // The next seq follows it: the highest is refused as malformed.
+                last_seq: number("seq").and_then(|seq| match seq {
+                    u64::MAX => Err(SessionStoreError::Malformed("seq is out of range".into())),
+                    seq => Ok(seq),
+                })?,
                 received: number("received")?,
                 upstreams,
             };
@@ -545,25 +593,38 @@ impl SessionStore for RedisSessions {
     fn release<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
         Box::pin(async move {
             let mut connection = self.link.connection();
-            let mut release = redis::cmd("HSET");
-            release.arg(self.session_key(id)).arg("owner").arg("");
-            self.link
-                .call(release.query_async::<()>(&mut connection))
-                .await
-                .map_err(Into::into)
+            let mut invocation = self.release.key(self.session_key(id));
+            invocation
+                .key(self.frames_key(id))
+                .arg(&*self.instance)
+                .arg(self.window_ms);
+            owned(
+                self.link
+                    .call(invocation.invoke_async(&mut connection))
+                    .await?,
+            )
         })
     }
 
     fn forget<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
         Box::pin(async move {
             let mut connection = self.link.connection();
-            let mut delete = redis::cmd("DEL");
-            delete.arg(self.session_key(id)).arg(self.frames_key(id));
-            self.link
-                .call(delete.query_async::<()>(&mut connection))
-                .await
-                .map_err(Into::into)
+            let mut invocation = self.forget.key(self.session_key(id));
+            invocation.key(self.frames_key(id)).arg(&*self.instance);
+            owned(
+                self.link
+                    .call(invocation.invoke_async(&mut connection))
+                    .await?,
+            )
         })
+    }
+}
+
+/// The answer of a fenced script: 0 when another instance owns the session.
+fn owned(answer: i64) -> Result<(), SessionStoreError> {
+    match answer {
+        0 => Err(SessionStoreError::NotOwner),
+        _ => Ok(()),
     }
 }
 
@@ -574,10 +635,14 @@ pub fn contiguous(last_seq: u64, stored: u64, frames: &[KeptFrame]) -> bool {
         return false;
     }
     let expected = stored - last_seq;
+    // Checked: both come from outside (the client, the store) and may be hostile.
+    let Some(first) = last_seq.checked_add(1) else {
+        return expected == 0 && frames.is_empty();
+    };
     u64::try_from(frames.len()).is_ok_and(|n| n == expected)
         && frames
             .iter()
-            .zip(last_seq + 1..)
+            .zip(first..)
             .all(|(frame, seq)| frame.seq == seq)
 }
 
@@ -598,6 +663,9 @@ mod tests {
     fn only_every_frame_after_last_seq_is_a_resume() {
         assert!(contiguous(3, 6, &frames(&[4, 5, 6])));
         assert!(contiguous(6, 6, &frames(&[])));
+        // Hostile numbers from the store or the client answer, never overflow.
+        assert!(contiguous(u64::MAX, u64::MAX, &frames(&[])));
+        assert!(!contiguous(u64::MAX - 1, u64::MAX, &frames(&[])));
         assert!(contiguous(0, 0, &frames(&[])));
         // Trimmed at the front, a gap inside, missing at the end, a future last_seq.
         assert!(!contiguous(3, 6, &frames(&[5, 6])));

@@ -75,6 +75,22 @@ impl Link {
         self.outbox.push(frame).await.is_ok()
     }
 
+    /// Queues a `session` frame without waiting for room in the socket's queue (see
+    /// [`Outbox::push_now`]).
+    pub fn push_session_now(&self, server: &str, state: SessionState, reason: Option<&str>) {
+        let frame = |seq| {
+            GatewayFrame::Session {
+                server,
+                seq,
+                state,
+                reason,
+            }
+            .encode()
+        };
+        // Closed: the session is ending; nobody is left to tell.
+        let _ = self.outbox.push_now(frame);
+    }
+
     /// Queues an `error` frame.
     pub async fn push_error(
         &self,

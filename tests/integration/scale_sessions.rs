@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -87,11 +87,24 @@ impl Drop for RemoteEverything {
 }
 
 fn gateway(instance: &str, redis: &RedisServer, remote: &RemoteEverything) -> Binary {
+    gateway_with(instance, redis, remote, json!({}))
+}
+
+/// As [`gateway`], with more gateway settings.
+fn gateway_with(
+    instance: &str,
+    redis: &RedisServer,
+    remote: &RemoteEverything,
+    settings: Value,
+) -> Binary {
     let servers = json!({
         "remote": {"url": remote.url()},
         "local": everything(),
     });
-    let gateway = json!({"instance": instance, "store": {"redis": redis.url()}});
+    let mut gateway = json!({"instance": instance, "store": {"redis": redis.url()}});
+    if let (Some(base), Some(extra)) = (gateway.as_object_mut(), settings.as_object()) {
+        base.extend(extra.clone());
+    }
     Binary::launch(
         &config(servers, gateway),
         Launch {
@@ -99,28 +112,6 @@ fn gateway(instance: &str, redis: &RedisServer, remote: &RemoteEverything) -> Bi
             ..Launch::default()
         },
     )
-}
-
-/// Waits until instance `name`'s lease in Redis has expired (it was killed).
-async fn lease_expired(redis: &RedisServer, name: &str) {
-    let mut connection = redis.connection().await;
-    let key = format!("mcpmux:instance:{name}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(&key)
-            .query_async(&mut connection)
-            .await
-            .expect("EXISTS");
-        if !exists {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the lease of {name} never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// What the client had when its instance went away: its session, the seq it resumes
@@ -235,7 +226,24 @@ async fn a_session_whose_instance_was_killed_resumes_on_another_with_every_frame
     let (client, cut) = stream_then_cut(a.addr).await;
     kill(a.child.id(), libc::SIGKILL);
     drop(client);
-    lease_expired(&redis, "inst-a").await;
+    // At once, as a balancer fails over: the dead owner's lease is still alive.
+    resume_elsewhere(&format!("ws://{}/ws", b.addr), &cut, &remote).await;
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_larger_than_the_socket_queue_is_taken_over_whole() {
+    let redis = RedisServer::start();
+    let remote = RemoteEverything::start();
+    // The 15 missed frames alone are several times the queue's size.
+    let small = json!({"outboundQueueBytes": 256});
+    let a = gateway_with("inst-i", &redis, &remote, small.clone());
+    let b = gateway_with("inst-j", &redis, &remote, small);
+    let (client, cut) = stream_then_cut(a.addr).await;
+    let replay: usize = cut.missed.iter().map(|f| f.to_string().len()).sum();
+    assert!(replay > 256, "replay of {replay} bytes");
+    kill(a.child.id(), libc::SIGKILL);
+    drop(client);
     resume_elsewhere(&format!("ws://{}/ws", b.addr), &cut, &remote).await;
     drop(b);
 }
@@ -281,7 +289,14 @@ async fn a_resume_sent_to_another_instance_leaves_a_live_owner_alone() {
         )
         .await;
     assert!(echo["message"]["result"].is_object(), "{echo}");
-    let _: Value = echo;
+    let mut connection = redis.connection().await;
+    let owner_now: String = redis::cmd("HGET")
+        .arg(format!("mcpmux:session:{session}"))
+        .arg("owner")
+        .query_async(&mut connection)
+        .await
+        .expect("HGET");
+    assert_eq!(owner_now, "inst-e", "the store still names the live owner");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,7 +324,6 @@ async fn through_nginx_a_killed_owners_session_resumes_on_the_other_instance() {
     assert!(["inst-g", "inst-h"].contains(&owner.as_str()), "{owner}");
     kill(gateways[killed].child.id(), libc::SIGKILL);
     drop(client);
-    lease_expired(&redis, &owner).await;
     // The resume names its session in the URL: nginx tries the dead owner first, then
     // the other instance, which takes the session over.
     resume_elsewhere(&nginx.ws_url(Some(&cut.session)), &cut, &remote).await;
@@ -320,5 +334,85 @@ async fn through_nginx_a_killed_owners_session_resumes_on_the_other_instance() {
             Duration::from_secs(5),
         )
         .await;
+    // nginx logs the owner it routed by, never the session id.
+    let log = nginx.access_log();
+    let secret = cut.session.split_once('.').expect("instance.hex").1;
+    assert!(!log.contains(secret), "{log}");
+    assert!(log.contains(&format!("owner={owner}")), "{log}");
     drop(nginx);
+}
+
+/// One field of session `id`'s hash in Redis.
+async fn session_field(redis: &RedisServer, id: &str, field: &str) -> Option<String> {
+    let mut connection = redis.connection().await;
+    redis::cmd("HGET")
+        .arg(format!("mcpmux:session:{id}"))
+        .arg(field)
+        .query_async(&mut connection)
+        .await
+        .expect("HGET")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_writes_nothing_more_of_a_session_another_took() {
+    let redis = RedisServer::start();
+    let remote = RemoteEverything::start();
+    let mut a = gateway("inst-k", &redis, &remote);
+    let mut client = Client::connect(a.addr).await;
+    client.initialize("local").await;
+    let session = client.session_id();
+    let seq = session_field(&redis, &session, "seq").await;
+    assert!(seq.is_some(), "the session's frames are stored");
+    // Another instance takes the session over (as its take script would).
+    let mut connection = redis.connection().await;
+    let _: () = redis::cmd("HSET")
+        .arg(format!("mcpmux:session:{session}"))
+        .arg("owner")
+        .arg("inst-z")
+        .query_async(&mut connection)
+        .await
+        .expect("HSET");
+    // Frames made on the former owner still reach its socket, but not the store.
+    let echo = client
+        .call(
+            "local",
+            json!("late"),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"message": "late"}}),
+        )
+        .await;
+    assert!(echo["message"]["result"].is_object(), "{echo}");
+    assert_eq!(session_field(&redis, &session, "seq").await, seq);
+    // Nor does its drain release the session the other instance holds.
+    kill(a.child.id(), libc::SIGTERM);
+    let status = a.child.wait().expect("mcpmux exits");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        session_field(&redis, &session, "owner").await.as_deref(),
+        Some("inst-z")
+    );
+    assert_eq!(session_field(&redis, &session, "seq").await, seq);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_stores_the_count_of_client_frames_read_last() {
+    let redis = RedisServer::start();
+    let remote = RemoteEverything::start();
+    let mut a = gateway("inst-l", &redis, &remote);
+    let (mut client, cut) = stream_then_cut(a.addr).await;
+    // Stored with the stream's last frame: every client frame sent so far.
+    let before: u64 = session_field(&redis, &cut.session, "received")
+        .await
+        .and_then(|v| v.parse().ok())
+        .expect("received stored");
+    // One more client frame, answered outside the sequence (nothing stored for it).
+    client.send(json!({"type": "ping"})).await;
+    client.wait_for("pong", |f| f["type"] == "pong").await;
+    kill(a.child.id(), libc::SIGTERM);
+    let status = a.child.wait().expect("mcpmux exits");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        session_field(&redis, &cut.session, "received").await,
+        Some((before + 1).to_string())
+    );
 }

@@ -119,13 +119,13 @@ impl Nginx {
              worker_processes 1;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n\
-             access_log {prefix}/access.log;\n\
              client_body_temp_path {prefix}/body;\n\
              proxy_temp_path {prefix}/proxy;\n\
              fastcgi_temp_path {prefix}/fastcgi;\n\
              uwsgi_temp_path {prefix}/uwsgi;\n\
              scgi_temp_path {prefix}/scgi;\n\
              include {prefix}/mcpmux.conf;\n\
+             access_log {prefix}/access.log mcpmux;\n\
              }}\n"
         );
         let conf = dir.0.join("nginx.conf");
@@ -184,6 +184,11 @@ impl Nginx {
             Some(id) => format!("ws://{}/ws?session={id}", self.addr),
             None => format!("ws://{}/ws", self.addr),
         }
+    }
+
+    /// Its access log so far.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("access.log")).unwrap_or_default()
     }
 
     /// Its error log so far (for a failing test's message).
