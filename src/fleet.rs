@@ -127,8 +127,10 @@ impl Fleet {
     }
 
     /// Fails if `config` could not be served as `name` (a remote server's URL or
-    /// headers that no request could carry); changes nothing.
+    /// headers that no request could carry) or the fleet is stopping; changes nothing.
     pub fn check(&self, name: &str, config: &ServerConfig) -> Result<(), FleetError> {
+        // A change checked after shutdown began would be written but never applied.
+        self.refuse_when_stopped()?;
         match config {
             ServerConfig::Stdio(_) => Ok(()),
             ServerConfig::Remote(remote) => remote_endpoint(name, remote, &self.http, 0).map(drop),
