@@ -46,6 +46,13 @@ pub fn with_server(text: &str, name: &str, entry: Option<Value>) -> Result<Strin
     Ok(edited)
 }
 
+/// The entry of server `name` as written in `text` (`${VAR}` references and all).
+pub fn entry_as_written(text: &str, name: &str) -> Option<Value> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let root: Value = serde_json::from_str(text).ok()?;
+    root.get("mcpServers")?.get(name).cloned()
+}
+
 /// Reads the file at `path`.
 pub fn read(path: &Path) -> Result<String, EditError> {
     std::fs::read_to_string(path).map_err(|source| io_error(path, source))

@@ -233,10 +233,13 @@ impl Reloader {
         let mut current = self.current.lock().await;
         let text = edit::read_off_thread(path).await?;
         Config::from_file_text(&text, path).map_err(ReloadError::FileInvalid)?;
+        let as_written = edit::entry_as_written(&text, name) == entry;
         let edited = edit::with_server(&text, name, entry)?;
         let config = Config::from_file_text(&edited, path)?;
         let plan = self.plan(&current, config)?;
-        if plan.is_empty() {
+        // An entry that means the same but is written otherwise (a `${VAR}` for its
+        // value, say) changes nothing running, but the file keeps it as written.
+        if plan.is_empty() && as_written {
             return Ok(Outcome::default());
         }
         edit::write_off_thread(path, edited.clone()).await?;
@@ -648,5 +651,29 @@ mod tests {
         let outcome = s.reloader.edit_server("a", Some(remote(1))).await.unwrap();
         assert!(outcome.is_empty(), "{outcome:?}");
         assert_eq!(std::fs::read_to_string(&s.path).unwrap(), text, "untouched");
+    }
+
+    #[tokio::test]
+    async fn an_entry_written_otherwise_is_kept_as_written() {
+        let home = std::env::var("HOME").expect("HOME is set");
+        let entry = |value: &str| serde_json::json!({"url": "http://127.0.0.1:1/mcp", "headers": {"X-Home": value}});
+        let text = file(
+            serde_json::json!({"a": entry(&home)}),
+            serde_json::json!({}),
+        );
+        let s = setup("as-written", &text, "127.0.0.1:7300");
+        let outcome = s
+            .reloader
+            .edit_server("a", Some(entry("${HOME}")))
+            .await
+            .unwrap();
+        assert!(outcome.is_empty(), "nothing running changes: {outcome:?}");
+        let written: Value =
+            serde_json::from_str(&std::fs::read_to_string(&s.path).unwrap()).unwrap();
+        assert_eq!(
+            written["mcpServers"]["a"],
+            entry("${HOME}"),
+            "kept as written"
+        );
     }
 }
