@@ -290,14 +290,7 @@ impl Outbox {
             },
         };
         // Nothing is awaited from here until the frame is in its slot.
-        let mut slot = Reserved {
-            outbox: self,
-            seq,
-            filled: false,
-        };
-        let text = Utf8Bytes::from(build(seq));
-        slot.filled = true;
-        self.fill(seq, text)
+        self.build_into(seq, build)
     }
 
     /// Queues the frame `build(seq)` writes without waiting for room: for the few frames
@@ -306,6 +299,12 @@ impl Outbox {
     pub fn push_now(&self, build: impl FnOnce(u64) -> String) -> Result<u64, Closed> {
         // Without the room check a reservation is always made (`None` never comes).
         let seq = self.reserve(false).unwrap_or(Err(Closed))?;
+        self.build_into(seq, build)
+    }
+
+    /// Builds the frame of the reserved slot `seq` and puts it there; a build that
+    /// panics breaks the outbox (see [`Reserved`]).
+    fn build_into(&self, seq: u64, build: impl FnOnce(u64) -> String) -> Result<u64, Closed> {
         let mut slot = Reserved {
             outbox: self,
             seq,

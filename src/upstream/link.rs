@@ -63,30 +63,14 @@ impl Link {
         state: SessionState,
         reason: Option<&str>,
     ) -> bool {
-        let frame = |seq| {
-            GatewayFrame::Session {
-                server,
-                seq,
-                state,
-                reason,
-            }
-            .encode()
-        };
+        let frame = session_frame(server, state, reason);
         self.outbox.push(frame).await.is_ok()
     }
 
     /// Queues a `session` frame without waiting for room in the socket's queue (see
     /// [`Outbox::push_now`]).
     pub fn push_session_now(&self, server: &str, state: SessionState, reason: Option<&str>) {
-        let frame = |seq| {
-            GatewayFrame::Session {
-                server,
-                seq,
-                state,
-                reason,
-            }
-            .encode()
-        };
+        let frame = session_frame(server, state, reason);
         // Closed: the session is ending; nobody is left to tell.
         let _ = self.outbox.push_now(frame);
     }
@@ -133,5 +117,22 @@ impl Link {
                     .await
             }
         }
+    }
+}
+
+/// The `session` frame for `server`, built once its seq is known.
+fn session_frame<'a>(
+    server: &'a str,
+    state: SessionState,
+    reason: Option<&'a str>,
+) -> impl FnOnce(u64) -> String + 'a {
+    move |seq| {
+        GatewayFrame::Session {
+            server,
+            seq,
+            state,
+            reason,
+        }
+        .encode()
     }
 }
