@@ -143,24 +143,11 @@ impl Fleet {
             return self.replace(name, config);
         }
         self.check(name, &config)?;
-        self.refuse_when_stopped()?;
         let server = self
             .registry
             .add(name, ServerStatus::new(ServerState::Starting));
         let (owner, status) = server.take_over(|_| {});
-        let supervisor = self.serve(&server, owner, &config, None)?;
-        self.running.insert(
-            name.to_owned(),
-            Running {
-                server: server.clone(),
-                config,
-                supervisor,
-            },
-        );
-        Ok(Starting {
-            server,
-            starts: status.starts,
-        })
+        self.start(name, server, (owner, status), config, None)
     }
 
     /// Restarts server `name` with `config`: its upstream sessions are lost, its clients
@@ -170,7 +157,6 @@ impl Fleet {
             return self.add(name, config);
         }
         self.check(name, &config)?;
-        self.refuse_when_stopped()?;
         let Some(running) = self.running.remove(name) else {
             return Err(FleetError::Unknown(name.to_owned()));
         };
@@ -186,6 +172,19 @@ impl Fleet {
             old.stop.cancel();
             old.task
         });
+        self.start(name, server, (owner, status), config, previous)
+    }
+
+    /// Serves `server` with `config` under the ownership just taken of its status (after
+    /// the supervisor task `previous` ended), and records it as running.
+    fn start(
+        &mut self,
+        name: &str,
+        server: Arc<Server>,
+        (owner, status): (u64, ServerStatus),
+        config: ServerConfig,
+        previous: Option<JoinHandle<()>>,
+    ) -> Result<Starting, FleetError> {
         let supervisor = self.serve(&server, owner, &config, previous)?;
         self.running.insert(
             name.to_owned(),
@@ -358,7 +357,7 @@ fn remote_endpoint(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Secret;
 
@@ -393,9 +392,9 @@ mod tests {
         assert!(endpoint.headers.values().all(HeaderValue::is_sensitive));
     }
 
-    fn fleet() -> (Arc<Registry>, Fleet) {
-        let registry = Arc::new(Registry::new());
-        let supervision = SupervisorConfig {
+    /// Supervision for unit tests: `true` stands in for mcp-proxy, short timeouts.
+    pub(crate) fn supervision() -> SupervisorConfig {
+        SupervisorConfig {
             mcp_proxy: vec!["true".into()],
             start_timeout: Duration::from_secs(1),
             stop_grace: Duration::from_secs(1),
@@ -403,8 +402,12 @@ mod tests {
             backoff_max: Duration::from_secs(1),
             guard: None,
             metrics: crate::metrics::Metrics::new(),
-        };
-        let fleet = Fleet::new(registry.clone(), supervision, reqwest::Client::new());
+        }
+    }
+
+    fn fleet() -> (Arc<Registry>, Fleet) {
+        let registry = Arc::new(Registry::new());
+        let fleet = Fleet::new(registry.clone(), supervision(), reqwest::Client::new());
         (registry, fleet)
     }
 

@@ -450,15 +450,7 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let config = Config::load(&path).unwrap();
         let registry = Arc::new(Registry::new());
-        let supervision = SupervisorConfig {
-            mcp_proxy: vec!["true".into()],
-            start_timeout: Duration::from_secs(1),
-            stop_grace: Duration::from_secs(1),
-            backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(1),
-            guard: None,
-            metrics: crate::metrics::Metrics::new(),
-        };
+        let supervision = crate::fleet::tests::supervision();
         let mut fleet = Fleet::new(registry.clone(), supervision, reqwest::Client::new());
         for (name, entry) in &config.servers {
             fleet.add(name, entry.clone()).unwrap();
