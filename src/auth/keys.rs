@@ -431,10 +431,10 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_reloaded_key_keeps_its_counts_unless_it_changed() {
+    /// Key `name` (secret `aaaa…`, every server) at one message a second, burst 1.
+    fn one_per_second(name: &str) -> ApiKeyConfig {
         let mut limited = config(
-            "a",
+            name,
             KeyMaterial::Plain(Secret::new("aaaaaaaaaaaaaaaaaaaa")),
             ServerGrant::All,
         );
@@ -445,6 +445,12 @@ mod tests {
             }),
             servers: Default::default(),
         });
+        limited
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reloaded_key_keeps_its_counts_unless_it_changed() {
+        let limited = one_per_second("a");
         let before = KeyRing::new(std::slice::from_ref(&limited), &store());
         let key = before.find(b"aaaaaaaaaaaaaaaaaaaa").unwrap();
         let slot = key.open_connection().await.unwrap();
@@ -478,18 +484,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn rate_limits_are_per_key() {
-        let mut limited = config(
-            "a",
-            KeyMaterial::Plain(Secret::new("aaaaaaaaaaaaaaaaaaaa")),
-            ServerGrant::All,
-        );
-        limited.rate_limit = Some(RateLimitConfig {
-            overall: Some(Rate {
-                per_second: 1.0,
-                burst: 1,
-            }),
-            servers: Default::default(),
-        });
+        let limited = one_per_second("a");
         let key = ApiKey::new(&limited, &store());
         assert!(key.check_rate("x").await.is_ok());
         assert!(key.check_rate("x").await.is_err());
