@@ -563,6 +563,10 @@ impl ClientSession {
     /// follows about a server added again comes after it. Bounded by `REMOVAL_DRAIN`
     /// (the task's own wait) plus room in the outbox.
     async fn after_removal(&mut self, server: &str) {
+        // The common case, on every frame: nothing pending, not even a hash to take.
+        if self.removals.is_empty() {
+            return;
+        }
         if let Some(removal) = self.removals.remove(server) {
             let _ = removal.await;
         }
