@@ -39,6 +39,7 @@ use crate::protocol::{
 use crate::registry::{Change, Server, StatusChange};
 use crate::store::sessions::{
     Batch, KeptFrame, SessionMirror, SessionStore, SessionStoreError, StoredSession, UpstreamIds,
+    keep_from,
 };
 use crate::upstream::UpstreamError;
 use crate::upstream::link::Link;
@@ -768,6 +769,9 @@ impl MirrorWriter {
         let mut refresh = false;
         // The highest seq given up on and not yet recorded as the session's gap.
         let mut lost = 0u64;
+        // The lowest seq the stream keeps, as of the last write: a trim is sent only
+        // when it moves (an ack, the outbox's limits), not with every frame.
+        let mut trimmed = 0u64;
         // Another instance took the session over: nothing more is written.
         let mut disowned = false;
         loop {
@@ -791,12 +795,13 @@ impl MirrorWriter {
             } else if changed || refresh || stopping || lost > 0 {
                 // The last write always carries `received`.
                 refresh = false;
+                let keep = keep_from(oldest, lost);
                 let mut batch = Batch {
                     frames: &frames,
                     pending: &pending,
                     received: self.mirror.received(),
                     key: self.key.as_deref(),
-                    keep_from: oldest,
+                    keep_from: if keep > trimmed { keep } else { 0 },
                     lost,
                     handed: self.handed,
                     rebuild: None,
@@ -808,7 +813,10 @@ impl MirrorWriter {
                     written = self.store.append(&id, batch).await;
                 }
                 match written {
-                    Ok(()) => lost = 0,
+                    Ok(()) => {
+                        lost = 0;
+                        trimmed = trimmed.max(keep);
+                    }
                     Err(SessionStoreError::NotOwner) => {
                         disowned = true;
                         tracing::info!(

@@ -216,7 +216,8 @@ pub struct Batch<'a> {
     pub received: u64,
     /// The API key that opened the session (to rebuild a lost record with).
     pub key: Option<&'a str>,
-    /// The oldest seq the session's outbox still keeps: the stream keeps nothing older.
+    /// The lowest seq the stream keeps ([`keep_from`]); 0 when it did not move since
+    /// the last write (no trim is made).
     pub keep_from: u64,
     /// The highest seq given up on (never stored) since the last write: recorded as the
     /// session's gap (0: none).
@@ -363,7 +364,7 @@ return {2}
 /// Appends a batch, only while this process owns the session: KEYS[1] its hash,
 /// KEYS[2] its stream; ARGV[1] this process's owner value, ARGV[2] the expiry (ms),
 /// ARGV[3] the key name that opened it, ARGV[4] `received`, ARGV[5] the lowest seq to
-/// keep in the stream, ARGV[6] the highest seq given up on (0: none), ARGV[7] the
+/// keep in the stream (0: no trim), ARGV[6] the highest seq given up on (0: none), ARGV[7] the
 /// highest seq handed before this batch, ARGV[8] '1' when the pairs below are every
 /// upstream session (the record may be rebuilt), ARGV[9] the number of frames n, then
 /// n pairs (seq, frame), then pairs (upstream field, ids as JSON; empty: removed).
@@ -395,11 +396,16 @@ while i < #ARGV do
   end
   i = i + 2
 end
-if gap > tonumber(redis.call('HGET', KEYS[1], 'gap') or '0') then
-  redis.call('HSET', KEYS[1], 'gap', string.format('%.0f', gap))
+local keep = tonumber(ARGV[5])
+if gap > 0 then
+  if gap > tonumber(redis.call('HGET', KEYS[1], 'gap') or '0') then
+    redis.call('HSET', KEYS[1], 'gap', string.format('%.0f', gap))
+  end
+  keep = math.max(keep, gap + 1)
 end
-local keep = math.max(tonumber(ARGV[5]), gap + 1)
-redis.call('XTRIM', KEYS[2], 'MINID', string.format('%.0f', keep) .. '-0')
+if keep > 0 then
+  redis.call('XTRIM', KEYS[2], 'MINID', string.format('%.0f', keep) .. '-0')
+end
 redis.call('HSET', KEYS[1], 'received', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
@@ -588,7 +594,7 @@ impl SessionStore for RedisSessions {
                 .arg(self.window_ms)
                 .arg(batch.key.unwrap_or(""))
                 .arg(batch.received)
-                .arg(keep_from(batch.keep_from, batch.lost))
+                .arg(batch.keep_from)
                 .arg(batch.lost)
                 .arg(batch.handed)
                 .arg(if batch.rebuild.is_some() { "1" } else { "0" })
