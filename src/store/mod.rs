@@ -487,6 +487,12 @@ impl RedisLink {
         }
     }
 
+    /// Counts a decision of `part` made in memory because Redis did not answer (or
+    /// answered with an error): `mcpmux_store_fallback_total{part}`.
+    pub(crate) fn fallback(&self, part: &'static str) {
+        self.inner.metrics.store_fallback(part);
+    }
+
     /// A receiver that changes each time Redis answers again after an outage (or first
     /// answers): no recovery is missed between two looks.
     pub(crate) fn recoveries(&self) -> watch::Receiver<u64> {

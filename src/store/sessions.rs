@@ -538,6 +538,59 @@ impl RedisSessions {
             false => Err(StoreError::Down.into()),
         }
     }
+
+    /// One append (see [`SessionStore::append`]).
+    async fn write(&self, id: &str, batch: Batch<'_>) -> Result<(), SessionStoreError> {
+        self.up()?;
+        let mut connection = self.link.connection();
+        let mut invocation = self.append.key(self.session_key(id));
+        invocation.key(self.frames_key(id));
+        invocation
+            .arg(&*self.owner)
+            .arg(self.window_ms)
+            .arg(batch.key.unwrap_or(""))
+            .arg(batch.received)
+            .arg(batch.keep_from)
+            .arg(batch.lost)
+            .arg(batch.handed)
+            .arg(if batch.rebuild.is_some() { "1" } else { "0" })
+            .arg(batch.frames.len());
+        for frame in batch.frames {
+            invocation.arg(frame.seq).arg(frame.text.as_bytes());
+        }
+        match batch.rebuild {
+            // Every upstream session; the changes are in it already.
+            Some(all) => {
+                for (server, ids) in all {
+                    invocation
+                        .arg(format!("{UPSTREAM_FIELD}{server}"))
+                        .arg(upstream_json(ids)?);
+                }
+                for (server, ids) in &batch.pending.upstreams {
+                    if ids.is_none() {
+                        invocation.arg(format!("{UPSTREAM_FIELD}{server}")).arg("");
+                    }
+                }
+            }
+            None => {
+                for (server, ids) in &batch.pending.upstreams {
+                    invocation.arg(format!("{UPSTREAM_FIELD}{server}"));
+                    match ids {
+                        Some(ids) => invocation.arg(upstream_json(ids)?),
+                        None => invocation.arg(""),
+                    };
+                }
+            }
+        }
+        let answer: i64 = self
+            .link
+            .call(invocation.invoke_async(&mut connection))
+            .await?;
+        match answer {
+            2 => Err(SessionStoreError::Missing),
+            answer => owned(answer),
+        }
+    }
 }
 
 const UPSTREAM_FIELD: &str = "up:";
@@ -585,55 +638,12 @@ impl SessionStore for RedisSessions {
         batch: Batch<'a>,
     ) -> BoxFuture<'a, Result<(), SessionStoreError>> {
         Box::pin(async move {
-            self.up()?;
-            let mut connection = self.link.connection();
-            let mut invocation = self.append.key(self.session_key(id));
-            invocation.key(self.frames_key(id));
-            invocation
-                .arg(&*self.owner)
-                .arg(self.window_ms)
-                .arg(batch.key.unwrap_or(""))
-                .arg(batch.received)
-                .arg(batch.keep_from)
-                .arg(batch.lost)
-                .arg(batch.handed)
-                .arg(if batch.rebuild.is_some() { "1" } else { "0" })
-                .arg(batch.frames.len());
-            for frame in batch.frames {
-                invocation.arg(frame.seq).arg(frame.text.as_bytes());
+            let written = self.write(id, batch).await;
+            if let Err(SessionStoreError::Store(_)) = &written {
+                // Its frames went to the socket without the store: counted, not silent.
+                self.link.fallback("sessions");
             }
-            match batch.rebuild {
-                // Every upstream session; the changes are in it already.
-                Some(all) => {
-                    for (server, ids) in all {
-                        invocation
-                            .arg(format!("{UPSTREAM_FIELD}{server}"))
-                            .arg(upstream_json(ids)?);
-                    }
-                    for (server, ids) in &batch.pending.upstreams {
-                        if ids.is_none() {
-                            invocation.arg(format!("{UPSTREAM_FIELD}{server}")).arg("");
-                        }
-                    }
-                }
-                None => {
-                    for (server, ids) in &batch.pending.upstreams {
-                        invocation.arg(format!("{UPSTREAM_FIELD}{server}"));
-                        match ids {
-                            Some(ids) => invocation.arg(upstream_json(ids)?),
-                            None => invocation.arg(""),
-                        };
-                    }
-                }
-            }
-            let answer: i64 = self
-                .link
-                .call(invocation.invoke_async(&mut connection))
-                .await?;
-            match answer {
-                2 => Err(SessionStoreError::Missing),
-                answer => owned(answer),
-            }
+            written
         })
     }
 

@@ -5,8 +5,9 @@
 //!   of the same name is taken over from, the process itself never takes its own.
 //! - A record Redis lost (evicted, or Redis restarted empty) is rebuilt whole by the
 //!   next write, and resumable elsewhere.
-//! - Frames given up on during an outage leave a gap, recorded when Redis answers
-//!   again: a resume from before it is refused elsewhere, granted on the owner.
+//! - Frames given up on during an outage are counted and leave a gap, recorded when
+//!   Redis answers again: a resume from before it is refused elsewhere, granted on the
+//!   owner.
 //! - The stream keeps no more than the outbox; a takeover reads no more than the
 //!   reader's resume limits and budget.
 //! - An outage is warned once, by the store's link, not once per session.
@@ -288,6 +289,13 @@ async fn a_gap_left_by_an_outage_refuses_a_resume_elsewhere_not_on_the_owner() {
         during.push(echo(&mut client, &format!("during-{i}")).await);
     }
     let last = *during.last().expect("frames");
+    // Each batch given up on for the store is counted, not silent.
+    let given_up = sample(
+        &metrics.render(),
+        "mcpmux_store_fallback_total",
+        &[("part", "sessions")],
+    );
+    assert!(given_up.is_some_and(|n| n >= 3.0), "{given_up:?}");
     redis.resume();
     until(&metrics, "mcpmux_store_up 1", |t| store_up(t) == Some(1.0)).await;
     // The gap is recorded once Redis answers, without another frame.
