@@ -3,8 +3,9 @@
 //!
 //! - A session's owner is its process (`<instance>/<lease token>`): a previous process
 //!   of the same name is taken over from, the process itself never takes its own.
-//! - A record Redis lost (evicted, or Redis restarted empty) is rebuilt whole by the
-//!   next write, and resumable elsewhere.
+//! - A record Redis lost (evicted, or Redis restarted empty), or never got (the
+//!   session opened during an outage), is rebuilt whole by the next write, and
+//!   resumable elsewhere.
 //! - Frames given up on during an outage are counted and leave a gap, recorded when
 //!   Redis answers again: a resume from before it is refused elsewhere, granted on the
 //!   owner.
@@ -75,6 +76,22 @@ async fn lease(redis: &RedisServer, instance: &str) -> Option<String> {
         .query_async(&mut connection)
         .await
         .expect("GET")
+}
+
+/// Waits until `instance` holds its lease again (it renews it every second); returns
+/// its token.
+async fn lease_until(redis: &RedisServer, instance: &str) -> String {
+    let deadline = tokio::time::Instant::now() + FRAME_WAIT;
+    loop {
+        if let Some(token) = lease(redis, instance).await {
+            return token;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no lease of {instance}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// The seqs in a session's stream, oldest first.
@@ -234,14 +251,7 @@ async fn a_record_redis_lost_is_rebuilt_whole_and_resumable_elsewhere() {
     // Redis restarted empty: the same.
     redis.restart();
     // The lease is claimed again once the link works.
-    let deadline = tokio::time::Instant::now() + FRAME_WAIT;
-    while lease(&redis, "ra").await.is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no lease after the restart"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    lease_until(&redis, "ra").await;
     until(&metrics, "mcpmux_store_up 1", |t| store_up(t) == Some(1.0)).await;
     let last = echo(&mut client, "after-restart").await;
     let rebuilt = hash_until(&redis, &id, "the record after a restart", |f| {
@@ -435,4 +445,28 @@ async fn an_outage_is_warned_once_whatever_the_sessions_write() {
         .collect();
     assert_eq!(warnings.len(), 1, "{log}");
     assert!(warnings[0].contains("does not answer"), "{log}");
+}
+
+#[tokio::test]
+async fn a_session_opened_during_an_outage_is_recorded_once_redis_answers() {
+    let mut redis = RedisServer::start();
+    let (a, metrics) = gateway_on(&redis, "oa", json!({})).await;
+    redis.stop();
+    until(&metrics, "mcpmux_store_up 0", |t| store_up(t) == Some(0.0)).await;
+    let (mut client, initialized_seq) = initialized(a.addr).await;
+    let id = client.session_id();
+    redis.start_again();
+    until(&metrics, "mcpmux_store_up 1", |t| store_up(t) == Some(1.0)).await;
+    // Its first write records it whole; what it sent before may be missing: a gap.
+    let last = echo(&mut client, "after").await;
+    let fields = hash_until(&redis, &id, "the recorded session", |f| {
+        number(f, "seq") >= last
+    })
+    .await;
+    let token = lease_until(&redis, "oa").await;
+    assert_eq!(fields["owner"], format!("oa/{token}"));
+    assert!(fields.contains_key("up:everything"), "{fields:?}");
+    assert!(number(&fields, "gap") >= initialized_seq, "{fields:?}");
+    client.close().await;
+    a.shutdown().await;
 }
