@@ -20,7 +20,11 @@
 //! fails over at once when an instance dies, before its lease lapses: a claim that
 //! finds the owner's lease alive asks again until the lease had time to lapse
 //! ([`OWNER_WAIT`]). An owner still alive after that keeps its session: the claimant
-//! gets a fresh one.
+//! gets a fresh one. A session this very process owns in the store is never taken
+//! again (it is live here). A takeover is refused, as the local path refuses, when
+//! frames the client missed may be absent (before the session's recorded gap, or not
+//! contiguous) or exceed this instance's resume limits or what its budget has room
+//! for.
 //!
 //! A detached session's holder keeps it working: upstream calls go on, status changes
 //! are applied, and every frame produced is kept in the outbox (bounded by
