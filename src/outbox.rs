@@ -118,6 +118,17 @@ impl ResumeBudget {
         self.used() > self.limit
     }
 
+    /// Whether `bytes` more fit in the budget, after reclaiming written frames of
+    /// attached sessions as a frame over it would: for the frames of a session taken
+    /// from the shared store, refused when they do not fit.
+    pub fn admits(&self, bytes: usize) -> bool {
+        let fits = |budget: &Self| budget.used().saturating_add(bytes) <= budget.limit;
+        if !fits(self) {
+            self.reclaim();
+        }
+        fits(self)
+    }
+
     /// Attached sessions drop their oldest written frames, in turn, until the total is
     /// 1/8 under the budget. One task reclaims at a time; others go on.
     fn reclaim(&self) {
@@ -607,28 +618,37 @@ impl Outbox {
     }
 
     /// Mirrored outboxes: up to `max` built frames not yet handed to the store, in seq
-    /// order (none when the next is still being built).
-    pub fn unstored(&self, max: usize) -> Vec<KeptFrame> {
+    /// order, of at most `max_bytes` together (a larger frame goes alone; none when the
+    /// next is still being built), and the oldest seq the outbox keeps (what the store
+    /// need keep no older than).
+    pub fn unstored(&self, max: usize, max_bytes: usize) -> (Vec<KeptFrame>, u64) {
         let mut state = self.lock();
         let Some(front) = state.frames.front().map(|(seq, _)| *seq) else {
-            return Vec::new();
+            return (Vec::new(), state.next_seq);
         };
         let start = state.to_store.max(front);
         let mut batch = Vec::new();
+        let mut bytes = 0usize;
         let first = usize::try_from(start - front).unwrap_or(usize::MAX);
         for (seq, text) in state.frames.iter().skip(first).take(max) {
             match text {
-                Some(text) => batch.push(KeptFrame {
-                    seq: *seq,
-                    text: text.clone(),
-                }),
+                Some(text) => {
+                    bytes = bytes.saturating_add(text.len());
+                    if bytes > max_bytes && !batch.is_empty() {
+                        break;
+                    }
+                    batch.push(KeptFrame {
+                        seq: *seq,
+                        text: text.clone(),
+                    });
+                }
                 None => break,
             }
         }
         if let Some(last) = batch.last() {
             state.to_store = last.seq + 1;
         }
-        batch
+        (batch, front)
     }
 
     /// Mirrored outboxes: frames up to `seq` were written to the store (or given up on
@@ -852,13 +872,14 @@ mod tests {
             outbox.push(|_| format!("f{i}")).await.unwrap();
         }
         assert_eq!(outbox.try_next(outbox.attachment()), None);
-        let batch = outbox.unstored(2);
+        let (batch, oldest) = outbox.unstored(2, 1024);
         assert_eq!(batch.iter().map(|f| f.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(oldest, 1);
         assert!(outbox.has_unstored());
         outbox.mark_stored(2);
         assert_eq!(texts(&outbox, 2).await[1], (Some(2), "f2".to_owned()));
         assert_eq!(outbox.try_next(outbox.attachment()), None);
-        assert_eq!(outbox.unstored(10)[0].seq, 3);
+        assert_eq!(outbox.unstored(10, 1024).0[0].seq, 3);
         assert!(!outbox.has_unstored());
         outbox.mark_stored(3);
         assert_eq!(texts(&outbox, 1).await[0].0, Some(3));
@@ -882,7 +903,33 @@ mod tests {
             .collect();
         assert_eq!(seqs, [5, 6, 7]);
         assert_eq!(outbox.push(|_| "f8".into()).await.unwrap(), 8);
-        assert_eq!(outbox.unstored(10)[0].seq, 8);
+        assert_eq!(outbox.unstored(10, 1024).0[0].seq, 8);
+    }
+
+    #[tokio::test]
+    async fn a_store_batch_is_bounded_in_bytes_but_takes_a_larger_frame_alone() {
+        let budget = ResumeBudget::new(1 << 20);
+        let outbox = Outbox::mirrored(limits(1 << 16, 100, 100_000), &budget);
+        for len in [4, 4, 10, 4] {
+            outbox.push(|_| "x".repeat(len)).await.unwrap();
+        }
+        let seqs = |batch: Vec<KeptFrame>| batch.iter().map(|f| f.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(outbox.unstored(64, 8).0), [1, 2]);
+        assert_eq!(seqs(outbox.unstored(64, 8).0), [3]);
+        let (last, oldest) = outbox.unstored(64, 8);
+        assert_eq!((seqs(last), oldest), (vec![4], 1));
+        // Acked frames are no longer kept: the store keeps nothing older either.
+        outbox.mark_stored(4);
+        texts(&outbox, 4).await;
+        outbox.ack(2);
+        assert_eq!(outbox.unstored(64, 8).1, 3);
+    }
+
+    #[test]
+    fn the_budget_admits_a_restore_only_when_it_fits() {
+        let budget = ResumeBudget::new(100);
+        assert!(budget.admits(100));
+        assert!(!budget.admits(101));
     }
 
     #[tokio::test]

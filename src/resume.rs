@@ -20,7 +20,11 @@
 //! fails over at once when an instance dies, before its lease lapses: a claim that
 //! finds the owner's lease alive asks again until the lease had time to lapse
 //! ([`OWNER_WAIT`]). An owner still alive after that keeps its session: the claimant
-//! gets a fresh one.
+//! gets a fresh one. A session this very process owns in the store is never taken
+//! again (it is live here). A takeover is refused, as the local path refuses, when
+//! frames the client missed may be absent (before the session's recorded gap, or not
+//! contiguous) or exceed this instance's resume limits or what its budget has room
+//! for.
 //!
 //! A detached session's holder keeps it working: upstream calls go on, status changes
 //! are applied, and every frame produced is kept in the outbox (bounded by
@@ -42,7 +46,7 @@ use crate::context::{Place, SessionContext};
 use crate::outbox::Unresumable;
 use crate::registry::Change;
 use crate::session::ClientSession;
-use crate::store::sessions::{Ownership, SessionStoreError, contiguous};
+use crate::store::sessions::{Ownership, SessionStoreError};
 use crate::store::{LEASE, LEASE_RENEW};
 
 /// How long a claim waits for the session's owner to answer.
@@ -75,6 +79,10 @@ pub enum Refusal {
     /// The shared session store could not be asked.
     #[error("{0}")]
     Store(String),
+    /// The frames to replay from the shared store exceed this instance's resume limits
+    /// (`resumeMaxFrames`, `resumeMaxBytes`, or what `resumeBudgetBytes` has left).
+    #[error("the frames to replay exceed this instance's resume limits")]
+    TooLarge,
 }
 
 impl From<SessionStoreError> for Refusal {
@@ -107,6 +115,8 @@ pub async fn take_from_store(
         match store.take(id, key.as_deref()).await {
             Ok(Ownership::Taken) => break,
             Ok(Ownership::Unknown) => return Err((Refusal::Unknown, claimant)),
+            // Live in this process (a claim on it is under way): never a second copy.
+            Ok(Ownership::Here) => return Err((Refusal::Busy, claimant)),
             Ok(Ownership::Elsewhere(owner)) => {
                 if tokio::time::Instant::now() >= give_up {
                     tracing::debug!(%owner, "resume of a session a live instance owns; leaving it alone");
@@ -125,18 +135,29 @@ pub async fn take_from_store(
         Ok(None) => return Err((Refusal::Expired, claimant)),
         Err(err) => return Err((err.into(), claimant)),
     };
-    if !contiguous(last_seq, stored.last_seq, &frames) {
+    // As the local path: more frames than this instance keeps, or than the gateway-wide
+    // budget has room for, are refused, never cut.
+    let frames = frames.filter(|frames| {
+        let bytes = frames.iter().map(|f| f.text.len()).sum();
+        context.resume_budget.admits(bytes)
+    });
+    let refusal = match &frames {
+        None => Some(Refusal::TooLarge),
+        Some(_) if last_seq > stored.last_seq => Some(Unresumable::Future(last_seq).into()),
+        Some(frames) if !stored.replays_all(last_seq, frames) => {
+            Some(Unresumable::Incomplete(last_seq).into())
+        }
+        Some(_) => None,
+    };
+    if let Some(refusal) = refusal {
         // Never a partial replay: the session ends here (its frames go; its upstream
         // sessions are left to their servers' idle timeouts).
         if let Err(err) = store.forget(id).await {
             tracing::debug!(%err, "could not forget an unresumable session");
         }
-        let why = match last_seq > stored.last_seq {
-            true => Unresumable::Future(last_seq),
-            false => Unresumable::Incomplete(last_seq),
-        };
-        return Err((why.into(), claimant));
+        return Err((refusal, claimant));
     }
+    let frames = frames.unwrap_or_default();
     let replayed = frames.len();
     let upstreams = stored.upstreams.clone();
     let mut session = ClientSession::from_store(

@@ -39,6 +39,7 @@ use crate::protocol::{
 use crate::registry::{Change, Server, StatusChange};
 use crate::store::sessions::{
     Batch, KeptFrame, SessionMirror, SessionStore, SessionStoreError, StoredSession, UpstreamIds,
+    keep_from,
 };
 use crate::upstream::UpstreamError;
 use crate::upstream::link::Link;
@@ -50,8 +51,10 @@ const TASKS_DRAIN: Duration = Duration::from_secs(2);
 /// `removed` is sent.
 const REMOVAL_DRAIN: Duration = Duration::from_secs(2);
 
-/// The most frames written to the store in one batch.
+/// The most frames written to the store in one batch, and the most bytes of them (a
+/// larger frame goes alone): one script call stays small, whatever the frames.
 const MIRROR_BATCH: usize = 64;
+const MIRROR_BATCH_BYTES: usize = 256 * 1024;
 /// The shortest interval at which a session's keys are refreshed while idle.
 const MIN_IDLE_REFRESH: Duration = Duration::from_millis(100);
 /// Why a stdio server's upstream session is lost after its client session moved.
@@ -109,7 +112,7 @@ impl ClientSession {
     ) -> Self {
         let id = protocol::session_id::new(&context.config.instance, rand::random());
         let mut session = Self::build(context, place, grant, changes, id);
-        session.start_mirror(true, 0);
+        session.start_mirror(true, 0, (Vec::new(), 0));
         session
     }
 
@@ -130,7 +133,11 @@ impl ClientSession {
             .link
             .outbox
             .restore(last_seq, stored.last_seq, frames);
-        session.start_mirror(false, stored.received);
+        session.start_mirror(
+            false,
+            stored.received,
+            (stored.upstreams.clone(), stored.last_seq),
+        );
         session
     }
 
@@ -183,8 +190,14 @@ impl ClientSession {
     }
 
     /// Starts writing this session to the shared store (if one is configured); `open`
-    /// records it as new first.
-    fn start_mirror(&mut self, open: bool, received: u64) {
+    /// records it as new first. `(upstreams, stored)`: what the store already holds of
+    /// a session taken from it (its upstream sessions, its highest seq).
+    fn start_mirror(
+        &mut self,
+        open: bool,
+        received: u64,
+        (upstreams, stored): (Vec<(String, UpstreamIds)>, u64),
+    ) {
         let Some(mirror) = &self.mirror else {
             return;
         };
@@ -196,6 +209,8 @@ impl ClientSession {
             key: self.grant.key_name().cloned(),
             // Clamped: a tiny window must not make the refresh spin.
             idle: (self.context.config.resume_window / 3).max(MIN_IDLE_REFRESH),
+            upstreams: upstreams.into_iter().collect(),
+            handed: stored,
         };
         let stop = CancellationToken::new();
         let span = tracing::info_span!(parent: None, "store", session = %self.log_id());
@@ -706,6 +721,11 @@ impl ClientSession {
             };
             if let Err(SessionStoreError::NotOwner) = done {
                 tracing::debug!(session = %self.log_id(), "another instance owns the ended session; left to it");
+            } else if let Err(SessionStoreError::Store(err)) = &done
+                && err.is_outage()
+            {
+                // The outage itself is logged once by the store's link.
+                tracing::debug!(session = %self.log_id(), %err, "the session store did not take the end of a client session");
             } else if let Err(err) = done {
                 tracing::warn!(session = %self.log_id(), %err, "the session store did not take the end of a client session");
             }
@@ -716,30 +736,54 @@ impl ClientSession {
 
 /// Writes one session's frames (before the socket is given them), upstream ids, acks
 /// and received count to the shared store, in batches; refreshes its expiry while idle.
+///
+/// While the store does not answer, a batch fails at once (no call is tried): its
+/// frames go to the socket anyway and are given up on for the store, their highest seq
+/// kept as the session's gap, written with the first batch after the store answers
+/// again (at once when it does), so that a resume elsewhere from before it is refused.
+/// Nothing else accumulates meanwhile: upstream changes wait in the mirror, one per
+/// server (the latest wins), and the next frames wait in the outbox, bounded by its
+/// resume limits. A record the store lost is rebuilt whole by the next write.
 struct MirrorWriter {
     store: Arc<dyn SessionStore>,
     outbox: Arc<Outbox>,
     mirror: Arc<SessionMirror>,
     key: Option<Arc<str>>,
     idle: Duration,
+    /// Every upstream session as last changed: what rebuilds a lost record.
+    upstreams: HashMap<String, UpstreamIds>,
+    /// The highest seq handed to the store (written or given up on).
+    handed: u64,
 }
 
 impl MirrorWriter {
-    async fn run(self, open: bool, stop: CancellationToken) {
-        let id = &self.mirror.id;
+    async fn run(mut self, open: bool, stop: CancellationToken) {
+        let id = self.mirror.id.clone();
         if open {
-            if let Err(err) = self.store.open(id, self.key.as_deref()).await {
-                tracing::warn!(%err, "the session store did not record a new client session; it can be resumed only on this instance");
+            if let Err(err) = self.store.open(&id, self.key.as_deref()).await {
+                // The first write rebuilds the record once the store answers.
+                tracing::debug!(%err, "the session store did not record a new client session");
             }
         }
-        let mut failing = false;
+        let mut recoveries = self.store.recoveries();
         let mut refresh = false;
+        // The highest seq given up on and not yet recorded as the session's gap.
+        let mut lost = 0u64;
+        // The lowest seq the stream keeps, as of the last write: a trim is sent only
+        // when it moves (an ack, the outbox's limits), not with every frame.
+        let mut trimmed = 0u64;
         // Another instance took the session over: nothing more is written.
         let mut disowned = false;
         loop {
             let stopping = stop.is_cancelled();
-            let frames = self.outbox.unstored(MIRROR_BATCH);
+            let (frames, oldest) = self.outbox.unstored(MIRROR_BATCH, MIRROR_BATCH_BYTES);
             let pending = self.mirror.take_pending();
+            for (server, ids) in &pending.upstreams {
+                match ids {
+                    Some(ids) => self.upstreams.insert(server.clone(), ids.clone()),
+                    None => self.upstreams.remove(server),
+                };
+            }
             let changed =
                 !frames.is_empty() || !pending.upstreams.is_empty() || pending.acked.is_some();
             let mut failed = false;
@@ -748,20 +792,31 @@ impl MirrorWriter {
                     self.outbox.mark_stored(last.seq);
                     continue;
                 }
-            } else if changed || refresh || stopping {
+            } else if changed || refresh || stopping || lost > 0 {
                 // The last write always carries `received`.
                 refresh = false;
-                let batch = Batch {
+                let keep = keep_from(oldest, lost);
+                let mut batch = Batch {
                     frames: &frames,
                     pending: &pending,
                     received: self.mirror.received(),
+                    key: self.key.as_deref(),
+                    keep_from: if keep > trimmed { keep } else { 0 },
+                    lost,
+                    handed: self.handed,
+                    rebuild: None,
                 };
-                match self.store.append(id, batch).await {
-                    Ok(()) if failing => {
-                        failing = false;
-                        tracing::info!("the session store takes this session's frames again");
+                let mut written = self.store.append(&id, batch.clone()).await;
+                if let Err(SessionStoreError::Missing) = written {
+                    tracing::debug!("the session store lost this session's record; rebuilding it");
+                    batch.rebuild = Some(&self.upstreams);
+                    written = self.store.append(&id, batch).await;
+                }
+                match written {
+                    Ok(()) => {
+                        lost = 0;
+                        trimmed = trimmed.max(keep);
                     }
-                    Ok(()) => {}
                     Err(SessionStoreError::NotOwner) => {
                         disowned = true;
                         tracing::info!(
@@ -769,16 +824,19 @@ impl MirrorWriter {
                         );
                     }
                     Err(err) => {
+                        // An outage is logged once by the store's link, an error answer
+                        // every 10 s: not once per session.
                         failed = true;
-                        if !failing {
-                            failing = true;
-                            tracing::warn!(%err, "frames could not be written to the session store; until it answers, this session can be resumed only on this instance");
+                        tracing::debug!(%err, "a batch of this session was not stored");
+                        if let Some(last) = frames.last() {
+                            lost = lost.max(last.seq);
                         }
                         self.mirror.restore(pending);
                     }
                 }
                 // Written, or given up on: the client is never held back by the store.
                 if let Some(last) = frames.last() {
+                    self.handed = self.handed.max(last.seq);
                     self.outbox.mark_stored(last.seq);
                 }
                 let more = !frames.is_empty();
@@ -789,10 +847,22 @@ impl MirrorWriter {
             if stopping {
                 return;
             }
+            // A gap not yet recorded is written as soon as the store answers again.
+            let recovered = async {
+                match recoveries.as_mut() {
+                    Some(recoveries) if lost > 0 => {
+                        if recoveries.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = self.outbox.storable() => {}
                 _ = self.mirror.wake.notified() => {}
                 _ = stop.cancelled() => {}
+                () = recovered => {}
                 _ = tokio::time::sleep(self.idle) => refresh = true,
             }
         }

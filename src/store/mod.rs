@@ -66,6 +66,9 @@ pub enum StoreError {
     /// Redis did not answer within the call timeout.
     #[error("redis did not answer within {} ms", CALL_TIMEOUT.as_millis())]
     Timeout,
+    /// Redis is in an outage: the call was not tried (the probe sees its end).
+    #[error("redis does not answer; not asked")]
+    Down,
     /// Another running gateway holds this instance name in the shared store.
     #[error(
         "another running gateway uses the instance name \"{0}\" with this store; give each instance its own gateway.instance"
@@ -76,9 +79,9 @@ pub enum StoreError {
 impl StoreError {
     /// Whether this error means Redis cannot be reached (an outage), rather than an
     /// answer that was an error.
-    fn is_outage(&self) -> bool {
+    pub(crate) fn is_outage(&self) -> bool {
         match self {
-            Self::Timeout => true,
+            Self::Timeout | Self::Down => true,
             Self::Redis(err) => {
                 err.is_io_error()
                     || err.is_connection_dropped()
@@ -207,7 +210,19 @@ impl Store {
     pub(crate) fn instance(&self) -> &Arc<str> {
         &self.instance
     }
+
+    /// This process's owner value in a Redis store, `<instance>/<lease token>`: what
+    /// the sessions it owns hold as their owner, so that another process of the same
+    /// name (a restart) is told apart from this one.
+    pub(crate) fn owner(&self) -> Option<String> {
+        let lease = self.lease.as_ref()?;
+        Some(format!("{}{OWNER_SEPARATOR}{}", self.instance, lease.token))
+    }
 }
+
+/// Separates the instance name from the lease token in a session's owner value (a
+/// character neither an instance name nor a token holds).
+pub(crate) const OWNER_SEPARATOR: char = '/';
 
 /// Claims KEYS[1] (an instance's lease) for the token ARGV[1] for ARGV[2] ms, when it
 /// is free or already this process's. Returns 1 (held) or 0 (another process holds it).
@@ -448,7 +463,8 @@ impl RedisLink {
                 redis = %self.inner.shown,
                 %err,
                 "the shared store does not answer: rate limits and connection counts are \
-                 kept in this instance's memory until it does"
+                 kept in this instance's memory until it does, and client sessions can be \
+                 resumed only on their own instance"
             );
         }
     }
@@ -469,6 +485,12 @@ impl RedisLink {
                 );
             }
         }
+    }
+
+    /// Counts a decision of `part` made in memory because Redis did not answer (or
+    /// answered with an error): `mcpmux_store_fallback_total{part}`.
+    pub(crate) fn fallback(&self, part: &'static str) {
+        self.inner.metrics.store_fallback(part);
     }
 
     /// A receiver that changes each time Redis answers again after an outage (or first

@@ -5,18 +5,23 @@
 //! session lives and is resumed only in the memory of its instance, as on a single
 //! gateway), [`RedisSessions`] keeps, per client session:
 //! - `mcpmux:frames:{id}`: a Redis Stream of its kept frames, each under the id
-//!   `<seq>-1`, capped at about `resumeMaxFrames` entries, trimmed on `ack`;
-//! - `mcpmux:session:{id}`: a hash with its owner (an instance name, empty once released
-//!   by a drain), the API key that opened it, the highest seq stored, the client frames
-//!   read (`welcome.received`), and one field `up:{server}` per upstream session with its
+//!   `<seq>-1`, trimmed with every write to what the session's outbox still keeps (so
+//!   never more than `resumeMaxFrames`/`resumeMaxBytes`);
+//! - `mcpmux:session:{id}`: a hash with its owner (`<instance>/<lease token>` of the
+//!   process that owns it, empty once released by a drain), the API key that opened it,
+//!   the highest seq stored, the highest seq that may be missing from the stream
+//!   (`gap`: frames given up on during an outage), the client frames read
+//!   (`welcome.received`), and one field `up:{server}` per upstream session with its
 //!   ids (JSON: `Mcp-Session-Id`, negotiated version, the standalone stream's last event
 //!   id, and whether it can move to another instance).
 //!
 //! Both expire `resumeWindowMs` after their last write; the owner refreshes them while
-//! the session lives. An instance is alive while its lease `mcpmux:instance:{name}`
-//! exists (held and renewed by the store, [`super::LEASE`]); a dead instance's lease
-//! expires, and its sessions may then be taken by another instance (an atomic Lua
-//! script checks owner and lease and sets the new owner in one step).
+//! the session lives, and rebuilds the hash whole (owner, key, every upstream session)
+//! when Redis lost it. An instance is alive while its lease `mcpmux:instance:{name}`
+//! holds its process's token (held and renewed by the store, [`super::LEASE`]); a dead
+//! instance's lease expires (or a restarted process of the same name holds another
+//! token), and its sessions may then be taken by another instance (an atomic Lua script
+//! checks owner, lease name and token, and sets the new owner in one step).
 //!
 //! Ordering rule: a frame is in the store before the socket is given it (see
 //! [`crate::outbox`]), so anything a client saw can be resumed elsewhere.
@@ -30,9 +35,9 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
-use super::{KEY_PREFIX, RedisLink, Store, StoreError};
+use super::{KEY_PREFIX, OWNER_SEPARATOR, RedisLink, Store, StoreError};
 use crate::config::GatewayConfig;
 
 /// A store operation failed.
@@ -48,6 +53,10 @@ pub enum SessionStoreError {
     /// of it.
     #[error("another instance owns the session now")]
     NotOwner,
+    /// The session's record is gone from the store (Redis restarted empty, or evicted
+    /// it): the next write must rebuild it whole.
+    #[error("the session store lost the session's record")]
+    Missing,
 }
 
 /// One kept frame.
@@ -86,20 +95,35 @@ pub struct StoredSession {
     pub last_seq: u64,
     /// Client frames read after `hello`, as of the last write.
     pub received: u64,
+    /// The highest seq that may be missing from the store (frames given up on while
+    /// it did not answer; 0: none): a resume from before it is refused.
+    pub gap: u64,
     /// Its upstream sessions, by server name.
     pub upstreams: Vec<(String, UpstreamIds)>,
 }
 
-/// A stored session and its frames after a seq, oldest first.
-pub type ReadSession = (StoredSession, Vec<KeptFrame>);
+impl StoredSession {
+    /// Whether `frames`, read after `last_seq`, replay exactly every frame the client
+    /// missed: nothing may be missing after `last_seq` (no gap past it) and they are
+    /// contiguous up to the highest seq stored. A resume is never partial.
+    pub fn replays_all(&self, last_seq: u64, frames: &[KeptFrame]) -> bool {
+        last_seq >= self.gap && contiguous(last_seq, self.last_seq, frames)
+    }
+}
+
+/// A stored session and its frames after a seq, oldest first; `None` when they exceed
+/// the reader's resume limits (`resumeMaxFrames`, `resumeMaxBytes`).
+pub type ReadSession = (StoredSession, Option<Vec<KeptFrame>>);
 
 /// The answer to a claim of ownership.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ownership {
     /// The caller owns the session now.
     Taken,
-    /// A live instance owns it: leave it alone.
+    /// A live instance owns it (its name): leave it alone.
     Elsewhere(String),
+    /// This very process owns it: it is live here (a claim on it is under way).
+    Here,
     /// The store knows no such session.
     Unknown,
 }
@@ -182,7 +206,7 @@ impl SessionMirror {
 }
 
 /// One write of a session: frames, upstream changes, the received count.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Batch<'a> {
     /// Frames in seq order (possibly none).
     pub frames: &'a [KeptFrame],
@@ -190,6 +214,26 @@ pub struct Batch<'a> {
     pub pending: &'a Pending,
     /// Client frames read.
     pub received: u64,
+    /// The API key that opened the session (to rebuild a lost record with).
+    pub key: Option<&'a str>,
+    /// The lowest seq the stream keeps ([`keep_from`]); 0 when it did not move since
+    /// the last write (no trim is made).
+    pub keep_from: u64,
+    /// The highest seq given up on (never stored) since the last write: recorded as the
+    /// session's gap (0: none).
+    pub lost: u64,
+    /// The highest seq handed to the store before this batch: if the record must be
+    /// rebuilt, every frame up to it may be gone, and it becomes the gap.
+    pub handed: u64,
+    /// Every upstream session of the session, to rebuild a lost record with (sent only
+    /// after the store answered [`SessionStoreError::Missing`]).
+    pub rebuild: Option<&'a HashMap<String, UpstreamIds>>,
+}
+
+/// The lowest stream id a write keeps: what the outbox keeps, and nothing up to a gap
+/// (a resume from there is refused anyway).
+pub fn keep_from(oldest_kept: u64, lost: u64) -> u64 {
+    oldest_kept.max(lost.saturating_add(1))
 }
 
 /// Where client sessions are kept for resume on another instance.
@@ -198,6 +242,12 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
     /// in-memory default, which then needs nothing written.
     fn shared(&self) -> bool;
 
+    /// A receiver that changes each time the store answers again after an outage (none
+    /// for a store that has no outages): a session that lost writes records its gap then.
+    fn recoveries(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
+
     /// Records a new session, owned by this instance, opened by `key`.
     fn open<'a>(
         &'a self,
@@ -205,7 +255,9 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
         key: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), SessionStoreError>>;
 
-    /// Writes a batch of session `id` (and refreshes its expiry).
+    /// Writes a batch of session `id` (and refreshes its expiry), only while this
+    /// process owns it; [`SessionStoreError::Missing`] when its record is gone and the
+    /// batch does not carry what rebuilds it.
     fn append<'a>(
         &'a self,
         id: &'a str,
@@ -220,7 +272,8 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
         key: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Ownership, SessionStoreError>>;
 
-    /// What is stored of session `id`, with its frames after `after`, oldest first.
+    /// What is stored of session `id`, with its frames after `after`, oldest first,
+    /// unless they exceed this instance's resume limits.
     fn read<'a>(
         &'a self,
         id: &'a str,
@@ -284,33 +337,54 @@ impl SessionStore for MemorySessions {
     }
 }
 
-/// Takes a session: KEYS[1] its hash; ARGV[1] this instance, ARGV[2] the prefix of
-/// instance leases, ARGV[3] the expiry (ms), ARGV[4] the claimant's key name (empty:
-/// none). Returns {0} unknown (or opened by another key), {1, owner} owned by a live
-/// instance, {2} taken.
+/// Takes a session: KEYS[1] its hash; ARGV[1] this process's owner value
+/// (`<instance>/<token>`), ARGV[2] the prefix of instance leases, ARGV[3] the expiry
+/// (ms), ARGV[4] the claimant's key name (empty: none). The owner is alive while the
+/// lease of its name holds its token (an owner without a token, written by an older
+/// version, while the lease exists). Returns {0} unknown (or opened by another key),
+/// {1, name} owned by a live instance, {2} taken, {3} owned by this very process.
 const TAKE_SCRIPT: &str = r"
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if not owner then return {0} end
 if (redis.call('HGET', KEYS[1], 'key') or '') ~= ARGV[4] then return {0} end
-if owner ~= '' and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. owner) == 1 then
-  return {1, owner}
+if owner == ARGV[1] then return {3} end
+if owner ~= '' then
+  local name, token = string.match(owner, '^([^/]*)/(.*)$')
+  if not name then
+    if redis.call('EXISTS', ARGV[2] .. owner) == 1 then return {1, owner} end
+  elseif redis.call('GET', ARGV[2] .. name) == token then
+    return {1, name}
+  end
 end
 redis.call('HSET', KEYS[1], 'owner', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {2}
 ";
 
-/// Appends a batch, only while this instance owns the session: KEYS[1] its hash,
-/// KEYS[2] its stream; ARGV[1] this instance, ARGV[2] the expiry (ms), ARGV[3] the
-/// stream's approximate cap, ARGV[4] `received`, ARGV[5] the lowest id to keep (empty:
-/// no trim), ARGV[6] the number of frames n, then n pairs (seq, frame), then pairs
-/// (upstream field, ids as JSON; empty: removed). Returns 0 (not the owner) or 1.
+/// Appends a batch, only while this process owns the session: KEYS[1] its hash,
+/// KEYS[2] its stream; ARGV[1] this process's owner value, ARGV[2] the expiry (ms),
+/// ARGV[3] the key name that opened it, ARGV[4] `received`, ARGV[5] the lowest seq to
+/// keep in the stream (0: no trim), ARGV[6] the highest seq given up on (0: none), ARGV[7] the
+/// highest seq handed before this batch, ARGV[8] '1' when the pairs below are every
+/// upstream session (the record may be rebuilt), ARGV[9] the number of frames n, then
+/// n pairs (seq, frame), then pairs (upstream field, ids as JSON; empty: removed).
+/// A missing record is rebuilt whole (owner, key, gap, seq, upstream sessions) only
+/// from a batch that carries every upstream session. Returns 0 (not the owner), 1
+/// (written) or 2 (the record is gone: nothing written).
 const APPEND_SCRIPT: &str = r"
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
-local n = tonumber(ARGV[6])
-local i = 7
+local owner = redis.call('HGET', KEYS[1], 'owner')
+local gap = tonumber(ARGV[6])
+if not owner then
+  if ARGV[8] ~= '1' then return 2 end
+  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'key', ARGV[3], 'seq', ARGV[7])
+  gap = math.max(gap, tonumber(ARGV[7]))
+elseif owner ~= ARGV[1] then
+  return 0
+end
+local n = tonumber(ARGV[9])
+local i = 10
 for _ = 1, n do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], ARGV[i] .. '-1', 'f', ARGV[i + 1])
+  redis.call('XADD', KEYS[2], ARGV[i] .. '-1', 'f', ARGV[i + 1])
   i = i + 2
 end
 if n > 0 then redis.call('HSET', KEYS[1], 'seq', ARGV[i - 2]) end
@@ -322,16 +396,42 @@ while i < #ARGV do
   end
   i = i + 2
 end
-if ARGV[5] ~= '' then redis.call('XTRIM', KEYS[2], 'MINID', ARGV[5]) end
+local keep = tonumber(ARGV[5])
+if gap > 0 then
+  if gap > tonumber(redis.call('HGET', KEYS[1], 'gap') or '0') then
+    redis.call('HSET', KEYS[1], 'gap', string.format('%.0f', gap))
+  end
+  keep = math.max(keep, gap + 1)
+end
+if keep > 0 then
+  redis.call('XTRIM', KEYS[2], 'MINID', string.format('%.0f', keep) .. '-0')
+end
 redis.call('HSET', KEYS[1], 'received', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
 ";
 
-/// Releases a session (a drain), only while this instance owns it: KEYS[1] its hash,
-/// KEYS[2] its stream; ARGV[1] this instance, ARGV[2] the expiry (ms). Returns 0 (not
-/// the owner) or 1.
+/// Reads a session for a takeover, bounded: KEYS[1] its hash, KEYS[2] its stream;
+/// ARGV[1] the first stream id, ARGV[2] the most entries, ARGV[3] the most bytes of
+/// frames. Returns {hash as field/value pairs, entries, 0}, or {hash, {}, 1} when the
+/// frames exceed ARGV[3] bytes.
+const READ_SCRIPT: &str = r"
+local fields = redis.call('HGETALL', KEYS[1])
+local entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])
+local bytes = 0
+local cap = tonumber(ARGV[3])
+for _, entry in ipairs(entries) do
+  local values = entry[2]
+  bytes = bytes + #(values[#values] or '')
+  if bytes > cap then return {fields, {}, 1} end
+end
+return {fields, entries, 0}
+";
+
+/// Releases a session (a drain), only while this process owns it: KEYS[1] its hash,
+/// KEYS[2] its stream; ARGV[1] this process's owner value, ARGV[2] the expiry (ms).
+/// Returns 0 (not the owner, or the record is gone) or 1.
 const RELEASE_SCRIPT: &str = r"
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'owner', '')
@@ -340,8 +440,8 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
 ";
 
-/// Forgets a session, unless another instance owns it: KEYS[1] its hash, KEYS[2] its
-/// stream; ARGV[1] this instance. Returns 0 (another owner) or 1.
+/// Forgets a session, unless another process owns it: KEYS[1] its hash, KEYS[2] its
+/// stream; ARGV[1] this process's owner value. Returns 0 (another owner) or 1.
 const FORGET_SCRIPT: &str = r"
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if owner and owner ~= '' and owner ~= ARGV[1] then return 0 end
@@ -354,9 +454,12 @@ pub fn open(store: &Store, config: &GatewayConfig) -> Arc<dyn SessionStore> {
     match store.redis() {
         Some(link) => Arc::new(RedisSessions::new(
             link.clone(),
-            store.instance().clone(),
+            store
+                .owner()
+                .unwrap_or_else(|| store.instance().to_string())
+                .into(),
             config.resume_window,
-            config.resume_max_frames,
+            (config.resume_max_frames, config.resume_max_bytes),
         )),
         None => Arc::new(MemorySessions),
     }
@@ -367,37 +470,49 @@ pub struct RedisSessions {
     link: RedisLink,
     /// `mcpmux:`, the prefix of every key.
     prefix: String,
-    /// This instance's name (`gateway.instance`).
-    instance: Arc<str>,
+    /// This process's owner value, `<instance>/<lease token>` ([`Store::owner`]).
+    owner: Arc<str>,
     /// `resumeWindowMs`: the expiry of a session's keys after their last write.
     window_ms: u64,
-    /// `resumeMaxFrames`: the approximate cap of a session's stream.
+    /// `resumeMaxFrames`, `resumeMaxBytes`: the most a takeover reads.
     max_frames: usize,
+    max_bytes: usize,
     take: redis::Script,
     append: redis::Script,
+    read: redis::Script,
     release: redis::Script,
     forget: redis::Script,
 }
 
 impl fmt::Debug for RedisSessions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The owner value holds the lease token: only the instance name is shown.
+        let instance = self.owner.split(OWNER_SEPARATOR).next().unwrap_or_default();
         f.debug_struct("RedisSessions")
-            .field("instance", &self.instance)
+            .field("instance", &instance)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisSessions {
-    /// Sessions of instance `instance` in the Redis behind `link`.
-    pub fn new(link: RedisLink, instance: Arc<str>, window: Duration, max_frames: usize) -> Self {
+    /// Sessions owned by `owner` (this process's owner value) in the Redis behind
+    /// `link`; a takeover reads at most `limits` (frames, bytes).
+    pub fn new(
+        link: RedisLink,
+        owner: Arc<str>,
+        window: Duration,
+        (max_frames, max_bytes): (usize, usize),
+    ) -> Self {
         Self {
             link,
             prefix: KEY_PREFIX.to_owned(),
-            instance,
+            owner,
             window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1),
             max_frames: max_frames.max(1),
+            max_bytes: max_bytes.max(1),
             take: redis::Script::new(TAKE_SCRIPT),
             append: redis::Script::new(APPEND_SCRIPT),
+            read: redis::Script::new(READ_SCRIPT),
             release: redis::Script::new(RELEASE_SCRIPT),
             forget: redis::Script::new(FORGET_SCRIPT),
         }
@@ -414,6 +529,68 @@ impl RedisSessions {
     fn lease_prefix(&self) -> String {
         format!("{}instance:", self.prefix)
     }
+
+    /// Fails at once while Redis is in an outage: a session write is not tried (nor
+    /// waited for) per frame and per session; the link's probe sees the outage end.
+    fn up(&self) -> Result<(), SessionStoreError> {
+        match self.link.is_up() {
+            true => Ok(()),
+            false => Err(StoreError::Down.into()),
+        }
+    }
+
+    /// One append (see [`SessionStore::append`]).
+    async fn write(&self, id: &str, batch: Batch<'_>) -> Result<(), SessionStoreError> {
+        self.up()?;
+        let mut connection = self.link.connection();
+        let mut invocation = self.append.key(self.session_key(id));
+        invocation.key(self.frames_key(id));
+        invocation
+            .arg(&*self.owner)
+            .arg(self.window_ms)
+            .arg(batch.key.unwrap_or(""))
+            .arg(batch.received)
+            .arg(batch.keep_from)
+            .arg(batch.lost)
+            .arg(batch.handed)
+            .arg(if batch.rebuild.is_some() { "1" } else { "0" })
+            .arg(batch.frames.len());
+        for frame in batch.frames {
+            invocation.arg(frame.seq).arg(frame.text.as_bytes());
+        }
+        match batch.rebuild {
+            // Every upstream session; the changes are in it already.
+            Some(all) => {
+                for (server, ids) in all {
+                    invocation
+                        .arg(format!("{UPSTREAM_FIELD}{server}"))
+                        .arg(upstream_json(ids)?);
+                }
+                for (server, ids) in &batch.pending.upstreams {
+                    if ids.is_none() {
+                        invocation.arg(format!("{UPSTREAM_FIELD}{server}")).arg("");
+                    }
+                }
+            }
+            None => {
+                for (server, ids) in &batch.pending.upstreams {
+                    invocation.arg(format!("{UPSTREAM_FIELD}{server}"));
+                    match ids {
+                        Some(ids) => invocation.arg(upstream_json(ids)?),
+                        None => invocation.arg(""),
+                    };
+                }
+            }
+        }
+        let answer: i64 = self
+            .link
+            .call(invocation.invoke_async(&mut connection))
+            .await?;
+        match answer {
+            2 => Err(SessionStoreError::Missing),
+            answer => owned(answer),
+        }
+    }
 }
 
 const UPSTREAM_FIELD: &str = "up:";
@@ -422,9 +599,17 @@ fn malformed(err: impl fmt::Display) -> SessionStoreError {
     SessionStoreError::Malformed(err.to_string())
 }
 
+fn upstream_json(ids: &UpstreamIds) -> Result<String, SessionStoreError> {
+    serde_json::to_string(ids).map_err(malformed)
+}
+
 impl SessionStore for RedisSessions {
     fn shared(&self) -> bool {
         true
+    }
+
+    fn recoveries(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.link.recoveries())
     }
 
     fn open<'a>(
@@ -433,10 +618,11 @@ impl SessionStore for RedisSessions {
         key: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), SessionStoreError>> {
         Box::pin(async move {
+            self.up()?;
             let mut connection = self.link.connection();
             let hash = self.session_key(id);
             let mut pipe = redis::pipe();
-            pipe.hset(&hash, "owner", &*self.instance).ignore();
+            pipe.hset(&hash, "owner", &*self.owner).ignore();
             pipe.hset(&hash, "key", key.unwrap_or("")).ignore();
             pipe.pexpire(&hash, self.window_ms as i64).ignore();
             self.link
@@ -452,40 +638,12 @@ impl SessionStore for RedisSessions {
         batch: Batch<'a>,
     ) -> BoxFuture<'a, Result<(), SessionStoreError>> {
         Box::pin(async move {
-            let mut connection = self.link.connection();
-            let mut invocation = self.append.key(self.session_key(id));
-            invocation.key(self.frames_key(id));
-            invocation
-                .arg(&*self.instance)
-                .arg(self.window_ms)
-                .arg(self.max_frames)
-                .arg(batch.received);
-            match batch.pending.acked {
-                Some(acked) => invocation.arg(format!("{}-0", acked.saturating_add(1))),
-                None => invocation.arg(""),
-            };
-            invocation.arg(batch.frames.len());
-            for frame in batch.frames {
-                invocation.arg(frame.seq).arg(frame.text.as_bytes());
+            let written = self.write(id, batch).await;
+            if let Err(SessionStoreError::Store(_)) = &written {
+                // Its frames went to the socket without the store: counted, not silent.
+                self.link.fallback("sessions");
             }
-            for (server, ids) in &batch.pending.upstreams {
-                invocation.arg(format!("{UPSTREAM_FIELD}{server}"));
-                match ids {
-                    Some(ids) => {
-                        let json = serde_json::to_string(ids)
-                            .map_err(|e| SessionStoreError::Malformed(e.to_string()))?;
-                        invocation.arg(json);
-                    }
-                    None => {
-                        invocation.arg("");
-                    }
-                }
-            }
-            owned(
-                self.link
-                    .call(invocation.invoke_async(&mut connection))
-                    .await?,
-            )
+            written
         })
     }
 
@@ -498,7 +656,7 @@ impl SessionStore for RedisSessions {
             let mut connection = self.link.connection();
             let mut invocation = self.take.key(self.session_key(id));
             invocation
-                .arg(&*self.instance)
+                .arg(&*self.owner)
                 .arg(self.lease_prefix())
                 .arg(self.window_ms)
                 .arg(key.unwrap_or(""));
@@ -519,6 +677,7 @@ impl SessionStore for RedisSessions {
                     };
                     Ownership::Elsewhere(owner)
                 }
+                3 => Ownership::Here,
                 _ => Ownership::Taken,
             })
         })
@@ -531,44 +690,25 @@ impl SessionStore for RedisSessions {
     ) -> BoxFuture<'a, Result<Option<ReadSession>, SessionStoreError>> {
         Box::pin(async move {
             let mut connection = self.link.connection();
-            let mut pipe = redis::pipe();
-            pipe.hgetall(self.session_key(id));
-            pipe.cmd("XRANGE")
-                .arg(self.frames_key(id))
+            let mut invocation = self.read.key(self.session_key(id));
+            invocation
+                .key(self.frames_key(id))
                 .arg(format!("{}-0", after.saturating_add(1)))
-                .arg("+");
+                // One more than the limit: more frames than it are refused, not cut.
+                .arg(self.max_frames.saturating_add(1))
+                .arg(self.max_bytes);
             type Entry = (String, Vec<Vec<u8>>);
-            let (fields, entries): (HashMap<String, String>, Vec<Entry>) =
-                self.link.call(pipe.query_async(&mut connection)).await?;
-            if fields.is_empty() {
+            let (pairs, entries, over): (Vec<String>, Vec<Entry>, i64) = self
+                .link
+                .call(invocation.invoke_async(&mut connection))
+                .await?;
+            if pairs.is_empty() {
                 return Ok(None);
             }
-            let number = |name: &str| -> Result<u64, SessionStoreError> {
-                fields.get(name).map_or(Ok(0), |v| {
-                    v.parse().map_err(|_| {
-                        SessionStoreError::Malformed(format!("{name} is not a number"))
-                    })
-                })
-            };
-            let mut upstreams = Vec::new();
-            for (field, value) in &fields {
-                if let Some(server) = field.strip_prefix(UPSTREAM_FIELD) {
-                    let ids: UpstreamIds = serde_json::from_str(value)
-                        .map_err(|e| SessionStoreError::Malformed(e.to_string()))?;
-                    upstreams.push((server.to_owned(), ids));
-                }
+            let stored = stored_session(&pairs)?;
+            if over != 0 || entries.len() > self.max_frames {
+                return Ok(Some((stored, None)));
             }
-            upstreams.sort_by(|a, b| a.0.cmp(&b.0));
-            let stored = StoredSession {
-                key: fields.get("key").filter(|k| !k.is_empty()).cloned(),
-                // The next seq follows it: the highest is refused as malformed.
-                last_seq: number("seq").and_then(|seq| match seq {
-                    u64::MAX => Err(SessionStoreError::Malformed("seq is out of range".into())),
-                    seq => Ok(seq),
-                })?,
-                received: number("received")?,
-                upstreams,
-            };
             let mut frames = Vec::with_capacity(entries.len());
             for (entry_id, mut values) in entries {
                 let seq = entry_id
@@ -586,17 +726,18 @@ impl SessionStore for RedisSessions {
                     text: Utf8Bytes::from(text),
                 });
             }
-            Ok(Some((stored, frames)))
+            Ok(Some((stored, Some(frames))))
         })
     }
 
     fn release<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
         Box::pin(async move {
+            self.up()?;
             let mut connection = self.link.connection();
             let mut invocation = self.release.key(self.session_key(id));
             invocation
                 .key(self.frames_key(id))
-                .arg(&*self.instance)
+                .arg(&*self.owner)
                 .arg(self.window_ms);
             owned(
                 self.link
@@ -608,9 +749,10 @@ impl SessionStore for RedisSessions {
 
     fn forget<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
         Box::pin(async move {
+            self.up()?;
             let mut connection = self.link.connection();
             let mut invocation = self.forget.key(self.session_key(id));
-            invocation.key(self.frames_key(id)).arg(&*self.instance);
+            invocation.key(self.frames_key(id)).arg(&*self.owner);
             owned(
                 self.link
                     .call(invocation.invoke_async(&mut connection))
@@ -618,6 +760,43 @@ impl SessionStore for RedisSessions {
             )
         })
     }
+}
+
+/// A session's hash, as field/value pairs, read into what a takeover needs.
+fn stored_session(pairs: &[String]) -> Result<StoredSession, SessionStoreError> {
+    let mut stored = StoredSession::default();
+    let number = |name: &str, value: &str| -> Result<u64, SessionStoreError> {
+        value
+            .parse()
+            .map_err(|_| SessionStoreError::Malformed(format!("{name} is not a number")))
+    };
+    for pair in pairs.chunks(2) {
+        let [field, value] = pair else {
+            return Err(SessionStoreError::Malformed("an odd hash".into()));
+        };
+        match field.as_str() {
+            "key" => stored.key = Some(value.clone()).filter(|k| !k.is_empty()),
+            // The next seq follows it: the highest is refused as malformed.
+            "seq" => {
+                stored.last_seq = match number(field, value)? {
+                    u64::MAX => {
+                        return Err(SessionStoreError::Malformed("seq is out of range".into()));
+                    }
+                    seq => seq,
+                }
+            }
+            "received" => stored.received = number(field, value)?,
+            "gap" => stored.gap = number(field, value)?,
+            _ => {
+                if let Some(server) = field.strip_prefix(UPSTREAM_FIELD) {
+                    let ids: UpstreamIds = serde_json::from_str(value).map_err(malformed)?;
+                    stored.upstreams.push((server.to_owned(), ids));
+                }
+            }
+        }
+    }
+    stored.upstreams.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(stored)
 }
 
 /// The answer of a fenced script: 0 when another instance owns the session.
@@ -672,6 +851,62 @@ mod tests {
         assert!(!contiguous(3, 6, &frames(&[4, 6])));
         assert!(!contiguous(3, 6, &frames(&[4, 5])));
         assert!(!contiguous(7, 6, &frames(&[])));
+    }
+
+    #[test]
+    fn a_resume_from_before_a_gap_is_refused() {
+        let stored = StoredSession {
+            last_seq: 9,
+            gap: 6,
+            ..StoredSession::default()
+        };
+        // Frames up to 6 may be missing from the store: only a client past them resumes.
+        assert!(stored.replays_all(6, &frames(&[7, 8, 9])));
+        assert!(stored.replays_all(9, &frames(&[])));
+        assert!(!stored.replays_all(5, &frames(&[7, 8, 9])));
+        assert!(!stored.replays_all(0, &frames(&[])));
+    }
+
+    #[test]
+    fn the_stream_keeps_what_the_outbox_keeps_and_nothing_up_to_a_gap() {
+        assert_eq!(keep_from(5, 0), 5);
+        assert_eq!(keep_from(5, 7), 8);
+        assert_eq!(keep_from(9, 7), 9);
+        assert_eq!(keep_from(1, u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn a_stored_hash_reads_into_a_session_and_hostile_values_are_refused() {
+        let pairs = |p: &[(&str, &str)]| -> Vec<String> {
+            p.iter()
+                .flat_map(|(f, v)| [f.to_string(), v.to_string()])
+                .collect()
+        };
+        let read = stored_session(&pairs(&[
+            ("owner", "a/token"),
+            ("key", "k"),
+            ("seq", "12"),
+            ("gap", "4"),
+            ("received", "3"),
+            ("up:b", r#"{"movable":false}"#),
+            ("up:a", r#"{"session_id":"x","movable":true}"#),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (read.key.as_deref(), read.last_seq, read.gap, read.received),
+            (Some("k"), 12, 4, 3)
+        );
+        let servers: Vec<_> = read.upstreams.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(servers, ["a", "b"]);
+        assert_eq!(stored_session(&pairs(&[("key", "")])).unwrap().key, None);
+        for hostile in [
+            ("seq", "18446744073709551615"),
+            ("gap", "-1"),
+            ("up:a", "{"),
+        ] {
+            assert!(stored_session(&pairs(&[hostile])).is_err(), "{hostile:?}");
+        }
+        assert!(stored_session(&["owner".to_string()]).is_err());
     }
 
     #[test]

@@ -34,6 +34,7 @@ mod secrets;
 mod security;
 mod shared_limits;
 mod store;
+mod store_faults;
 mod strict_upstream;
 mod upstream_faults;
 mod upstream_sockets;
