@@ -214,16 +214,18 @@ impl UpstreamSession {
         mirror.upstream_changed(&self.server.name, Some(ids));
     }
 
-    /// Whether another instance could go on with this session: not with a stdio
-    /// server (its mcp-proxy child is local to this instance), nor over the legacy
-    /// HTTP+SSE transport (bound to its stream).
+    /// Whether another instance could go on with this session, decided by the server's
+    /// configured entry (so also before its child starts, and for remote servers, whose
+    /// status has no pid): only with a remote server over Streamable HTTP. Not with a
+    /// stdio server (its mcp-proxy child is local to this instance), nor over the legacy
+    /// HTTP+SSE transport (bound to its stream), configured or detected.
     pub fn movable(&self) -> bool {
-        self.server.status().pid.is_none()
+        self.server.reachable_anywhere()
             && !self.server.speaks_legacy_sse()
             && self
                 .endpoint
                 .get()
-                .is_some_and(|e| e.transport != super::Transport::LegacySse)
+                .is_none_or(|e| e.transport != super::Transport::LegacySse)
     }
 
     /// The server this session is with.
