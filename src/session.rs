@@ -54,6 +54,8 @@ const REMOVAL_DRAIN: Duration = Duration::from_secs(2);
 const MIRROR_BATCH: usize = 64;
 /// The shortest interval at which a session's keys are refreshed while idle.
 const MIN_IDLE_REFRESH: Duration = Duration::from_millis(100);
+/// The most the DELETE of an upstream session that was not adopted may take.
+const UNADOPTED_DELETE: Duration = Duration::from_secs(2);
 /// Why a stdio server's upstream session is lost after its client session moved.
 pub const STOPPED_INSTANCE: &str = "the instance that ran it stopped";
 
@@ -209,30 +211,52 @@ impl ClientSession {
     /// Adopts the upstream sessions a client session taken from the store had on its
     /// previous instance: those with remote servers go on by their ids; the others (stdio
     /// servers, whose children died with that instance; servers gone or not allowed
-    /// here) are reported `lost`.
+    /// here) are reported `lost`. Adopted sessions count against `maxUpstreamSessions`
+    /// as sessions opened here do: one past the limit is reported `lost` too (saying
+    /// so), and its upstream session is deleted, since nothing will use it.
     pub async fn adopt_upstreams(&mut self, upstreams: Vec<(String, UpstreamIds)>) {
+        let limit = self.context.config.max_upstream_sessions;
         for (server, ids) in upstreams {
             let target = self
                 .context
                 .servers
                 .get(&server)
                 .filter(|_| self.grant.may_use(&server));
-            match target {
+            let reason = match target {
                 Some(target) if ids.movable && ids.session_id.is_some() => {
-                    let adopted =
-                        UpstreamSession::adopt(target, self.link.clone(), ids, self.log_id());
-                    self.upstreams.insert(server, adopted);
-                }
-                _ => {
-                    if let Some(mirror) = &self.mirror {
-                        mirror.upstream_changed(&server, None);
+                    if self.upstreams.len() < limit {
+                        let adopted =
+                            UpstreamSession::adopt(target, self.link.clone(), ids, self.log_id());
+                        self.upstreams.insert(server, adopted);
+                        continue;
                     }
-                    // No writer runs yet and the replay may fill the queue: never wait.
-                    self.link
-                        .push_session_now(&server, SessionState::Lost, Some(STOPPED_INSTANCE));
+                    self.delete_unadopted(&target, ids);
+                    format!(
+                        "this connection already holds {limit} upstream sessions (maxUpstreamSessions) on the instance that took it over"
+                    )
                 }
+                _ => STOPPED_INSTANCE.to_owned(),
+            };
+            if let Some(mirror) = &self.mirror {
+                mirror.upstream_changed(&server, None);
             }
+            // No writer runs yet and the replay may fill the queue: never wait.
+            self.link
+                .push_session_now(&server, SessionState::Lost, Some(&reason));
         }
+    }
+
+    /// Deletes a remote upstream session that was not adopted, in the background, if
+    /// its server is ready (otherwise the server's own idle timeout reaps it).
+    fn delete_unadopted(&self, server: &Server, ids: UpstreamIds) {
+        let (Some(endpoint), Some(id)) = (server.status().endpoint, ids.session_id) else {
+            return;
+        };
+        let http = self.link.http.clone();
+        self.context.background.spawn(async move {
+            let delete = http.delete(&endpoint, &id);
+            let _ = tokio::time::timeout(UNADOPTED_DELETE, delete).await;
+        });
     }
 
     /// The start of the id, for logs (its instance and 8 hex digits): the whole id lets
