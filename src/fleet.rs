@@ -185,6 +185,11 @@ impl Fleet {
         config: ServerConfig,
         previous: Option<JoinHandle<()>>,
     ) -> Result<Starting, FleetError> {
+        let reachable = matches!(
+            &config,
+            ServerConfig::Remote(remote) if remote.transport == RemoteTransport::StreamableHttp
+        );
+        server.set_reachable_anywhere(reachable);
         let supervisor = self.serve(&server, owner, &config, previous)?;
         self.running.insert(
             name.to_owned(),
@@ -463,6 +468,36 @@ pub(crate) mod tests {
             [Starting, Ready, Restarting, Ready, Removed],
             "the fixed sequences"
         );
+    }
+
+    #[tokio::test]
+    async fn only_remote_streamable_http_entries_are_reachable_from_any_instance() {
+        let (registry, mut fleet) = fleet();
+        let stdio = ServerConfig::Stdio(crate::config::StdioServer {
+            command: "server".into(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            inherit_env: Vec::new(),
+            cwd: None,
+        });
+        let starting = fleet.add("s", stdio).expect("added");
+        // Known from the entry, before the child has started (it has no pid yet).
+        let server = registry.get("s").expect("s");
+        assert!(server.status().pid.is_none());
+        assert!(!server.reachable_anywhere());
+        starting.outcome().await;
+        let streamable = ServerConfig::Remote(remote("http://127.0.0.1:9/mcp", &[]));
+        fleet.add("r", streamable).expect("added").outcome().await;
+        let server = registry.get("r").expect("r");
+        assert!(server.reachable_anywhere());
+        let mut sse = remote("http://127.0.0.1:9/sse", &[]);
+        sse.transport = RemoteTransport::Sse;
+        let replaced = fleet
+            .replace("r", ServerConfig::Remote(sse))
+            .expect("replaced");
+        assert!(!server.reachable_anywhere());
+        replaced.outcome().await;
+        fleet.shutdown(Duration::from_secs(1)).await;
     }
 
     #[tokio::test]

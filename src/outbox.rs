@@ -651,6 +651,17 @@ impl Outbox {
         (batch, front)
     }
 
+    /// The highest seq given to a frame so far (0: none), built or still being built.
+    pub fn last_seq(&self) -> u64 {
+        self.lock().next_seq - 1
+    }
+
+    /// Mirrored outboxes: every frame up to this seq has been handed to the store (by
+    /// [`Outbox::unstored`]).
+    pub fn handed_through(&self) -> u64 {
+        self.lock().to_store - 1
+    }
+
     /// Mirrored outboxes: frames up to `seq` were written to the store (or given up on
     /// while it is unreachable): the writer may have them.
     pub fn mark_stored(&self, seq: u64) {

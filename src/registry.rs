@@ -107,6 +107,9 @@ pub struct Server {
     suspect: Notify,
     /// Set once the server turned out to speak only the legacy HTTP+SSE transport.
     legacy_sse: AtomicBool,
+    /// Set while its configured entry is a remote server over Streamable HTTP, which
+    /// every instance reaches alike (see [`Server::reachable_anywhere`]).
+    reachable_anywhere: AtomicBool,
     /// The last instance generation handed out.
     generations: AtomicU64,
 }
@@ -123,6 +126,7 @@ impl Server {
             changes,
             suspect: Notify::new(),
             legacy_sse: AtomicBool::new(false),
+            reachable_anywhere: AtomicBool::new(false),
             generations: AtomicU64::new(0),
         }
     }
@@ -279,6 +283,20 @@ impl Server {
     /// Forgets what was learned about the server's transport (its entry changed).
     pub fn forget_transport(&self) {
         self.legacy_sse.store(false, Ordering::Relaxed);
+    }
+
+    /// True while the configured entry is a remote server over Streamable HTTP: every
+    /// instance reaches it alike, so its upstream sessions may move between instances.
+    /// False for a stdio server (its mcp-proxy child is local to this instance) and for
+    /// a remote server configured for the legacy HTTP+SSE transport (bound to its
+    /// stream). Known from the entry, before any child starts.
+    pub fn reachable_anywhere(&self) -> bool {
+        self.reachable_anywhere.load(Ordering::Relaxed)
+    }
+
+    /// Records what the configured entry says (see [`Server::reachable_anywhere`]).
+    pub fn set_reachable_anywhere(&self, reachable: bool) {
+        self.reachable_anywhere.store(reachable, Ordering::Relaxed);
     }
 
     /// Asks the supervisor to check the server now.

@@ -38,8 +38,8 @@ use crate::protocol::{
 };
 use crate::registry::{Change, Server, StatusChange};
 use crate::store::sessions::{
-    Batch, KeptFrame, SessionMirror, SessionStore, SessionStoreError, StoredSession, UpstreamIds,
-    keep_from,
+    Batch, KeptFrame, Pending, SessionMirror, SessionStore, SessionStoreError, StoredSession,
+    UpstreamIds, keep_from,
 };
 use crate::upstream::UpstreamError;
 use crate::upstream::link::Link;
@@ -57,6 +57,8 @@ const MIRROR_BATCH: usize = 64;
 const MIRROR_BATCH_BYTES: usize = 256 * 1024;
 /// The shortest interval at which a session's keys are refreshed while idle.
 const MIN_IDLE_REFRESH: Duration = Duration::from_millis(100);
+/// The most the DELETE of an upstream session that was not adopted may take.
+const UNADOPTED_DELETE: Duration = Duration::from_secs(2);
 /// Why a stdio server's upstream session is lost after its client session moved.
 pub const STOPPED_INSTANCE: &str = "the instance that ran it stopped";
 
@@ -224,30 +226,52 @@ impl ClientSession {
     /// Adopts the upstream sessions a client session taken from the store had on its
     /// previous instance: those with remote servers go on by their ids; the others (stdio
     /// servers, whose children died with that instance; servers gone or not allowed
-    /// here) are reported `lost`.
+    /// here) are reported `lost`. Adopted sessions count against `maxUpstreamSessions`
+    /// as sessions opened here do: one past the limit is reported `lost` too (saying
+    /// so), and its upstream session is deleted, since nothing will use it.
     pub async fn adopt_upstreams(&mut self, upstreams: Vec<(String, UpstreamIds)>) {
+        let limit = self.context.config.max_upstream_sessions;
         for (server, ids) in upstreams {
             let target = self
                 .context
                 .servers
                 .get(&server)
                 .filter(|_| self.grant.may_use(&server));
-            match target {
+            let reason = match target {
                 Some(target) if ids.movable && ids.session_id.is_some() => {
-                    let adopted =
-                        UpstreamSession::adopt(target, self.link.clone(), ids, self.log_id());
-                    self.upstreams.insert(server, adopted);
-                }
-                _ => {
-                    if let Some(mirror) = &self.mirror {
-                        mirror.upstream_changed(&server, None);
+                    if self.upstreams.len() < limit {
+                        let adopted =
+                            UpstreamSession::adopt(target, self.link.clone(), ids, self.log_id());
+                        self.upstreams.insert(server, adopted);
+                        continue;
                     }
-                    // No writer runs yet and the replay may fill the queue: never wait.
-                    self.link
-                        .push_session_now(&server, SessionState::Lost, Some(STOPPED_INSTANCE));
+                    self.delete_unadopted(&target, ids);
+                    format!(
+                        "this connection already holds {limit} upstream sessions (maxUpstreamSessions) on the instance that took it over"
+                    )
                 }
+                _ => STOPPED_INSTANCE.to_owned(),
+            };
+            if let Some(mirror) = &self.mirror {
+                mirror.upstream_changed(&server, None);
             }
+            // No writer runs yet and the replay may fill the queue: never wait.
+            self.link
+                .push_session_now(&server, SessionState::Lost, Some(&reason));
         }
+    }
+
+    /// Deletes a remote upstream session that was not adopted, in the background, if
+    /// its server is ready (otherwise the server's own idle timeout reaps it).
+    fn delete_unadopted(&self, server: &Server, ids: UpstreamIds) {
+        let (Some(endpoint), Some(id)) = (server.status().endpoint, ids.session_id) else {
+            return;
+        };
+        let http = self.link.http.clone();
+        self.context.background.spawn(async move {
+            let delete = http.delete(&endpoint, &id);
+            let _ = tokio::time::timeout(UNADOPTED_DELETE, delete).await;
+        });
     }
 
     /// The start of the id, for logs (its instance and 8 hex digits): the whole id lets
@@ -776,8 +800,21 @@ impl MirrorWriter {
         let mut disowned = false;
         loop {
             let stopping = stop.is_cancelled();
+            // Upstream ids before frames: an event's id is recorded once its frame is
+            // pushed, so every frame an id taken now follows has a seq up to `pushed`.
+            // The ids go with a batch that hands every such frame to the store, never
+            // ahead of them (a crash in between would skip those events on adoption);
+            // otherwise they wait for the next batch.
+            let mut pending = self.mirror.take_pending();
+            let pushed = self.outbox.last_seq();
             let (frames, oldest) = self.outbox.unstored(MIRROR_BATCH, MIRROR_BATCH_BYTES);
-            let pending = self.mirror.take_pending();
+            if !pending.upstreams.is_empty() && self.outbox.handed_through() < pushed {
+                let ids = std::mem::take(&mut pending.upstreams);
+                self.mirror.restore(Pending {
+                    upstreams: ids,
+                    acked: None,
+                });
+            }
             for (server, ids) in &pending.upstreams {
                 match ids {
                     Some(ids) => self.upstreams.insert(server.clone(), ids.clone()),
@@ -877,4 +914,120 @@ async fn push_status(outbox: &Outbox, server: &str, state: ServerState) {
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::outbox::ResumeBudget;
+    use crate::store::sessions::{Ownership, ReadSession};
+
+    /// What one write carried: the frames' seqs and the upstream sessions changed.
+    type Written = (Vec<u64>, Vec<String>);
+
+    /// A store that keeps what each write carried.
+    #[derive(Debug, Default)]
+    struct Recording(Mutex<Vec<Written>>);
+
+    fn done<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, Result<T, SessionStoreError>> {
+        Box::pin(async move { Ok(value) })
+    }
+
+    impl SessionStore for Recording {
+        fn shared(&self) -> bool {
+            true
+        }
+        fn open<'a>(
+            &'a self,
+            _: &'a str,
+            _: Option<&'a str>,
+        ) -> BoxFuture<'a, Result<(), SessionStoreError>> {
+            done(())
+        }
+        fn append<'a>(
+            &'a self,
+            _: &'a str,
+            batch: Batch<'a>,
+        ) -> BoxFuture<'a, Result<(), SessionStoreError>> {
+            let seqs = batch.frames.iter().map(|f| f.seq).collect();
+            let ids = batch.pending.upstreams.keys().cloned().collect();
+            self.0.lock().unwrap().push((seqs, ids));
+            done(())
+        }
+        fn take<'a>(
+            &'a self,
+            _: &'a str,
+            _: Option<&'a str>,
+        ) -> BoxFuture<'a, Result<Ownership, SessionStoreError>> {
+            done(Ownership::Unknown)
+        }
+        fn read<'a>(
+            &'a self,
+            _: &'a str,
+            _: u64,
+        ) -> BoxFuture<'a, Result<Option<ReadSession>, SessionStoreError>> {
+            done(None)
+        }
+        fn release<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
+            done(())
+        }
+        fn forget<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
+            done(())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upstream_id_is_never_written_ahead_of_the_frames_pushed_before_it() {
+        let limits = Limits {
+            queue_bytes: 1 << 20,
+            keep_frames: 1000,
+            keep_bytes: 1 << 20,
+        };
+        let outbox = Outbox::mirrored(limits, &ResumeBudget::new(1 << 20));
+        let mirror = SessionMirror::new("s".into(), 0);
+        // More frames than one write takes, then the id of the last one's event.
+        let frames = MIRROR_BATCH + 6;
+        for _ in 0..frames {
+            outbox
+                .push(|seq| format!("{{\"seq\":{seq}}}"))
+                .await
+                .unwrap();
+        }
+        let ids = UpstreamIds {
+            last_event_id: Some("e70".into()),
+            movable: true,
+            ..UpstreamIds::default()
+        };
+        mirror.upstream_changed("remote", Some(ids));
+        let store = Arc::new(Recording::default());
+        let writer = MirrorWriter {
+            store: store.clone(),
+            outbox: outbox.clone(),
+            mirror,
+            key: None,
+            idle: Duration::from_secs(60),
+            upstreams: HashMap::new(),
+            handed: 0,
+        };
+        let stop = CancellationToken::new();
+        stop.cancel();
+        writer.run(false, stop).await;
+        let written = store.0.lock().unwrap().clone();
+        let first: Vec<u64> = (1..=MIRROR_BATCH as u64).collect();
+        let rest: Vec<u64> = (MIRROR_BATCH as u64 + 1..=frames as u64).collect();
+        // (The last write, on stopping, carries only `received`.)
+        assert_eq!(
+            written,
+            [
+                (first, vec![]),
+                (rest, vec!["remote".to_owned()]),
+                (vec![], vec![])
+            ],
+            "the id waits for the batch that stores its event's frame"
+        );
+    }
 }

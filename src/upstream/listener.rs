@@ -134,6 +134,13 @@ impl Listener {
     }
 
     /// Forwards one opened stream until it ends; also says whether it delivered events.
+    ///
+    /// With a shared session store, the id of each event is recorded once its frame is
+    /// in the client session's outbox (not before: the store writes an id only with or
+    /// after the frames pushed before it), so that an instance adopting the session
+    /// after a crash reopens the stream right after the last event the client could
+    /// have been given. Recording only replaces the mirror's latest value: the store's
+    /// batched writes carry it, with no write of its own per event.
     async fn forward(
         &self,
         mut stream: EventStream,
@@ -142,6 +149,8 @@ impl Listener {
         let session = &self.session;
         stream.set_idle_timeout(session.stream_idle_timeout());
         let mut delivered = false;
+        // The id last recorded, to record each new one once (mirrored sessions only).
+        let mut recorded = session.is_mirrored().then(|| last_event_id.clone());
         // One wait for the session's end serves every event (not one per event).
         let ended = session.ended();
         tokio::pin!(ended);
@@ -151,11 +160,20 @@ impl Listener {
                 next = stream.next() => next,
             };
             let end = match next {
-                Some(Ok(event)) if event.data.trim().is_empty() => None,
                 Some(Ok(event)) => {
-                    delivered = true;
-                    if !session.forward_event(&event.data).await {
-                        return (StreamEnd::Stop, delivered);
+                    // An event without data (a priming event) still moves the stream on.
+                    if !event.data.trim().is_empty() {
+                        delivered = true;
+                        if !session.forward_event(&event.data).await {
+                            return (StreamEnd::Stop, delivered);
+                        }
+                    }
+                    if let Some(recorded) = &mut recorded {
+                        let id = stream.last_event_id();
+                        if id.is_some() && recorded.as_deref() != id {
+                            *recorded = id.map(str::to_owned);
+                            session.record(id);
+                        }
                     }
                     None
                 }
@@ -174,8 +192,12 @@ impl Listener {
             if let Some(end) = end {
                 // Only a reopened stream needs the id, so it is copied once, at the end.
                 if let Some(id) = stream.last_event_id() {
+                    // An id that came without an event (an id-only block) is recorded
+                    // here: every frame before it is in the outbox.
+                    if recorded.is_some_and(|r| r.as_deref() != Some(id)) {
+                        session.record(Some(id));
+                    }
                     *last_event_id = Some(id.to_owned());
-                    session.record(Some(id));
                 }
                 return (end, delivered);
             }

@@ -28,6 +28,7 @@ mod reload;
 mod resume;
 mod resume_budget;
 mod routing;
+mod scale_faults;
 mod scale_sessions;
 mod secret_urls;
 mod secrets;

@@ -7,86 +7,17 @@
 //! the remote server (the server saw one initialize, and no DELETE), and is told its
 //! stdio upstream session was lost.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::binary::{Binary, Launch, TempDir, kill};
-use crate::harness::{Client, config, everything, root};
+use crate::binary::{Binary, Launch, kill};
+use crate::harness::{Client, config, everything};
 use crate::support::nginx::{Instance, Nginx};
-use crate::support::redis::{RedisServer, free_port};
+use crate::support::redis::RedisServer;
+use crate::support::remote::RemoteEverything;
 
-/// The real server-everything in Streamable HTTP mode on a free loopback port, its
-/// standard output (one line per session it initializes or deletes) kept in a file.
-struct RemoteEverything {
-    child: Child,
-    port: u16,
-    dir: TempDir,
-}
-
-impl RemoteEverything {
-    fn start() -> Self {
-        let port = free_port();
-        let dir = TempDir::new();
-        let script =
-            root().join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-        let stdout = std::fs::File::create(dir.0.join("stdout.log")).expect("log file");
-        let mut child = Command::new("node")
-            .arg(script)
-            .arg("streamableHttp")
-            .env("PORT", port.to_string())
-            .stdout(Stdio::from(stdout))
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("node starts");
-        // It says so on standard error once it listens.
-        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-        let mut line = String::new();
-        while !line.contains("listening on port") {
-            line.clear();
-            let read = stderr.read_line(&mut line).expect("a line");
-            assert!(read > 0, "server-everything ended before listening");
-        }
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            while stderr.read_line(&mut sink).is_ok_and(|n| n > 0) {
-                sink.clear();
-            }
-        });
-        Self { child, port, dir }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/mcp", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.0.join("stdout.log")).unwrap_or_default()
-    }
-
-    /// How many sessions it has initialized.
-    fn initialized(&self) -> usize {
-        self.log().matches("Session initialized with ID").count()
-    }
-
-    /// How many sessions it was asked to delete.
-    fn deleted(&self) -> usize {
-        self.log()
-            .matches("Received session termination request")
-            .count()
-    }
-}
-
-impl Drop for RemoteEverything {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn gateway(instance: &str, redis: &RedisServer, remote: &RemoteEverything) -> Binary {
+pub fn gateway(instance: &str, redis: &RedisServer, remote: &RemoteEverything) -> Binary {
     gateway_with(instance, redis, remote, json!({}))
 }
 
@@ -101,6 +32,17 @@ fn gateway_with(
         "remote": {"url": remote.url()},
         "local": everything(),
     });
+    gateway_serving(instance, redis, servers, settings)
+}
+
+/// A gateway named `instance` sharing `redis`, serving `servers`, with more gateway
+/// settings.
+pub fn gateway_serving(
+    instance: &str,
+    redis: &RedisServer,
+    servers: Value,
+    settings: Value,
+) -> Binary {
     let mut gateway = json!({"instance": instance, "store": {"redis": redis.url()}});
     if let (Some(base), Some(extra)) = (gateway.as_object_mut(), settings.as_object()) {
         base.extend(extra.clone());
@@ -346,7 +288,7 @@ async fn through_nginx_a_killed_owners_session_resumes_on_the_other_instance() {
 }
 
 /// One field of session `id`'s hash in Redis.
-async fn session_field(redis: &RedisServer, id: &str, field: &str) -> Option<String> {
+pub async fn session_field(redis: &RedisServer, id: &str, field: &str) -> Option<String> {
     let mut connection = redis.connection().await;
     redis::cmd("HGET")
         .arg(format!("mcpmux:session:{id}"))

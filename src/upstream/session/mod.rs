@@ -168,7 +168,9 @@ impl UpstreamSession {
 
     /// Goes on with an upstream session another instance opened, by its stored ids:
     /// requests carry its `Mcp-Session-Id` and protocol version, and its standalone
-    /// stream is reopened after its last event.
+    /// stream is reopened after its last event. Without an event id to resume after,
+    /// the stream is opened afresh and the client is told that notifications sent
+    /// meanwhile may be missing (a gap is never silent).
     pub fn adopt(server: Arc<Server>, link: Link, ids: UpstreamIds, session: &str) -> Arc<Self> {
         let adopted = Self::new(server, link, false, session);
         adopted.barrier.open(ids.session_id.as_deref());
@@ -186,6 +188,12 @@ impl UpstreamSession {
                 );
                 return listening.report_stream_gap(&message).await;
             }
+            if ids.last_event_id.is_none() {
+                let message = "the server's event stream was reopened after the session moved, with no event id to resume after; notifications sent meanwhile may be missing";
+                listening.report_stream_gap(message).await;
+            }
+            // Stored again under this instance, with the id it resumes after.
+            listening.record(ids.last_event_id.as_deref());
             Listener::new(listening.clone())
                 .run(None, ids.last_event_id)
                 .await;
@@ -196,7 +204,10 @@ impl UpstreamSession {
     }
 
     /// Records this session's ids for adoption by another instance (with a shared
-    /// session store only), with the standalone stream's last event id.
+    /// session store only), with the standalone stream's last event id. Called once an
+    /// event's frame is in the outbox: the store's writer takes upstream ids before the
+    /// frames, and writes them only with a batch that reaches every frame pushed before
+    /// them, so an id is never stored ahead of its event.
     pub(in crate::upstream) fn record(&self, last_event_id: Option<&str>) {
         let Some(mirror) = &self.link.mirror else {
             return;
@@ -214,16 +225,23 @@ impl UpstreamSession {
         mirror.upstream_changed(&self.server.name, Some(ids));
     }
 
-    /// Whether another instance could go on with this session: not with a stdio
-    /// server (its mcp-proxy child is local to this instance), nor over the legacy
-    /// HTTP+SSE transport (bound to its stream).
+    /// True when this session's ids are recorded in a shared session store.
+    pub(in crate::upstream) fn is_mirrored(&self) -> bool {
+        self.link.mirror.is_some()
+    }
+
+    /// Whether another instance could go on with this session, decided by the server's
+    /// configured entry (so also before its child starts, and for remote servers, whose
+    /// status has no pid): only with a remote server over Streamable HTTP. Not with a
+    /// stdio server (its mcp-proxy child is local to this instance), nor over the legacy
+    /// HTTP+SSE transport (bound to its stream), configured or detected.
     pub fn movable(&self) -> bool {
-        self.server.status().pid.is_none()
+        self.server.reachable_anywhere()
             && !self.server.speaks_legacy_sse()
             && self
                 .endpoint
                 .get()
-                .is_some_and(|e| e.transport != super::Transport::LegacySse)
+                .is_none_or(|e| e.transport != super::Transport::LegacySse)
     }
 
     /// The server this session is with.

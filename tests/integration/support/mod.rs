@@ -6,3 +6,4 @@
 
 pub mod nginx;
 pub mod redis;
+pub mod remote;

@@ -1,0 +1,240 @@
+//! Upstream sessions that move between instances, at their edges: two real `mcpmux`
+//! binaries share a real redis-server, and the real server-everything runs as a remote
+//! server (Streamable HTTP, with its event store) reachable from both. The owner of a
+//! client session is killed (SIGKILL); the session is resumed on the other instance.
+//!
+//! - Notifications the server sends on its standalone stream (here: its `roots/list`
+//!   requests, which it sends on that stream only) reach the resumed client once, in
+//!   order: those it had seen are not repeated, those sent while no instance listened
+//!   are replayed from the last event the client was given.
+//! - An adopted stream with no event id to resume after is reported as a gap.
+//! - Adopted upstream sessions count against `maxUpstreamSessions` on the instance
+//!   that takes the session.
+
+use serde_json::{Value, json};
+
+use crate::binary::kill;
+use crate::harness::Client;
+use crate::scale_sessions::{gateway, gateway_serving, session_field};
+use crate::support::redis::RedisServer;
+use crate::support::remote::RemoteEverything;
+
+/// The stored `up:{server}` record of client session `id` (null when absent).
+async fn upstream_record(redis: &RedisServer, id: &str, server: &str) -> Value {
+    session_field(redis, id, &format!("up:{server}"))
+        .await
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// Initializes `server` as a client that has roots (server-everything then asks for
+/// them on its standalone stream, and again on each `notifications/roots/list_changed`).
+async fn initialize_with_roots(client: &mut Client, server: &str) {
+    client.ready(server).await;
+    let params = json!({
+        "protocolVersion": "2025-11-25",
+        "capabilities": {"roots": {"listChanged": true}},
+        "clientInfo": {"name": "mcpmux-tests", "version": "1"}
+    });
+    let response = client
+        .call(server, json!("init"), "initialize", params)
+        .await;
+    assert!(response["message"]["result"].is_object(), "{response}");
+    client
+        .rpc(
+            server,
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        )
+        .await;
+}
+
+fn is_roots_request(frame: &Value) -> bool {
+    frame["type"] == "rpc" && frame["message"]["method"] == "roots/list"
+}
+
+/// The id of the next `roots/list` request the server sent.
+async fn next_roots_request(client: &mut Client) -> Value {
+    let frame = client.wait_for("roots/list", is_roots_request).await;
+    assert_eq!(frame["server"], "remote", "{frame}");
+    frame["message"]["id"].clone()
+}
+
+/// A round trip through the session's sequence: the gateway answers a request to a
+/// server it does not have with a sequenced frame, which reaches the client only after
+/// everything recorded before it is in the store. Returns the answer's seq.
+async fn through_the_store(client: &mut Client, id: &str) -> u64 {
+    let answer = client.call("nowhere", json!(id), "ping", json!({})).await;
+    assert_eq!(
+        answer["message"]["error"]["data"]["gateway"], "unknown_server",
+        "{answer}"
+    );
+    answer["seq"].as_u64().expect("seq")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_stream_notifications_reach_the_resumed_client_once_in_order() {
+    let redis = RedisServer::start();
+    let remote = RemoteEverything::start();
+    let servers = json!({"remote": {"url": remote.url()}});
+    let a = gateway_serving("inst-sa", &redis, servers.clone(), json!({}));
+    let b = gateway_serving("inst-sb", &redis, servers, json!({}));
+    let mut client = Client::connect(a.addr).await;
+    initialize_with_roots(&mut client, "remote").await;
+    // The server asks once initialized, then once per change: each on its standalone
+    // stream, each with the next request id.
+    let mut seen = vec![next_roots_request(&mut client).await];
+    for _ in 0..2 {
+        client
+            .rpc(
+                "remote",
+                json!({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}),
+            )
+            .await;
+        seen.push(next_roots_request(&mut client).await);
+    }
+    let last_seq = through_the_store(&mut client, "flush-a").await;
+    let session = client.session_id();
+    let record = upstream_record(&redis, &session, "remote").await;
+    assert!(record["last_event_id"].is_string(), "{record}");
+    kill(a.child.id(), libc::SIGKILL);
+    drop(client);
+    // While no instance listens, the server sends two more on the stream it keeps.
+    let upstream_id = record["session_id"].as_str().expect("session id");
+    let version = record["protocol_version"].as_str().expect("version");
+    for _ in 0..2 {
+        let status = remote
+            .notify(upstream_id, version, "notifications/roots/list_changed")
+            .await;
+        assert_eq!(status, 202);
+    }
+    let mut client = Client::resume(b.addr, &session, last_seq).await;
+    assert_eq!(client.welcome["resumed"], true, "{}", client.welcome);
+    let after = [
+        next_roots_request(&mut client).await,
+        next_roots_request(&mut client).await,
+    ];
+    let next = |id: &Value| json!(id.as_i64().expect("numeric id") + 1);
+    assert_eq!(after[0], next(seen.last().expect("seen")), "seen {seen:?}");
+    assert_eq!(after[1], next(&after[0]));
+    // Nothing else came meanwhile: no event the client had seen, no gap reported.
+    through_the_store(&mut client, "flush-b").await;
+    let others = client.take_buffered(|f| is_roots_request(f) || f["type"] == "error");
+    assert!(others.is_empty(), "{others:?}");
+    // And the session goes on with the server's same upstream session.
+    let echo = client
+        .call(
+            "remote",
+            json!("echo"),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"message": "moved"}}),
+        )
+        .await;
+    assert!(echo["message"]["result"].is_object(), "{echo}");
+    assert_eq!(remote.initialized(), 1, "{}", remote.log());
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_stream_with_no_event_id_to_resume_after_reports_the_gap() {
+    let redis = RedisServer::start();
+    let remote = RemoteEverything::start();
+    let a = gateway("inst-sc", &redis, &remote);
+    let b = gateway("inst-sd", &redis, &remote);
+    let mut client = Client::connect(a.addr).await;
+    client.initialize("remote").await;
+    let last_seq = through_the_store(&mut client, "flush").await;
+    let session = client.session_id();
+    kill(a.child.id(), libc::SIGKILL);
+    drop(client);
+    // As a server that gives its events no ids would have left it.
+    let mut record = upstream_record(&redis, &session, "remote").await;
+    let ids = record.as_object_mut().expect("a record");
+    ids.remove("last_event_id");
+    let mut connection = redis.connection().await;
+    let _: () = redis::cmd("HSET")
+        .arg(format!("mcpmux:session:{session}"))
+        .arg("up:remote")
+        .arg(record.to_string())
+        .query_async(&mut connection)
+        .await
+        .expect("HSET");
+    let mut client = Client::resume(b.addr, &session, last_seq).await;
+    assert_eq!(client.welcome["resumed"], true, "{}", client.welcome);
+    let gap = client.wait_for("the gap", |f| f["type"] == "error").await;
+    assert_eq!(gap["code"], "upstream_error", "{gap}");
+    assert_eq!(gap["server"], "remote", "{gap}");
+    let message = gap["message"].as_str().expect("message");
+    assert!(message.contains("may be missing"), "{message}");
+    // The upstream session itself was adopted.
+    let echo = client
+        .call(
+            "remote",
+            json!("echo"),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"message": "moved"}}),
+        )
+        .await;
+    assert!(echo["message"]["result"].is_object(), "{echo}");
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopted_upstream_sessions_count_against_max_upstream_sessions() {
+    let redis = RedisServer::start();
+    let remote = RemoteEverything::start();
+    let servers = json!({"remote": {"url": remote.url()}, "second": {"url": remote.url()}});
+    let a = gateway_serving("inst-se", &redis, servers.clone(), json!({}));
+    let b = gateway_serving(
+        "inst-sf",
+        &redis,
+        servers,
+        json!({"maxUpstreamSessions": 1}),
+    );
+    let mut client = Client::connect(a.addr).await;
+    client.initialize("remote").await;
+    client.initialize("second").await;
+    let last_seq = through_the_store(&mut client, "flush").await;
+    let session = client.session_id();
+    kill(a.child.id(), libc::SIGKILL);
+    drop(client);
+    let mut client = Client::resume(b.addr, &session, last_seq).await;
+    assert_eq!(client.welcome["resumed"], true, "{}", client.welcome);
+    // In the order of the names: "remote" is adopted, "second" is one too many.
+    let lost = client.session_state("lost").await;
+    assert_eq!(lost["server"], "second", "{lost}");
+    assert_eq!(lost["seq"].as_u64(), Some(last_seq + 1), "{lost}");
+    let reason = lost["reason"].as_str().expect("reason");
+    assert!(reason.contains("maxUpstreamSessions"), "{reason}");
+    let echo = client
+        .call(
+            "remote",
+            json!("echo"),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"message": "adopted"}}),
+        )
+        .await;
+    assert!(echo["message"]["result"].is_object(), "{echo}");
+    // The upstream session nobody adopted is deleted, not left to expire.
+    for _ in 0..100 {
+        if remote.deleted() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(remote.deleted(), 1, "{}", remote.log());
+    assert_eq!(remote.initialized(), 2, "{}", remote.log());
+    // A new session with the server past the limit is refused as on any connection.
+    let refused = client
+        .call(
+            "second",
+            json!("again"),
+            "initialize",
+            json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}),
+        )
+        .await;
+    assert_eq!(
+        refused["message"]["error"]["data"]["gateway"], "too_many_sessions",
+        "{refused}"
+    );
+    client.close().await;
+}
