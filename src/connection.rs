@@ -18,14 +18,14 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::oneshot;
 
-use crate::auth::{Admission, Eviction};
+use crate::auth::{Admission, ConnectionSlot, Eviction};
 use crate::context::Place;
 use crate::metrics::{Metrics, SocketClose};
 use crate::outbox::Outbox;
 use crate::protocol::{
     ClientFrame, ClientInfo, Resume, Token, close_code, decode_client_frame, session_id,
 };
-use crate::resume::{Claim, Handover, Refusal, hand_over, take_from_store};
+use crate::resume::{Claim, Claims, Handover, KeyName, Refusal, hand_over, take_from_store};
 use crate::session::{ClientSession, CloseReason};
 use crate::state::GatewayState;
 
@@ -72,6 +72,10 @@ enum SocketEnd {
 /// `maxSessions`, which passes to the session the hello opens; `admission` says what
 /// its key (if any was presented at the upgrade) may do; `routed` is the session its
 /// upgrade URL named (`?session=`), which a resume in `hello` must name too.
+///
+/// The task lives as long as its socket, idle or not, so its state is what an idle
+/// socket costs: the hello and the socket's end run in futures of their own (boxed,
+/// freed once done), and only the loop's state stays in the task.
 pub async fn serve(
     socket: WebSocket,
     state: Arc<GatewayState>,
@@ -82,101 +86,16 @@ pub async fn serve(
     let context = state.context.clone();
     let _open = context.metrics.connection_opened();
     let (mut sink, mut stream) = socket.split();
-    let hello = tokio::select! {
-        _ = context.shutdown.cancelled() => Err((close_code::GOING_AWAY, "mcpmux is shutting down".to_owned())),
-        hello = tokio::time::timeout(context.config.hello_timeout, read_hello(&mut stream, context.config.max_frame_bytes)) => match hello {
-            Err(_) => Err((
-                close_code::HELLO_TIMEOUT,
-                format!("no hello within {} ms", context.config.hello_timeout.as_millis()),
-            )),
-            Ok(hello) => hello,
-        },
-    };
-    let (client, resume, token) = match hello {
-        Ok(Some(hello)) => hello,
-        // The place is free before the socket closes.
-        Ok(None) => return drop(place),
-        Err(reason) => {
-            drop(place);
-            send_close(&mut sink, reason).await;
-            return;
-        }
-    };
-    if let Some(reason) = routed_elsewhere(routed.as_deref(), resume.as_ref()) {
-        tracing::debug!(code = reason.0, reason = %reason.1, "hello refused");
-        drop(place);
-        send_close(&mut sink, reason).await;
+    let attaching = attach(&state, &mut sink, &mut stream, place, admission, routed);
+    let Some(Attached {
+        mut session,
+        resumed,
+        connection,
+        key,
+    }) = Box::pin(attaching).await
+    else {
         return;
-    }
-    // Subscribed before the key is judged, so that rules replaced meanwhile are seen.
-    let changes = context.servers.subscribe();
-    // The key: the one given at the upgrade, or the hello's token. The socket's place
-    // among its key's connections is held until this function returns.
-    let (grant, connection) = match admission
-        .after_hello(token.as_ref().map(Token::expose))
-        .await
-    {
-        Ok(admitted) => (admitted.grant, admitted.connection),
-        Err(reason) => {
-            tracing::debug!(code = reason.0, reason = %reason.1, "hello refused");
-            drop(place);
-            send_close(&mut sink, reason).await;
-            return;
-        }
     };
-    let key = grant.key_name().cloned();
-    let (mut session, resumed) = match resume {
-        None => (
-            ClientSession::new(context.clone(), place, grant, changes),
-            false,
-        ),
-        Some(Resume { session, last_seq }) => {
-            match state
-                .sessions
-                .take(&session, last_seq, key.as_deref())
-                .await
-            {
-                // The resumed session holds its own place.
-                Ok(session) => {
-                    context.metrics.resume(true);
-                    (session, true)
-                }
-                Err(Refusal::Unknown) => {
-                    // Not held here: with a shared store, its owner may have stopped.
-                    let claimant = (place, grant, changes);
-                    match take_from_store(&context, claimant, &session, last_seq).await {
-                        Ok(session) => {
-                            context.metrics.resume(true);
-                            (session, true)
-                        }
-                        Err((refusal, (place, grant, changes))) => {
-                            context.metrics.resume(false);
-                            tracing::debug!(%refusal, "resume refused; starting a fresh session");
-                            let fresh = ClientSession::new(context.clone(), place, grant, changes);
-                            (fresh, false)
-                        }
-                    }
-                }
-                Err(refusal) => {
-                    context.metrics.resume(false);
-                    match session_id::owner(&session) {
-                        Some(owner) if owner != &*context.config.instance => {
-                            tracing::debug!(%owner, "resume of a session another instance owns; starting a fresh session");
-                        }
-                        _ => tracing::debug!(%refusal, "resume refused; starting a fresh session"),
-                    }
-                    let fresh = ClientSession::new(context.clone(), place, grant, changes);
-                    (fresh, false)
-                }
-            }
-        }
-    };
-    let span = tracing::Span::current();
-    span.record("session", session.log_id());
-    if let Some(key) = key.as_deref() {
-        span.record("key", key);
-    }
-    tracing::debug!(?client, resumed, "client attached");
     let mut claims = state.sessions.register(&session.id, key);
     let outbox = session.link.outbox.clone();
     // Frames outside the sequence are written first: the welcome precedes any replay.
@@ -237,6 +156,175 @@ pub async fn serve(
         }
     };
 
+    let end = SocketEnded {
+        ending,
+        writer,
+        writer_done,
+        close_tx,
+        outbox,
+        claims,
+        connection,
+    };
+    Box::pin(detach(&state, session, end, stream)).await;
+}
+
+/// A socket's client session once its `hello` was accepted.
+struct Attached {
+    session: ClientSession,
+    resumed: bool,
+    /// The socket's place among its key's connections, held until it closes.
+    connection: Option<ConnectionSlot>,
+    /// The name of its key, if it has one.
+    key: KeyName,
+}
+
+/// Reads `hello`, admits the socket's key and opens or resumes its client session;
+/// `None` when the socket was refused (closed with the reason) or left.
+async fn attach(
+    state: &Arc<GatewayState>,
+    sink: &mut SplitSink<WebSocket, Message>,
+    stream: &mut SplitStream<WebSocket>,
+    place: Place,
+    admission: Admission,
+    routed: Option<Box<str>>,
+) -> Option<Attached> {
+    let context = state.context.clone();
+    let hello = tokio::select! {
+        _ = context.shutdown.cancelled() => Err((close_code::GOING_AWAY, "mcpmux is shutting down".to_owned())),
+        hello = tokio::time::timeout(context.config.hello_timeout, read_hello(stream, context.config.max_frame_bytes)) => match hello {
+            Err(_) => Err((
+                close_code::HELLO_TIMEOUT,
+                format!("no hello within {} ms", context.config.hello_timeout.as_millis()),
+            )),
+            Ok(hello) => hello,
+        },
+    };
+    let (client, resume, token) = match hello {
+        Ok(Some(hello)) => hello,
+        // The place is free before the socket closes.
+        Ok(None) => {
+            drop(place);
+            return None;
+        }
+        Err(reason) => {
+            drop(place);
+            send_close(sink, reason).await;
+            return None;
+        }
+    };
+    if let Some(reason) = routed_elsewhere(routed.as_deref(), resume.as_ref()) {
+        tracing::debug!(code = reason.0, reason = %reason.1, "hello refused");
+        drop(place);
+        send_close(sink, reason).await;
+        return None;
+    }
+    // Subscribed before the key is judged, so that rules replaced meanwhile are seen.
+    let changes = context.servers.subscribe();
+    // The key: the one given at the upgrade, or the hello's token. The socket's place
+    // among its key's connections is held until this function returns.
+    let (grant, connection) = match admission
+        .after_hello(token.as_ref().map(Token::expose))
+        .await
+    {
+        Ok(admitted) => (admitted.grant, admitted.connection),
+        Err(reason) => {
+            tracing::debug!(code = reason.0, reason = %reason.1, "hello refused");
+            drop(place);
+            send_close(sink, reason).await;
+            return None;
+        }
+    };
+    let key = grant.key_name().cloned();
+    let (session, resumed) = match resume {
+        None => (
+            ClientSession::new(context.clone(), place, grant, changes),
+            false,
+        ),
+        Some(Resume { session, last_seq }) => {
+            match state
+                .sessions
+                .take(&session, last_seq, key.as_deref())
+                .await
+            {
+                // The resumed session holds its own place.
+                Ok(session) => {
+                    context.metrics.resume(true);
+                    (session, true)
+                }
+                Err(Refusal::Unknown) => {
+                    // Not held here: with a shared store, its owner may have stopped.
+                    let claimant = (place, grant, changes);
+                    match take_from_store(&context, claimant, &session, last_seq).await {
+                        Ok(session) => {
+                            context.metrics.resume(true);
+                            (session, true)
+                        }
+                        Err((refusal, (place, grant, changes))) => {
+                            context.metrics.resume(false);
+                            tracing::debug!(%refusal, "resume refused; starting a fresh session");
+                            let fresh = ClientSession::new(context.clone(), place, grant, changes);
+                            (fresh, false)
+                        }
+                    }
+                }
+                Err(refusal) => {
+                    context.metrics.resume(false);
+                    match session_id::owner(&session) {
+                        Some(owner) if owner != &*context.config.instance => {
+                            tracing::debug!(%owner, "resume of a session another instance owns; starting a fresh session");
+                        }
+                        _ => tracing::debug!(%refusal, "resume refused; starting a fresh session"),
+                    }
+                    let fresh = ClientSession::new(context.clone(), place, grant, changes);
+                    (fresh, false)
+                }
+            }
+        }
+    };
+    let span = tracing::Span::current();
+    span.record("session", session.log_id());
+    if let Some(key) = key.as_deref() {
+        span.record("key", key);
+    }
+    tracing::debug!(?client, resumed, "client attached");
+    Some(Attached {
+        session,
+        resumed,
+        connection,
+        key,
+    })
+}
+
+/// What the loop leaves for the socket's end.
+struct SocketEnded {
+    ending: SocketEnd,
+    writer: tokio::task::JoinHandle<()>,
+    /// The writer task ended by itself.
+    writer_done: bool,
+    close_tx: oneshot::Sender<CloseReason>,
+    outbox: Arc<Outbox>,
+    claims: Claims,
+    connection: Option<ConnectionSlot>,
+}
+
+/// Closes the socket and decides the session's fate: held for resume, handed to the
+/// socket that claimed it, or ended.
+async fn detach(
+    state: &Arc<GatewayState>,
+    session: ClientSession,
+    end: SocketEnded,
+    mut stream: SplitStream<WebSocket>,
+) {
+    let context = &state.context;
+    let SocketEnded {
+        ending,
+        mut writer,
+        writer_done,
+        close_tx,
+        outbox,
+        claims,
+        connection,
+    } = end;
     let close = match &ending {
         SocketEnd::Shutdown => Some((close_code::GOING_AWAY, "mcpmux is shutting down".to_owned())),
         SocketEnd::Claimed(_) => Some((

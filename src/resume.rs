@@ -36,10 +36,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, broadcast, oneshot};
 use tokio_util::task::TaskTracker;
-
-use tokio::sync::broadcast;
 
 use crate::auth::{Grant, HeldSlot};
 use crate::context::{Place, SessionContext};
@@ -184,22 +182,70 @@ pub type KeyName = Option<Arc<str>>;
 
 /// The owner's end of a session's registration: claims arrive here.
 pub struct Claims {
-    receiver: mpsc::Receiver<Claim>,
-    /// The registry holds a clone; this one tells our slot from a successor's.
-    sender: mpsc::Sender<Claim>,
+    mailbox: Arc<Mailbox>,
     /// The key that opened the session.
     key: KeyName,
 }
 
 impl Claims {
-    /// The next claim; pending forever once the registry dropped the slot and no claim
-    /// is queued (the owner's other events then decide).
+    /// The next claim; pending until one arrives (the owner's other events then decide).
     pub async fn next(&mut self) -> Claim {
-        match self.receiver.recv().await {
-            Some(claim) => claim,
-            // Unreachable while `self.sender` lives, but never busy-loop on it.
-            None => std::future::pending().await,
+        loop {
+            // Registered before the check: a claim posted in between is not missed.
+            let arrived = self.mailbox.arrived.notified();
+            if let Some(claim) = self.mailbox.lock().claim.take() {
+                return claim;
+            }
+            arrived.await;
         }
+    }
+}
+
+impl Drop for Claims {
+    /// A claim that finds the owner gone is refused at once, not left to time out.
+    fn drop(&mut self) {
+        let unanswered = {
+            let mut letter = self.mailbox.lock();
+            letter.closed = true;
+            letter.claim.take()
+        };
+        drop(unanswered);
+    }
+}
+
+/// Where a claim waits for the owner of a session. One claim at a time: the session's
+/// slot leaves the registry while a claim is under way. Every socket has one, so it is
+/// kept small (a channel would cost about 1 KiB per idle socket).
+#[derive(Default)]
+struct Mailbox {
+    letter: std::sync::Mutex<Letter>,
+    arrived: Notify,
+}
+
+#[derive(Default)]
+struct Letter {
+    claim: Option<Claim>,
+    /// The owner dropped its end: claims are refused.
+    closed: bool,
+}
+
+impl Mailbox {
+    /// Leaves a claim for the owner; gives it back when the owner is gone.
+    fn post(&self, claim: Claim) -> Result<(), Claim> {
+        {
+            let mut letter = self.lock();
+            if letter.closed {
+                return Err(claim);
+            }
+            letter.claim = Some(claim);
+        }
+        // Stores a permit if the owner is not waiting yet.
+        self.arrived.notify_one();
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Letter> {
+        self.letter.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -239,7 +285,7 @@ pub fn hand_over(session: ClientSession, claim: Claim) -> Handover {
 
 /// Every client session of the gateway, by id, with the key that opened it.
 pub struct Sessions {
-    slots: DashMap<String, (KeyName, mpsc::Sender<Claim>)>,
+    slots: DashMap<String, (KeyName, Arc<Mailbox>)>,
     /// Where the holders of detached sessions run (the gateway's connection tracker, so
     /// that a shutdown waits for them).
     holders: TaskTracker,
@@ -265,26 +311,22 @@ impl Sessions {
     /// Registers session `id`, opened by `key` and owned by the caller, who serves the
     /// claims.
     pub fn register(&self, id: &str, key: KeyName) -> Claims {
-        let (sender, receiver) = mpsc::channel(1);
+        let mailbox = Arc::new(Mailbox::default());
         self.slots
-            .insert(id.to_owned(), (key.clone(), sender.clone()));
-        Claims {
-            receiver,
-            sender,
-            key,
-        }
+            .insert(id.to_owned(), (key.clone(), mailbox.clone()));
+        Claims { mailbox, key }
     }
 
     /// Registers `id` again after a claim that was abandoned took it out.
     pub fn reinstate(&self, id: &str, claims: &Claims) {
-        let slot = (claims.key.clone(), claims.sender.clone());
+        let slot = (claims.key.clone(), claims.mailbox.clone());
         self.slots.insert(id.to_owned(), slot);
     }
 
     /// Forgets `id` (the session ended), unless a newer owner registered it meanwhile.
     pub fn forget(&self, id: &str, claims: &Claims) {
         self.slots
-            .remove_if(id, |_, (_, sender)| sender.same_channel(&claims.sender));
+            .remove_if(id, |_, (_, mailbox)| Arc::ptr_eq(mailbox, &claims.mailbox));
     }
 
     /// Claims session `id` for a new socket of `key` that has every frame up to
@@ -306,8 +348,7 @@ impl Sessions {
         let (reply, answer) = oneshot::channel();
         let claim = async {
             owner
-                .send(Claim { last_seq, reply })
-                .await
+                .post(Claim { last_seq, reply })
                 .map_err(|_| Refusal::Expired)?;
             answer.await.unwrap_or(Err(Refusal::Expired))
         };
@@ -390,4 +431,64 @@ async fn run_holder(
     session.finish(drain).await;
     // Only now is the session's place free: an eviction waits for this.
     drop(held);
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+
+    fn claim() -> (Claim, oneshot::Receiver<Result<ClientSession, Refusal>>) {
+        let (reply, answer) = oneshot::channel();
+        (Claim { last_seq: 0, reply }, answer)
+    }
+
+    #[tokio::test]
+    async fn a_claim_posted_before_the_owner_waits_is_delivered() {
+        let registry = Sessions::new(TaskTracker::new());
+        let mut claims = registry.register("s", None);
+        let mailbox = registry.slots.get("s").map(|slot| slot.1.clone()).unwrap();
+        let (posted, _answer) = claim();
+        assert!(mailbox.post(posted).is_ok());
+        let delivered = claims.next().now_or_never();
+        assert!(delivered.is_some(), "the owner finds the claim at once");
+        assert!(claims.next().now_or_never().is_none(), "and only once");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_owner_is_woken_by_a_claim() {
+        let registry = Sessions::new(TaskTracker::new());
+        let mut claims = registry.register("s", None);
+        let mailbox = registry.slots.get("s").map(|slot| slot.1.clone()).unwrap();
+        let owner = tokio::spawn(async move { claims.next().await.last_seq });
+        tokio::task::yield_now().await;
+        let (mut posted, _answer) = claim();
+        posted.last_seq = 7;
+        assert!(mailbox.post(posted).is_ok());
+        let seq = tokio::time::timeout(Duration::from_secs(5), owner).await;
+        assert_eq!(seq.expect("woken").expect("no panic"), 7);
+    }
+
+    #[tokio::test]
+    async fn an_owner_gone_refuses_claims_queued_or_new() {
+        let registry = Sessions::new(TaskTracker::new());
+        let claims = registry.register("s", None);
+        let mailbox = registry.slots.get("s").map(|slot| slot.1.clone()).unwrap();
+        let (queued, answer) = claim();
+        assert!(mailbox.post(queued).is_ok());
+        drop(claims);
+        assert!(answer.await.is_err(), "the queued claim's reply is dropped");
+        let (late, _answer) = claim();
+        assert!(mailbox.post(late).is_err(), "a new claim is given back");
+    }
+
+    #[tokio::test]
+    async fn forget_leaves_a_newer_registration_alone() {
+        let registry = Sessions::new(TaskTracker::new());
+        let old = registry.register("s", None);
+        let _new = registry.register("s", None);
+        registry.forget("s", &old);
+        assert!(registry.slots.contains_key("s"));
+    }
 }
