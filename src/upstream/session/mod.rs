@@ -11,7 +11,8 @@
 //! unless the upstream already forgot it, deletes it upstream.
 //!
 //! Parts: [`exchange`] carries one message over Streamable HTTP and forwards its
-//! replies; [`fallback`] is the glue to the legacy HTTP+SSE transport.
+//! replies; [`driver`] runs a session's exchanges in one task; [`fallback`] is the glue
+//! to the legacy HTTP+SSE transport.
 
 mod barrier;
 mod driver;
