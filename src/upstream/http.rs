@@ -146,7 +146,7 @@ impl HttpClient {
         let response = self.send(request).await?;
         let session_id = response
             .headers()
-            .get("mcp-session-id")
+            .get(MCP_SESSION_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let reply = match response.status() {
@@ -241,19 +241,27 @@ impl HttpClient {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_ascii_lowercase();
+            .unwrap_or("");
+        let is = |prefix: &str| {
+            content_type
+                .get(..prefix.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+        };
+        let (events, json) = (is("text/event-stream"), is("application/json"));
+        // Copied only to be quoted in the error.
+        let unexpected = (!events && !json).then(|| content_type.to_ascii_lowercase());
         let body: ByteStream = Box::pin(response.bytes_stream());
-        if content_type.starts_with("text/event-stream") {
+        if events {
             Ok(Reply::Events(Box::new(EventStream::new(
                 body,
                 self.max_message_bytes,
             ))))
-        } else if content_type.starts_with("application/json") {
+        } else if json {
             Ok(Reply::Json(
                 read_bounded(body, self.max_message_bytes).await?,
             ))
         } else {
+            let content_type = unexpected.unwrap_or_default();
             Err(UpstreamError::Protocol(format!(
                 "unexpected content type {content_type:?}"
             )))
@@ -399,14 +407,31 @@ impl EventStream {
     }
 }
 
+/// Reads a whole body of at most `limit` bytes. A body that arrives in one chunk (the
+/// usual JSON reply) is kept as it came, not copied.
 async fn read_bounded(mut body: ByteStream, limit: usize) -> Result<Bytes, UpstreamError> {
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| UpstreamError::StreamCut(describe(e)))?;
+    let read = |chunk: Option<reqwest::Result<Bytes>>| {
+        chunk
+            .transpose()
+            .map_err(|e| UpstreamError::StreamCut(describe(e)))
+    };
+    let Some(first) = read(body.next().await)? else {
+        return Ok(Bytes::new());
+    };
+    if first.len() > limit {
+        return Err(UpstreamError::TooLarge { limit });
+    }
+    let Some(second) = read(body.next().await)? else {
+        return Ok(first);
+    };
+    let mut buf = BytesMut::from(first);
+    let mut next = Some(second);
+    while let Some(chunk) = next {
         if buf.len() + chunk.len() > limit {
             return Err(UpstreamError::TooLarge { limit });
         }
         buf.extend_from_slice(&chunk);
+        next = read(body.next().await)?;
     }
     Ok(buf.freeze())
 }
@@ -519,6 +544,25 @@ mod tests {
         let chunks: Vec<reqwest::Result<Bytes>> =
             chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
         EventStream::new(Box::pin(futures::stream::iter(chunks)), max_event_bytes)
+    }
+
+    fn body_of(chunks: &[&'static [u8]]) -> ByteStream {
+        let chunks: Vec<reqwest::Result<Bytes>> =
+            chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
+        Box::pin(futures::stream::iter(chunks))
+    }
+
+    #[tokio::test]
+    async fn a_json_body_is_read_whole_in_one_chunk_or_many_and_bounded() {
+        let one = read_bounded(body_of(&[b"{\"id\":1}"]), 8).await.unwrap();
+        assert_eq!(one, &b"{\"id\":1}"[..]);
+        let many = read_bounded(body_of(&[b"{\"id\"", b":1", b"}"]), 8).await;
+        assert_eq!(many.unwrap(), &b"{\"id\":1}"[..]);
+        assert_eq!(read_bounded(body_of(&[]), 8).await.unwrap(), &b""[..]);
+        for chunks in [&[&b"0123456789"[..]][..], &[b"01234", b"56789"]] {
+            let over = read_bounded(body_of(chunks), 8).await;
+            assert!(matches!(over, Err(UpstreamError::TooLarge { limit: 8 })));
+        }
     }
 
     #[tokio::test]

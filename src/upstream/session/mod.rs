@@ -11,9 +11,11 @@
 //! unless the upstream already forgot it, deletes it upstream.
 //!
 //! Parts: [`exchange`] carries one message over Streamable HTTP and forwards its
-//! replies; [`fallback`] is the glue to the legacy HTTP+SSE transport.
+//! replies; [`driver`] runs a session's exchanges in one task; [`fallback`] is the glue
+//! to the legacy HTTP+SSE transport.
 
 mod barrier;
+mod driver;
 mod exchange;
 mod fallback;
 mod order;
@@ -31,6 +33,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use self::barrier::Barrier;
+use self::driver::Driver;
 use self::order::{Sequencer, Ticket};
 use super::legacy::LegacySession;
 use super::link::Link;
@@ -130,9 +133,10 @@ pub struct UpstreamSession {
     open: Mutex<Option<OpenGuard>>,
     /// The span of its tasks: every line about it names the server and the session.
     span: tracing::Span,
-    /// This session's message exchanges (they also count among the client session's
-    /// tasks), so that its end can wait for their answers.
+    /// This session's message exchanges, so that its end can wait for their answers.
     exchanges: TaskTracker,
+    /// The task that runs them (among the client session's tasks).
+    driver: Driver,
 }
 
 impl std::fmt::Debug for UpstreamSession {
@@ -163,6 +167,7 @@ impl UpstreamSession {
             open: Mutex::new(None),
             span,
             exchanges: TaskTracker::new(),
+            driver: Driver::default(),
         })
     }
 
@@ -267,7 +272,7 @@ impl UpstreamSession {
     }
 
     /// Carries one client message: `body` is its bytes exactly as received, `head` its
-    /// parsed head. Returns at once; the exchange runs in its own task. Called for the
+    /// parsed head. Returns at once; the exchange runs in the session's driver task. Called for the
     /// client's messages one at a time, in the order the client sent them.
     pub async fn carry(
         self: &Arc<Self>,
@@ -340,10 +345,7 @@ impl UpstreamSession {
                         session.exchange_guarded(carried).await;
                         token.cancel();
                     });
-                    self.link
-                        .tasks
-                        .spawn(exchange.instrument(self.span.clone()));
-                    return;
+                    return self.run(Box::pin(exchange));
                 }
             }
         }
@@ -351,9 +353,13 @@ impl UpstreamSession {
         let exchange = self
             .exchanges
             .track_future(session.exchange_guarded(carried));
-        self.link
-            .tasks
-            .spawn(exchange.instrument(self.span.clone()));
+        self.run(Box::pin(exchange));
+    }
+
+    /// Runs one exchange in the session's driver task.
+    fn run(&self, exchange: driver::Exchange) {
+        let tasks = &self.link.tasks;
+        self.driver.run(exchange, tasks, &self.cancel, &self.span);
     }
 
     /// Ends the session for `why`. Only the first call counts.
