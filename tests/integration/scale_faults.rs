@@ -12,6 +12,8 @@
 //!   that takes the session.
 //! - A request in flight to the remote server when its instance is killed is answered
 //!   once, by the instance that takes the session: a `session_lost` error with its id.
+//!   One in flight when its instance is drained is let finish first: its answer is
+//!   among the replayed frames, and nothing else answers it.
 
 use std::time::{Duration, Instant};
 
@@ -304,5 +306,49 @@ async fn a_request_in_flight_on_a_killed_instance_is_answered_session_lost_once(
         )
         .await;
     assert!(echo["message"]["result"].is_object(), "{echo}");
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_lets_a_request_in_flight_finish_before_it_hands_the_session_over() {
+    let redis = RedisServer::start();
+    let remote = RemoteEverything::start();
+    let servers = json!({"remote": {"url": remote.url()}});
+    // A grace well past the operation, however slow the machine.
+    let grace = json!({"shutdownGraceMs": 30000});
+    let mut a = gateway_serving("inst-si", &redis, servers.clone(), grace);
+    let b = gateway_serving("inst-sj", &redis, servers, json!({}));
+    let mut client = Client::connect(a.addr).await;
+    client.initialize("remote").await;
+    // Three seconds: within the drain's grace.
+    let id = json!("slow");
+    client
+        .start_long_operation("remote", &id, 3, 3, "slow")
+        .await;
+    client
+        .wait_for("progress", |f| {
+            f["message"]["method"] == "notifications/progress"
+        })
+        .await;
+    let last_seq = through_the_store(&mut client, "flush-a").await;
+    let session = client.session_id();
+    let field = "req:remote\n\"slow\"";
+    assert!(session_field(&redis, &session, field).await.is_some());
+    kill(a.child.id(), libc::SIGTERM);
+    match client.closed().await {
+        crate::harness::Ended::Closed(code, _) => assert_eq!(code, 1001),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    let status = a.child.wait().expect("mcpmux exits");
+    assert!(status.success(), "{status:?}");
+    // Answered during the drain: the record went with the answer.
+    assert_eq!(session_field(&redis, &session, field).await, None);
+    let mut client = Client::resume(b.addr, &session, last_seq).await;
+    assert_eq!(client.welcome["resumed"], true, "{}", client.welcome);
+    let answer = client.response("remote", &id).await;
+    assert!(answer["message"]["result"].is_object(), "{answer}");
+    through_the_store(&mut client, "flush-b").await;
+    let again = client.take_buffered(|f| is_response(f, "remote", &id));
+    assert!(again.is_empty(), "{again:?}");
     client.close().await;
 }
