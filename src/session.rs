@@ -810,8 +810,9 @@ impl MirrorWriter {
                     ..Pending::default()
                 });
             }
-            // Requests after frames: a request's end is recorded before the frame that
-            // answers it is built, so it goes with the batch that stores that frame.
+            // Requests after frames: a request's end is recorded while the frame that
+            // answers it is built, before the frame is in the outbox, so it goes with
+            // the batch that stores that frame.
             self.mirror.take_requests(&mut pending, handed);
             let changed = !frames.is_empty()
                 || !pending.upstreams.is_empty()
