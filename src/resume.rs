@@ -128,7 +128,7 @@ pub async fn take_from_store(
             Err(err) => return Err((err.into(), claimant)),
         }
     }
-    let (stored, frames) = match store.read(id, last_seq).await {
+    let (mut stored, frames) = match store.read(id, last_seq).await {
         Ok(Some(read)) => read,
         Ok(None) => return Err((Refusal::Expired, claimant)),
         Err(err) => return Err((err.into(), claimant)),
@@ -158,6 +158,7 @@ pub async fn take_from_store(
     let frames = frames.unwrap_or_default();
     let replayed = frames.len();
     let upstreams = stored.upstreams.clone();
+    let requests = std::mem::take(&mut stored.requests);
     let mut session = ClientSession::from_store(
         context.clone(),
         claimant,
@@ -166,8 +167,9 @@ pub async fn take_from_store(
         &stored,
         frames,
     );
-    tracing::info!(session = %session.log_id(), last_seq, replayed, upstreams = upstreams.len(), "client session taken over from another instance");
+    tracing::info!(session = %session.log_id(), last_seq, replayed, upstreams = upstreams.len(), lost_requests = requests.len(), "client session taken over from another instance");
     session.adopt_upstreams(upstreams).await;
+    session.answer_lost_requests(requests);
     Ok(session)
 }
 

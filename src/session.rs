@@ -38,8 +38,8 @@ use crate::protocol::{
 };
 use crate::registry::{Change, Server, StatusChange};
 use crate::store::sessions::{
-    Batch, KeptFrame, Pending, SessionMirror, SessionStore, SessionStoreError, StoredSession,
-    UpstreamIds, keep_from,
+    Batch, KeptFrame, Pending, SessionMirror, SessionStore, SessionStoreError, StoredRequest,
+    StoredSession, UpstreamIds, keep_from,
 };
 use crate::upstream::UpstreamError;
 use crate::upstream::link::Link;
@@ -61,6 +61,9 @@ const MIN_IDLE_REFRESH: Duration = Duration::from_millis(100);
 const UNADOPTED_DELETE: Duration = Duration::from_secs(2);
 /// Why a stdio server's upstream session is lost after its client session moved.
 pub const STOPPED_INSTANCE: &str = "the instance that ran it stopped";
+
+/// The message of the error that answers a request in flight on a stopped instance.
+pub const LOST_REQUEST: &str = "the gateway instance carrying this request stopped before its answer arrived; the request may or may not have run at the server";
 
 /// A reason to close the socket: a close code and a sentence.
 pub type CloseReason = (u16, String);
@@ -258,6 +261,34 @@ impl ClientSession {
             // No writer runs yet and the replay may fill the queue: never wait.
             self.link
                 .push_session_now(&server, SessionState::Lost, Some(&reason));
+        }
+    }
+
+    /// Answers the requests the store holds as in flight on the instance that owned
+    /// this session before (it stopped before their answers were stored): each gets a
+    /// JSON-RPC error response with its own id, `session_lost`, after the replayed
+    /// frames; its record goes with the write that stores that answer.
+    pub fn answer_lost_requests(&self, requests: Vec<StoredRequest>) {
+        let Some(mirror) = &self.mirror else {
+            return;
+        };
+        for request in requests {
+            let StoredRequest { field, server, id } = request;
+            let Ok(raw) = serde_json::from_str::<&RawValue>(&id) else {
+                tracing::warn!(server = %server, "the session store holds a request in flight with a malformed id; it cannot be answered");
+                mirror.request_forgotten(&field, 0, &id);
+                continue;
+            };
+            let response =
+                crate::jsonrpc::error_response(raw, ErrorCode::SessionLost, LOST_REQUEST, &server);
+            // No writer runs yet and the replay may fill the queue: never wait.
+            let pushed = self.link.outbox.push_now(|seq| {
+                mirror.request_forgotten(&field, seq, &id);
+                protocol::rpc_frame(&server, seq, &response)
+            });
+            if pushed.is_err() {
+                tracing::debug!("client session closed before a lost request could be answered");
+            }
         }
     }
 
@@ -808,11 +839,12 @@ impl MirrorWriter {
             let mut pending = self.mirror.take_pending();
             let pushed = self.outbox.last_seq();
             let (frames, oldest) = self.outbox.unstored(MIRROR_BATCH, MIRROR_BATCH_BYTES);
-            if !pending.upstreams.is_empty() && self.outbox.handed_through() < pushed {
+            let handed = self.outbox.handed_through();
+            if !pending.upstreams.is_empty() && handed < pushed {
                 let ids = std::mem::take(&mut pending.upstreams);
                 self.mirror.restore(Pending {
                     upstreams: ids,
-                    acked: None,
+                    ..Pending::default()
                 });
             }
             for (server, ids) in &pending.upstreams {
@@ -821,8 +853,15 @@ impl MirrorWriter {
                     None => self.upstreams.remove(server),
                 };
             }
-            let changed =
-                !frames.is_empty() || !pending.upstreams.is_empty() || pending.acked.is_some();
+            // Requests after frames: a request's end is recorded while the frame that
+            // answers it is built, before the frame is in the outbox, so it goes with
+            // the batch that stores that frame.
+            self.mirror.take_requests(&mut pending, handed);
+            let changed = !frames.is_empty()
+                || !pending.upstreams.is_empty()
+                || pending.acked.is_some()
+                || !pending.requests.is_empty()
+                || pending.requests_reset;
             let mut failed = false;
             if disowned {
                 if let Some(last) = frames.last() {
@@ -848,6 +887,9 @@ impl MirrorWriter {
                     tracing::debug!("the session store lost this session's record; rebuilding it");
                     batch.rebuild = Some(&self.upstreams);
                     written = self.store.append(&id, batch).await;
+                    // The requests recorded before are gone with it: the next write
+                    // records every one still in flight.
+                    self.mirror.rewrite_requests();
                 }
                 match written {
                     Ok(()) => {
@@ -954,7 +996,17 @@ mod tests {
             batch: Batch<'a>,
         ) -> BoxFuture<'a, Result<(), SessionStoreError>> {
             let seqs = batch.frames.iter().map(|f| f.seq).collect();
-            let ids = batch.pending.upstreams.keys().cloned().collect();
+            let requests = batch.pending.requests.iter().map(|(field, id)| match id {
+                Some(id) => format!("{field}={id}"),
+                None => format!("{field}-"),
+            });
+            let ids = batch
+                .pending
+                .upstreams
+                .keys()
+                .cloned()
+                .chain(requests)
+                .collect();
             self.0.lock().unwrap().push((seqs, ids));
             done(())
         }
@@ -1028,6 +1080,90 @@ mod tests {
                 (vec![], vec![])
             ],
             "the id waits for the batch that stores its event's frame"
+        );
+    }
+
+    /// One pass of a store writer over `outbox` and `mirror` (it stops after it).
+    async fn write_once(store: &Arc<Recording>, outbox: &Arc<Outbox>, mirror: &Arc<SessionMirror>) {
+        let writer = MirrorWriter {
+            store: store.clone(),
+            outbox: outbox.clone(),
+            mirror: mirror.clone(),
+            key: None,
+            idle: Duration::from_secs(60),
+            upstreams: HashMap::new(),
+            handed: 0,
+        };
+        let stop = CancellationToken::new();
+        stop.cancel();
+        writer.run(false, stop).await;
+    }
+
+    fn small_outbox() -> Arc<Outbox> {
+        let limits = Limits {
+            queue_bytes: 1 << 20,
+            keep_frames: 1000,
+            keep_bytes: 1 << 20,
+        };
+        Outbox::mirrored(limits, &ResumeBudget::new(1 << 20))
+    }
+
+    /// Pushes the answer to request `field` (serial 0) as the exchanges do.
+    async fn push_answer(outbox: &Outbox, mirror: &SessionMirror, field: &str) {
+        outbox
+            .push(|seq| {
+                mirror.request_ended(field, 0, seq);
+                format!("{{\"seq\":{seq}}}")
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_that_starts_and_ends_between_two_writes_writes_nothing() {
+        let outbox = small_outbox();
+        let mirror = SessionMirror::new("s".into(), 0);
+        let store = Arc::new(Recording::default());
+        mirror.request_started("req:remote\n7".into(), 0, "7");
+        push_answer(&outbox, &mirror, "req:remote\n7").await;
+        write_once(&store, &outbox, &mirror).await;
+        let written = store.0.lock().unwrap().clone();
+        // (The last write, on stopping, carries only `received`.)
+        let nothing = (vec![], vec![]);
+        assert_eq!(
+            written,
+            [(vec![1], vec![]), nothing],
+            "only the answer's frame"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_leaves_the_store_in_the_write_that_stores_its_answer() {
+        let outbox = small_outbox();
+        let mirror = SessionMirror::new("s".into(), 0);
+        let store = Arc::new(Recording::default());
+        mirror.request_started("req:remote\n\"a\"".into(), 0, "\"a\"");
+        write_once(&store, &outbox, &mirror).await;
+        outbox
+            .push(|seq| format!("{{\"seq\":{seq}}}"))
+            .await
+            .unwrap();
+        push_answer(&outbox, &mirror, "req:remote\n\"a\"").await;
+        write_once(&store, &outbox, &mirror).await;
+        // Ended again (its exchange's end): nothing more.
+        mirror.request_ended("req:remote\n\"a\"", 0, 0);
+        write_once(&store, &outbox, &mirror).await;
+        let written = store.0.lock().unwrap().clone();
+        let started = vec!["req:remote\n\"a\"=\"a\"".to_owned()];
+        let ended = vec!["req:remote\n\"a\"-".to_owned()];
+        assert_eq!(
+            written,
+            [
+                (vec![], started),
+                (vec![1, 2], ended),
+                (vec![], vec![]),
+                (vec![], vec![])
+            ]
         );
     }
 }

@@ -13,7 +13,10 @@
 //!   (`gap`: frames given up on during an outage), the client frames read
 //!   (`welcome.received`), and one field `up:{server}` per upstream session with its
 //!   ids (JSON: `Mcp-Session-Id`, negotiated version, the standalone stream's last event
-//!   id, and whether it can move to another instance).
+//!   id, and whether it can move to another instance), and one field
+//!   `req:{server}\n{id key}` per request in flight to a movable upstream session,
+//!   holding the request's id verbatim (so that the instance that takes the session
+//!   over can answer it, see [`RequestLog`]).
 //!
 //! Both expire `resumeWindowMs` after their last write; the owner refreshes them while
 //! the session lives, and rebuilds the hash whole (owner, key, every upstream session)
@@ -100,6 +103,21 @@ pub struct StoredSession {
     pub gap: u64,
     /// Its upstream sessions, by server name.
     pub upstreams: Vec<(String, UpstreamIds)>,
+    /// Requests in flight to movable upstream sessions when last written: the field
+    /// each is stored under, its server's name and its id verbatim (JSON text, as the
+    /// store gave it: to be checked before use).
+    pub requests: Vec<StoredRequest>,
+}
+
+/// A request recorded in flight in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRequest {
+    /// The field it is stored under (`req:{server}\n{id key}`).
+    pub field: String,
+    /// The server it was carried to.
+    pub server: String,
+    /// Its id, verbatim.
+    pub id: String,
 }
 
 impl StoredSession {
@@ -136,6 +154,40 @@ pub struct Pending {
     pub upstreams: HashMap<String, Option<UpstreamIds>>,
     /// The client acknowledged every frame up to this seq.
     pub acked: Option<u64>,
+    /// Requests in flight recorded (`Some(id)`, verbatim) or ended (`None`), by field.
+    pub requests: HashMap<String, Option<String>>,
+    /// Every `req:` field stored is to be removed first (the record of requests
+    /// overflowed while the store did not answer; `requests` then holds every request
+    /// in flight).
+    pub requests_reset: bool,
+}
+
+/// The most ended requests a session keeps waiting for a write; past it (a store that
+/// has not answered for long), the record is rewritten whole with the next write.
+const MAX_ENDED_REQUESTS: usize = 1024;
+
+/// The requests in flight to movable upstream sessions, as a client session's store
+/// writer sees them. A request is recorded when it is carried and removed when it ends;
+/// its end is written only with the batch that stores its answer (the frame whose seq
+/// it ended with), never before nor after it, and a request that starts and ends
+/// between two writes costs the store nothing.
+#[derive(Debug, Default)]
+struct RequestLog {
+    /// Recorded and not ended: serial (tells a request from a later one that reused its
+    /// id) and id. Bounded by `maxInflightRequests`, as requests in flight are.
+    live: HashMap<String, (u64, String)>,
+    /// Recorded since the last write, by field (their ids are in `live`).
+    started: std::collections::HashSet<String>,
+    /// Ended after their start was taken for a write, by field: the seq of the frame
+    /// that answered them (0: none) and their id. Bounded by [`MAX_ENDED_REQUESTS`].
+    ended: HashMap<String, (u64, String)>,
+    /// Ended requests overflowed: the next write rewrites the record whole.
+    reset: bool,
+}
+
+/// The store field of a request to `server` whose canonical id is `key`.
+pub fn request_field(server: &str, key: &str) -> String {
+    format!("{REQUEST_FIELD}{server}\n{key}")
 }
 
 /// What a client session shares with the task that writes it to the store: the
@@ -147,6 +199,7 @@ pub struct SessionMirror {
     pub id: String,
     pending: Mutex<Pending>,
     received: AtomicU64,
+    requests: Mutex<RequestLog>,
     /// Woken when something is pending.
     pub wake: Notify,
 }
@@ -158,6 +211,7 @@ impl SessionMirror {
             id,
             pending: Mutex::default(),
             received: AtomicU64::new(received),
+            requests: Mutex::default(),
             wake: Notify::new(),
         })
     }
@@ -186,9 +240,103 @@ impl SessionMirror {
         self.received.load(Ordering::Relaxed)
     }
 
-    /// Takes what is pending.
+    /// Request `field` (serial `serial`, id `id` verbatim) was carried.
+    pub fn request_started(&self, field: String, serial: u64, id: &str) {
+        let mut log = self.lock_requests();
+        // A reused id supersedes the earlier request's end.
+        log.ended.remove(&field);
+        log.started.insert(field.clone());
+        log.live.insert(field, (serial, id.to_owned()));
+        drop(log);
+        self.wake.notify_one();
+    }
+
+    /// Request `field` (serial `serial`) ended, answered by the frame `seq` (0: by
+    /// none). Called before that frame is in the outbox, so that the writer, which
+    /// takes ends after frames, finds the end with the answer. Nothing for a request
+    /// not recorded (or already ended).
+    pub fn request_ended(&self, field: &str, serial: u64, seq: u64) {
+        let mut log = self.lock_requests();
+        if log.live.get(field).is_none_or(|(live, _)| *live != serial) {
+            return;
+        }
+        let Some((_, id)) = log.live.remove(field) else {
+            return;
+        };
+        if log.started.remove(field) {
+            // Never taken for a write: nothing to undo.
+            return;
+        }
+        self.end_field(&mut log, field, seq, id);
+    }
+
+    /// A stored request `field` was answered by the frame `seq` (after a takeover):
+    /// its field goes with the write that stores that frame.
+    pub fn request_forgotten(&self, field: &str, seq: u64, id: &str) {
+        let mut log = self.lock_requests();
+        self.end_field(&mut log, field, seq, id.to_owned());
+    }
+
+    fn end_field(&self, log: &mut RequestLog, field: &str, seq: u64, id: String) {
+        if log.ended.len() >= MAX_ENDED_REQUESTS && !log.ended.contains_key(field) {
+            if !log.reset {
+                tracing::warn!(
+                    "too many ended requests wait for the session store; their record will be rewritten whole"
+                );
+            }
+            log.reset = true;
+            log.ended.clear();
+        } else {
+            log.ended.insert(field.to_owned(), (seq, id));
+        }
+        self.wake.notify_one();
+    }
+
+    /// Takes what is pending, except requests (see [`Self::take_requests`]).
     pub fn take_pending(&self) -> Pending {
         std::mem::take(&mut *self.lock())
+    }
+
+    /// Moves into `pending` the requests started and those ended by a frame up to
+    /// `handed` (the last frame handed to the store with this write or before). Call it
+    /// after the batch's frames were taken from the outbox.
+    pub fn take_requests(&self, pending: &mut Pending, handed: u64) {
+        let mut log = self.lock_requests();
+        if log.started.is_empty() && log.ended.is_empty() && !log.reset {
+            return;
+        }
+        if log.reset {
+            log.reset = false;
+            log.started.clear();
+            pending.requests_reset = true;
+            let RequestLog { live, ended, .. } = &mut *log;
+            // Ended ones whose answer is not stored yet are still in flight for the
+            // store: written again, and removed with their answer.
+            ended.retain(|_, (seq, _)| *seq > handed);
+            let unanswered = ended.iter().map(|(field, (_, id))| (field, id));
+            for (field, id) in live.iter().map(|(f, (_, id))| (f, id)).chain(unanswered) {
+                pending.requests.insert(field.clone(), Some(id.clone()));
+            }
+            return;
+        }
+        for field in std::mem::take(&mut log.started) {
+            if let Some((_, id)) = log.live.get(&field) {
+                pending.requests.insert(field, Some(id.clone()));
+            }
+        }
+        log.ended.retain(|field, (seq, _)| {
+            if *seq > handed {
+                return true;
+            }
+            pending.requests.insert(field.clone(), None);
+            false
+        });
+    }
+
+    /// Has the next write record every request in flight anew (the store lost the
+    /// session's record, which is being rebuilt).
+    pub fn rewrite_requests(&self) {
+        self.lock_requests().reset = true;
     }
 
     /// Puts back what a failed write took, under what changed since.
@@ -198,6 +346,31 @@ impl SessionMirror {
             pending.upstreams.entry(server).or_insert(ids);
         }
         pending.acked = pending.acked.max(failed.acked);
+        drop(pending);
+        if failed.requests.is_empty() && !failed.requests_reset {
+            return;
+        }
+        let mut log = self.lock_requests();
+        if failed.requests_reset {
+            log.reset = true;
+            return;
+        }
+        for (field, change) in failed.requests {
+            let newer = log.started.contains(&field) || log.ended.contains_key(&field);
+            match change {
+                // Written again if it is still in flight.
+                Some(_) if !newer && log.live.contains_key(&field) => {
+                    log.started.insert(field);
+                }
+                Some(_) => {}
+                None if !newer => self.end_field(&mut log, &field, 0, String::new()),
+                None => {}
+            }
+        }
+    }
+
+    fn lock_requests(&self) -> std::sync::MutexGuard<'_, RequestLog> {
+        self.requests.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -367,8 +540,9 @@ return {2}
 /// keep in the stream (0: no trim), ARGV[6] the highest seq given up on (0: none), ARGV[7] the
 /// highest seq handed before this batch, ARGV[8] '1' when the pairs below are every
 /// upstream session (the record may be rebuilt), ARGV[9] the number of frames n, then
-/// n pairs (seq, frame), then pairs (upstream field, ids as JSON; empty: removed).
-/// A missing record is rebuilt whole (owner, key, gap, seq, upstream sessions) only
+/// n pairs (seq, frame), then pairs (upstream field, ids as JSON; or request field, the
+/// request's id; empty: removed), the pair (`*req`, ``) first removing every request
+/// field. A missing record is rebuilt whole (owner, key, gap, seq, upstream sessions) only
 /// from a batch that carries every upstream session. Returns 0 (not the owner), 1
 /// (written) or 2 (the record is gone: nothing written).
 const APPEND_SCRIPT: &str = r"
@@ -389,7 +563,11 @@ for _ = 1, n do
 end
 if n > 0 then redis.call('HSET', KEYS[1], 'seq', ARGV[i - 2]) end
 while i < #ARGV do
-  if ARGV[i + 1] == '' then
+  if ARGV[i] == '*req' then
+    for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+      if string.sub(field, 1, 4) == 'req:' then redis.call('HDEL', KEYS[1], field) end
+    end
+  elseif ARGV[i + 1] == '' then
     redis.call('HDEL', KEYS[1], ARGV[i])
   else
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
@@ -582,6 +760,12 @@ impl RedisSessions {
                 }
             }
         }
+        if batch.pending.requests_reset {
+            invocation.arg(RESET_REQUESTS).arg("");
+        }
+        for (field, id) in &batch.pending.requests {
+            invocation.arg(field).arg(id.as_deref().unwrap_or(""));
+        }
         let answer: i64 = self
             .link
             .call(invocation.invoke_async(&mut connection))
@@ -594,6 +778,9 @@ impl RedisSessions {
 }
 
 const UPSTREAM_FIELD: &str = "up:";
+const REQUEST_FIELD: &str = "req:";
+/// The pair that first removes every request field, in an append.
+const RESET_REQUESTS: &str = "*req";
 
 fn malformed(err: impl fmt::Display) -> SessionStoreError {
     SessionStoreError::Malformed(err.to_string())
@@ -788,7 +975,16 @@ fn stored_session(pairs: &[String]) -> Result<StoredSession, SessionStoreError> 
             "received" => stored.received = number(field, value)?,
             "gap" => stored.gap = number(field, value)?,
             _ => {
-                if let Some(server) = field.strip_prefix(UPSTREAM_FIELD) {
+                if let Some(request) = field.strip_prefix(REQUEST_FIELD) {
+                    let (server, _) = request
+                        .split_once('\n')
+                        .ok_or_else(|| malformed("a request field"))?;
+                    stored.requests.push(StoredRequest {
+                        field: field.clone(),
+                        server: server.to_owned(),
+                        id: value.clone(),
+                    });
+                } else if let Some(server) = field.strip_prefix(UPSTREAM_FIELD) {
                     let ids: UpstreamIds = serde_json::from_str(value).map_err(malformed)?;
                     stored.upstreams.push((server.to_owned(), ids));
                 }
@@ -796,6 +992,7 @@ fn stored_session(pairs: &[String]) -> Result<StoredSession, SessionStoreError> 
         }
     }
     stored.upstreams.sort_by(|a, b| a.0.cmp(&b.0));
+    stored.requests.sort_by(|a, b| a.field.cmp(&b.field));
     Ok(stored)
 }
 
@@ -933,5 +1130,58 @@ mod tests {
         mirror.upstream_changed("a", None);
         mirror.restore(failed);
         assert_eq!(mirror.take_pending().upstreams.get("a"), Some(&None));
+    }
+
+    #[test]
+    fn an_end_waits_for_the_frame_that_answers_it() {
+        let mirror = SessionMirror::new("s".into(), 0);
+        mirror.request_started("req:a\n1".into(), 3, "1");
+        let mut pending = Pending::default();
+        mirror.take_requests(&mut pending, 0);
+        assert_eq!(pending.requests.get("req:a\n1"), Some(&Some("1".into())));
+        // Another request's end, or a later serial, is not this one's.
+        mirror.request_ended("req:a\n1", 4, 9);
+        mirror.request_ended("req:a\n1", 3, 9);
+        let mut pending = Pending::default();
+        mirror.take_requests(&mut pending, 8);
+        assert!(pending.requests.is_empty());
+        mirror.take_requests(&mut pending, 9);
+        assert_eq!(pending.requests.get("req:a\n1"), Some(&None));
+    }
+
+    #[test]
+    fn a_failed_write_of_requests_is_restored_unless_they_changed_since() {
+        let mirror = SessionMirror::new("s".into(), 0);
+        mirror.request_started("req:a\n1".into(), 0, "1");
+        mirror.request_started("req:a\n2".into(), 1, "2");
+        let mut failed = Pending::default();
+        mirror.take_requests(&mut failed, 0);
+        mirror.request_ended("req:a\n2", 1, 0);
+        mirror.restore(failed);
+        let mut pending = Pending::default();
+        mirror.take_requests(&mut pending, 0);
+        assert_eq!(pending.requests.get("req:a\n1"), Some(&Some("1".into())));
+        assert_eq!(pending.requests.get("req:a\n2"), Some(&None));
+    }
+
+    #[test]
+    fn too_many_ended_requests_rewrite_the_record_whole() {
+        let mirror = SessionMirror::new("s".into(), 0);
+        let mut written = Pending::default();
+        for n in 0..=MAX_ENDED_REQUESTS as u64 {
+            let field = format!("req:a\n{n}");
+            mirror.request_started(field.clone(), n, &n.to_string());
+            mirror.take_requests(&mut written, 0);
+            mirror.request_ended(&field, n, n + 1);
+        }
+        mirror.request_started("req:a\nlive".into(), 0, "\"live\"");
+        let mut pending = Pending::default();
+        mirror.take_requests(&mut pending, 0);
+        assert!(pending.requests_reset);
+        assert_eq!(pending.requests.len(), 1, "{:?}", pending.requests);
+        assert_eq!(
+            pending.requests.get("req:a\nlive"),
+            Some(&Some("\"live\"".into()))
+        );
     }
 }

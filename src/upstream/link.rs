@@ -14,7 +14,7 @@ use crate::jsonrpc;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::protocol::{self, ErrorCode, GatewayFrame, SessionState};
-use crate::store::sessions::SessionMirror;
+use crate::store::sessions::{SessionMirror, request_field};
 
 /// A client session's resources, shared with its upstream sessions.
 #[derive(Debug, Clone)]
@@ -50,8 +50,28 @@ impl Link {
     /// Queues an `rpc` frame carrying `message` (valid JSON) from `server`. False once
     /// the client session is over.
     pub async fn push_rpc(&self, server: &str, message: &str) -> bool {
+        self.push_answer(server, message, None).await
+    }
+
+    /// Queues an `rpc` frame carrying `message`, which answers the request `answers`
+    /// (its canonical id and serial), if any: with a shared session store, the request's
+    /// record in flight ends with this frame (recorded before the frame is in the
+    /// outbox, so the store writer finds the end with the frame). False once the client
+    /// session is over.
+    pub async fn push_answer(
+        &self,
+        server: &str,
+        message: &str,
+        answers: Option<(&str, u64)>,
+    ) -> bool {
+        let ends = self.mirror.as_deref().zip(answers);
         self.outbox
-            .push(|seq| protocol::rpc_frame(server, seq, message))
+            .push(|seq| {
+                if let Some((mirror, (key, serial))) = ends {
+                    mirror.request_ended(&request_field(server, key), serial, seq);
+                }
+                protocol::rpc_frame(server, seq, message)
+            })
             .await
             .is_ok()
     }
@@ -107,10 +127,25 @@ impl Link {
         code: ErrorCode,
         message: &str,
     ) -> bool {
+        let refusal = (code, message);
+        self.refuse_answering(server, request_id, reference, refusal, None)
+            .await
+    }
+
+    /// As [`Self::refuse`], for a request carried with serial `answers.1` (see
+    /// [`Self::push_answer`]).
+    pub async fn refuse_answering(
+        &self,
+        server: &str,
+        request_id: Option<&RawValue>,
+        reference: Option<&RawValue>,
+        (code, message): (ErrorCode, &str),
+        answers: Option<(&str, u64)>,
+    ) -> bool {
         match request_id {
             Some(id) => {
                 let response = jsonrpc::error_response(id, code, message, server);
-                self.push_rpc(server, &response).await
+                self.push_answer(server, &response, answers).await
             }
             None => {
                 self.push_error(code, message, Some(server), reference)

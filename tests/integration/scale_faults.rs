@@ -10,11 +10,17 @@
 //! - An adopted stream with no event id to resume after is reported as a gap.
 //! - Adopted upstream sessions count against `maxUpstreamSessions` on the instance
 //!   that takes the session.
+//! - A request in flight to the remote server when its instance is killed is answered
+//!   once, by the instance that takes the session: a `session_lost` error with its id.
+//!   One in flight when its instance is drained is let finish first: its answer is
+//!   among the replayed frames, and nothing else answers it.
+
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::binary::kill;
-use crate::harness::Client;
+use crate::harness::{Client, is_response};
 use crate::scale_sessions::{gateway, gateway_serving, session_field};
 use crate::support::redis::RedisServer;
 use crate::support::remote::RemoteEverything;
@@ -236,5 +242,113 @@ async fn adopted_upstream_sessions_count_against_max_upstream_sessions() {
         refused["message"]["error"]["data"]["gateway"], "too_many_sessions",
         "{refused}"
     );
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_on_a_killed_instance_is_answered_session_lost_once() {
+    let redis = RedisServer::start();
+    let remote = RemoteEverything::start();
+    let servers = json!({"remote": {"url": remote.url()}});
+    let a = gateway_serving("inst-sg", &redis, servers.clone(), json!({}));
+    let b = gateway_serving("inst-sh", &redis, servers, json!({}));
+    let mut client = Client::connect(a.addr).await;
+    client.initialize("remote").await;
+    // Six seconds, a progress notification each: still running when its instance dies.
+    let id = json!("slow");
+    let started = Instant::now();
+    client
+        .start_long_operation("remote", &id, 6, 6, "slow")
+        .await;
+    let progress = client
+        .wait_for("progress", |f| {
+            f["message"]["method"] == "notifications/progress"
+        })
+        .await;
+    assert_eq!(progress["server"], "remote", "{progress}");
+    let last_seq = through_the_store(&mut client, "flush-a").await;
+    let session = client.session_id();
+    let field = "req:remote\n\"slow\"";
+    assert_eq!(
+        session_field(&redis, &session, field).await.as_deref(),
+        Some("\"slow\""),
+        "the request is recorded in flight"
+    );
+    // An answered request leaves no record.
+    assert_eq!(
+        session_field(&redis, &session, "req:remote\n\"flush-a\"").await,
+        None
+    );
+    kill(a.child.id(), libc::SIGKILL);
+    drop(client);
+    let mut client = Client::resume(b.addr, &session, last_seq).await;
+    assert_eq!(client.welcome["resumed"], true, "{}", client.welcome);
+    let answer = client.response("remote", &id).await;
+    let error = &answer["message"]["error"];
+    assert_eq!(error["data"]["gateway"], "session_lost", "{answer}");
+    assert_eq!(error["data"]["server"], "remote", "{answer}");
+    let message = error["message"].as_str().expect("message");
+    assert!(message.contains("may or may not have run"), "{message}");
+    // Past the operation's end, nothing else answers it, and its record is gone.
+    let ended = started + Duration::from_secs(7);
+    tokio::time::sleep_until(ended.into()).await;
+    through_the_store(&mut client, "flush-b").await;
+    let again = client.take_buffered(|f| is_response(f, "remote", &id));
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(session_field(&redis, &session, field).await, None);
+    // The session goes on with the same upstream session.
+    let echo = client
+        .call(
+            "remote",
+            json!("echo"),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"message": "after"}}),
+        )
+        .await;
+    assert!(echo["message"]["result"].is_object(), "{echo}");
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_lets_a_request_in_flight_finish_before_it_hands_the_session_over() {
+    let redis = RedisServer::start();
+    let remote = RemoteEverything::start();
+    let servers = json!({"remote": {"url": remote.url()}});
+    // A grace well past the operation, however slow the machine.
+    let grace = json!({"shutdownGraceMs": 30000});
+    let mut a = gateway_serving("inst-si", &redis, servers.clone(), grace);
+    let b = gateway_serving("inst-sj", &redis, servers, json!({}));
+    let mut client = Client::connect(a.addr).await;
+    client.initialize("remote").await;
+    // Three seconds: within the drain's grace.
+    let id = json!("slow");
+    client
+        .start_long_operation("remote", &id, 3, 3, "slow")
+        .await;
+    client
+        .wait_for("progress", |f| {
+            f["message"]["method"] == "notifications/progress"
+        })
+        .await;
+    let last_seq = through_the_store(&mut client, "flush-a").await;
+    let session = client.session_id();
+    let field = "req:remote\n\"slow\"";
+    assert!(session_field(&redis, &session, field).await.is_some());
+    kill(a.child.id(), libc::SIGTERM);
+    match client.closed().await {
+        crate::harness::Ended::Closed(code, _) => assert_eq!(code, 1001),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    let status = a.child.wait().expect("mcpmux exits");
+    assert!(status.success(), "{status:?}");
+    // Answered during the drain: the record went with the answer.
+    assert_eq!(session_field(&redis, &session, field).await, None);
+    let mut client = Client::resume(b.addr, &session, last_seq).await;
+    assert_eq!(client.welcome["resumed"], true, "{}", client.welcome);
+    let answer = client.response("remote", &id).await;
+    assert!(answer["message"]["result"].is_object(), "{answer}");
+    through_the_store(&mut client, "flush-b").await;
+    let again = client.take_buffered(|f| is_response(f, "remote", &id));
+    assert!(again.is_empty(), "{again:?}");
     client.close().await;
 }

@@ -53,6 +53,7 @@ impl UpstreamSession {
             Ok(()) => Outcome::Cancelled,
             Err(error) => Outcome::Gateway(error.code()),
         });
+        self.request_over(&carried, outcome.is_ok());
         if let Err(mut error) = outcome {
             if self.server.is_removed() {
                 // Whatever the removal made fail is answered as for an unknown server.
@@ -282,7 +283,9 @@ impl UpstreamSession {
         if answers && carried.is_initialize() {
             self.on_initialized(text).await;
         }
-        if !self.link.push_rpc(&self.server.name, text).await {
+        let ends = carried.id_key.as_deref().filter(|_| answers);
+        let ends = ends.map(|key| (key, carried.serial));
+        if !self.link.push_answer(&self.server.name, text, ends).await {
             return Err(UpstreamError::SessionClosed);
         }
         let metrics = &self.link.metrics;

@@ -43,7 +43,7 @@ use crate::jsonrpc::{self, Head, Kind};
 use crate::metrics::{Direction, OpenGuard, Outcome, RequestMeter};
 use crate::protocol::{ErrorCode, SessionState};
 use crate::registry::Server;
-use crate::store::sessions::UpstreamIds;
+use crate::store::sessions::{UpstreamIds, request_field};
 
 /// The most a DELETE at the end of a session may take.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -323,6 +323,7 @@ impl UpstreamSession {
                 let entry = (carried.serial, carried.cancel.clone());
                 self.lock_inflight().insert(key.clone(), entry);
             }
+            self.request_carried(&carried);
         } else {
             match self.link.carrying.clone().acquire_owned().await {
                 Ok(permit) => carried.permit = Mutex::new(Some(permit)),
@@ -474,12 +475,39 @@ impl UpstreamSession {
             .filter(|_| carried.kind == Kind::Request);
         let reference = carried.reference.as_deref();
         let name = &self.server.name;
+        let answers = carried.id_key.as_deref().map(|key| (key, carried.serial));
         if !self
             .link
-            .refuse(name, request_id, reference, code, message)
+            .refuse_answering(name, request_id, reference, (code, message), answers)
             .await
         {
             tracing::debug!(server = %name, "client gone before an error could be reported");
+        }
+    }
+
+    /// With a shared session store, records a request carried to a session that can
+    /// move as in flight, so that the instance that takes the client session over
+    /// answers it if this one stops first. Its answer ends the record
+    /// ([`Link::push_answer`]).
+    fn request_carried(&self, carried: &Carried) {
+        let (Some(mirror), Some(id), Some(key)) = (&self.link.mirror, &carried.id, &carried.id_key)
+        else {
+            return;
+        };
+        if self.movable() {
+            let field = request_field(&self.server.name, key);
+            mirror.request_started(field, carried.serial, id.get());
+        }
+    }
+
+    /// A request's exchange is over: a request that ended with no answer (`settled`:
+    /// cancelled by the client) leaves the record of requests in flight. One that
+    /// failed unanswered (its client session closed) stays recorded: the instance that
+    /// takes the session over answers it.
+    fn request_over(&self, carried: &Carried, settled: bool) {
+        if let (true, Some(mirror), Some(key)) = (settled, &self.link.mirror, &carried.id_key) {
+            let field = request_field(&self.server.name, key);
+            mirror.request_ended(&field, carried.serial, 0);
         }
     }
 
