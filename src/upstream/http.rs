@@ -408,7 +408,9 @@ impl EventStream {
 }
 
 /// Reads a whole body of at most `limit` bytes. A body that arrives in one chunk (the
-/// usual JSON reply) is kept as it came, not copied.
+/// usual JSON reply) is copied once at its exact size: the chunk shares the pooled
+/// connection's whole read buffer, which a reply waiting for room in a slow client's
+/// queue would otherwise keep from being reused.
 async fn read_bounded(mut body: ByteStream, limit: usize) -> Result<Bytes, UpstreamError> {
     let read = |chunk: Option<reqwest::Result<Bytes>>| {
         chunk
@@ -422,7 +424,7 @@ async fn read_bounded(mut body: ByteStream, limit: usize) -> Result<Bytes, Upstr
         return Err(UpstreamError::TooLarge { limit });
     }
     let Some(second) = read(body.next().await)? else {
-        return Ok(first);
+        return Ok(Bytes::copy_from_slice(&first));
     };
     let mut buf = BytesMut::from(first);
     let mut next = Some(second);

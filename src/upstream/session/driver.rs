@@ -90,7 +90,9 @@ async fn drive(
                 // Closed and emptied: nothing more can arrive.
                 None => open = false,
             },
-            _ = ended.cancelled(), if !closing => {
+            // Not once the queue is closed and emptied (its `Driver` gone): then the
+            // running exchanges are all that is left, and the driver ends with them.
+            _ = ended.cancelled(), if open && !closing => {
                 // Later exchanges get tasks of their own; those already queued are
                 // still received above.
                 closing = true;
@@ -161,6 +163,59 @@ mod tests {
         ended.cancel();
         settle(&tasks).await;
         assert_eq!(done.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_driver_whose_queue_is_gone_ends_with_its_exchanges() {
+        let (tasks, ended) = (TaskTracker::new(), CancellationToken::new());
+        let done = Arc::new(AtomicUsize::new(0));
+        {
+            let driver = Driver::default();
+            let span = tracing::Span::none();
+            driver.run(counting(&done, None), &tasks, &ended, &span);
+        }
+        // The session never ends, but nothing can reach the driver any more.
+        settle(&tasks).await;
+        assert_eq!(done.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_exchange_always_ready_lets_the_others_run() {
+        let (driver, tasks, ended) = (
+            Driver::default(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        );
+        let span = tracing::Span::none();
+        let quick = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let (flood_stop, quick_seen) = (stop.clone(), quick.clone());
+        // Never waits for anything but the budget, as a stream with its next event
+        // always ready; it stops once the other exchange has run.
+        driver.run(
+            Box::pin(async move {
+                while !flood_stop.is_cancelled() {
+                    tokio::task::consume_budget().await;
+                }
+                assert_eq!(quick_seen.load(Ordering::SeqCst), 1);
+            }),
+            &tasks,
+            &ended,
+            &span,
+        );
+        let quick_done = quick.clone();
+        driver.run(
+            Box::pin(async move {
+                quick_done.fetch_add(1, Ordering::SeqCst);
+                stop.cancel();
+            }),
+            &tasks,
+            &ended,
+            &span,
+        );
+        ended.cancel();
+        settle(&tasks).await;
+        assert_eq!(quick.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -273,6 +273,10 @@ impl UpstreamSession {
         carried: &Carried,
         answered: &AtomicBool,
     ) -> Result<(), UpstreamError> {
+        // A stream that always has the next event ready (and a client queue with room)
+        // would otherwise run on without ever yielding: the session's other exchanges
+        // share its driver task, and other tasks its worker thread.
+        tokio::task::consume_budget().await;
         let head = Head::parse(text)
             .map_err(|e| UpstreamError::Protocol(format!("the server sent invalid JSON: {e}")))?;
         if head.says_stdio_server_gone() {
@@ -306,6 +310,8 @@ impl UpstreamSession {
     /// Forwards one event that answers no request of ours (the GET stream's); false
     /// once the client session is over.
     pub(in crate::upstream) async fn forward_event(&self, text: &str) -> bool {
+        // As in `forward`: an event stream always ready never yields by itself.
+        tokio::task::consume_budget().await;
         let name = &self.server.name;
         match Head::parse(text) {
             Ok(head) => {
