@@ -1034,12 +1034,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_upstream_id_is_never_written_ahead_of_the_frames_pushed_before_it() {
-        let limits = Limits {
-            queue_bytes: 1 << 20,
-            keep_frames: 1000,
-            keep_bytes: 1 << 20,
-        };
-        let outbox = Outbox::mirrored(limits, &ResumeBudget::new(1 << 20));
+        let outbox = small_outbox();
         let mirror = SessionMirror::new("s".into(), 0);
         // More frames than one write takes, then the id of the last one's event.
         let frames = MIRROR_BATCH + 6;
@@ -1056,18 +1051,7 @@ mod tests {
         };
         mirror.upstream_changed("remote", Some(ids));
         let store = Arc::new(Recording::default());
-        let writer = MirrorWriter {
-            store: store.clone(),
-            outbox: outbox.clone(),
-            mirror,
-            key: None,
-            idle: Duration::from_secs(60),
-            upstreams: HashMap::new(),
-            handed: 0,
-        };
-        let stop = CancellationToken::new();
-        stop.cancel();
-        writer.run(false, stop).await;
+        write_once(&store, &outbox, &mirror).await;
         let written = store.0.lock().unwrap().clone();
         let first: Vec<u64> = (1..=MIRROR_BATCH as u64).collect();
         let rest: Vec<u64> = (MIRROR_BATCH as u64 + 1..=frames as u64).collect();

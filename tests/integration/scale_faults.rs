@@ -21,9 +21,11 @@ use serde_json::{Value, json};
 
 use crate::binary::kill;
 use crate::harness::{Client, is_response};
-use crate::scale_sessions::{gateway, gateway_serving, session_field};
 use crate::support::redis::RedisServer;
 use crate::support::remote::RemoteEverything;
+use crate::support::scale::{
+    drain, echo, gateway, gateway_serving, session_field, set_session_field,
+};
 
 /// The stored `up:{server}` record of client session `id` (null when absent).
 async fn upstream_record(redis: &RedisServer, id: &str, server: &str) -> Value {
@@ -127,15 +129,7 @@ async fn standalone_stream_notifications_reach_the_resumed_client_once_in_order(
     let others = client.take_buffered(|f| is_roots_request(f) || f["type"] == "error");
     assert!(others.is_empty(), "{others:?}");
     // And the session goes on with the server's same upstream session.
-    let echo = client
-        .call(
-            "remote",
-            json!("echo"),
-            "tools/call",
-            json!({"name": "echo", "arguments": {"message": "moved"}}),
-        )
-        .await;
-    assert!(echo["message"]["result"].is_object(), "{echo}");
+    echo(&mut client, "remote", json!("echo"), "moved").await;
     assert_eq!(remote.initialized(), 1, "{}", remote.log());
     client.close().await;
 }
@@ -156,14 +150,7 @@ async fn an_adopted_stream_with_no_event_id_to_resume_after_reports_the_gap() {
     let mut record = upstream_record(&redis, &session, "remote").await;
     let ids = record.as_object_mut().expect("a record");
     ids.remove("last_event_id");
-    let mut connection = redis.connection().await;
-    let _: () = redis::cmd("HSET")
-        .arg(format!("mcpmux:session:{session}"))
-        .arg("up:remote")
-        .arg(record.to_string())
-        .query_async(&mut connection)
-        .await
-        .expect("HSET");
+    set_session_field(&redis, &session, "up:remote", &record.to_string()).await;
     let mut client = Client::resume(b.addr, &session, last_seq).await;
     assert_eq!(client.welcome["resumed"], true, "{}", client.welcome);
     let gap = client.wait_for("the gap", |f| f["type"] == "error").await;
@@ -172,15 +159,7 @@ async fn an_adopted_stream_with_no_event_id_to_resume_after_reports_the_gap() {
     let message = gap["message"].as_str().expect("message");
     assert!(message.contains("may be missing"), "{message}");
     // The upstream session itself was adopted.
-    let echo = client
-        .call(
-            "remote",
-            json!("echo"),
-            "tools/call",
-            json!({"name": "echo", "arguments": {"message": "moved"}}),
-        )
-        .await;
-    assert!(echo["message"]["result"].is_object(), "{echo}");
+    echo(&mut client, "remote", json!("echo"), "moved").await;
     client.close().await;
 }
 
@@ -211,15 +190,7 @@ async fn adopted_upstream_sessions_count_against_max_upstream_sessions() {
     assert_eq!(lost["seq"].as_u64(), Some(last_seq + 1), "{lost}");
     let reason = lost["reason"].as_str().expect("reason");
     assert!(reason.contains("maxUpstreamSessions"), "{reason}");
-    let echo = client
-        .call(
-            "remote",
-            json!("echo"),
-            "tools/call",
-            json!({"name": "echo", "arguments": {"message": "adopted"}}),
-        )
-        .await;
-    assert!(echo["message"]["result"].is_object(), "{echo}");
+    echo(&mut client, "remote", json!("echo"), "adopted").await;
     // The upstream session nobody adopted is deleted, not left to expire.
     for _ in 0..100 {
         if remote.deleted() == 1 {
@@ -297,15 +268,7 @@ async fn a_request_in_flight_on_a_killed_instance_is_answered_session_lost_once(
     assert!(again.is_empty(), "{again:?}");
     assert_eq!(session_field(&redis, &session, field).await, None);
     // The session goes on with the same upstream session.
-    let echo = client
-        .call(
-            "remote",
-            json!("echo"),
-            "tools/call",
-            json!({"name": "echo", "arguments": {"message": "after"}}),
-        )
-        .await;
-    assert!(echo["message"]["result"].is_object(), "{echo}");
+    echo(&mut client, "remote", json!("echo"), "after").await;
     client.close().await;
 }
 
@@ -334,13 +297,7 @@ async fn a_drain_lets_a_request_in_flight_finish_before_it_hands_the_session_ove
     let session = client.session_id();
     let field = "req:remote\n\"slow\"";
     assert!(session_field(&redis, &session, field).await.is_some());
-    kill(a.child.id(), libc::SIGTERM);
-    match client.closed().await {
-        crate::harness::Ended::Closed(code, _) => assert_eq!(code, 1001),
-        other => panic!("expected close 1001, got {other:?}"),
-    }
-    let status = a.child.wait().expect("mcpmux exits");
-    assert!(status.success(), "{status:?}");
+    drain(&mut a, &mut client).await;
     // Answered during the drain: the record went with the answer.
     assert_eq!(session_field(&redis, &session, field).await, None);
     let mut client = Client::resume(b.addr, &session, last_seq).await;

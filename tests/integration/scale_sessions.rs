@@ -11,50 +11,14 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::binary::{Binary, Launch, kill};
-use crate::harness::{Client, config, everything};
+use crate::binary::kill;
+use crate::harness::Client;
 use crate::support::nginx::{Instance, Nginx};
 use crate::support::redis::RedisServer;
 use crate::support::remote::RemoteEverything;
-
-pub fn gateway(instance: &str, redis: &RedisServer, remote: &RemoteEverything) -> Binary {
-    gateway_with(instance, redis, remote, json!({}))
-}
-
-/// As [`gateway`], with more gateway settings.
-fn gateway_with(
-    instance: &str,
-    redis: &RedisServer,
-    remote: &RemoteEverything,
-    settings: Value,
-) -> Binary {
-    let servers = json!({
-        "remote": {"url": remote.url()},
-        "local": everything(),
-    });
-    gateway_serving(instance, redis, servers, settings)
-}
-
-/// A gateway named `instance` sharing `redis`, serving `servers`, with more gateway
-/// settings.
-pub fn gateway_serving(
-    instance: &str,
-    redis: &RedisServer,
-    servers: Value,
-    settings: Value,
-) -> Binary {
-    let mut gateway = json!({"instance": instance, "store": {"redis": redis.url()}});
-    if let (Some(base), Some(extra)) = (gateway.as_object_mut(), settings.as_object()) {
-        base.extend(extra.clone());
-    }
-    Binary::launch(
-        &config(servers, gateway),
-        Launch {
-            log_filter: Some("mcpmux=debug"),
-            ..Launch::default()
-        },
-    )
-}
+use crate::support::scale::{
+    drain, echo, gateway, gateway_with, session_field, set_session_field, stop,
+};
 
 /// What the client had when its instance went away: its session, the seq it resumes
 /// after, and the frames after it, which it must get again exactly.
@@ -135,14 +99,7 @@ async fn resume_elsewhere(url: &str, cut: &Cut, remote: &RemoteEverything) {
         "seqs go on contiguously"
     );
     // The remote upstream session goes on, adopted by its id: no new initialize.
-    let echo = client
-        .call(
-            "remote",
-            json!("after"),
-            "tools/call",
-            json!({"name": "echo", "arguments": {"message": "still here"}}),
-        )
-        .await;
+    let echo = echo(&mut client, "remote", json!("after"), "still here").await;
     assert!(
         echo["message"]["result"]["content"][0]["text"]
             .as_str()
@@ -197,13 +154,7 @@ async fn a_drained_instance_hands_its_sessions_over() {
     let mut a = gateway("inst-c", &redis, &remote);
     let b = gateway("inst-d", &redis, &remote);
     let (mut client, cut) = stream_then_cut(a.addr).await;
-    kill(a.child.id(), libc::SIGTERM);
-    match client.closed().await {
-        crate::harness::Ended::Closed(code, _) => assert_eq!(code, 1001),
-        other => panic!("expected close 1001, got {other:?}"),
-    }
-    let status = a.child.wait().expect("mcpmux exits");
-    assert!(status.success(), "{status:?}");
+    drain(&mut a, &mut client).await;
     // Released on the drain: no lease to wait for.
     resume_elsewhere(&format!("ws://{}/ws", b.addr), &cut, &remote).await;
     drop(b);
@@ -222,22 +173,10 @@ async fn a_resume_sent_to_another_instance_leaves_a_live_owner_alone() {
     assert_eq!(elsewhere.welcome["resumed"], false);
     assert_ne!(elsewhere.welcome["session"], session.as_str());
     // The owner's session is untouched: it goes on working.
-    let echo = owner
-        .call(
-            "remote",
-            json!(2),
-            "tools/call",
-            json!({"name": "echo", "arguments": {"message": "mine"}}),
-        )
-        .await;
-    assert!(echo["message"]["result"].is_object(), "{echo}");
-    let mut connection = redis.connection().await;
-    let owner_now: String = redis::cmd("HGET")
-        .arg(format!("mcpmux:session:{session}"))
-        .arg("owner")
-        .query_async(&mut connection)
+    echo(&mut owner, "remote", json!(2), "mine").await;
+    let owner_now = session_field(&redis, &session, "owner")
         .await
-        .expect("HGET");
+        .expect("an owner");
     assert!(
         owner_now.starts_with("inst-e/"),
         "the store still names the live owner (its process): {owner_now}"
@@ -287,17 +226,6 @@ async fn through_nginx_a_killed_owners_session_resumes_on_the_other_instance() {
     drop(nginx);
 }
 
-/// One field of session `id`'s hash in Redis.
-pub async fn session_field(redis: &RedisServer, id: &str, field: &str) -> Option<String> {
-    let mut connection = redis.connection().await;
-    redis::cmd("HGET")
-        .arg(format!("mcpmux:session:{id}"))
-        .arg(field)
-        .query_async(&mut connection)
-        .await
-        .expect("HGET")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_writes_nothing_more_of_a_session_another_took() {
     let redis = RedisServer::start();
@@ -309,29 +237,12 @@ async fn an_instance_writes_nothing_more_of_a_session_another_took() {
     let seq = session_field(&redis, &session, "seq").await;
     assert!(seq.is_some(), "the session's frames are stored");
     // Another instance takes the session over (as its take script would).
-    let mut connection = redis.connection().await;
-    let _: () = redis::cmd("HSET")
-        .arg(format!("mcpmux:session:{session}"))
-        .arg("owner")
-        .arg("inst-z")
-        .query_async(&mut connection)
-        .await
-        .expect("HSET");
+    set_session_field(&redis, &session, "owner", "inst-z").await;
     // Frames made on the former owner still reach its socket, but not the store.
-    let echo = client
-        .call(
-            "local",
-            json!("late"),
-            "tools/call",
-            json!({"name": "echo", "arguments": {"message": "late"}}),
-        )
-        .await;
-    assert!(echo["message"]["result"].is_object(), "{echo}");
+    echo(&mut client, "local", json!("late"), "late").await;
     assert_eq!(session_field(&redis, &session, "seq").await, seq);
     // Nor does its drain release the session the other instance holds.
-    kill(a.child.id(), libc::SIGTERM);
-    let status = a.child.wait().expect("mcpmux exits");
-    assert!(status.success(), "{status:?}");
+    stop(&mut a);
     assert_eq!(
         session_field(&redis, &session, "owner").await.as_deref(),
         Some("inst-z")
@@ -353,9 +264,7 @@ async fn a_drain_stores_the_count_of_client_frames_read_last() {
     // One more client frame, answered outside the sequence (nothing stored for it).
     client.send(json!({"type": "ping"})).await;
     client.wait_for("pong", |f| f["type"] == "pong").await;
-    kill(a.child.id(), libc::SIGTERM);
-    let status = a.child.wait().expect("mcpmux exits");
-    assert!(status.success(), "{status:?}");
+    stop(&mut a);
     assert_eq!(
         session_field(&redis, &cut.session, "received").await,
         Some((before + 1).to_string())

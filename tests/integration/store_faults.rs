@@ -156,12 +156,52 @@ fn number(fields: &HashMap<String, String>, field: &str) -> u64 {
         .unwrap_or_default()
 }
 
-async fn resume(addr: std::net::SocketAddr, session: &str, last_seq: u64) -> Client {
-    Client::resume(addr, session, last_seq).await
+/// Waits until session `id`'s hash records every frame up to `seq`; returns it.
+async fn stored_through(
+    redis: &RedisServer,
+    id: &str,
+    what: &str,
+    seq: u64,
+) -> HashMap<String, String> {
+    hash_until(redis, id, what, |f| number(f, "seq") >= seq).await
+}
+
+/// Resumes `session` after `last_seq` on `addr`, and checks it was granted.
+async fn resume_granted(addr: std::net::SocketAddr, session: &str, last_seq: u64) -> Client {
+    let client = Client::resume(addr, session, last_seq).await;
+    assert_eq!(client.welcome["resumed"], true, "{}", client.welcome);
+    client
+}
+
+/// Resumes `session` after `last_seq` on `addr`, and checks it was refused (the client
+/// has a new session).
+async fn resume_refused(addr: std::net::SocketAddr, session: &str, last_seq: u64) -> Client {
+    let client = Client::resume(addr, session, last_seq).await;
+    assert_eq!(client.welcome["resumed"], false, "{}", client.welcome);
+    client
+}
+
+/// Checks that a rebuilt record kept the owner, key and upstream session of `before`.
+fn assert_rebuilt_whole(rebuilt: &HashMap<String, String>, before: &HashMap<String, String>) {
+    for field in ["owner", "key", "up:everything"] {
+        assert_eq!(
+            rebuilt.get(field),
+            before.get(field),
+            "{field}: {rebuilt:?}"
+        );
+    }
 }
 
 fn store_up(text: &str) -> Option<f64> {
     sample(text, "mcpmux_store_up", &[])
+}
+
+/// Waits until the store's link reports Redis up (`1`) or down (`0`).
+async fn until_store_up(metrics: &Metrics, up: f64) {
+    until(metrics, &format!("mcpmux_store_up {up}"), |t| {
+        store_up(t) == Some(up)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -172,10 +212,7 @@ async fn the_owner_is_the_process_not_just_its_name() {
     let (mut client, initialized_seq) = initialized(a.addr).await;
     let id = client.session_id();
     let token = lease(&redis, "fa").await.expect("fa's lease");
-    let fields = hash_until(&redis, &id, "the initialize response", |f| {
-        number(f, "seq") >= initialized_seq
-    })
-    .await;
+    let fields = stored_through(&redis, &id, "the initialize response", initialized_seq).await;
     assert_eq!(fields["owner"], format!("fa/{token}"));
 
     // A session this very process owns is never taken by it again (a resume that
@@ -188,8 +225,7 @@ async fn the_owner_is_the_process_not_just_its_name() {
         &["HSET", &key, "owner", &owner, "key", "", "seq", "0"],
     )
     .await;
-    let refused = resume(a.addr, &own, 0).await;
-    assert_eq!(refused.welcome["resumed"], false, "{}", refused.welcome);
+    let refused = resume_refused(a.addr, &own, 0).await;
     assert_eq!(hash(&redis, &own).await["owner"], owner);
 
     // A previous process of the same name owned it: this process writes nothing more
@@ -206,8 +242,7 @@ async fn the_owner_is_the_process_not_just_its_name() {
         "a process that does not own the session wrote to it"
     );
     assert_eq!(hash(&redis, &id).await["owner"], "fa/previousprocess");
-    let mut moved = resume(b.addr, &id, stored).await;
-    assert_eq!(moved.welcome["resumed"], true, "{}", moved.welcome);
+    let mut moved = resume_granted(b.addr, &id, stored).await;
     let token_b = lease(&redis, "fb").await.expect("fb's lease");
     assert_eq!(hash(&redis, &id).await["owner"], format!("fb/{token_b}"));
     moved.session_state("lost").await;
@@ -235,44 +270,25 @@ async fn a_record_redis_lost_is_rebuilt_whole_and_resumable_elsewhere() {
     // frames before that write may be gone, so a resume from before it is refused.
     redis_do(&redis, &["DEL", &key]).await;
     let seq = echo(&mut client, "after-eviction").await;
-    let rebuilt = hash_until(&redis, &id, "the rebuilt record", |f| {
-        number(f, "seq") >= seq
-    })
-    .await;
-    for field in ["owner", "key", "up:everything"] {
-        assert_eq!(
-            rebuilt.get(field),
-            before.get(field),
-            "{field}: {rebuilt:?}"
-        );
-    }
+    let rebuilt = stored_through(&redis, &id, "the rebuilt record", seq).await;
+    assert_rebuilt_whole(&rebuilt, &before);
     assert!(number(&rebuilt, "gap") >= initialized_seq, "{rebuilt:?}");
 
     // Redis restarted empty: the same.
     redis.restart();
     // The lease is claimed again once the link works.
     lease_until(&redis, "ra").await;
-    until(&metrics, "mcpmux_store_up 1", |t| store_up(t) == Some(1.0)).await;
+    until_store_up(&metrics, 1.0).await;
     let last = echo(&mut client, "after-restart").await;
-    let rebuilt = hash_until(&redis, &id, "the record after a restart", |f| {
-        number(f, "seq") >= last
-    })
-    .await;
-    for field in ["owner", "key", "up:everything"] {
-        assert_eq!(
-            rebuilt.get(field),
-            before.get(field),
-            "{field}: {rebuilt:?}"
-        );
-    }
+    let rebuilt = stored_through(&redis, &id, "the record after a restart", last).await;
+    assert_rebuilt_whole(&rebuilt, &before);
     assert_eq!(stream_seqs(&redis, &id).await.last().copied(), Some(last));
 
     // Drained, then resumed on another instance: the stdio upstream session it rebuilt
     // is reported lost there.
     a.shutdown().await;
     let (b, _) = gateway_on(&redis, "rb", json!({})).await;
-    let mut moved = resume(b.addr, &id, last).await;
-    assert_eq!(moved.welcome["resumed"], true, "{}", moved.welcome);
+    let mut moved = resume_granted(b.addr, &id, last).await;
     let lost = moved.session_state("lost").await;
     assert_eq!(lost["server"], "everything");
     assert_eq!(lost["seq"].as_u64(), Some(last + 1));
@@ -286,14 +302,11 @@ async fn a_gap_left_by_an_outage_refuses_a_resume_elsewhere_not_on_the_owner() {
     let (a, metrics) = gateway_on(&redis, "ga", json!({})).await;
     let (mut client, initialized_seq) = initialized(a.addr).await;
     let id = client.session_id();
-    hash_until(&redis, &id, "the initialize response", |f| {
-        number(f, "seq") >= initialized_seq
-    })
-    .await;
+    stored_through(&redis, &id, "the initialize response", initialized_seq).await;
 
     // Redis hangs: the frames still reach the client.
     redis.pause();
-    until(&metrics, "mcpmux_store_up 0", |t| store_up(t) == Some(0.0)).await;
+    until_store_up(&metrics, 0.0).await;
     let mut during = Vec::new();
     for i in 0..3 {
         during.push(echo(&mut client, &format!("during-{i}")).await);
@@ -307,13 +320,12 @@ async fn a_gap_left_by_an_outage_refuses_a_resume_elsewhere_not_on_the_owner() {
     );
     assert!(given_up.is_some_and(|n| n >= 3.0), "{given_up:?}");
     redis.resume();
-    until(&metrics, "mcpmux_store_up 1", |t| store_up(t) == Some(1.0)).await;
+    until_store_up(&metrics, 1.0).await;
     // The gap is recorded once Redis answers, without another frame.
     hash_until(&redis, &id, "the gap", |f| number(f, "gap") >= last).await;
 
     // The owner still has the frames: a resume from before the gap is granted there.
-    let mut again = resume(a.addr, &id, initialized_seq).await;
-    assert_eq!(again.welcome["resumed"], true, "{}", again.welcome);
+    let mut again = resume_granted(a.addr, &id, initialized_seq).await;
     let mut replayed = Vec::new();
     while replayed.last() != Some(&last) {
         if let Some(seq) = again.next().await["seq"].as_u64() {
@@ -328,8 +340,7 @@ async fn a_gap_left_by_an_outage_refuses_a_resume_elsewhere_not_on_the_owner() {
     // Elsewhere, it is refused: the frames of the outage are not in the store.
     a.shutdown().await;
     let (b, _) = gateway_on(&redis, "gb", json!({})).await;
-    let fresh = resume(b.addr, &id, initialized_seq).await;
-    assert_eq!(fresh.welcome["resumed"], false, "{}", fresh.welcome);
+    let fresh = resume_refused(b.addr, &id, initialized_seq).await;
     assert_ne!(fresh.session_id(), id);
     fresh.close().await;
     drop(client);
@@ -347,10 +358,7 @@ async fn the_stream_keeps_no_more_than_the_outbox() {
     for i in 0..8 {
         last = echo(&mut client, &format!("m{i}")).await;
     }
-    hash_until(&redis, &id, "the last response", |f| {
-        number(f, "seq") >= last
-    })
-    .await;
+    stored_through(&redis, &id, "the last response", last).await;
     let seqs = stream_seqs(&redis, &id).await;
     assert!(seqs.len() <= 4, "{seqs:?}");
     assert_eq!(seqs.last().copied(), Some(last), "{seqs:?}");
@@ -370,10 +378,7 @@ async fn a_takeover_reads_no_more_than_the_limits_and_budget_of_its_instance() {
             last = echo(&mut client, &format!("m{i}")).await;
         }
         let id = client.session_id();
-        hash_until(&redis, &id, "the last response", |f| {
-            number(f, "seq") >= last
-        })
-        .await;
+        stored_through(&redis, &id, "the last response", last).await;
         sessions.push((client, id, first));
     }
     a.shutdown().await;
@@ -381,24 +386,21 @@ async fn a_takeover_reads_no_more_than_the_limits_and_budget_of_its_instance() {
     // Too many frames for the reader's resumeMaxFrames.
     let (few, _) = gateway_on(&redis, "lb", json!({"resumeMaxFrames": 3})).await;
     let (_, id, first) = &sessions[0];
-    let refused = resume(few.addr, id, *first - 1).await;
-    assert_eq!(refused.welcome["resumed"], false, "{}", refused.welcome);
+    let refused = resume_refused(few.addr, id, *first - 1).await;
     refused.close().await;
     few.shutdown().await;
 
     // More bytes than its budget has room for.
     let (poor, _) = gateway_on(&redis, "lc", json!({"resumeBudgetBytes": 200})).await;
     let (_, id, first) = &sessions[1];
-    let refused = resume(poor.addr, id, *first - 1).await;
-    assert_eq!(refused.welcome["resumed"], false, "{}", refused.welcome);
+    let refused = resume_refused(poor.addr, id, *first - 1).await;
     refused.close().await;
     poor.shutdown().await;
 
     // Within them, the same resume is granted.
     let (rich, _) = gateway_on(&redis, "ld", json!({})).await;
     let (_, id, first) = &sessions[2];
-    let mut granted = resume(rich.addr, id, *first - 1).await;
-    assert_eq!(granted.welcome["resumed"], true, "{}", granted.welcome);
+    let mut granted = resume_granted(rich.addr, id, *first - 1).await;
     let frame = granted.next().await;
     assert_eq!(frame["seq"].as_u64(), Some(*first), "{frame}");
     granted.close().await;
@@ -452,17 +454,14 @@ async fn a_session_opened_during_an_outage_is_recorded_once_redis_answers() {
     let mut redis = RedisServer::start();
     let (a, metrics) = gateway_on(&redis, "oa", json!({})).await;
     redis.stop();
-    until(&metrics, "mcpmux_store_up 0", |t| store_up(t) == Some(0.0)).await;
+    until_store_up(&metrics, 0.0).await;
     let (mut client, initialized_seq) = initialized(a.addr).await;
     let id = client.session_id();
     redis.start_again();
-    until(&metrics, "mcpmux_store_up 1", |t| store_up(t) == Some(1.0)).await;
+    until_store_up(&metrics, 1.0).await;
     // Its first write records it whole; what it sent before may be missing: a gap.
     let last = echo(&mut client, "after").await;
-    let fields = hash_until(&redis, &id, "the recorded session", |f| {
-        number(f, "seq") >= last
-    })
-    .await;
+    let fields = stored_through(&redis, &id, "the recorded session", last).await;
     let token = lease_until(&redis, "oa").await;
     assert_eq!(fields["owner"], format!("oa/{token}"));
     assert!(fields.contains_key("up:everything"), "{fields:?}");

@@ -133,6 +133,15 @@ mod tests {
         })
     }
 
+    /// A driver, the tracker of its task, and the token that ends the session.
+    fn driver() -> (Driver, TaskTracker, CancellationToken) {
+        (
+            Driver::default(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        )
+    }
+
     async fn settle(tasks: &TaskTracker) {
         tasks.close();
         tokio::time::timeout(Duration::from_secs(5), tasks.wait())
@@ -142,11 +151,7 @@ mod tests {
 
     #[tokio::test]
     async fn exchanges_overlap_in_one_task() {
-        let (driver, tasks, ended) = (
-            Driver::default(),
-            TaskTracker::new(),
-            CancellationToken::new(),
-        );
+        let (driver, tasks, ended) = driver();
         let (done, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
         let span = tracing::Span::none();
         driver.run(counting(&done, Some(gate.clone())), &tasks, &ended, &span);
@@ -181,11 +186,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_exchange_always_ready_lets_the_others_run() {
-        let (driver, tasks, ended) = (
-            Driver::default(),
-            TaskTracker::new(),
-            CancellationToken::new(),
-        );
+        let (driver, tasks, ended) = driver();
         let span = tracing::Span::none();
         let quick = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
@@ -220,11 +221,7 @@ mod tests {
 
     #[tokio::test]
     async fn exchanges_handed_over_after_the_end_still_run() {
-        let (driver, tasks, ended) = (
-            Driver::default(),
-            TaskTracker::new(),
-            CancellationToken::new(),
-        );
+        let (driver, tasks, ended) = driver();
         let done = Arc::new(AtomicUsize::new(0));
         let span = tracing::Span::none();
         driver.run(counting(&done, None), &tasks, &ended, &span);
@@ -239,11 +236,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_exchange_ends_alone() {
-        let (driver, tasks, ended) = (
-            Driver::default(),
-            TaskTracker::new(),
-            CancellationToken::new(),
-        );
+        let (driver, tasks, ended) = driver();
         let (done, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
         let span = tracing::Span::none();
         driver.run(counting(&done, Some(gate.clone())), &tasks, &ended, &span);

@@ -7,3 +7,4 @@
 pub mod nginx;
 pub mod redis;
 pub mod remote;
+pub mod scale;
