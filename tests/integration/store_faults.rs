@@ -470,3 +470,42 @@ async fn a_session_opened_during_an_outage_is_recorded_once_redis_answers() {
     client.close().await;
     a.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_gap_recorded_alone_still_lets_the_client_resume_elsewhere_from_its_last_frame() {
+    let redis = RedisServer::start();
+    let (a, metrics) = gateway_on(&redis, "ha", json!({})).await;
+    let (mut client, initialized_seq) = initialized(a.addr).await;
+    let id = client.session_id();
+    hash_until(&redis, &id, "the initialize response", |f| {
+        number(f, "seq") >= initialized_seq
+    })
+    .await;
+
+    // Redis hangs: these frames reach the client only, and are given up on.
+    redis.pause();
+    until(&metrics, "mcpmux_store_up 0", |t| store_up(t) == Some(0.0)).await;
+    let mut last = 0;
+    for i in 0..3 {
+        last = echo(&mut client, &format!("during-{i}")).await;
+    }
+    redis.resume();
+    until(&metrics, "mcpmux_store_up 1", |t| store_up(t) == Some(1.0)).await;
+    // The write that records the gap carries no frame: the stored seq follows it all
+    // the same, so a resume from the client's last frame finds nothing missing.
+    let fields = hash_until(&redis, &id, "the gap", |f| number(f, "gap") >= last).await;
+    assert!(number(&fields, "seq") >= last, "{fields:?}");
+
+    // A drain hands the session over; the client resumes elsewhere from its last frame.
+    a.shutdown().await;
+    let (b, _) = gateway_on(&redis, "hb", json!({})).await;
+    let mut again = resume(b.addr, &id, last).await;
+    assert_eq!(again.welcome["resumed"], true, "{}", again.welcome);
+    assert_eq!(again.session_id(), id);
+    // The session goes on: a new call is answered after the resume point.
+    let after = echo(&mut again, "after").await;
+    assert!(after > last, "{after} after {last}");
+    drop(client);
+    again.close().await;
+    b.shutdown().await;
+}
