@@ -509,3 +509,43 @@ async fn a_gap_recorded_alone_still_lets_the_client_resume_elsewhere_from_its_la
     again.close().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_takeover_refused_for_a_full_budget_leaves_the_session_for_another_try() {
+    let redis = RedisServer::start();
+    let (a, _) = gateway_on(&redis, "ia", json!({})).await;
+    let (mut client, first) = initialized(a.addr).await;
+    let mut last = first;
+    for i in 0..5 {
+        last = echo(&mut client, &format!("m{i}")).await;
+    }
+    let id = client.session_id();
+    hash_until(&redis, &id, "the last response", |f| {
+        number(f, "seq") >= last
+    })
+    .await;
+    a.shutdown().await;
+
+    // No room in this instance's budget now: refused, and the session is given back.
+    let (poor, _) = gateway_on(&redis, "ib", json!({"resumeBudgetBytes": 200})).await;
+    let refused = resume(poor.addr, &id, first - 1).await;
+    assert_eq!(refused.welcome["resumed"], false, "{}", refused.welcome);
+    let fields = hash(&redis, &id).await;
+    assert_eq!(
+        fields.get("owner").map(String::as_str),
+        Some(""),
+        "{fields:?}"
+    );
+    refused.close().await;
+    poor.shutdown().await;
+
+    // Tried again elsewhere, it is granted whole.
+    let (rich, _) = gateway_on(&redis, "ic", json!({})).await;
+    let mut granted = resume(rich.addr, &id, first - 1).await;
+    assert_eq!(granted.welcome["resumed"], true, "{}", granted.welcome);
+    let frame = granted.next().await;
+    assert_eq!(frame["seq"].as_u64(), Some(first), "{frame}");
+    drop(client);
+    granted.close().await;
+    rich.shutdown().await;
+}
