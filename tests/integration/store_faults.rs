@@ -549,3 +549,42 @@ async fn a_takeover_refused_for_a_full_budget_leaves_the_session_for_another_try
     granted.close().await;
     rich.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_takeover_whose_read_fails_gives_the_session_back_for_a_retry() {
+    let redis = RedisServer::start();
+    let (a, _) = gateway_on(&redis, "ja", json!({})).await;
+    let (mut client, _) = initialized(a.addr).await;
+    let last = echo(&mut client, "before").await;
+    let id = client.session_id();
+    hash_until(&redis, &id, "the last response", |f| {
+        number(f, "seq") >= last
+    })
+    .await;
+    a.shutdown().await;
+    let stored = number(&hash(&redis, &id).await, "seq");
+
+    // The stream is not one: the takeover's read fails after the take.
+    let frames = format!("mcpmux:frames:{id}");
+    redis_do(&redis, &["DEL", &frames]).await;
+    redis_do(&redis, &["SET", &frames, "not a stream"]).await;
+    let (b, _) = gateway_on(&redis, "jb", json!({})).await;
+    let refused = resume(b.addr, &id, stored).await;
+    assert_eq!(refused.welcome["resumed"], false, "{}", refused.welcome);
+    let fields = hash(&redis, &id).await;
+    assert_eq!(
+        fields.get("owner").map(String::as_str),
+        Some(""),
+        "{fields:?}"
+    );
+    refused.close().await;
+
+    // Once the store reads again, a retry on the same instance takes it.
+    redis_do(&redis, &["DEL", &frames]).await;
+    let again = resume(b.addr, &id, stored).await;
+    assert_eq!(again.welcome["resumed"], true, "{}", again.welcome);
+    assert_eq!(again.session_id(), id);
+    drop(client);
+    again.close().await;
+    b.shutdown().await;
+}
