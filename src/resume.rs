@@ -24,7 +24,9 @@
 //! again (it is live here). A takeover is refused, as the local path refuses, when
 //! frames the client missed may be absent (before the session's recorded gap, or not
 //! contiguous) or exceed this instance's resume limits or what its budget has room
-//! for.
+//! for. Only the first proves the session unresumable: it is forgotten; on any other
+//! failure after the take (limits, budget, a store error) it is released again, so that
+//! the client's next try, here or elsewhere, can take it.
 //!
 //! A detached session's holder keeps it working: upstream calls go on, status changes
 //! are applied, and every frame produced is kept in the outbox (bounded by
@@ -44,7 +46,7 @@ use crate::context::{Place, SessionContext};
 use crate::outbox::Unresumable;
 use crate::registry::Change;
 use crate::session::ClientSession;
-use crate::store::sessions::{Ownership, SessionStoreError};
+use crate::store::sessions::{Ownership, SessionStore, SessionStoreError};
 use crate::store::{LEASE, LEASE_RENEW};
 
 /// How long a claim waits for the session's owner to answer.
@@ -125,13 +127,21 @@ pub async fn take_from_store(
                     _ = tokio::time::sleep(OWNER_POLL) => {}
                 }
             }
-            Err(err) => return Err((err.into(), claimant)),
+            Err(err) => {
+                // TAKE may have run and only its answer failed: give back what this
+                // process may now own.
+                release_untaken(store.as_ref(), id).await;
+                return Err((err.into(), claimant));
+            }
         }
     }
     let (mut stored, frames) = match store.read(id, last_seq).await {
         Ok(Some(read)) => read,
         Ok(None) => return Err((Refusal::Expired, claimant)),
-        Err(err) => return Err((err.into(), claimant)),
+        Err(err) => {
+            release_untaken(store.as_ref(), id).await;
+            return Err((err.into(), claimant));
+        }
     };
     // As the local path: more frames than this instance keeps, or than the gateway-wide
     // budget has room for, are refused, never cut.
@@ -148,9 +158,14 @@ pub async fn take_from_store(
         Some(_) => None,
     };
     if let Some(refusal) = refusal {
-        // Never a partial replay: the session ends here (its frames go; its upstream
-        // sessions are left to their servers' idle timeouts).
-        if let Err(err) = store.forget(id).await {
+        if matches!(refusal, Refusal::TooLarge) {
+            // Too much for this instance's limits or what its budget has left now: the
+            // session stays whole for a retry, here or elsewhere.
+            release_untaken(store.as_ref(), id).await;
+        } else if let Err(err) = store.forget(id).await {
+            // Never a partial replay: frames the client missed are gone for good, so
+            // the session ends here (its frames go; its upstream sessions are left to
+            // their servers' idle timeouts).
             tracing::debug!(%err, "could not forget an unresumable session");
         }
         return Err((refusal, claimant));
@@ -171,6 +186,19 @@ pub async fn take_from_store(
     session.adopt_upstreams(upstreams).await;
     session.answer_lost_requests(requests);
     Ok(session)
+}
+
+/// Gives session `id` back (owner released) after a takeover that took it in the store
+/// but did not build it here: otherwise this process would own a session it does not
+/// run, and every claim (here: [`Ownership::Here`]; elsewhere: a live owner) would be
+/// refused until it expires. Only this process's ownership is released.
+async fn release_untaken(store: &dyn SessionStore, id: &str) {
+    match store.release(id).await {
+        Ok(()) | Err(SessionStoreError::NotOwner) => {}
+        Err(err) => {
+            tracing::warn!(%err, "could not give back a session whose takeover failed; it stays owned here, unresumable, until it expires")
+        }
+    }
 }
 
 /// A new socket's claim on a session: it has every frame up to `last_seq`.

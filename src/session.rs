@@ -38,8 +38,8 @@ use crate::protocol::{
 };
 use crate::registry::{Change, Server, StatusChange};
 use crate::store::sessions::{
-    Batch, KeptFrame, Pending, SessionMirror, SessionStore, SessionStoreError, StoredRequest,
-    StoredSession, UpstreamIds, keep_from,
+    Batch, KeptFrame, SessionMirror, SessionStore, SessionStoreError, StoredRequest, StoredSession,
+    UpstreamIds, keep_from,
 };
 use crate::upstream::UpstreamError;
 use crate::upstream::link::Link;
@@ -829,6 +829,7 @@ impl MirrorWriter {
         let mut trimmed = 0u64;
         // Another instance took the session over: nothing more is written.
         let mut disowned = false;
+        let mut held = HeldUpstreams::default();
         loop {
             let stopping = stop.is_cancelled();
             // Upstream ids before frames: an event's id is recorded once its frame is
@@ -836,17 +837,15 @@ impl MirrorWriter {
             // The ids go with a batch that hands every such frame to the store, never
             // ahead of them (a crash in between would skip those events on adoption);
             // otherwise they wait for the next batch.
+            // Each change keeps the `pushed` of when it was first taken, so that a
+            // steady backlog (always more frames pushed than one batch takes) delays
+            // it by the frames before it only, never for good.
             let mut pending = self.mirror.take_pending();
             let pushed = self.outbox.last_seq();
             let (frames, oldest) = self.outbox.unstored(MIRROR_BATCH, MIRROR_BATCH_BYTES);
             let handed = self.outbox.handed_through();
-            if !pending.upstreams.is_empty() && handed < pushed {
-                let ids = std::mem::take(&mut pending.upstreams);
-                self.mirror.restore(Pending {
-                    upstreams: ids,
-                    ..Pending::default()
-                });
-            }
+            held.hold(std::mem::take(&mut pending.upstreams), pushed);
+            pending.upstreams = held.ready(handed);
             for (server, ids) in &pending.upstreams {
                 match ids {
                     Some(ids) => self.upstreams.insert(server.clone(), ids.clone()),
@@ -910,6 +909,7 @@ impl MirrorWriter {
                         if let Some(last) = frames.last() {
                             lost = lost.max(last.seq);
                         }
+                        held.put_back(std::mem::take(&mut pending.upstreams));
                         self.mirror.restore(pending);
                     }
                 }
@@ -943,6 +943,82 @@ impl MirrorWriter {
                 _ = stop.cancelled() => {}
                 () = recovered => {}
                 _ = tokio::time::sleep(self.idle) => refresh = true,
+            }
+        }
+    }
+}
+
+/// One upstream change taken from the mirror: the last seq pushed when it was first
+/// taken (its stamp: every frame its ids follow has a seq up to it), and the change.
+type Stamped = (u64, Option<UpstreamIds>);
+
+/// Upstream changes taken from the mirror and not written yet, by server: each waits
+/// until the store was handed every frame up to its stamp. Per server at most two wait:
+/// the oldest, whose stamp never moves (so it is written once the backlog reaches it,
+/// whatever keeps coming after), and the latest (a newer change replaces it, with its
+/// own stamp; it becomes the oldest once that is written). The map is bounded by the
+/// servers.
+#[derive(Debug, Default)]
+struct HeldUpstreams(HashMap<String, (Stamped, Option<Stamped>)>);
+
+impl HeldUpstreams {
+    /// Takes `changes`, pushed through `stamp`.
+    fn hold(&mut self, changes: HashMap<String, Option<UpstreamIds>>, stamp: u64) {
+        for (server, ids) in changes {
+            match self.0.entry(server) {
+                std::collections::hash_map::Entry::Occupied(mut held) => {
+                    held.get_mut().1 = Some((stamp, ids));
+                }
+                std::collections::hash_map::Entry::Vacant(free) => {
+                    free.insert(((stamp, ids), None));
+                }
+            }
+        }
+    }
+
+    /// The changes whose frames were all handed to the store (up to `handed`): the
+    /// latest ready one of each server.
+    fn ready(&mut self, handed: u64) -> HashMap<String, Option<UpstreamIds>> {
+        let mut ready = HashMap::new();
+        self.0.retain(|server, (oldest, latest)| {
+            if latest.as_ref().is_some_and(|(stamp, _)| *stamp <= handed) {
+                if let Some((_, ids)) = latest.take() {
+                    ready.insert(server.clone(), ids);
+                }
+                return false;
+            }
+            if oldest.0 > handed {
+                return true;
+            }
+            let next = latest.take();
+            ready.insert(server.clone(), std::mem::take(&mut oldest.1));
+            match next {
+                Some(next) => {
+                    *oldest = next;
+                    true
+                }
+                None => false,
+            }
+        });
+        ready
+    }
+
+    /// Puts back changes a failed write took: ready at once, older than what waits.
+    fn put_back(&mut self, failed: HashMap<String, Option<UpstreamIds>>) {
+        for (server, ids) in failed {
+            match self.0.entry(server) {
+                std::collections::hash_map::Entry::Occupied(mut held) => {
+                    let (oldest, latest) = held.get_mut();
+                    if latest.is_none() {
+                        *latest = Some(std::mem::replace(oldest, (0, ids)));
+                    } else {
+                        // The one between goes: the latest still follows.
+                        *oldest = (0, ids);
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(free) => {
+                    free.insert(((0, ids), None));
+                }
             }
         }
     }
@@ -1149,5 +1225,153 @@ mod tests {
                 (vec![], vec![])
             ]
         );
+    }
+
+    /// A store behind a steady backlog: each of its first `writes` appends pushes one
+    /// batch of new frames more, so the outbox never catches up meanwhile.
+    #[derive(Debug)]
+    struct Backlogged {
+        outbox: Arc<Outbox>,
+        writes: usize,
+        written: Mutex<Vec<Written>>,
+    }
+
+    impl SessionStore for Backlogged {
+        fn shared(&self) -> bool {
+            true
+        }
+        fn open<'a>(
+            &'a self,
+            _: &'a str,
+            _: Option<&'a str>,
+        ) -> BoxFuture<'a, Result<(), SessionStoreError>> {
+            done(())
+        }
+        fn append<'a>(
+            &'a self,
+            _: &'a str,
+            batch: Batch<'a>,
+        ) -> BoxFuture<'a, Result<(), SessionStoreError>> {
+            let seqs = batch.frames.iter().map(|f| f.seq).collect();
+            let ids = batch.pending.upstreams.keys().cloned().collect();
+            let count = {
+                let mut written = self.written.lock().unwrap();
+                written.push((seqs, ids));
+                written.len()
+            };
+            Box::pin(async move {
+                if count <= self.writes {
+                    for _ in 0..MIRROR_BATCH {
+                        let pushed = self.outbox.push(|seq| format!("{{\"seq\":{seq}}}"));
+                        pushed.await.unwrap();
+                    }
+                }
+                Ok(())
+            })
+        }
+        fn take<'a>(
+            &'a self,
+            _: &'a str,
+            _: Option<&'a str>,
+        ) -> BoxFuture<'a, Result<Ownership, SessionStoreError>> {
+            done(Ownership::Unknown)
+        }
+        fn read<'a>(
+            &'a self,
+            _: &'a str,
+            _: u64,
+        ) -> BoxFuture<'a, Result<Option<ReadSession>, SessionStoreError>> {
+            done(None)
+        }
+        fn release<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
+            done(())
+        }
+        fn forget<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
+            done(())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upstream_id_is_written_within_two_writes_of_its_frame_under_a_steady_backlog() {
+        let outbox = small_outbox();
+        let mirror = SessionMirror::new("s".into(), 0);
+        // Two batches queued, then the id of the last one's event.
+        let its_frame = 2 * MIRROR_BATCH as u64;
+        for _ in 0..its_frame {
+            outbox
+                .push(|seq| format!("{{\"seq\":{seq}}}"))
+                .await
+                .unwrap();
+        }
+        let ids = UpstreamIds {
+            last_event_id: Some("e128".into()),
+            movable: true,
+            ..UpstreamIds::default()
+        };
+        mirror.upstream_changed("remote", Some(ids));
+        let store = Arc::new(Backlogged {
+            outbox: outbox.clone(),
+            writes: 8,
+            written: Mutex::default(),
+        });
+        let writer = MirrorWriter {
+            store: store.clone(),
+            outbox: outbox.clone(),
+            mirror,
+            key: None,
+            idle: Duration::from_secs(60),
+            upstreams: HashMap::new(),
+            handed: 0,
+        };
+        let stop = CancellationToken::new();
+        stop.cancel();
+        writer.run(false, stop).await;
+        let written = store.written.lock().unwrap().clone();
+        let frame_write = written
+            .iter()
+            .position(|(seqs, _)| seqs.contains(&its_frame))
+            .expect("its frame is written");
+        let id_write = written
+            .iter()
+            .position(|(_, ids)| ids.contains(&"remote".to_owned()))
+            .expect("the id is written");
+        assert!(
+            (frame_write..=frame_write + 1).contains(&id_write),
+            "frame in write {frame_write}, id in write {id_write}: {written:?}"
+        );
+    }
+
+    #[test]
+    fn held_upstream_changes_are_written_in_order_and_never_starve() {
+        let ids = |event: &str| {
+            Some(UpstreamIds {
+                last_event_id: Some(event.into()),
+                ..UpstreamIds::default()
+            })
+        };
+        let event = |ready: &HashMap<String, Option<UpstreamIds>>| {
+            ready
+                .get("a")
+                .map(|ids| ids.as_ref().and_then(|i| i.last_event_id.clone()))
+        };
+        let mut held = HeldUpstreams::default();
+        held.hold(HashMap::from([("a".into(), ids("1"))]), 10);
+        assert_eq!(event(&held.ready(9)), None, "its frame is not handed yet");
+        // Newer changes keep coming, each after more frames: the first keeps its stamp.
+        held.hold(HashMap::from([("a".into(), ids("2"))]), 20);
+        held.hold(HashMap::from([("a".into(), ids("3"))]), 30);
+        assert_eq!(event(&held.ready(10)), Some(Some("1".into())));
+        assert_eq!(event(&held.ready(29)), None, "3 waits for frame 30");
+        held.hold(HashMap::from([("a".into(), ids("4"))]), 40);
+        assert_eq!(event(&held.ready(30)), Some(Some("3".into())));
+        // The latest, once ready, supersedes the one before it.
+        held.hold(HashMap::from([("a".into(), ids("5"))]), 50);
+        assert_eq!(event(&held.ready(50)), Some(Some("5".into())));
+        assert!(held.0.is_empty());
+        // A failed write's change is ready at once, before what waits.
+        held.hold(HashMap::from([("a".into(), ids("6"))]), 60);
+        held.put_back(HashMap::from([("a".into(), ids("5"))]));
+        assert_eq!(event(&held.ready(0)), Some(Some("5".into())));
+        assert_eq!(event(&held.ready(60)), Some(Some("6".into())));
     }
 }

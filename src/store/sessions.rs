@@ -9,8 +9,8 @@
 //!   never more than `resumeMaxFrames`/`resumeMaxBytes`);
 //! - `mcpmux:session:{id}`: a hash with its owner (`<instance>/<lease token>` of the
 //!   process that owns it, empty once released by a drain), the API key that opened it,
-//!   the highest seq stored, the highest seq that may be missing from the stream
-//!   (`gap`: frames given up on during an outage), the client frames read
+//!   the highest seq stored or given up on, the highest seq that may be missing from
+//!   the stream (`gap`: frames given up on during an outage), the client frames read
 //!   (`welcome.received`), and one field `up:{server}` per upstream session with its
 //!   ids (JSON: `Mcp-Session-Id`, negotiated version, the standalone stream's last event
 //!   id, and whether it can move to another instance), and one field
@@ -409,6 +409,16 @@ pub fn keep_from(oldest_kept: u64, lost: u64) -> u64 {
     oldest_kept.max(lost.saturating_add(1))
 }
 
+/// The highest seq handed to a Lua script as a number: `tonumber` reads a double, so
+/// a larger one would be rounded (and a trim id built from it might be one Redis
+/// refuses). Seqs count frames from 1, so only a hostile record comes near it.
+pub const MAX_LUA_SEQ: u64 = (1 << 53) - 1;
+
+/// `seq` clamped to what a Lua script reads exactly ([`MAX_LUA_SEQ`]).
+pub fn lua_seq(seq: u64) -> u64 {
+    seq.min(MAX_LUA_SEQ)
+}
+
 /// Where client sessions are kept for resume on another instance.
 pub trait SessionStore: Send + Sync + fmt::Debug {
     /// True when sessions outlive their instance (the store is shared); false for the
@@ -543,8 +553,12 @@ return {2}
 /// n pairs (seq, frame), then pairs (upstream field, ids as JSON; or request field, the
 /// request's id; empty: removed), the pair (`*req`, ``) first removing every request
 /// field. A missing record is rebuilt whole (owner, key, gap, seq, upstream sessions) only
-/// from a batch that carries every upstream session. Returns 0 (not the owner), 1
-/// (written) or 2 (the record is gone: nothing written).
+/// from a batch that carries every upstream session. Every write sets `seq` to the
+/// highest of itself, the gap, the seq handed before the batch and the batch's last
+/// frame: frames given up on were sent to the client, so a write that records only a
+/// gap still tells a resume from the client's last seq that nothing after it is
+/// missing. Numbers arrive below 2^53 ([`lua_seq`]): Lua reads them as doubles.
+/// Returns 0 (not the owner), 1 (written) or 2 (the record is gone: nothing written).
 const APPEND_SCRIPT: &str = r"
 local owner = redis.call('HGET', KEYS[1], 'owner')
 local gap = tonumber(ARGV[6])
@@ -561,7 +575,9 @@ for _ = 1, n do
   redis.call('XADD', KEYS[2], ARGV[i] .. '-1', 'f', ARGV[i + 1])
   i = i + 2
 end
-if n > 0 then redis.call('HSET', KEYS[1], 'seq', ARGV[i - 2]) end
+local top = math.max(tonumber(redis.call('HGET', KEYS[1], 'seq') or '0'), gap, tonumber(ARGV[7]))
+if n > 0 then top = math.max(top, tonumber(ARGV[i - 2])) end
+redis.call('HSET', KEYS[1], 'seq', string.format('%.0f', top))
 while i < #ARGV do
   if ARGV[i] == '*req' then
     for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
@@ -728,9 +744,9 @@ impl RedisSessions {
             .arg(self.window_ms)
             .arg(batch.key.unwrap_or(""))
             .arg(batch.received)
-            .arg(batch.keep_from)
-            .arg(batch.lost)
-            .arg(batch.handed)
+            .arg(lua_seq(batch.keep_from))
+            .arg(lua_seq(batch.lost))
+            .arg(lua_seq(batch.handed))
             .arg(if batch.rebuild.is_some() { "1" } else { "0" })
             .arg(batch.frames.len());
         for frame in batch.frames {
@@ -1070,6 +1086,16 @@ mod tests {
         assert_eq!(keep_from(5, 7), 8);
         assert_eq!(keep_from(9, 7), 9);
         assert_eq!(keep_from(1, u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn seqs_handed_to_lua_stay_exact_doubles() {
+        assert_eq!(lua_seq(7), 7);
+        assert_eq!(lua_seq(MAX_LUA_SEQ), MAX_LUA_SEQ);
+        assert_eq!(lua_seq(u64::MAX), MAX_LUA_SEQ);
+        assert_eq!(lua_seq(keep_from(1, u64::MAX)), MAX_LUA_SEQ);
+        // Every clamped value is a double exactly, and `%.0f` writes it back unchanged.
+        assert_eq!(MAX_LUA_SEQ as f64 as u64, MAX_LUA_SEQ);
     }
 
     #[test]

@@ -469,3 +469,121 @@ async fn a_session_opened_during_an_outage_is_recorded_once_redis_answers() {
     client.close().await;
     a.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_gap_recorded_alone_still_lets_the_client_resume_elsewhere_from_its_last_frame() {
+    let redis = RedisServer::start();
+    let (a, metrics) = gateway_on(&redis, "ha", json!({})).await;
+    let (mut client, initialized_seq) = initialized(a.addr).await;
+    let id = client.session_id();
+    hash_until(&redis, &id, "the initialize response", |f| {
+        number(f, "seq") >= initialized_seq
+    })
+    .await;
+
+    // Redis hangs: these frames reach the client only, and are given up on.
+    redis.pause();
+    until(&metrics, "mcpmux_store_up 0", |t| store_up(t) == Some(0.0)).await;
+    let mut last = 0;
+    for i in 0..3 {
+        last = echo(&mut client, &format!("during-{i}")).await;
+    }
+    redis.resume();
+    until(&metrics, "mcpmux_store_up 1", |t| store_up(t) == Some(1.0)).await;
+    // The write that records the gap carries no frame: the stored seq follows it all
+    // the same, so a resume from the client's last frame finds nothing missing.
+    let fields = hash_until(&redis, &id, "the gap", |f| number(f, "gap") >= last).await;
+    assert!(number(&fields, "seq") >= last, "{fields:?}");
+
+    // A drain hands the session over; the client resumes elsewhere from its last frame.
+    a.shutdown().await;
+    let (b, _) = gateway_on(&redis, "hb", json!({})).await;
+    let mut again = resume(b.addr, &id, last).await;
+    assert_eq!(again.welcome["resumed"], true, "{}", again.welcome);
+    assert_eq!(again.session_id(), id);
+    // The session goes on: a new call is answered after the resume point.
+    let after = echo(&mut again, "after").await;
+    assert!(after > last, "{after} after {last}");
+    drop(client);
+    again.close().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_takeover_refused_for_a_full_budget_leaves_the_session_for_another_try() {
+    let redis = RedisServer::start();
+    let (a, _) = gateway_on(&redis, "ia", json!({})).await;
+    let (mut client, first) = initialized(a.addr).await;
+    let mut last = first;
+    for i in 0..5 {
+        last = echo(&mut client, &format!("m{i}")).await;
+    }
+    let id = client.session_id();
+    hash_until(&redis, &id, "the last response", |f| {
+        number(f, "seq") >= last
+    })
+    .await;
+    a.shutdown().await;
+
+    // No room in this instance's budget now: refused, and the session is given back.
+    let (poor, _) = gateway_on(&redis, "ib", json!({"resumeBudgetBytes": 200})).await;
+    let refused = resume(poor.addr, &id, first - 1).await;
+    assert_eq!(refused.welcome["resumed"], false, "{}", refused.welcome);
+    let fields = hash(&redis, &id).await;
+    assert_eq!(
+        fields.get("owner").map(String::as_str),
+        Some(""),
+        "{fields:?}"
+    );
+    refused.close().await;
+    poor.shutdown().await;
+
+    // Tried again elsewhere, it is granted whole.
+    let (rich, _) = gateway_on(&redis, "ic", json!({})).await;
+    let mut granted = resume(rich.addr, &id, first - 1).await;
+    assert_eq!(granted.welcome["resumed"], true, "{}", granted.welcome);
+    let frame = granted.next().await;
+    assert_eq!(frame["seq"].as_u64(), Some(first), "{frame}");
+    drop(client);
+    granted.close().await;
+    rich.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_takeover_whose_read_fails_gives_the_session_back_for_a_retry() {
+    let redis = RedisServer::start();
+    let (a, _) = gateway_on(&redis, "ja", json!({})).await;
+    let (mut client, _) = initialized(a.addr).await;
+    let last = echo(&mut client, "before").await;
+    let id = client.session_id();
+    hash_until(&redis, &id, "the last response", |f| {
+        number(f, "seq") >= last
+    })
+    .await;
+    a.shutdown().await;
+    let stored = number(&hash(&redis, &id).await, "seq");
+
+    // The stream is not one: the takeover's read fails after the take.
+    let frames = format!("mcpmux:frames:{id}");
+    redis_do(&redis, &["DEL", &frames]).await;
+    redis_do(&redis, &["SET", &frames, "not a stream"]).await;
+    let (b, _) = gateway_on(&redis, "jb", json!({})).await;
+    let refused = resume(b.addr, &id, stored).await;
+    assert_eq!(refused.welcome["resumed"], false, "{}", refused.welcome);
+    let fields = hash(&redis, &id).await;
+    assert_eq!(
+        fields.get("owner").map(String::as_str),
+        Some(""),
+        "{fields:?}"
+    );
+    refused.close().await;
+
+    // Once the store reads again, a retry on the same instance takes it.
+    redis_do(&redis, &["DEL", &frames]).await;
+    let again = resume(b.addr, &id, stored).await;
+    assert_eq!(again.welcome["resumed"], true, "{}", again.welcome);
+    assert_eq!(again.session_id(), id);
+    drop(client);
+    again.close().await;
+    b.shutdown().await;
+}
