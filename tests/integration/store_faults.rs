@@ -498,8 +498,7 @@ async fn a_gap_recorded_alone_still_lets_the_client_resume_elsewhere_from_its_la
     // A drain hands the session over; the client resumes elsewhere from its last frame.
     a.shutdown().await;
     let (b, _) = gateway_on(&redis, "hb", json!({})).await;
-    let mut again = resume(b.addr, &id, last).await;
-    assert_eq!(again.welcome["resumed"], true, "{}", again.welcome);
+    let mut again = resume_granted(b.addr, &id, last).await;
     assert_eq!(again.session_id(), id);
     // The session goes on: a new call is answered after the resume point.
     let after = echo(&mut again, "after").await;
@@ -519,16 +518,12 @@ async fn a_takeover_refused_for_a_full_budget_leaves_the_session_for_another_try
         last = echo(&mut client, &format!("m{i}")).await;
     }
     let id = client.session_id();
-    hash_until(&redis, &id, "the last response", |f| {
-        number(f, "seq") >= last
-    })
-    .await;
+    stored_through(&redis, &id, "the last response", last).await;
     a.shutdown().await;
 
     // No room in this instance's budget now: refused, and the session is given back.
     let (poor, _) = gateway_on(&redis, "ib", json!({"resumeBudgetBytes": 200})).await;
-    let refused = resume(poor.addr, &id, first - 1).await;
-    assert_eq!(refused.welcome["resumed"], false, "{}", refused.welcome);
+    let refused = resume_refused(poor.addr, &id, first - 1).await;
     let fields = hash(&redis, &id).await;
     assert_eq!(
         fields.get("owner").map(String::as_str),
@@ -540,8 +535,7 @@ async fn a_takeover_refused_for_a_full_budget_leaves_the_session_for_another_try
 
     // Tried again elsewhere, it is granted whole.
     let (rich, _) = gateway_on(&redis, "ic", json!({})).await;
-    let mut granted = resume(rich.addr, &id, first - 1).await;
-    assert_eq!(granted.welcome["resumed"], true, "{}", granted.welcome);
+    let mut granted = resume_granted(rich.addr, &id, first - 1).await;
     let frame = granted.next().await;
     assert_eq!(frame["seq"].as_u64(), Some(first), "{frame}");
     drop(client);
@@ -556,10 +550,7 @@ async fn a_takeover_whose_read_fails_gives_the_session_back_for_a_retry() {
     let (mut client, _) = initialized(a.addr).await;
     let last = echo(&mut client, "before").await;
     let id = client.session_id();
-    hash_until(&redis, &id, "the last response", |f| {
-        number(f, "seq") >= last
-    })
-    .await;
+    stored_through(&redis, &id, "the last response", last).await;
     a.shutdown().await;
     let stored = number(&hash(&redis, &id).await, "seq");
 
@@ -568,8 +559,7 @@ async fn a_takeover_whose_read_fails_gives_the_session_back_for_a_retry() {
     redis_do(&redis, &["DEL", &frames]).await;
     redis_do(&redis, &["SET", &frames, "not a stream"]).await;
     let (b, _) = gateway_on(&redis, "jb", json!({})).await;
-    let refused = resume(b.addr, &id, stored).await;
-    assert_eq!(refused.welcome["resumed"], false, "{}", refused.welcome);
+    let refused = resume_refused(b.addr, &id, stored).await;
     let fields = hash(&redis, &id).await;
     assert_eq!(
         fields.get("owner").map(String::as_str),
@@ -580,8 +570,7 @@ async fn a_takeover_whose_read_fails_gives_the_session_back_for_a_retry() {
 
     // Once the store reads again, a retry on the same instance takes it.
     redis_do(&redis, &["DEL", &frames]).await;
-    let again = resume(b.addr, &id, stored).await;
-    assert_eq!(again.welcome["resumed"], true, "{}", again.welcome);
+    let again = resume_granted(b.addr, &id, stored).await;
     assert_eq!(again.session_id(), id);
     drop(client);
     again.close().await;
