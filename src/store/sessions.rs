@@ -162,9 +162,23 @@ pub struct Pending {
     pub requests_reset: bool,
 }
 
-/// The most ended requests a session keeps waiting for a write; past it (a store that
-/// has not answered for long), the record is rewritten whole with the next write.
+/// The most requests a session keeps waiting for a write whose end no frame stores
+/// (cancelled ones); past it (a store that has not answered for long), they are
+/// dropped and the record is rewritten whole with the next write. Ends that wait for
+/// their answer's frame are bounded by the frames the outbox keeps.
 const MAX_ENDED_REQUESTS: usize = 1024;
+
+/// A request recorded in flight and not ended.
+#[derive(Debug)]
+struct LiveRequest {
+    /// Tells it from a later request that reused its id.
+    serial: u64,
+    /// Its id, verbatim.
+    id: String,
+    /// Its field may be in the store (its start, or an earlier request's under the
+    /// same field, was taken for a write): its end must be written.
+    stored: bool,
+}
 
 /// The requests in flight to movable upstream sessions, as a client session's store
 /// writer sees them. A request is recorded when it is carried and removed when it ends;
@@ -173,13 +187,14 @@ const MAX_ENDED_REQUESTS: usize = 1024;
 /// between two writes costs the store nothing.
 #[derive(Debug, Default)]
 struct RequestLog {
-    /// Recorded and not ended: serial (tells a request from a later one that reused its
-    /// id) and id. Bounded by `maxInflightRequests`, as requests in flight are.
-    live: HashMap<String, (u64, String)>,
+    /// Recorded and not ended, by field. Bounded by `maxInflightRequests`, as requests
+    /// in flight are.
+    live: HashMap<String, LiveRequest>,
     /// Recorded since the last write, by field (their ids are in `live`).
     started: std::collections::HashSet<String>,
     /// Ended after their start was taken for a write, by field: the seq of the frame
-    /// that answered them (0: none) and their id. Bounded by [`MAX_ENDED_REQUESTS`].
+    /// that answered them (0: none) and their id. Those with seq 0 are bounded by
+    /// [`MAX_ENDED_REQUESTS`], the others by the outbox's kept frames.
     ended: HashMap<String, (u64, String)>,
     /// Ended requests overflowed: the next write rewrites the record whole.
     reset: bool,
@@ -243,10 +258,13 @@ impl SessionMirror {
     /// Request `field` (serial `serial`, id `id` verbatim) was carried.
     pub fn request_started(&self, field: String, serial: u64, id: &str) {
         let mut log = self.lock_requests();
-        // A reused id supersedes the earlier request's end.
-        log.ended.remove(&field);
+        // A reused id supersedes the earlier request's end; if that request's field
+        // may be stored, this one's end must remove it.
+        let ended = log.ended.remove(&field).is_some();
+        let stored = ended || log.live.get(&field).is_some_and(|earlier| earlier.stored);
         log.started.insert(field.clone());
-        log.live.insert(field, (serial, id.to_owned()));
+        let id = id.to_owned();
+        log.live.insert(field, LiveRequest { serial, id, stored });
         drop(log);
         self.wake.notify_one();
     }
@@ -257,17 +275,17 @@ impl SessionMirror {
     /// not recorded (or already ended).
     pub fn request_ended(&self, field: &str, serial: u64, seq: u64) {
         let mut log = self.lock_requests();
-        if log.live.get(field).is_none_or(|(live, _)| *live != serial) {
+        if log.live.get(field).is_none_or(|live| live.serial != serial) {
             return;
         }
-        let Some((_, id)) = log.live.remove(field) else {
+        let Some(live) = log.live.remove(field) else {
             return;
         };
-        if log.started.remove(field) {
+        if log.started.remove(field) && !live.stored {
             // Never taken for a write: nothing to undo.
             return;
         }
-        self.end_field(&mut log, field, seq, id);
+        self.end_field(&mut log, field, seq, live.id);
     }
 
     /// A stored request `field` was answered by the frame `seq` (after a takeover):
@@ -278,14 +296,24 @@ impl SessionMirror {
     }
 
     fn end_field(&self, log: &mut RequestLog, field: &str, seq: u64, id: String) {
-        if log.ended.len() >= MAX_ENDED_REQUESTS && !log.ended.contains_key(field) {
+        let overflows = seq == 0
+            && log.ended.len() >= MAX_ENDED_REQUESTS
+            && !log.ended.contains_key(field)
+            && {
+                let cancelled = log.ended.values().filter(|(seq, _)| *seq == 0).count();
+                cancelled >= MAX_ENDED_REQUESTS
+            };
+        if overflows {
             if !log.reset {
                 tracing::warn!(
-                    "too many ended requests wait for the session store; their record will be rewritten whole"
+                    "too many cancelled requests wait for the session store; their record will be rewritten whole"
                 );
             }
+            // The rewrite leaves out every request not in flight; ends that wait for
+            // their answer's frame stay, and are rewritten as in flight until it is
+            // stored.
             log.reset = true;
-            log.ended.clear();
+            log.ended.retain(|_, (seq, _)| *seq != 0);
         } else {
             log.ended.insert(field.to_owned(), (seq, id));
         }
@@ -313,15 +341,21 @@ impl SessionMirror {
             // Ended ones whose answer is not stored yet are still in flight for the
             // store: written again, and removed with their answer.
             ended.retain(|_, (seq, _)| *seq > handed);
-            let unanswered = ended.iter().map(|(field, (_, id))| (field, id));
-            for (field, id) in live.iter().map(|(f, (_, id))| (f, id)).chain(unanswered) {
+            for (field, request) in live.iter_mut() {
+                request.stored = true;
+                pending
+                    .requests
+                    .insert(field.clone(), Some(request.id.clone()));
+            }
+            for (field, (_, id)) in ended.iter() {
                 pending.requests.insert(field.clone(), Some(id.clone()));
             }
             return;
         }
         for field in std::mem::take(&mut log.started) {
-            if let Some((_, id)) = log.live.get(&field) {
-                pending.requests.insert(field, Some(id.clone()));
+            if let Some(request) = log.live.get_mut(&field) {
+                request.stored = true;
+                pending.requests.insert(field, Some(request.id.clone()));
             }
         }
         log.ended.retain(|field, (seq, _)| {
@@ -1165,7 +1199,42 @@ mod tests {
     }
 
     #[test]
-    fn too_many_ended_requests_rewrite_the_record_whole() {
+    fn too_many_cancelled_requests_rewrite_the_record_whole_but_keep_unstored_answers() {
+        let mirror = SessionMirror::new("s".into(), 0);
+        // Answered by frame 5, not stored yet: its record must stay until it is; the
+        // others are cancelled while the store does not answer.
+        let mut ends = vec![("req:a\nanswered".to_owned(), 5)];
+        ends.extend((0..=MAX_ENDED_REQUESTS).map(|n| (format!("req:a\n{n}"), 0)));
+        for (n, (field, _)) in ends.iter().enumerate() {
+            mirror.request_started(field.clone(), n as u64, "1");
+        }
+        mirror.take_requests(&mut Pending::default(), 0);
+        for (n, (field, seq)) in ends.iter().enumerate() {
+            mirror.request_ended(field, n as u64, *seq);
+        }
+        mirror.request_started("req:a\nlive".into(), ends.len() as u64, "\"live\"");
+        let mut pending = Pending::default();
+        mirror.take_requests(&mut pending, 0);
+        assert!(pending.requests_reset);
+        assert_eq!(pending.requests.len(), 2, "{:?}", pending.requests);
+        assert_eq!(
+            pending.requests.get("req:a\nlive"),
+            Some(&Some("\"live\"".into()))
+        );
+        assert_eq!(
+            pending.requests.get("req:a\nanswered"),
+            Some(&Some("1".into()))
+        );
+        // Its end goes with the write that stores its answer.
+        let mut pending = Pending::default();
+        mirror.take_requests(&mut pending, 5);
+        assert!(!pending.requests_reset);
+        assert_eq!(pending.requests.get("req:a\nanswered"), Some(&None));
+        assert_eq!(pending.requests.len(), 1, "{:?}", pending.requests);
+    }
+
+    #[test]
+    fn answers_waiting_for_their_frames_never_rewrite_the_record() {
         let mirror = SessionMirror::new("s".into(), 0);
         let mut written = Pending::default();
         for n in 0..=MAX_ENDED_REQUESTS as u64 {
@@ -1174,14 +1243,50 @@ mod tests {
             mirror.take_requests(&mut written, 0);
             mirror.request_ended(&field, n, n + 1);
         }
-        mirror.request_started("req:a\nlive".into(), 0, "\"live\"");
         let mut pending = Pending::default();
-        mirror.take_requests(&mut pending, 0);
-        assert!(pending.requests_reset);
-        assert_eq!(pending.requests.len(), 1, "{:?}", pending.requests);
-        assert_eq!(
-            pending.requests.get("req:a\nlive"),
-            Some(&Some("\"live\"".into()))
-        );
+        mirror.take_requests(&mut pending, MAX_ENDED_REQUESTS as u64 + 1);
+        assert!(!pending.requests_reset);
+        assert_eq!(pending.requests.len(), MAX_ENDED_REQUESTS + 1);
+        assert!(pending.requests.values().all(Option::is_none));
+    }
+
+    #[test]
+    fn a_reused_id_removes_the_stored_record_of_the_request_before_it() {
+        let mirror = SessionMirror::new("s".into(), 0);
+        let field = "req:a\n1";
+        // R1 is written, answered (its end waits for frame 4), then R2 reuses its id
+        // before the next write and is answered by frame 6.
+        mirror.request_started(field.into(), 1, "1");
+        mirror.take_requests(&mut Pending::default(), 0);
+        mirror.request_ended(field, 1, 4);
+        mirror.request_started(field.into(), 2, "1");
+        mirror.request_ended(field, 2, 6);
+        let mut pending = Pending::default();
+        mirror.take_requests(&mut pending, 6);
+        assert_eq!(pending.requests.get(field), Some(&None));
+
+        // The same for an id answered `session_lost` after a takeover.
+        mirror.request_forgotten(field, 7, "1");
+        mirror.request_started(field.into(), 3, "1");
+        mirror.request_ended(field, 3, 8);
+        let mut pending = Pending::default();
+        mirror.take_requests(&mut pending, 8);
+        assert_eq!(pending.requests.get(field), Some(&None));
+
+        // And for a request that reuses the id of one still live and stored.
+        mirror.request_started(field.into(), 4, "1");
+        mirror.take_requests(&mut Pending::default(), 8);
+        mirror.request_started(field.into(), 5, "1");
+        mirror.request_ended(field, 5, 9);
+        let mut pending = Pending::default();
+        mirror.take_requests(&mut pending, 9);
+        assert_eq!(pending.requests.get(field), Some(&None));
+
+        // A request that starts and ends between two writes costs the store nothing.
+        mirror.request_started(field.into(), 6, "1");
+        mirror.request_ended(field, 6, 10);
+        let mut pending = Pending::default();
+        mirror.take_requests(&mut pending, 10);
+        assert!(pending.requests.is_empty(), "{:?}", pending.requests);
     }
 }
