@@ -371,6 +371,7 @@ impl SessionMirror {
     /// session's record, which is being rebuilt).
     pub fn rewrite_requests(&self) {
         self.lock_requests().reset = true;
+        self.wake.notify_one();
     }
 
     /// Puts back what a failed write took, under what changed since.
@@ -1010,14 +1011,27 @@ fn stored_session(pairs: &[String]) -> Result<StoredSession, SessionStoreError> 
             "gap" => stored.gap = number(field, value)?,
             _ => {
                 if let Some(request) = field.strip_prefix(REQUEST_FIELD) {
-                    let (server, _) = request
-                        .split_once('\n')
-                        .ok_or_else(|| malformed("a request field"))?;
-                    stored.requests.push(StoredRequest {
-                        field: field.clone(),
-                        server: server.to_owned(),
-                        id: value.clone(),
-                    });
+                    let request = match request.split_once('\n') {
+                        Some((server, _)) => StoredRequest {
+                            field: field.clone(),
+                            server: server.to_owned(),
+                            id: value.clone(),
+                        },
+                        None => {
+                            // Not what this gateway writes: the session still resumes;
+                            // the empty id is malformed, so the field is deleted
+                            // unanswered.
+                            tracing::warn!(
+                                "the session store holds a malformed request field; it is deleted"
+                            );
+                            StoredRequest {
+                                field: field.clone(),
+                                server: String::new(),
+                                id: String::new(),
+                            }
+                        }
+                    };
+                    stored.requests.push(request);
                 } else if let Some(server) = field.strip_prefix(UPSTREAM_FIELD) {
                     let ids: UpstreamIds = serde_json::from_str(value).map_err(malformed)?;
                     stored.upstreams.push((server.to_owned(), ids));
@@ -1288,5 +1302,27 @@ mod tests {
         let mut pending = Pending::default();
         mirror.take_requests(&mut pending, 10);
         assert!(pending.requests.is_empty(), "{:?}", pending.requests);
+    }
+
+    #[test]
+    fn a_rebuild_wakes_the_writer() {
+        use futures::FutureExt;
+        let mirror = SessionMirror::new("s".into(), 0);
+        mirror.rewrite_requests();
+        assert!(mirror.wake.notified().now_or_never().is_some());
+    }
+
+    #[test]
+    fn a_garbled_request_field_is_read_to_be_deleted_and_the_session_resumes() {
+        let pairs: Vec<String> = ["seq", "2", "req:garbled", "\"x\"", "req:a\n1", "1"]
+            .map(String::from)
+            .into();
+        let read = stored_session(&pairs).unwrap();
+        assert_eq!(read.last_seq, 2);
+        let fields: Vec<_> = read.requests.iter().map(|r| r.field.as_str()).collect();
+        assert_eq!(fields, ["req:a\n1", "req:garbled"]);
+        // An empty id is malformed: the field is forgotten unanswered.
+        assert_eq!(read.requests[1].id, "");
+        assert!(serde_json::from_str::<&serde_json::value::RawValue>("").is_err());
     }
 }
