@@ -14,8 +14,8 @@
 //!   (`welcome.received`), and one field `up:{server}` per upstream session with its
 //!   ids (JSON: `Mcp-Session-Id`, negotiated version, the standalone stream's last event
 //!   id, and whether it can move to another instance), and one field
-//!   `req:{server}\n{id key}` per request in flight to a movable upstream session,
-//!   holding the request's id verbatim (so that the instance that takes the session
+//!   `req:{server}\n{id key}` per request in flight to a movable upstream session
+//!   (ids up to 256 bytes, see [`recordable_id`]), holding the request's id verbatim (so that the instance that takes the session
 //!   over can answer it, see [`RequestLog`]).
 //!
 //! Both expire `resumeWindowMs` after their last write; the owner refreshes them while
@@ -168,10 +168,22 @@ pub struct Pending {
 /// their answer's frame are bounded by the frames the outbox keeps.
 const MAX_ENDED_REQUESTS: usize = 1024;
 
+/// The longest request id recorded in flight, in bytes (as sent and canonical): a
+/// request with a longer id is not recorded (it gets no `session_lost` after its
+/// instance stops), so that a client cannot fill the shared store with ids up to
+/// `maxFrameBytes`.
+const MAX_RECORDED_ID_BYTES: usize = 256;
+
+/// Whether a request with id `id` (verbatim) and canonical id `key` is short enough to
+/// be recorded in flight (see [`MAX_RECORDED_ID_BYTES`]).
+pub fn recordable_id(id: &str, key: &str) -> bool {
+    id.len() <= MAX_RECORDED_ID_BYTES && key.len() <= MAX_RECORDED_ID_BYTES
+}
+
 /// A request recorded in flight and not ended.
 #[derive(Debug)]
 struct LiveRequest {
-    /// Tells it from a later request that reused its id.
+    /// Tells it from a later request that reused its id (per client session).
     serial: u64,
     /// Its id, verbatim.
     id: String,
@@ -215,6 +227,9 @@ pub struct SessionMirror {
     pending: Mutex<Pending>,
     received: AtomicU64,
     requests: Mutex<RequestLog>,
+    /// The next request serial: per client session, so that a late end from one
+    /// upstream session never matches another's request under the same field.
+    serials: AtomicU64,
     /// Woken when something is pending.
     pub wake: Notify,
 }
@@ -227,6 +242,7 @@ impl SessionMirror {
             pending: Mutex::default(),
             received: AtomicU64::new(received),
             requests: Mutex::default(),
+            serials: AtomicU64::new(0),
             wake: Notify::new(),
         })
     }
@@ -255,7 +271,15 @@ impl SessionMirror {
         self.received.load(Ordering::Relaxed)
     }
 
-    /// Request `field` (serial `serial`, id `id` verbatim) was carried.
+    /// A serial for a request carried in this client session (see
+    /// [`Self::request_started`]).
+    pub fn next_serial(&self) -> u64 {
+        self.serials.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Request `field` (serial `serial`, id `id` verbatim) was carried. The writer is
+    /// not woken: the start goes with the next write (a crash before it loses only the
+    /// record of a request whose answer was not stored either).
     pub fn request_started(&self, field: String, serial: u64, id: &str) {
         let mut log = self.lock_requests();
         // A reused id supersedes the earlier request's end; if that request's field
@@ -265,8 +289,6 @@ impl SessionMirror {
         log.started.insert(field.clone());
         let id = id.to_owned();
         log.live.insert(field, LiveRequest { serial, id, stored });
-        drop(log);
-        self.wake.notify_one();
     }
 
     /// Request `field` (serial `serial`) ended, answered by the frame `seq` (0: by
@@ -1305,9 +1327,39 @@ mod tests {
     }
 
     #[test]
-    fn a_rebuild_wakes_the_writer() {
+    fn serials_are_per_client_session_so_a_late_end_never_ends_a_newer_request() {
+        let mirror = SessionMirror::new("s".into(), 0);
+        let field = "req:a\n1";
+        // Two upstream sessions with the same server, one after the other, both
+        // numbering their requests from the mirror.
+        let old = mirror.next_serial();
+        let new = mirror.next_serial();
+        assert_ne!(old, new);
+        mirror.request_started(field.into(), new, "1");
+        mirror.take_requests(&mut Pending::default(), 0);
+        // The old session's late error report.
+        mirror.request_ended(field, old, 3);
+        let mut pending = Pending::default();
+        mirror.take_requests(&mut pending, 3);
+        assert!(pending.requests.is_empty(), "{:?}", pending.requests);
+    }
+
+    #[test]
+    fn only_short_ids_are_recorded() {
+        let most = format!("\"{}\"", "x".repeat(MAX_RECORDED_ID_BYTES - 2));
+        let long = format!("\"{}\"", "x".repeat(MAX_RECORDED_ID_BYTES - 1));
+        assert!(recordable_id("1", "1"));
+        assert!(recordable_id(&most, &most));
+        assert!(!recordable_id(&long, "\"x\""));
+        assert!(!recordable_id("\"x\"", &long));
+    }
+
+    #[test]
+    fn a_rebuild_wakes_the_writer_and_a_start_alone_does_not() {
         use futures::FutureExt;
         let mirror = SessionMirror::new("s".into(), 0);
+        mirror.request_started("req:a\n1".into(), 0, "1");
+        assert!(mirror.wake.notified().now_or_never().is_none());
         mirror.rewrite_requests();
         assert!(mirror.wake.notified().now_or_never().is_some());
     }
