@@ -14,8 +14,8 @@
 //!   (`welcome.received`), and one field `up:{server}` per upstream session with its
 //!   ids (JSON: `Mcp-Session-Id`, negotiated version, the standalone stream's last event
 //!   id, and whether it can move to another instance), and one field
-//!   `req:{server}\n{id key}` per request in flight to a movable upstream session,
-//!   holding the request's id verbatim (so that the instance that takes the session
+//!   `req:{server}\n{id key}` per request in flight to a movable upstream session
+//!   (ids up to 256 bytes, see [`recordable_id`]), holding the request's id verbatim (so that the instance that takes the session
 //!   over can answer it, see [`RequestLog`]).
 //!
 //! Both expire `resumeWindowMs` after their last write; the owner refreshes them while
@@ -162,9 +162,35 @@ pub struct Pending {
     pub requests_reset: bool,
 }
 
-/// The most ended requests a session keeps waiting for a write; past it (a store that
-/// has not answered for long), the record is rewritten whole with the next write.
+/// The most requests a session keeps waiting for a write whose end no frame stores
+/// (cancelled ones); past it (a store that has not answered for long), they are
+/// dropped and the record is rewritten whole with the next write. Ends that wait for
+/// their answer's frame are bounded by the frames the outbox keeps.
 const MAX_ENDED_REQUESTS: usize = 1024;
+
+/// The longest request id recorded in flight, in bytes (as sent and canonical): a
+/// request with a longer id is not recorded (it gets no `session_lost` after its
+/// instance stops), so that a client cannot fill the shared store with ids up to
+/// `maxFrameBytes`.
+const MAX_RECORDED_ID_BYTES: usize = 256;
+
+/// Whether a request with id `id` (verbatim) and canonical id `key` is short enough to
+/// be recorded in flight (see [`MAX_RECORDED_ID_BYTES`]).
+pub fn recordable_id(id: &str, key: &str) -> bool {
+    id.len() <= MAX_RECORDED_ID_BYTES && key.len() <= MAX_RECORDED_ID_BYTES
+}
+
+/// A request recorded in flight and not ended.
+#[derive(Debug)]
+struct LiveRequest {
+    /// Tells it from a later request that reused its id (per client session).
+    serial: u64,
+    /// Its id, verbatim.
+    id: String,
+    /// Its field may be in the store (its start, or an earlier request's under the
+    /// same field, was taken for a write): its end must be written.
+    stored: bool,
+}
 
 /// The requests in flight to movable upstream sessions, as a client session's store
 /// writer sees them. A request is recorded when it is carried and removed when it ends;
@@ -173,13 +199,14 @@ const MAX_ENDED_REQUESTS: usize = 1024;
 /// between two writes costs the store nothing.
 #[derive(Debug, Default)]
 struct RequestLog {
-    /// Recorded and not ended: serial (tells a request from a later one that reused its
-    /// id) and id. Bounded by `maxInflightRequests`, as requests in flight are.
-    live: HashMap<String, (u64, String)>,
+    /// Recorded and not ended, by field. Bounded by `maxInflightRequests`, as requests
+    /// in flight are.
+    live: HashMap<String, LiveRequest>,
     /// Recorded since the last write, by field (their ids are in `live`).
     started: std::collections::HashSet<String>,
     /// Ended after their start was taken for a write, by field: the seq of the frame
-    /// that answered them (0: none) and their id. Bounded by [`MAX_ENDED_REQUESTS`].
+    /// that answered them (0: none) and their id. Those with seq 0 are bounded by
+    /// [`MAX_ENDED_REQUESTS`], the others by the outbox's kept frames.
     ended: HashMap<String, (u64, String)>,
     /// Ended requests overflowed: the next write rewrites the record whole.
     reset: bool,
@@ -200,6 +227,9 @@ pub struct SessionMirror {
     pending: Mutex<Pending>,
     received: AtomicU64,
     requests: Mutex<RequestLog>,
+    /// The next request serial: per client session, so that a late end from one
+    /// upstream session never matches another's request under the same field.
+    serials: AtomicU64,
     /// Woken when something is pending.
     pub wake: Notify,
 }
@@ -212,6 +242,7 @@ impl SessionMirror {
             pending: Mutex::default(),
             received: AtomicU64::new(received),
             requests: Mutex::default(),
+            serials: AtomicU64::new(0),
             wake: Notify::new(),
         })
     }
@@ -240,15 +271,24 @@ impl SessionMirror {
         self.received.load(Ordering::Relaxed)
     }
 
-    /// Request `field` (serial `serial`, id `id` verbatim) was carried.
+    /// A serial for a request carried in this client session (see
+    /// [`Self::request_started`]).
+    pub fn next_serial(&self) -> u64 {
+        self.serials.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Request `field` (serial `serial`, id `id` verbatim) was carried. The writer is
+    /// not woken: the start goes with the next write (a crash before it loses only the
+    /// record of a request whose answer was not stored either).
     pub fn request_started(&self, field: String, serial: u64, id: &str) {
         let mut log = self.lock_requests();
-        // A reused id supersedes the earlier request's end.
-        log.ended.remove(&field);
+        // A reused id supersedes the earlier request's end; if that request's field
+        // may be stored, this one's end must remove it.
+        let ended = log.ended.remove(&field).is_some();
+        let stored = ended || log.live.get(&field).is_some_and(|earlier| earlier.stored);
         log.started.insert(field.clone());
-        log.live.insert(field, (serial, id.to_owned()));
-        drop(log);
-        self.wake.notify_one();
+        let id = id.to_owned();
+        log.live.insert(field, LiveRequest { serial, id, stored });
     }
 
     /// Request `field` (serial `serial`) ended, answered by the frame `seq` (0: by
@@ -257,17 +297,17 @@ impl SessionMirror {
     /// not recorded (or already ended).
     pub fn request_ended(&self, field: &str, serial: u64, seq: u64) {
         let mut log = self.lock_requests();
-        if log.live.get(field).is_none_or(|(live, _)| *live != serial) {
+        if log.live.get(field).is_none_or(|live| live.serial != serial) {
             return;
         }
-        let Some((_, id)) = log.live.remove(field) else {
+        let Some(live) = log.live.remove(field) else {
             return;
         };
-        if log.started.remove(field) {
+        if log.started.remove(field) && !live.stored {
             // Never taken for a write: nothing to undo.
             return;
         }
-        self.end_field(&mut log, field, seq, id);
+        self.end_field(&mut log, field, seq, live.id);
     }
 
     /// A stored request `field` was answered by the frame `seq` (after a takeover):
@@ -278,14 +318,24 @@ impl SessionMirror {
     }
 
     fn end_field(&self, log: &mut RequestLog, field: &str, seq: u64, id: String) {
-        if log.ended.len() >= MAX_ENDED_REQUESTS && !log.ended.contains_key(field) {
+        let overflows = seq == 0
+            && log.ended.len() >= MAX_ENDED_REQUESTS
+            && !log.ended.contains_key(field)
+            && {
+                let cancelled = log.ended.values().filter(|(seq, _)| *seq == 0).count();
+                cancelled >= MAX_ENDED_REQUESTS
+            };
+        if overflows {
             if !log.reset {
                 tracing::warn!(
-                    "too many ended requests wait for the session store; their record will be rewritten whole"
+                    "too many cancelled requests wait for the session store; their record will be rewritten whole"
                 );
             }
+            // The rewrite leaves out every request not in flight; ends that wait for
+            // their answer's frame stay, and are rewritten as in flight until it is
+            // stored.
             log.reset = true;
-            log.ended.clear();
+            log.ended.retain(|_, (seq, _)| *seq != 0);
         } else {
             log.ended.insert(field.to_owned(), (seq, id));
         }
@@ -313,15 +363,21 @@ impl SessionMirror {
             // Ended ones whose answer is not stored yet are still in flight for the
             // store: written again, and removed with their answer.
             ended.retain(|_, (seq, _)| *seq > handed);
-            let unanswered = ended.iter().map(|(field, (_, id))| (field, id));
-            for (field, id) in live.iter().map(|(f, (_, id))| (f, id)).chain(unanswered) {
+            for (field, request) in live.iter_mut() {
+                request.stored = true;
+                pending
+                    .requests
+                    .insert(field.clone(), Some(request.id.clone()));
+            }
+            for (field, (_, id)) in ended.iter() {
                 pending.requests.insert(field.clone(), Some(id.clone()));
             }
             return;
         }
         for field in std::mem::take(&mut log.started) {
-            if let Some((_, id)) = log.live.get(&field) {
-                pending.requests.insert(field, Some(id.clone()));
+            if let Some(request) = log.live.get_mut(&field) {
+                request.stored = true;
+                pending.requests.insert(field, Some(request.id.clone()));
             }
         }
         log.ended.retain(|field, (seq, _)| {
@@ -337,6 +393,7 @@ impl SessionMirror {
     /// session's record, which is being rebuilt).
     pub fn rewrite_requests(&self) {
         self.lock_requests().reset = true;
+        self.wake.notify_one();
     }
 
     /// Puts back what a failed write took, under what changed since.
@@ -992,14 +1049,27 @@ fn stored_session(pairs: &[String]) -> Result<StoredSession, SessionStoreError> 
             "gap" => stored.gap = number(field, value)?,
             _ => {
                 if let Some(request) = field.strip_prefix(REQUEST_FIELD) {
-                    let (server, _) = request
-                        .split_once('\n')
-                        .ok_or_else(|| malformed("a request field"))?;
-                    stored.requests.push(StoredRequest {
-                        field: field.clone(),
-                        server: server.to_owned(),
-                        id: value.clone(),
-                    });
+                    let request = match request.split_once('\n') {
+                        Some((server, _)) => StoredRequest {
+                            field: field.clone(),
+                            server: server.to_owned(),
+                            id: value.clone(),
+                        },
+                        None => {
+                            // Not what this gateway writes: the session still resumes;
+                            // the empty id is malformed, so the field is deleted
+                            // unanswered.
+                            tracing::warn!(
+                                "the session store holds a malformed request field; it is deleted"
+                            );
+                            StoredRequest {
+                                field: field.clone(),
+                                server: String::new(),
+                                id: String::new(),
+                            }
+                        }
+                    };
+                    stored.requests.push(request);
                 } else if let Some(server) = field.strip_prefix(UPSTREAM_FIELD) {
                     let ids: UpstreamIds = serde_json::from_str(value).map_err(malformed)?;
                     stored.upstreams.push((server.to_owned(), ids));
@@ -1191,7 +1261,42 @@ mod tests {
     }
 
     #[test]
-    fn too_many_ended_requests_rewrite_the_record_whole() {
+    fn too_many_cancelled_requests_rewrite_the_record_whole_but_keep_unstored_answers() {
+        let mirror = SessionMirror::new("s".into(), 0);
+        // Answered by frame 5, not stored yet: its record must stay until it is; the
+        // others are cancelled while the store does not answer.
+        let mut ends = vec![("req:a\nanswered".to_owned(), 5)];
+        ends.extend((0..=MAX_ENDED_REQUESTS).map(|n| (format!("req:a\n{n}"), 0)));
+        for (n, (field, _)) in ends.iter().enumerate() {
+            mirror.request_started(field.clone(), n as u64, "1");
+        }
+        mirror.take_requests(&mut Pending::default(), 0);
+        for (n, (field, seq)) in ends.iter().enumerate() {
+            mirror.request_ended(field, n as u64, *seq);
+        }
+        mirror.request_started("req:a\nlive".into(), ends.len() as u64, "\"live\"");
+        let mut pending = Pending::default();
+        mirror.take_requests(&mut pending, 0);
+        assert!(pending.requests_reset);
+        assert_eq!(pending.requests.len(), 2, "{:?}", pending.requests);
+        assert_eq!(
+            pending.requests.get("req:a\nlive"),
+            Some(&Some("\"live\"".into()))
+        );
+        assert_eq!(
+            pending.requests.get("req:a\nanswered"),
+            Some(&Some("1".into()))
+        );
+        // Its end goes with the write that stores its answer.
+        let mut pending = Pending::default();
+        mirror.take_requests(&mut pending, 5);
+        assert!(!pending.requests_reset);
+        assert_eq!(pending.requests.get("req:a\nanswered"), Some(&None));
+        assert_eq!(pending.requests.len(), 1, "{:?}", pending.requests);
+    }
+
+    #[test]
+    fn answers_waiting_for_their_frames_never_rewrite_the_record() {
         let mirror = SessionMirror::new("s".into(), 0);
         let mut written = Pending::default();
         for n in 0..=MAX_ENDED_REQUESTS as u64 {
@@ -1200,14 +1305,102 @@ mod tests {
             mirror.take_requests(&mut written, 0);
             mirror.request_ended(&field, n, n + 1);
         }
-        mirror.request_started("req:a\nlive".into(), 0, "\"live\"");
         let mut pending = Pending::default();
-        mirror.take_requests(&mut pending, 0);
-        assert!(pending.requests_reset);
-        assert_eq!(pending.requests.len(), 1, "{:?}", pending.requests);
-        assert_eq!(
-            pending.requests.get("req:a\nlive"),
-            Some(&Some("\"live\"".into()))
-        );
+        mirror.take_requests(&mut pending, MAX_ENDED_REQUESTS as u64 + 1);
+        assert!(!pending.requests_reset);
+        assert_eq!(pending.requests.len(), MAX_ENDED_REQUESTS + 1);
+        assert!(pending.requests.values().all(Option::is_none));
+    }
+
+    #[test]
+    fn a_reused_id_removes_the_stored_record_of_the_request_before_it() {
+        let mirror = SessionMirror::new("s".into(), 0);
+        let field = "req:a\n1";
+        // R1 is written, answered (its end waits for frame 4), then R2 reuses its id
+        // before the next write and is answered by frame 6.
+        mirror.request_started(field.into(), 1, "1");
+        mirror.take_requests(&mut Pending::default(), 0);
+        mirror.request_ended(field, 1, 4);
+        mirror.request_started(field.into(), 2, "1");
+        mirror.request_ended(field, 2, 6);
+        let mut pending = Pending::default();
+        mirror.take_requests(&mut pending, 6);
+        assert_eq!(pending.requests.get(field), Some(&None));
+
+        // The same for an id answered `session_lost` after a takeover.
+        mirror.request_forgotten(field, 7, "1");
+        mirror.request_started(field.into(), 3, "1");
+        mirror.request_ended(field, 3, 8);
+        let mut pending = Pending::default();
+        mirror.take_requests(&mut pending, 8);
+        assert_eq!(pending.requests.get(field), Some(&None));
+
+        // And for a request that reuses the id of one still live and stored.
+        mirror.request_started(field.into(), 4, "1");
+        mirror.take_requests(&mut Pending::default(), 8);
+        mirror.request_started(field.into(), 5, "1");
+        mirror.request_ended(field, 5, 9);
+        let mut pending = Pending::default();
+        mirror.take_requests(&mut pending, 9);
+        assert_eq!(pending.requests.get(field), Some(&None));
+
+        // A request that starts and ends between two writes costs the store nothing.
+        mirror.request_started(field.into(), 6, "1");
+        mirror.request_ended(field, 6, 10);
+        let mut pending = Pending::default();
+        mirror.take_requests(&mut pending, 10);
+        assert!(pending.requests.is_empty(), "{:?}", pending.requests);
+    }
+
+    #[test]
+    fn serials_are_per_client_session_so_a_late_end_never_ends_a_newer_request() {
+        let mirror = SessionMirror::new("s".into(), 0);
+        let field = "req:a\n1";
+        // Two upstream sessions with the same server, one after the other, both
+        // numbering their requests from the mirror.
+        let old = mirror.next_serial();
+        let new = mirror.next_serial();
+        assert_ne!(old, new);
+        mirror.request_started(field.into(), new, "1");
+        mirror.take_requests(&mut Pending::default(), 0);
+        // The old session's late error report.
+        mirror.request_ended(field, old, 3);
+        let mut pending = Pending::default();
+        mirror.take_requests(&mut pending, 3);
+        assert!(pending.requests.is_empty(), "{:?}", pending.requests);
+    }
+
+    #[test]
+    fn only_short_ids_are_recorded() {
+        let most = format!("\"{}\"", "x".repeat(MAX_RECORDED_ID_BYTES - 2));
+        let long = format!("\"{}\"", "x".repeat(MAX_RECORDED_ID_BYTES - 1));
+        assert!(recordable_id("1", "1"));
+        assert!(recordable_id(&most, &most));
+        assert!(!recordable_id(&long, "\"x\""));
+        assert!(!recordable_id("\"x\"", &long));
+    }
+
+    #[test]
+    fn a_rebuild_wakes_the_writer_and_a_start_alone_does_not() {
+        use futures::FutureExt;
+        let mirror = SessionMirror::new("s".into(), 0);
+        mirror.request_started("req:a\n1".into(), 0, "1");
+        assert!(mirror.wake.notified().now_or_never().is_none());
+        mirror.rewrite_requests();
+        assert!(mirror.wake.notified().now_or_never().is_some());
+    }
+
+    #[test]
+    fn a_garbled_request_field_is_read_to_be_deleted_and_the_session_resumes() {
+        let pairs: Vec<String> = ["seq", "2", "req:garbled", "\"x\"", "req:a\n1", "1"]
+            .map(String::from)
+            .into();
+        let read = stored_session(&pairs).unwrap();
+        assert_eq!(read.last_seq, 2);
+        let fields: Vec<_> = read.requests.iter().map(|r| r.field.as_str()).collect();
+        assert_eq!(fields, ["req:a\n1", "req:garbled"]);
+        // An empty id is malformed: the field is forgotten unanswered.
+        assert_eq!(read.requests[1].id, "");
+        assert!(serde_json::from_str::<&serde_json::value::RawValue>("").is_err());
     }
 }

@@ -54,8 +54,8 @@ impl Link {
     }
 
     /// Queues an `rpc` frame carrying `message`, which answers the request `answers`
-    /// (its canonical id and serial), if any: with a shared session store, the request's
-    /// record in flight ends with this frame (recorded before the frame is in the
+    /// (its canonical id and serial), if any and if it was recorded in flight: with a
+    /// shared session store, the request's record ends with this frame (recorded before the frame is in the
     /// outbox, so the store writer finds the end with the frame). False once the client
     /// session is over.
     pub async fn push_answer(

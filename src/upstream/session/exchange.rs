@@ -287,8 +287,7 @@ impl UpstreamSession {
         if answers && carried.is_initialize() {
             self.on_initialized(text).await;
         }
-        let ends = carried.id_key.as_deref().filter(|_| answers);
-        let ends = ends.map(|key| (key, carried.serial));
+        let ends = carried.answers().filter(|_| answers);
         if !self.link.push_answer(&self.server.name, text, ends).await {
             return Err(UpstreamError::SessionClosed);
         }

@@ -43,7 +43,7 @@ use crate::jsonrpc::{self, Head, Kind};
 use crate::metrics::{Direction, OpenGuard, Outcome, RequestMeter};
 use crate::protocol::{ErrorCode, SessionState};
 use crate::registry::Server;
-use crate::store::sessions::{UpstreamIds, request_field};
+use crate::store::sessions::{UpstreamIds, recordable_id, request_field};
 
 /// The most a DELETE at the end of a session may take.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -84,8 +84,12 @@ struct Carried {
     reference: Option<Box<RawValue>>,
     /// Set by the client's `notifications/cancelled`.
     cancel: CancellationToken,
-    /// Tells this request from a later one that reused its id.
+    /// Tells this request from a later one that reused its id (per client session
+    /// when it has a store mirror, so that requests of its other upstream sessions
+    /// never share one).
     serial: u64,
+    /// Recorded in flight in the shared session store ([`UpstreamSession::request_carried`]).
+    recorded: bool,
     /// Its place in the order of the session's messages.
     ticket: Ticket,
     /// Held while the request is in flight.
@@ -105,6 +109,13 @@ impl Carried {
         if let Some(meter) = &self.meter {
             meter.finish(outcome);
         }
+    }
+
+    /// What an answer to it ends in the record of requests in flight (its canonical id
+    /// and serial), if it was recorded.
+    fn answers(&self) -> Option<(&str, u64)> {
+        let key = self.id_key.as_deref().filter(|_| self.recorded)?;
+        Some((key, self.serial))
     }
 
     fn is_initialize(&self) -> bool {
@@ -296,7 +307,11 @@ impl UpstreamSession {
             },
             reference: reference.map(ToOwned::to_owned),
             cancel: CancellationToken::new(),
-            serial: self.serials.fetch_add(1, Ordering::Relaxed),
+            serial: match &self.link.mirror {
+                Some(mirror) => mirror.next_serial(),
+                None => self.serials.fetch_add(1, Ordering::Relaxed),
+            },
+            recorded: false,
             ticket: self.order.ticket(kind == Kind::Request),
             permit: Mutex::new(None),
             meter: None,
@@ -323,7 +338,7 @@ impl UpstreamSession {
                 let entry = (carried.serial, carried.cancel.clone());
                 self.lock_inflight().insert(key.clone(), entry);
             }
-            self.request_carried(&carried);
+            carried.recorded = self.request_carried(&carried);
         } else {
             match self.link.carrying.clone().acquire_owned().await {
                 Ok(permit) => carried.permit = Mutex::new(Some(permit)),
@@ -475,7 +490,7 @@ impl UpstreamSession {
             .filter(|_| carried.kind == Kind::Request);
         let reference = carried.reference.as_deref();
         let name = &self.server.name;
-        let answers = carried.id_key.as_deref().map(|key| (key, carried.serial));
+        let answers = carried.answers();
         if !self
             .link
             .refuse_answering(name, request_id, reference, (code, message), answers)
@@ -488,16 +503,24 @@ impl UpstreamSession {
     /// With a shared session store, records a request carried to a session that can
     /// move as in flight, so that the instance that takes the client session over
     /// answers it if this one stops first. Its answer ends the record
-    /// ([`Link::push_answer`]).
-    fn request_carried(&self, carried: &Carried) {
+    /// ([`Link::push_answer`]). A request whose id is too long ([`recordable_id`]) is
+    /// not recorded. True when recorded.
+    fn request_carried(&self, carried: &Carried) -> bool {
         let (Some(mirror), Some(id), Some(key)) = (&self.link.mirror, &carried.id, &carried.id_key)
         else {
-            return;
+            return false;
         };
-        if self.movable() {
-            let field = request_field(&self.server.name, key);
-            mirror.request_started(field, carried.serial, id.get());
+        let id = id.get();
+        if !recordable_id(id, key) {
+            tracing::debug!(server = %self.server.name, "a request id too long to record in flight");
+            return false;
         }
+        if !self.movable() {
+            return false;
+        }
+        let field = request_field(&self.server.name, key);
+        mirror.request_started(field, carried.serial, id);
+        true
     }
 
     /// A request's exchange is over: a request that ended with no answer (`settled`:
@@ -505,7 +528,10 @@ impl UpstreamSession {
     /// failed unanswered (its client session closed) stays recorded: the instance that
     /// takes the session over answers it.
     fn request_over(&self, carried: &Carried, settled: bool) {
-        if let (true, Some(mirror), Some(key)) = (settled, &self.link.mirror, &carried.id_key) {
+        if !(settled && carried.recorded) {
+            return;
+        }
+        if let (Some(mirror), Some(key)) = (&self.link.mirror, &carried.id_key) {
             let field = request_field(&self.server.name, key);
             mirror.request_ended(&field, carried.serial, 0);
         }
