@@ -278,8 +278,8 @@ impl SessionMirror {
     }
 
     /// Request `field` (serial `serial`, id `id` verbatim) was carried. The writer is
-    /// not woken: the start goes with the next write (a crash before it loses only the
-    /// record of a request whose answer was not stored either).
+    /// woken: until the start is stored, a crash would leave the request unanswered
+    /// (a writer that is busy takes it with its next write).
     pub fn request_started(&self, field: String, serial: u64, id: &str) {
         let mut log = self.lock_requests();
         // A reused id supersedes the earlier request's end; if that request's field
@@ -289,6 +289,8 @@ impl SessionMirror {
         log.started.insert(field.clone());
         let id = id.to_owned();
         log.live.insert(field, LiveRequest { serial, id, stored });
+        drop(log);
+        self.wake.notify_one();
     }
 
     /// Request `field` (serial `serial`) ended, answered by the frame `seq` (0: by
@@ -1381,10 +1383,11 @@ mod tests {
     }
 
     #[test]
-    fn a_rebuild_wakes_the_writer_and_a_start_alone_does_not() {
+    fn a_start_and_a_rebuild_wake_the_writer() {
         use futures::FutureExt;
         let mirror = SessionMirror::new("s".into(), 0);
         mirror.request_started("req:a\n1".into(), 0, "1");
+        assert!(mirror.wake.notified().now_or_never().is_some());
         assert!(mirror.wake.notified().now_or_never().is_none());
         mirror.rewrite_requests();
         assert!(mirror.wake.notified().now_or_never().is_some());
