@@ -113,13 +113,20 @@ pub enum Direction {
     ToServer,
     /// From the server to a client.
     ToClient,
+    /// From the server, not passed on: a response that answers no request in flight
+    /// (protocol.md section 7).
+    Dropped,
 }
 
 impl Direction {
+    /// Every direction, for removing a server's series.
+    const ALL: [Self; 3] = [Self::ToServer, Self::ToClient, Self::Dropped];
+
     fn label(self) -> &'static str {
         match self {
             Self::ToServer => "to_server",
             Self::ToClient => "to_client",
+            Self::Dropped => "dropped",
         }
     }
 }
@@ -314,7 +321,7 @@ impl Metrics {
         let messages = Family::default();
         registry.register(
             "mcpmux_messages",
-            "JSON-RPC messages carried, by server and direction",
+            "JSON-RPC messages carried (or dropped), by server and direction",
             messages.clone(),
         );
         let message_bytes = Family::default();
@@ -555,7 +562,7 @@ impl Metrics {
                 method,
             });
         }
-        for direction in [Direction::ToServer, Direction::ToClient] {
+        for direction in Direction::ALL {
             let labels = DirectionLabels {
                 server: server.clone(),
                 direction: direction.label(),
@@ -997,6 +1004,7 @@ mod tests {
             );
             metrics.request(name, "bogus", Outcome::Cancelled, None);
             metrics.message(name, Direction::ToClient, 1);
+            metrics.message(name, Direction::Dropped, 1);
             metrics.child_lines_dropped(name, "stderr", 3);
             drop(metrics.upstream_session_opened(name));
         }

@@ -1,6 +1,7 @@
 //! The standalone GET stream of one upstream session: forwards everything the server
 //! sends outside a request (logs, list changes, resource updates), and resumes the
-//! stream with `Last-Event-ID` when it breaks, so each event arrives once.
+//! stream with `Last-Event-ID` when it breaks, so each event arrives once. A response
+//! there to no request in flight is not forwarded (see `forward_event`).
 //!
 //! A stream that has shown it sends keep-alive comments and then stays silent past
 //! `upstreamIdleTimeoutMs` counts as broken: a half-open connection would otherwise stop

@@ -13,14 +13,17 @@
 //! - A request in flight to the remote server when its instance is killed is answered
 //!   once, by the instance that takes the session: a `session_lost` error with its id.
 //!   One in flight when its instance is drained is let finish first: its answer is
-//!   among the replayed frames, and nothing else answers it.
+//!   among the replayed frames, and the client gets it exactly once, though the server
+//!   sends it again when the other instance reopens the standalone stream (its event
+//!   store replays every stream's events after a `Last-Event-ID`).
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::binary::kill;
-use crate::harness::{Client, is_response};
+use crate::binary::{Binary, kill};
+use crate::harness::{Client, FRAME_WAIT, is_response};
+use crate::metrics::sample;
 use crate::support::redis::RedisServer;
 use crate::support::remote::RemoteEverything;
 use crate::support::scale::{
@@ -77,6 +80,35 @@ async fn through_the_store(client: &mut Client, id: &str) -> u64 {
         "{answer}"
     );
     answer["seq"].as_u64().expect("seq")
+}
+
+const ADMIN_KEY: &str = "scale-faults-admin-key-0123456789";
+
+/// Waits until `instance` has dropped a response from `server` that answered no request
+/// in flight (`mcpmux_messages_total{direction="dropped"}`, on its admin listener).
+async fn until_dropped(instance: &Binary, server: &str) {
+    let admin = instance.admin.expect("the admin API listens");
+    let labels = [("server", server), ("direction", "dropped")];
+    let deadline = Instant::now() + FRAME_WAIT;
+    loop {
+        let text = reqwest::Client::new()
+            .get(format!("http://{admin}/metrics"))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        if sample(&text, "mcpmux_messages_total", &labels).is_some_and(|n| n >= 1.0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no dropped response within {FRAME_WAIT:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,6 +271,10 @@ async fn a_request_in_flight_on_a_killed_instance_is_answered_session_lost_once(
     assert_eq!(progress["server"], "remote", "{progress}");
     let last_seq = through_the_store(&mut client, "flush-a").await;
     let session = client.session_id();
+    // The server said `notifications/tools/list_changed` on its standalone stream once
+    // initialized: the stream has an event to resume after.
+    let record = upstream_record(&redis, &session, "remote").await;
+    assert!(record["last_event_id"].is_string(), "{record}");
     let field = "req:remote\n\"slow\"";
     assert_eq!(
         session_field(&redis, &session, field).await.as_deref(),
@@ -280,7 +316,8 @@ async fn a_drain_lets_a_request_in_flight_finish_before_it_hands_the_session_ove
     // A grace well past the operation, however slow the machine.
     let grace = json!({"shutdownGraceMs": 30000});
     let mut a = gateway_serving("inst-si", &redis, servers.clone(), grace);
-    let b = gateway_serving("inst-sj", &redis, servers, json!({}));
+    let admin = json!({"admin": {"listen": "127.0.0.1:0", "key": ADMIN_KEY}});
+    let b = gateway_serving("inst-sj", &redis, servers, admin);
     let mut client = Client::connect(a.addr).await;
     client.initialize("remote").await;
     // Three seconds: within the drain's grace.
@@ -295,6 +332,10 @@ async fn a_drain_lets_a_request_in_flight_finish_before_it_hands_the_session_ove
         .await;
     let last_seq = through_the_store(&mut client, "flush-a").await;
     let session = client.session_id();
+    // The server said `notifications/tools/list_changed` on its standalone stream once
+    // initialized: the stream has an event to resume after.
+    let record = upstream_record(&redis, &session, "remote").await;
+    assert!(record["last_event_id"].is_string(), "{record}");
     let field = "req:remote\n\"slow\"";
     assert!(session_field(&redis, &session, field).await.is_some());
     drain(&mut a, &mut client).await;
@@ -304,6 +345,10 @@ async fn a_drain_lets_a_request_in_flight_finish_before_it_hands_the_session_ove
     assert_eq!(client.welcome["resumed"], true, "{}", client.welcome);
     let answer = client.response("remote", &id).await;
     assert!(answer["message"]["result"].is_object(), "{answer}");
+    // B reopens the standalone stream after its last event, and the server's event store
+    // replays every event after it, from all streams: the answer too. Once B has dropped
+    // that one, every frame it sent is in before `flush-b`'s answer.
+    until_dropped(&b, "remote").await;
     through_the_store(&mut client, "flush-b").await;
     let again = client.take_buffered(|f| is_response(f, "remote", &id));
     assert!(again.is_empty(), "{again:?}");

@@ -306,8 +306,11 @@ impl UpstreamSession {
         Ok(())
     }
 
-    /// Forwards one event that answers no request of ours (the GET stream's); false
-    /// once the client session is over.
+    /// Forwards one event of the standalone GET stream; false once the client session
+    /// is over. A response there to no request in flight is dropped (counted as
+    /// `direction="dropped"`): the spec allows a response only on its request's own
+    /// stream, and a server that replays every stream's events after a `Last-Event-ID`
+    /// would otherwise hand the client an answer it already had (protocol.md section 7).
     pub(in crate::upstream) async fn forward_event(&self, text: &str) -> bool {
         // As in `forward`: an event stream always ready never yields by itself.
         tokio::task::consume_budget().await;
@@ -316,6 +319,12 @@ impl UpstreamSession {
             Ok(head) => {
                 if head.says_stdio_server_gone() {
                     self.server.suspect();
+                }
+                if head.kind() == Kind::Response && !self.has_in_flight(head.id) {
+                    tracing::debug!(server = %name, "dropped a response on the standalone stream that answers no request in flight");
+                    let metrics = &self.link.metrics;
+                    metrics.message(name, Direction::Dropped, text.len());
+                    return true;
                 }
                 let pushed = self.link.push_rpc(name, text).await;
                 if pushed {
@@ -331,6 +340,11 @@ impl UpstreamSession {
                     .await
             }
         }
+    }
+
+    /// True when a request with this id is in flight on this session.
+    fn has_in_flight(&self, id: Option<&RawValue>) -> bool {
+        id.is_some_and(|id| self.lock_inflight().contains_key(&jsonrpc::id_key(id)))
     }
 
     /// After a successful initialize, before its result is forwarded: remember the
