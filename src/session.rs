@@ -1055,6 +1055,33 @@ mod tests {
         Box::pin(async move { Ok(value) })
     }
 
+    /// The part of a test store that no test of the writer uses: nothing is ever taken
+    /// over, read, released or forgotten.
+    macro_rules! no_takeovers {
+        () => {
+            fn take<'a>(
+                &'a self,
+                _: &'a str,
+                _: Option<&'a str>,
+            ) -> BoxFuture<'a, Result<Ownership, SessionStoreError>> {
+                done(Ownership::Unknown)
+            }
+            fn read<'a>(
+                &'a self,
+                _: &'a str,
+                _: u64,
+            ) -> BoxFuture<'a, Result<Option<ReadSession>, SessionStoreError>> {
+                done(None)
+            }
+            fn release<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
+                done(())
+            }
+            fn forget<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
+                done(())
+            }
+        };
+    }
+
     impl SessionStore for Recording {
         fn shared(&self) -> bool {
             true
@@ -1086,26 +1113,7 @@ mod tests {
             self.0.lock().unwrap().push((seqs, ids));
             done(())
         }
-        fn take<'a>(
-            &'a self,
-            _: &'a str,
-            _: Option<&'a str>,
-        ) -> BoxFuture<'a, Result<Ownership, SessionStoreError>> {
-            done(Ownership::Unknown)
-        }
-        fn read<'a>(
-            &'a self,
-            _: &'a str,
-            _: u64,
-        ) -> BoxFuture<'a, Result<Option<ReadSession>, SessionStoreError>> {
-            done(None)
-        }
-        fn release<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
-            done(())
-        }
-        fn forget<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
-            done(())
-        }
+        no_takeovers!();
     }
 
     #[tokio::test]
@@ -1269,26 +1277,7 @@ mod tests {
                 Ok(())
             })
         }
-        fn take<'a>(
-            &'a self,
-            _: &'a str,
-            _: Option<&'a str>,
-        ) -> BoxFuture<'a, Result<Ownership, SessionStoreError>> {
-            done(Ownership::Unknown)
-        }
-        fn read<'a>(
-            &'a self,
-            _: &'a str,
-            _: u64,
-        ) -> BoxFuture<'a, Result<Option<ReadSession>, SessionStoreError>> {
-            done(None)
-        }
-        fn release<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
-            done(())
-        }
-        fn forget<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), SessionStoreError>> {
-            done(())
-        }
+        no_takeovers!();
     }
 
     #[tokio::test]

@@ -476,10 +476,7 @@ async fn a_gap_recorded_alone_still_lets_the_client_resume_elsewhere_from_its_la
     let (a, metrics) = gateway_on(&redis, "ha", json!({})).await;
     let (mut client, initialized_seq) = initialized(a.addr).await;
     let id = client.session_id();
-    hash_until(&redis, &id, "the initialize response", |f| {
-        number(f, "seq") >= initialized_seq
-    })
-    .await;
+    stored_through(&redis, &id, "the initialize response", initialized_seq).await;
 
     // Redis hangs: these frames reach the client only, and are given up on.
     redis.pause();
