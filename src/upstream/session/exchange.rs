@@ -36,15 +36,7 @@ impl UpstreamSession {
             }
         };
         carried.ticket.release();
-        if let Some(key) = &carried.id_key {
-            let mut inflight = self.lock_inflight();
-            if inflight
-                .get(key)
-                .is_some_and(|(serial, _)| *serial == carried.serial)
-            {
-                inflight.remove(key);
-            }
-        }
+        self.forget_in_flight(&carried);
         if carried.is_initialize() {
             self.barrier.lower();
         }
@@ -302,8 +294,25 @@ impl UpstreamSession {
                 Outcome::Ok
             });
             answered.store(true, Ordering::Release);
+            // Answered: no longer in flight, so a copy the server replays on the
+            // standalone stream while this stream lingers is dropped there.
+            self.forget_in_flight(carried);
         }
         Ok(())
+    }
+
+    /// Takes `carried` out of the requests in flight (not a later request that reused
+    /// its id).
+    pub(super) fn forget_in_flight(&self, carried: &Carried) {
+        if let Some(key) = &carried.id_key {
+            let mut inflight = self.lock_inflight();
+            if inflight
+                .get(key)
+                .is_some_and(|(serial, _)| *serial == carried.serial)
+            {
+                inflight.remove(key);
+            }
+        }
     }
 
     /// Forwards one event of the standalone GET stream; false once the client session
@@ -320,7 +329,9 @@ impl UpstreamSession {
                 if head.says_stdio_server_gone() {
                     self.server.suspect();
                 }
-                if head.kind() == Kind::Response && !self.has_in_flight(head.id) {
+                // (An error without an id, a parse error say, answers nothing: passed on.)
+                let answers_one = head.id.is_some_and(|id| id.get() != "null");
+                if head.kind() == Kind::Response && answers_one && !self.has_in_flight(head.id) {
                     tracing::debug!(server = %name, "dropped a response on the standalone stream that answers no request in flight");
                     let metrics = &self.link.metrics;
                     metrics.message(name, Direction::Dropped, text.len());
