@@ -1055,10 +1055,20 @@ mod tests {
         Box::pin(async move { Ok(value) })
     }
 
-    /// The part of a test store that no test of the writer uses: nothing is ever taken
-    /// over, read, released or forgotten.
-    macro_rules! no_takeovers {
+    /// The part of a test store that no test of the writer uses: it is shared, opens
+    /// every session, and nothing is ever taken over, read, released or forgotten.
+    macro_rules! all_but_append {
         () => {
+            fn shared(&self) -> bool {
+                true
+            }
+            fn open<'a>(
+                &'a self,
+                _: &'a str,
+                _: Option<&'a str>,
+            ) -> BoxFuture<'a, Result<(), SessionStoreError>> {
+                done(())
+            }
             fn take<'a>(
                 &'a self,
                 _: &'a str,
@@ -1083,16 +1093,6 @@ mod tests {
     }
 
     impl SessionStore for Recording {
-        fn shared(&self) -> bool {
-            true
-        }
-        fn open<'a>(
-            &'a self,
-            _: &'a str,
-            _: Option<&'a str>,
-        ) -> BoxFuture<'a, Result<(), SessionStoreError>> {
-            done(())
-        }
         fn append<'a>(
             &'a self,
             _: &'a str,
@@ -1113,7 +1113,7 @@ mod tests {
             self.0.lock().unwrap().push((seqs, ids));
             done(())
         }
-        no_takeovers!();
+        all_but_append!();
     }
 
     #[tokio::test]
@@ -1245,16 +1245,6 @@ mod tests {
     }
 
     impl SessionStore for Backlogged {
-        fn shared(&self) -> bool {
-            true
-        }
-        fn open<'a>(
-            &'a self,
-            _: &'a str,
-            _: Option<&'a str>,
-        ) -> BoxFuture<'a, Result<(), SessionStoreError>> {
-            done(())
-        }
         fn append<'a>(
             &'a self,
             _: &'a str,
@@ -1277,7 +1267,7 @@ mod tests {
                 Ok(())
             })
         }
-        no_takeovers!();
+        all_but_append!();
     }
 
     #[tokio::test]
