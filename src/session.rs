@@ -1118,22 +1118,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_upstream_id_is_never_written_ahead_of_the_frames_pushed_before_it() {
-        let outbox = small_outbox();
-        let mirror = SessionMirror::new("s".into(), 0);
         // More frames than one write takes, then the id of the last one's event.
         let frames = MIRROR_BATCH + 6;
-        for _ in 0..frames {
-            outbox
-                .push(|seq| format!("{{\"seq\":{seq}}}"))
-                .await
-                .unwrap();
-        }
-        let ids = UpstreamIds {
-            last_event_id: Some("e70".into()),
-            movable: true,
-            ..UpstreamIds::default()
-        };
-        mirror.upstream_changed("remote", Some(ids));
+        let (outbox, mirror) = frames_then_an_event_id(frames as u64).await;
         let store = Arc::new(Recording::default());
         write_once(&store, &outbox, &mirror).await;
         let written = store.0.lock().unwrap().clone();
@@ -1149,6 +1136,26 @@ mod tests {
             ],
             "the id waits for the batch that stores its event's frame"
         );
+    }
+
+    /// An outbox with `frames` frames pushed, and a mirror told after them of the
+    /// standalone stream's event id (`e<frames>`) of server `remote`.
+    async fn frames_then_an_event_id(frames: u64) -> (Arc<Outbox>, Arc<SessionMirror>) {
+        let outbox = small_outbox();
+        let mirror = SessionMirror::new("s".into(), 0);
+        for _ in 0..frames {
+            outbox
+                .push(|seq| format!("{{\"seq\":{seq}}}"))
+                .await
+                .unwrap();
+        }
+        let ids = UpstreamIds {
+            last_event_id: Some(format!("e{frames}")),
+            movable: true,
+            ..UpstreamIds::default()
+        };
+        mirror.upstream_changed("remote", Some(ids));
+        (outbox, mirror)
     }
 
     /// One pass of a store writer over `outbox` and `mirror` (it stops after it).
@@ -1272,22 +1279,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_upstream_id_is_written_within_two_writes_of_its_frame_under_a_steady_backlog() {
-        let outbox = small_outbox();
-        let mirror = SessionMirror::new("s".into(), 0);
         // Two batches queued, then the id of the last one's event.
         let its_frame = 2 * MIRROR_BATCH as u64;
-        for _ in 0..its_frame {
-            outbox
-                .push(|seq| format!("{{\"seq\":{seq}}}"))
-                .await
-                .unwrap();
-        }
-        let ids = UpstreamIds {
-            last_event_id: Some("e128".into()),
-            movable: true,
-            ..UpstreamIds::default()
-        };
-        mirror.upstream_changed("remote", Some(ids));
+        let (outbox, mirror) = frames_then_an_event_id(its_frame).await;
         let store = Arc::new(Backlogged {
             outbox: outbox.clone(),
             writes: 8,

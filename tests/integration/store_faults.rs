@@ -204,6 +204,40 @@ async fn until_store_up(metrics: &Metrics, up: f64) {
     .await;
 }
 
+/// A session whose frames Redis missed: stored through its initialize, then three
+/// echo answers sent while Redis hung (they reach the client only, and the store gives
+/// them up).
+struct Outage {
+    owner: TestGateway,
+    metrics: Metrics,
+    client: Client,
+    id: String,
+    initialized_seq: u64,
+    /// The seqs of the answers sent during the hang.
+    during: Vec<u64>,
+}
+
+async fn answers_while_redis_hangs(redis: &RedisServer, instance: &str) -> Outage {
+    let (owner, metrics) = gateway_on(redis, instance, json!({})).await;
+    let (mut client, initialized_seq) = initialized(owner.addr).await;
+    let id = client.session_id();
+    stored_through(redis, &id, "the initialize response", initialized_seq).await;
+    redis.pause();
+    until_store_up(&metrics, 0.0).await;
+    let mut during = Vec::new();
+    for i in 0..3 {
+        during.push(echo(&mut client, &format!("during-{i}")).await);
+    }
+    Outage {
+        owner,
+        metrics,
+        client,
+        id,
+        initialized_seq,
+        during,
+    }
+}
+
 #[tokio::test]
 async fn the_owner_is_the_process_not_just_its_name() {
     let redis = RedisServer::start();
@@ -299,18 +333,14 @@ async fn a_record_redis_lost_is_rebuilt_whole_and_resumable_elsewhere() {
 #[tokio::test]
 async fn a_gap_left_by_an_outage_refuses_a_resume_elsewhere_not_on_the_owner() {
     let redis = RedisServer::start();
-    let (a, metrics) = gateway_on(&redis, "ga", json!({})).await;
-    let (mut client, initialized_seq) = initialized(a.addr).await;
-    let id = client.session_id();
-    stored_through(&redis, &id, "the initialize response", initialized_seq).await;
-
-    // Redis hangs: the frames still reach the client.
-    redis.pause();
-    until_store_up(&metrics, 0.0).await;
-    let mut during = Vec::new();
-    for i in 0..3 {
-        during.push(echo(&mut client, &format!("during-{i}")).await);
-    }
+    let Outage {
+        owner: a,
+        metrics,
+        client,
+        id,
+        initialized_seq,
+        during,
+    } = answers_while_redis_hangs(&redis, "ga").await;
     let last = *during.last().expect("frames");
     // Each batch given up on for the store is counted, not silent.
     let given_up = sample(
@@ -473,18 +503,15 @@ async fn a_session_opened_during_an_outage_is_recorded_once_redis_answers() {
 #[tokio::test]
 async fn a_gap_recorded_alone_still_lets_the_client_resume_elsewhere_from_its_last_frame() {
     let redis = RedisServer::start();
-    let (a, metrics) = gateway_on(&redis, "ha", json!({})).await;
-    let (mut client, initialized_seq) = initialized(a.addr).await;
-    let id = client.session_id();
-    stored_through(&redis, &id, "the initialize response", initialized_seq).await;
-
-    // Redis hangs: these frames reach the client only, and are given up on.
-    redis.pause();
-    until(&metrics, "mcpmux_store_up 0", |t| store_up(t) == Some(0.0)).await;
-    let mut last = 0;
-    for i in 0..3 {
-        last = echo(&mut client, &format!("during-{i}")).await;
-    }
+    let Outage {
+        owner: a,
+        metrics,
+        client,
+        id,
+        during,
+        ..
+    } = answers_while_redis_hangs(&redis, "ha").await;
+    let last = *during.last().expect("frames");
     redis.resume();
     until(&metrics, "mcpmux_store_up 1", |t| store_up(t) == Some(1.0)).await;
     // The write that records the gap carries no frame: the stored seq follows it all
