@@ -177,6 +177,7 @@ impl ClientSession {
             stream_idle_timeout: config.upstream_idle_timeout,
             metrics: context.metrics.clone(),
             mirror: mirror.clone(),
+            serials: Arc::default(),
         };
         Self {
             id,

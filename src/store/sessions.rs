@@ -227,9 +227,6 @@ pub struct SessionMirror {
     pending: Mutex<Pending>,
     received: AtomicU64,
     requests: Mutex<RequestLog>,
-    /// The next request serial: per client session, so that a late end from one
-    /// upstream session never matches another's request under the same field.
-    serials: AtomicU64,
     /// Woken when something is pending.
     pub wake: Notify,
 }
@@ -242,7 +239,6 @@ impl SessionMirror {
             pending: Mutex::default(),
             received: AtomicU64::new(received),
             requests: Mutex::default(),
-            serials: AtomicU64::new(0),
             wake: Notify::new(),
         })
     }
@@ -269,12 +265,6 @@ impl SessionMirror {
     /// Client frames read so far.
     pub fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
-    }
-
-    /// A serial for a request carried in this client session (see
-    /// [`Self::request_started`]).
-    pub fn next_serial(&self) -> u64 {
-        self.serials.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Request `field` (serial `serial`, id `id` verbatim) was carried. The writer is
@@ -1359,10 +1349,8 @@ mod tests {
         let mirror = SessionMirror::new("s".into(), 0);
         let field = "req:a\n1";
         // Two upstream sessions with the same server, one after the other, both
-        // numbering their requests from the mirror.
-        let old = mirror.next_serial();
-        let new = mirror.next_serial();
-        assert_ne!(old, new);
+        // numbering their requests from the client session's one counter.
+        let (old, new) = (0, 1);
         mirror.request_started(field.into(), new, "1");
         mirror.take_requests(&mut Pending::default(), 0);
         // The old session's late error report.

@@ -3,6 +3,7 @@
 //! part of a session shares, so each frame is built in one place.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::value::RawValue;
@@ -44,9 +45,17 @@ pub struct Link {
     /// With a shared session store: where upstream session ids are recorded, so that
     /// another instance can adopt them.
     pub mirror: Option<Arc<SessionMirror>>,
+    /// Numbers the requests carried in the client session (all its upstream sessions),
+    /// so that a request is told from a later one that reused its id.
+    pub serials: Arc<AtomicU64>,
 }
 
 impl Link {
+    /// The next request serial of the client session.
+    pub fn next_serial(&self) -> u64 {
+        self.serials.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Queues an `rpc` frame carrying `message` (valid JSON) from `server`. False once
     /// the client session is over.
     pub async fn push_rpc(&self, server: &str, message: &str) -> bool {

@@ -21,7 +21,6 @@ mod fallback;
 mod order;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -84,9 +83,8 @@ struct Carried {
     reference: Option<Box<RawValue>>,
     /// Set by the client's `notifications/cancelled`.
     cancel: CancellationToken,
-    /// Tells this request from a later one that reused its id (per client session
-    /// when it has a store mirror, so that requests of its other upstream sessions
-    /// never share one).
+    /// Tells this request from a later one that reused its id (numbered per client
+    /// session, so that requests of its other upstream sessions never share one).
     serial: u64,
     /// Recorded in flight in the shared session store ([`UpstreamSession::request_carried`]).
     recorded: bool,
@@ -136,8 +134,6 @@ pub struct UpstreamSession {
     cancel: CancellationToken,
     /// Requests in flight, by canonical id, so `notifications/cancelled` can end them.
     inflight: Mutex<HashMap<String, (u64, CancellationToken)>>,
-    /// Numbers the messages carried.
-    serials: AtomicU64,
     /// The legacy HTTP+SSE session, for legacy servers, once opened.
     legacy: OnceCell<Arc<LegacySession>>,
     /// Counts the session among those open with its server, from `open` to its end.
@@ -173,7 +169,6 @@ impl UpstreamSession {
             ended: OnceLock::new(),
             cancel: CancellationToken::new(),
             inflight: Mutex::new(HashMap::new()),
-            serials: AtomicU64::new(0),
             legacy: OnceCell::new(),
             open: Mutex::new(None),
             span,
@@ -307,10 +302,7 @@ impl UpstreamSession {
             },
             reference: reference.map(ToOwned::to_owned),
             cancel: CancellationToken::new(),
-            serial: match &self.link.mirror {
-                Some(mirror) => mirror.next_serial(),
-                None => self.serials.fetch_add(1, Ordering::Relaxed),
-            },
+            serial: self.link.next_serial(),
             recorded: false,
             ticket: self.order.ticket(kind == Kind::Request),
             permit: Mutex::new(None),
