@@ -117,7 +117,7 @@ impl ClientSession {
     ) -> Self {
         let id = protocol::session_id::new(&context.config.instance, rand::random());
         let mut session = Self::build(context, place, grant, changes, id);
-        session.start_mirror(true, 0, (Vec::new(), 0));
+        session.start_mirror(true, 0, Vec::new());
         session
     }
 
@@ -138,11 +138,7 @@ impl ClientSession {
             .link
             .outbox
             .restore(last_seq, stored.last_seq, frames);
-        session.start_mirror(
-            false,
-            stored.received,
-            (stored.upstreams.clone(), stored.last_seq),
-        );
+        session.start_mirror(false, stored.received, stored.upstreams.clone());
         session
     }
 
@@ -196,14 +192,9 @@ impl ClientSession {
     }
 
     /// Starts writing this session to the shared store (if one is configured); `open`
-    /// records it as new first. `(upstreams, stored)`: what the store already holds of
-    /// a session taken from it (its upstream sessions, its highest seq).
-    fn start_mirror(
-        &mut self,
-        open: bool,
-        received: u64,
-        (upstreams, stored): (Vec<(String, UpstreamIds)>, u64),
-    ) {
+    /// records it as new first. `upstreams`: the upstream sessions the store already
+    /// holds of a session taken from it.
+    fn start_mirror(&mut self, open: bool, received: u64, upstreams: Vec<(String, UpstreamIds)>) {
         let Some(mirror) = &self.mirror else {
             return;
         };
@@ -216,7 +207,6 @@ impl ClientSession {
             // Clamped: a tiny window must not make the refresh spin.
             idle: (self.context.config.resume_window / 3).max(MIN_IDLE_REFRESH),
             upstreams: upstreams.into_iter().collect(),
-            handed: stored,
         };
         let stop = CancellationToken::new();
         let span = tracing::info_span!(parent: None, "store", session = %self.log_id());
@@ -808,8 +798,6 @@ struct MirrorWriter {
     idle: Duration,
     /// Every upstream session as last changed: what rebuilds a lost record.
     upstreams: HashMap<String, UpstreamIds>,
-    /// The highest seq handed to the store (written or given up on).
-    handed: u64,
 }
 
 impl MirrorWriter {
@@ -843,6 +831,9 @@ impl MirrorWriter {
             // it by the frames before it only, never for good.
             let mut pending = self.mirror.take_pending();
             let pushed = self.outbox.last_seq();
+            // Every frame up to it was handed to the store (written or given up on)
+            // before this batch.
+            let handed_before = self.outbox.handed_through();
             let (frames, oldest) = self.outbox.unstored(MIRROR_BATCH, MIRROR_BATCH_BYTES);
             let handed = self.outbox.handed_through();
             held.hold(std::mem::take(&mut pending.upstreams), pushed);
@@ -879,7 +870,7 @@ impl MirrorWriter {
                     key: self.key.as_deref(),
                     keep_from: if keep > trimmed { keep } else { 0 },
                     lost,
-                    handed: self.handed,
+                    handed: handed_before,
                     rebuild: None,
                 };
                 let mut written = self.store.append(&id, batch.clone()).await;
@@ -916,7 +907,6 @@ impl MirrorWriter {
                 }
                 // Written, or given up on: the client is never held back by the store.
                 if let Some(last) = frames.last() {
-                    self.handed = self.handed.max(last.seq);
                     self.outbox.mark_stored(last.seq);
                 }
                 let more = !frames.is_empty();
@@ -1168,7 +1158,6 @@ mod tests {
             key: None,
             idle: Duration::from_secs(60),
             upstreams: HashMap::new(),
-            handed: 0,
         };
         let stop = CancellationToken::new();
         stop.cancel();
@@ -1295,7 +1284,6 @@ mod tests {
             key: None,
             idle: Duration::from_secs(60),
             upstreams: HashMap::new(),
-            handed: 0,
         };
         let stop = CancellationToken::new();
         stop.cancel();
